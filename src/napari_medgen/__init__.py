@@ -1,0 +1,16 @@
+"""napari-medgen: deep models for medical images, headless and in napari.
+
+The headless API; every long function takes ``progress=`` (a callback receiving
+:class:`ProgressEvent`) and ``stop=`` (a ``threading.Event`` or callable).
+"""
+from .engine.device import describe_device, select_device
+from .engine.jobs import Cancelled, Job, ProgressEvent
+from .io import Geometry, ImageData, read_image, read_path, write_image
+from .models.checkpoint import Model, ModelFileError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cancelled", "Geometry", "ImageData", "Job", "Model", "ModelFileError", "ProgressEvent",
+    "describe_device", "read_image", "read_path", "select_device", "write_image",
+]

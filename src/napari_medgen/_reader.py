@@ -1,0 +1,32 @@
+"""npe2 reader: NIfTI, NRRD, MetaImage, DICOM files and DICOM series folders."""
+from __future__ import annotations
+
+from napari.utils.notifications import show_warning
+
+from .io.read import ImageReadError, is_supported, read_path
+
+
+def get_reader(path):
+    """Return a reader for supported paths, else None so napari can try other readers."""
+    if isinstance(path, list):
+        if not all(isinstance(p, str) and is_supported(p) for p in path):
+            return None
+    elif not is_supported(path):
+        return None
+    return read_layers
+
+
+def read_layers(path) -> list:
+    """Read each path into LayerData tuples; an unreadable file raises one clear sentence."""
+    paths = path if isinstance(path, list) else [path]
+    layers = []
+    for p in paths:
+        items = read_path(p)
+        for item in items:
+            if item.data.ndim > item.geometry.ndim + (1 if item.rgb else 0):
+                show_warning(f"{item.name}: {item.data.ndim}D data, the leading axis is shown as a slider.")
+            layers.append(item.layer_data())
+    return layers
+
+
+__all__ = ["get_reader", "read_layers", "ImageReadError"]

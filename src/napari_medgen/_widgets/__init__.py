@@ -1,0 +1,1 @@
+"""napari dock widgets: one per file, all running tasks through :class:`JobRunner`."""

@@ -1,0 +1,1 @@
+"""Intensity normalisation, slicing volumes and finding annotations."""

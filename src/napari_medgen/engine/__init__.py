@@ -1,0 +1,1 @@
+"""Device choice, the job mechanism, training loops and inference."""

@@ -1,0 +1,186 @@
+"""Reading NIfTI, NRRD, MetaImage and DICOM (files and series folders) via SimpleITK."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .geometry import Geometry
+
+EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+sitk.ProcessObject_SetGlobalWarningDisplay(False)
+LABEL_NAME = re.compile(r"(label|seg|mask|tissue)", re.IGNORECASE)
+MAX_LABELS = 64
+
+
+class ImageReadError(ValueError):
+    """A file or folder that cannot be read as a medical image."""
+
+
+@dataclass
+class ImageData:
+    """A voxel array in napari (z, y, x) order with its geometry."""
+
+    data: np.ndarray
+    geometry: Geometry
+    name: str = "image"
+    kind: str = "image"  # "image" or "labels"
+    metadata: dict = field(default_factory=dict)
+    rgb: bool = False
+
+    def layer_data(self) -> tuple:
+        """The napari LayerData tuple ``(data, kwargs, layer_type)``."""
+        kwargs = {"name": self.name, "metadata": dict(self.metadata, geometry=self.geometry.to_dict()),
+                  **self.geometry.layer_kwargs(self.data.ndim - (1 if self.rgb else 0))}
+        if self.rgb:
+            kwargs["rgb"] = True
+        return (self.data, kwargs, self.kind)
+
+
+def is_supported(path: "str | os.PathLike") -> bool:
+    """True for files with a known extension and for folders that contain DICOM files."""
+    p = Path(path)
+    if p.is_dir():
+        return any(_looks_dicom(f) for f in _walk_files(p, limit=200))
+    return str(p).lower().endswith(EXTENSIONS)
+
+
+def read_path(path: "str | os.PathLike") -> list[ImageData]:
+    """Read a file or a DICOM folder; a folder with several series gives one item per series."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"{p} does not exist.")
+    if p.is_dir():
+        return _read_dicom_folder(p)
+    return [read_image(p)]
+
+
+def read_image(path: "str | os.PathLike") -> ImageData:
+    """Read one image file (NIfTI, NRRD, MetaImage, single DICOM) keeping dtype and geometry."""
+    p = Path(path)
+    try:
+        img = sitk.ReadImage(str(p))
+    except RuntimeError as err:
+        raise ImageReadError(f"Cannot read {p.name}: the file is corrupt, truncated or not an image "
+                             f"({_first_line(err)}).") from None
+    meta = {"source": str(p), "modality": _modality_from_image(img)}
+    return _to_image_data(img, _stem(p), meta)
+
+
+def _to_image_data(img, name: str, meta: dict) -> ImageData:
+    ncomp = img.GetNumberOfComponentsPerPixel()
+    data = sitk.GetArrayFromImage(img)
+    ndim = img.GetDimension()
+    rgb = False
+    if ncomp > 1:
+        if ncomp in (3, 4) and data.dtype == np.uint8:
+            rgb = True
+        else:  # vector image: channels first, shown as an extra leading axis
+            data = np.moveaxis(data, -1, 0)
+    if ndim == 4:  # (t, z, y, x): geometry of the spatial part only
+        geo = Geometry(img.GetSpacing()[2::-1], img.GetOrigin()[2::-1],
+                       np.asarray(img.GetDirection()).reshape(4, 4)[:3, :3][::-1, ::-1])
+    else:
+        geo = Geometry.from_sitk(img)
+    if geo.ndim == 3 and data.shape[0] == 1 and np.allclose(np.abs(geo.direction[0]), [1, 0, 0]):
+        data = data[0]  # a single slice (X-ray, CR) is a 2D image
+        geo = Geometry(geo.spacing[1:], geo.origin[1:], geo.direction[1:, 1:])
+    kind = "labels" if (not rgb and _label_like(data, name)) else "image"
+    return ImageData(data, geo, name, kind, meta, rgb)
+
+
+def _label_like(data: np.ndarray, name: str) -> bool:
+    if not np.issubdtype(data.dtype, np.integer):
+        return False
+    if data.dtype.itemsize > 2 and not LABEL_NAME.search(name):
+        return False
+    sample = data.ravel()[:: max(1, data.size // 200_000)]
+    if sample.min() < 0:
+        return False
+    values = np.unique(sample)
+    if LABEL_NAME.search(name):
+        return values.size <= 10 * MAX_LABELS
+    return values.size <= 8 and data.dtype.itemsize == 1
+
+
+def _read_dicom_folder(folder: Path) -> list[ImageData]:
+    dirs = sorted({f.parent for f in _walk_files(folder) if _looks_dicom(f)})
+    out: list[ImageData] = []
+    skipped: list[str] = []
+    for d in dirs:
+        for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ():
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid)
+            try:
+                out.append(_read_series(files, sid))
+            except (RuntimeError, ImageReadError) as err:
+                skipped.append(f"{Path(files[0]).parent.name}: {_first_line(err)}")
+    if not out:
+        why = "; ".join(skipped) if skipped else "no image series found (only non-image objects such as RT-STRUCT or SEG?)"
+        raise ImageReadError(f"{folder} holds no readable DICOM image series: {why}.")
+    return out
+
+
+def _read_series(files: tuple, sid: str) -> ImageData:
+    info = sitk.ImageFileReader()
+    info.SetFileName(files[0])
+    info.LoadPrivateTagsOn()
+    info.ReadImageInformation()
+    tag = lambda k: info.GetMetaData(k).strip() if info.HasMetaDataKey(k) else ""
+    modality = tag("0008|0060")
+    if modality in ("RTSTRUCT", "SEG", "RTPLAN", "RTDOSE", "SR", "PR", "KO"):
+        raise ImageReadError(f"{modality} objects are not images")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    img = reader.Execute()
+    desc = tag("0008|103e") or tag("0008|0020") or sid[-12:]
+    meta = {"source": str(Path(files[0]).parent), "modality": modality, "series_uid": sid,
+            "series_description": desc, "n_files": len(files)}
+    item = _to_image_data(img, desc, meta)
+    item.kind = "image"
+    return item
+
+
+def _walk_files(folder: Path, limit: int | None = None):
+    n = 0
+    for root, _dirs, names in os.walk(folder):
+        for name in sorted(names):
+            yield Path(root) / name
+            n += 1
+            if limit and n >= limit:
+                return
+
+
+def _looks_dicom(f: Path) -> bool:
+    if f.suffix.lower() == ".dcm":
+        return True
+    if f.suffix or not f.is_file():
+        return False
+    try:
+        with open(f, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _modality_from_image(img) -> str:
+    key = "0008|0060"
+    return img.GetMetaData(key).strip() if img.HasMetaDataKey(key) else ""
+
+
+def _stem(p: Path) -> str:
+    name = p.name
+    for ext in sorted(EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return p.stem
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    msg = lines[-1] if lines else type(err).__name__
+    return msg[:200]

@@ -1,0 +1,51 @@
+"""Writing arrays with geometry to NIfTI, NRRD or MetaImage."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .geometry import Geometry
+
+WRITE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry | None = None,
+                *, overwrite: bool = False) -> str:
+    """Write ``data`` (napari axis order) with ``geometry``; refuses to overwrite unless asked.
+
+    The file is written to a temporary name first and renamed, so a failure never
+    leaves a half-written file behind.
+    """
+    p = Path(path)
+    if not str(p).lower().endswith(WRITE_EXTENSIONS):
+        raise ValueError(f"Cannot write {p.name}: use one of {', '.join(WRITE_EXTENSIONS)}.")
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{p} already exists; not overwriting it.")
+    arr = np.asarray(data)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.dtype == np.int64 and arr.size and arr.min() >= 0 and arr.max() < 65536:
+        arr = arr.astype(np.uint16 if arr.max() > 255 else np.uint8)
+    geo = geometry or Geometry.identity(arr.ndim)
+    if arr.ndim != geo.ndim:
+        raise ValueError(f"Cannot write a {arr.ndim}D array with {geo.ndim}D geometry.")
+    img = sitk.GetImageFromArray(arr)
+    geo.apply_to_sitk(img)
+    name = p.name
+    ext = next(e for e in sorted(WRITE_EXTENSIONS, key=len, reverse=True) if name.lower().endswith(e))
+    tmp = p.with_name(f".{name[: -len(ext)]}.partial{ext}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sitk.WriteImage(img, str(tmp), True)
+        if ext in (".mhd", ".nhdr"):  # header + detached data: rewrite under the final name
+            tmp.unlink()
+            sitk.WriteImage(img, str(p), True)
+        else:
+            os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return str(p)

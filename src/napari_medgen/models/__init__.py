@@ -1,0 +1,1 @@
+"""Model configs, MONAI networks and checkpoints."""
