@@ -1,0 +1,51 @@
+"""A small live line plot (matplotlib in Qt) for loss curves and validation metrics."""
+from __future__ import annotations
+
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+
+
+class LivePlot(FigureCanvasQTAgg):
+    """Named series of (x, y) points; ``add`` appends and redraws cheaply."""
+
+    def __init__(self, title: str = "", xlabel: str = "step", height: float = 2.2):
+        fig = Figure(figsize=(4, height), tight_layout=True)
+        fig.patch.set_facecolor("#262930")
+        super().__init__(fig)
+        self.ax = fig.add_subplot(111)
+        self._style(title, xlabel)
+        self.series: dict[str, tuple[list, list]] = {}
+        self._lines = {}
+        self.setMinimumHeight(int(height * 70))
+
+    def _style(self, title: str, xlabel: str) -> None:
+        ax = self.ax
+        ax.set_facecolor("#262930")
+        ax.set_title(title, color="w", fontsize=9)
+        ax.set_xlabel(xlabel, color="w", fontsize=8)
+        ax.tick_params(colors="w", labelsize=7)
+        for spine in ax.spines.values():
+            spine.set_color("#888")
+
+    def add(self, name: str, x: float, y: float, draw: bool = True) -> None:
+        xs, ys = self.series.setdefault(name, ([], []))
+        xs.append(x)
+        ys.append(y)
+        if name not in self._lines:
+            (self._lines[name],) = self.ax.plot(xs, ys, label=name, lw=1.2)
+            self.ax.legend(fontsize=7, facecolor="#262930", labelcolor="w", edgecolor="#888")
+        self._lines[name].set_data(xs, ys)
+        if draw:
+            self.ax.relim()
+            self.ax.autoscale_view()
+            self.draw_idle()
+
+    def clear(self) -> None:
+        for line in self._lines.values():
+            line.remove()
+        self._lines.clear()
+        self.series.clear()
+        legend = self.ax.get_legend()
+        if legend is not None:
+            legend.remove()
+        self.draw_idle()
