@@ -81,7 +81,7 @@ class JobRunner(QWidget):
             self._relay.event.connect(on_progress)
         self._pbar = napari_progress(total=0, desc=self.label)
         self.worker = create_worker(fn, *args, progress=self._relay.event.emit, stop=self._stop,
-                                    _start_thread=False, **kwargs)
+                                    _start_thread=False, _ignore_errors=True, **kwargs)
         if on_result is not None:
             self.worker.returned.connect(on_result)
         self.worker.returned.connect(lambda _r: self._finish("finished"))

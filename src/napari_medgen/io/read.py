@@ -1,6 +1,7 @@
 """Reading NIfTI, NRRD, MetaImage and DICOM (files and series folders) via SimpleITK."""
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ class ImageData:
                   **self.geometry.layer_kwargs(self.data.ndim - (1 if self.rgb else 0))}
         if self.rgb:
             kwargs["rgb"] = True
+        names = self.metadata.get("class_names")
+        if self.kind == "labels" and names:  # the status bar then names the class under the cursor
+            kwargs["features"] = {"index": list(range(len(names))), "class": list(names)}
         return (self.data, kwargs, self.kind)
 
 
@@ -63,8 +67,9 @@ def read_image(path: "str | os.PathLike") -> ImageData:
     """Read one image file (NIfTI, NRRD, MetaImage, single DICOM) keeping dtype and geometry."""
     p = Path(path)
     try:
+        _check_gzip(p)
         img = sitk.ReadImage(str(p))
-    except RuntimeError as err:
+    except (RuntimeError, OSError, EOFError) as err:
         raise ImageReadError(f"Cannot read {p.name}: the file is corrupt, truncated or not an image "
                              f"({_first_line(err)}).") from None
     meta = {"source": str(p), "modality": _modality_from_image(img)}
@@ -142,6 +147,15 @@ def _read_series(files: tuple, sid: str) -> ImageData:
     item = _to_image_data(img, desc, meta)
     item.kind = "image"
     return item
+
+
+def _check_gzip(p: Path) -> None:
+    """ITK reads a truncated .gz silently (zero-filled); a full decompression pass catches it."""
+    if p.suffix.lower() != ".gz":
+        return
+    with gzip.open(p, "rb") as fh:
+        while fh.read(1 << 24):
+            pass
 
 
 def _walk_files(folder: Path, limit: int | None = None):

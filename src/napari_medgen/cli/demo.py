@@ -1,0 +1,46 @@
+"""``napari-medgen demo``: napari with the sample brain and every napari-medgen dock widget."""
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="open napari with the sample brain and all napari-medgen widgets")
+    p.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window and quit")
+    p.add_argument("--no-widgets", action="store_true", help="open the data only")
+    p.set_defaults(func=run)
+
+
+def open_demo(show: bool = True, widgets: bool = True):
+    """Create the demo viewer; returns it (used by the command and by the screenshot script)."""
+    import napari
+    from npe2 import PluginManager
+
+    viewer = napari.Viewer(title="napari-medgen demo", show=show)
+    viewer.open_sample("napari-medgen", "brain")
+    viewer.dims.current_step = (47, 58, 49)
+    if widgets:
+        manifest = PluginManager.instance().get_manifest("napari-medgen")
+        docked = []
+        for contrib in manifest.contributions.widgets or []:
+            dock, _ = viewer.window.add_plugin_dock_widget("napari-medgen", contrib.display_name, tabify=True)
+            docked.append(dock)
+        if docked:
+            docked[0].raise_()
+    return viewer
+
+
+def run(args) -> int:
+    import napari
+
+    viewer = open_demo(show=True, widgets=not args.no_widgets)
+    if args.screenshot:
+        from qtpy.QtWidgets import QApplication
+
+        viewer.window._qt_window.resize(1400, 850)
+        for _ in range(20):
+            QApplication.processEvents()
+        viewer.screenshot(args.screenshot, canvas_only=False)
+        print(f"saved {args.screenshot}")
+        viewer.close()
+        return 0
+    napari.run()
+    return 0

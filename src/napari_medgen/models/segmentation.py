@@ -1,0 +1,227 @@
+"""Segmentation models: the config of a fresh MONAI U-Net, built-in models, and loading any model file.
+
+A segmentation config is a :class:`~napari_medgen.models.checkpoint.Model` config with
+``task="segmentation"``, ``spatial_dims`` (2: applied slice by slice along ``axis``; 3: sliding
+window), ``in_channels``, ``classes`` (``[{"name", "color"}]``, index = label value),
+``normalization`` (a spec of :mod:`napari_medgen.data.normalize`), ``spacing`` (the training
+spacing in napari order; in-plane (y, x) for 2D models, or None) and ``patch_size`` (the
+sliding-window size of 3D models).
+
+:func:`load_segmentation_model` accepts a Model, a built-in name, a ``.medgen.pt`` file, a
+local MONAI bundle folder (``configs/`` + ``models/model.pt``) or a TorchScript file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import SUFFIX, Model, ModelFileError, build_network
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+BUILTIN = {"brain-tissue-2d": BUILTIN_DIR / f"brain-tissue-2d{SUFFIX}"}
+
+# Label colours (RGBA in [0, 1]); class i gets PALETTE[i % len(PALETTE)], background transparent.
+PALETTE = [(0, 0, 0, 0), (0.2, 0.6, 1.0, 1), (1.0, 0.55, 0.1, 1), (0.95, 0.95, 0.3, 1), (0.85, 0.2, 0.2, 1),
+           (0.3, 0.85, 0.35, 1), (0.7, 0.35, 0.9, 1), (0.2, 0.9, 0.9, 1), (0.95, 0.45, 0.75, 1)]
+
+
+def default_classes(names: "list[str] | int") -> list[dict]:
+    """``[{"name", "color"}]`` for class names (or a count), background first."""
+    if isinstance(names, int):
+        names = ["background"] + [f"class {i}" for i in range(1, names)]
+    return [{"name": str(n), "color": list(PALETTE[i % len(PALETTE)])} for i, n in enumerate(names)]
+
+
+def segmentation_config(name: str = "segmenter", classes: "list[str] | list[dict] | int" = 2, *,
+                        spatial_dims: int = 2, in_channels: int = 1,
+                        channels: tuple = (16, 32, 64, 128), strides: tuple = (2, 2, 2),
+                        num_res_units: int = 2, dropout: float = 0.0,
+                        normalization: dict | None = None, spacing=None, axis: int = 0,
+                        patch_size=None, description: str = "") -> dict:
+    """The config of a fresh MONAI ``UNet`` segmenter (``Model(config)`` builds it)."""
+    if spatial_dims not in (2, 3):
+        raise ValueError("spatial_dims must be 2 or 3.")
+    if not (isinstance(classes, list) and classes and isinstance(classes[0], dict)):
+        classes = default_classes(classes)
+    if len(classes) < 2:
+        raise ValueError("A segmenter needs at least two classes (background and one more).")
+    args = {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": len(classes),
+            "channels": list(channels), "strides": list(strides), "num_res_units": num_res_units,
+            "dropout": dropout}
+    config = {"task": "segmentation", "name": name, "description": description,
+              "networks": {"net": {"arch": "UNet", "args": args}},
+              "spatial_dims": spatial_dims, "in_channels": in_channels, "classes": classes,
+              "normalization": dict(normalization or {"kind": "percentile", "lower": 0.5, "upper": 99.5}),
+              "spacing": None if spacing is None else [float(s) for s in spacing]}
+    if spatial_dims == 2:
+        config["axis"] = int(axis)
+    else:
+        config["patch_size"] = list(patch_size or (96, 96, 96))
+    return config
+
+
+def class_names(model: Model) -> list[str]:
+    return [c["name"] for c in model.config["classes"]]
+
+
+def class_colors(model: Model) -> dict:
+    """``{label value: RGBA}`` for a napari Labels layer (``None`` = default colour)."""
+    out = {i: tuple(c["color"]) for i, c in enumerate(model.config["classes"]) if c.get("color")}
+    out[None] = (0.5, 0.5, 0.5, 1.0)
+    return out
+
+
+def builtin_models() -> list[str]:
+    """Names of the shipped models whose weights are present."""
+    return [n for n, p in BUILTIN.items() if p.is_file()]
+
+
+def load_segmentation_model(model: "Model | str | os.PathLike") -> Model:
+    """A segmentation Model from a Model, a built-in name or a model file/folder (see module doc)."""
+    if isinstance(model, Model):
+        if model.task != "segmentation":
+            raise ModelFileError(f"'{model.name}' is a {model.task or 'untyped'} model, not a segmentation model.")
+        return model
+    key = str(model)
+    if key in BUILTIN:
+        if not BUILTIN[key].is_file():
+            raise ModelFileError(f"The built-in model '{key}' is not installed (run scripts/train_builtin_segmenter.py).")
+        return Model.load(BUILTIN[key], task="segmentation")
+    p = Path(key).expanduser()
+    if not p.exists():
+        known = ", ".join(BUILTIN)
+        raise ModelFileError(f"'{key}' is neither a built-in model ({known}) nor an existing file or folder.")
+    if p.is_dir():
+        return _load_bundle(p)
+    if p.name.endswith(SUFFIX):
+        return Model.load(p, task="segmentation")
+    return _load_torchscript(p)
+
+
+# --- MONAI bundles -----------------------------------------------------------------------------
+def _read_config(path: Path) -> dict:
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+        return yaml.safe_load(path.read_text()) or {}
+    return json.loads(path.read_text())
+
+
+def _find(folder: Path, stems: tuple) -> Path | None:
+    for stem in stems:
+        for ext in (".json", ".yaml", ".yml"):
+            if (folder / f"{stem}{ext}").is_file():
+                return folder / f"{stem}{ext}"
+    return None
+
+
+def _load_bundle(folder: Path) -> Model:
+    """A bundle whose ``network_def`` is a MONAI network with literal arguments; no config code is run."""
+    cfg_dir, weights = folder / "configs", folder / "models" / "model.pt"
+    inference = _find(cfg_dir, ("inference",))
+    if inference is None or not weights.is_file():
+        raise ModelFileError(f"{folder.name} is not a MONAI bundle folder (needs configs/inference.json and models/model.pt).")
+    cfg = _read_config(inference)
+    meta_path = _find(cfg_dir, ("metadata",))
+    meta = _read_config(meta_path) if meta_path else {}
+    net_def = cfg.get("network_def")
+    if not isinstance(net_def, dict) or not isinstance(net_def.get("_target_"), str):
+        raise ModelFileError(f"{folder.name}: the bundle's network_def is not a plain network definition.")
+    arch = net_def["_target_"].rsplit(".", 1)[-1]
+    args = {k: v for k, v in net_def.items() if k != "_target_"}
+    if any(isinstance(v, str) and (v.startswith("$") or v.startswith("@")) for v in args.values()):
+        raise ModelFileError(f"{folder.name}: the bundle's network arguments are code or references; "
+                             "napari-medgen only loads literal arguments.")
+    spec = {"arch": arch, "args": args}
+    net = build_network(spec)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError):
+        raise ModelFileError(f"The weights in {folder.name}/models/model.pt do not fit its {arch} network.") from None
+    out_ch = args.get("out_channels", 2)
+    fmt = meta.get("network_data_format", {})
+    chdef = fmt.get("outputs", {}).get("pred", {}).get("channel_def") or {}
+    names = [chdef.get(str(i), "background" if i == 0 else f"class {i}") for i in range(out_ch)]
+    dims = int(args.get("spatial_dims", 3))
+    config = segmentation_config(folder.name, names, spatial_dims=dims,
+                                 in_channels=int(args.get("in_channels", 1)),
+                                 normalization=_bundle_normalization(cfg), spacing=_bundle_spacing(cfg),
+                                 patch_size=_bundle_roi(cfg) if dims == 3 else None,
+                                 description=meta.get("description", "MONAI bundle"))
+    config["networks"]["net"] = spec
+    return Model(config, {"net": net})
+
+
+def _walk(obj):
+    if isinstance(obj, dict):
+        yield obj
+        for v in obj.values():
+            yield from _walk(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk(v)
+
+
+def _bundle_normalization(cfg: dict) -> dict:
+    """A CT window from ``ScaleIntensityRange(d)`` in the bundle's preprocessing, else ``auto``."""
+    for d in _walk(cfg.get("preprocessing", cfg)):
+        if str(d.get("_target_", "")).startswith("ScaleIntensityRange") and \
+                all(isinstance(d.get(k), (int, float)) for k in ("a_min", "a_max")):
+            return {"kind": "window", "low": float(d["a_min"]), "high": float(d["a_max"])}
+        if str(d.get("_target_", "")).startswith("NormalizeIntensity"):
+            return {"kind": "zscore"}
+    return {"kind": "auto"}
+
+
+def _bundle_spacing(cfg: dict):
+    for d in _walk(cfg.get("preprocessing", cfg)):
+        if str(d.get("_target_", "")).startswith("Spacing") and isinstance(d.get("pixdim"), list):
+            return [float(s) for s in d["pixdim"][::-1]]  # bundles speak (x, y, z)
+    return None
+
+
+def _bundle_roi(cfg: dict):
+    roi = cfg.get("inferer", {}).get("roi_size") if isinstance(cfg.get("inferer"), dict) else None
+    return roi if isinstance(roi, list) and all(isinstance(r, int) for r in roi) else None
+
+
+# --- TorchScript ----------------------------------------------------------------------------------
+def _load_torchscript(path: Path) -> Model:
+    """A TorchScript segmenter; its config comes from an embedded ``config.json``/``metadata.json``
+    or, failing that, from probing it with a small input."""
+    extra = {"config.json": "", "metadata.json": ""}
+    try:
+        net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception:  # noqa: BLE001 - anything that is not TorchScript
+        raise ModelFileError(f"{path.name} is not a model file napari-medgen can read "
+                             f"(expected {SUFFIX}, a MONAI bundle folder or TorchScript).") from None
+    net.eval()
+    if extra["config.json"]:
+        config = json.loads(extra["config.json"])
+        if config.get("task") != "segmentation":
+            raise ModelFileError(f"{path.name} is not a segmentation model.")
+    else:
+        config = _probe(net, path.name)
+        meta = json.loads(extra["metadata.json"]) if extra["metadata.json"] else {}
+        config["description"] = meta.get("description", "TorchScript model")
+    config["networks"] = {"net": {"arch": "TorchScript", "args": {}}}
+    return Model(config, {"net": net})
+
+
+def _probe(net, name: str) -> dict:
+    """Find spatial dims, input channels and class count by running tiny inputs."""
+    for dims, ch in ((2, 1), (3, 1), (2, 3), (3, 2), (3, 4)):
+        x = torch.zeros((1, ch) + (32,) * dims)
+        try:
+            with torch.inference_mode():
+                y = net(x)
+        except Exception:  # noqa: BLE001 - wrong guess
+            continue
+        if isinstance(y, torch.Tensor) and y.ndim == dims + 2 and y.shape[2:] == x.shape[2:]:
+            return segmentation_config(name, int(y.shape[1]), spatial_dims=dims, in_channels=ch,
+                                       normalization={"kind": "auto"}, patch_size=(96,) * 3 if dims == 3 else None)
+    raise ModelFileError(f"{name} does not behave like a segmentation network (image in, class scores out).")

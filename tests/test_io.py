@@ -1,0 +1,153 @@
+"""Reading and writing keeps voxels, dtype and physical geometry (checked in world coordinates)."""
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from napari_medgen.io import Geometry, read_image, read_path, write_image
+from napari_medgen.io.read import ImageReadError
+
+CORNERS = [(0, 0, 0), (3, 5, 7), (10, 20, 30)]
+
+
+def sitk_world(img: sitk.Image, index_zyx) -> np.ndarray:
+    """SimpleITK's own physical point of a napari-order index, back in napari order."""
+    return np.asarray(img.TransformContinuousIndexToPhysicalPoint([float(i) for i in index_zyx[::-1]]))[::-1]
+
+
+def oblique_image(flip: bool = True) -> sitk.Image:
+    arr = (np.arange(12 * 14 * 16) % 251).reshape(12, 14, 16).astype(np.int16) - 100
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.7, 0.9, 2.5))
+    img.SetOrigin((-12.5, 40.0, 7.25))
+    rot = sitk.VersorTransform((0.3, 0.2, 0.9), 0.4).GetMatrix()
+    d = np.asarray(rot).reshape(3, 3)
+    if flip:
+        d = d @ np.diag([-1, 1, -1])
+    img.SetDirection(tuple(d.ravel()))
+    return img
+
+
+def test_sample_nifti_geometry_matches_simpleitk(brain):
+    img = sitk.ReadImage(brain.metadata["source"])
+    assert brain.data.dtype == np.int16 and brain.data.shape == (95, 117, 99)
+    for idx in CORNERS:
+        np.testing.assert_allclose(brain.geometry.index_to_world(idx), sitk_world(img, idx), atol=1e-6)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha", ".mhd", ".nii"])
+def test_oblique_flipped_roundtrip_is_exact(tmp_path, ext):
+    src = tmp_path / f"oblique{ext}"
+    sitk.WriteImage(oblique_image(), str(src))
+    first = read_image(src)
+    out = write_image(tmp_path / f"copy{ext}", first.data, first.geometry)
+    second = read_image(out)
+    assert second.data.dtype == first.data.dtype == np.int16
+    np.testing.assert_array_equal(second.data, first.data)
+    assert second.geometry.same_grid(first.geometry, atol=1e-5)
+    for idx in CORNERS[:2]:
+        np.testing.assert_allclose(second.geometry.index_to_world(idx), sitk_world(oblique_image(), idx), atol=1e-4)
+
+
+def test_napari_layer_places_voxels_where_simpleitk_does(make_napari_viewer):
+    img = oblique_image()
+    item = read_image_from(img)
+    viewer = make_napari_viewer()
+    data, kwargs, _ = item.layer_data()
+    layer = viewer.add_image(data, **kwargs)
+    for idx in CORNERS[:2]:
+        np.testing.assert_allclose(layer.data_to_world(idx), sitk_world(img, idx), atol=1e-4)
+    back = Geometry.from_layer(layer)
+    assert back.same_grid(item.geometry, atol=1e-6)
+
+
+def read_image_from(img: sitk.Image):
+    from napari_medgen.io.read import _to_image_data
+
+    return _to_image_data(img, "oblique", {})
+
+
+def test_writer_refuses_to_overwrite(tmp_path, brain):
+    target = tmp_path / "t1.nii.gz"
+    write_image(target, brain.data, brain.geometry)
+    before = target.read_bytes()
+    with pytest.raises(FileExistsError):
+        write_image(target, np.zeros_like(brain.data), brain.geometry)
+    assert target.read_bytes() == before
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_dicom_series_and_nifti_of_same_data_overlay(tmp_path, brain, dicom_writer):
+    img = sitk.ReadImage(brain.metadata["source"])
+    dicom_writer(img, tmp_path / "dicom", description="T1 sample")
+    (series,) = read_path(tmp_path / "dicom")
+    assert series.name == "T1 sample" and series.metadata["modality"] == "MR"
+    np.testing.assert_array_equal(series.data, brain.data)  # ordered by position, not by file name
+    for idx in CORNERS:
+        np.testing.assert_allclose(series.geometry.index_to_world(idx), brain.geometry.index_to_world(idx), atol=1e-3)
+
+
+def test_dicom_folder_with_several_series_gives_one_layer_each(dicomdir_tests):
+    items = read_path(dicomdir_tests / "77654033")
+    names = sorted(i.name for i in items)
+    assert len(items) == 4 and "Routine Brain" in names and names.count("Cervical LAT") == 1
+    ct = next(i for i in items if i.name == "Routine Brain")
+    assert ct.metadata["modality"] == "CT" and ct.data.ndim == 3
+    xray = next(i for i in items if i.name == "Cervical LAT")
+    assert xray.data.ndim == 2 and xray.geometry.ndim == 2
+
+
+def test_oblique_dicom_series_geometry_matches_simpleitk(dicomdir_tests):
+    folder = dicomdir_tests / "98892003" / "MR700"
+    (item,) = [i for i in read_path(folder) if i.data.ndim == 3]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), item.metadata["series_uid"]))
+    ref = reader.Execute()
+    assert not np.allclose(np.abs(item.geometry.direction), np.eye(3))  # really oblique
+    for idx in [(0, 0, 0), (item.data.shape[0] - 1, 15, 3)]:
+        np.testing.assert_allclose(item.geometry.index_to_world(idx), sitk_world(ref, idx), atol=1e-3)
+
+
+def test_label_files_open_as_labels(tmp_path, tissue, brain):
+    assert tissue.kind == "labels" and brain.kind == "image"
+    out = write_image(tmp_path / "case_seg.nrrd", tissue.data, tissue.geometry)
+    assert read_image(out).kind == "labels"
+
+
+def test_truncated_file_gives_one_sentence(tmp_path, brain):
+    good = tmp_path / "ok.nii.gz"
+    write_image(good, brain.data, brain.geometry)
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(ImageReadError, match="broken.nii.gz") as err:
+        read_path(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_empty_and_non_image_dicom_folders_are_refused_clearly(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.dcm").write_bytes(b"not dicom at all")
+    with pytest.raises(ImageReadError, match="no readable DICOM image series"):
+        read_path(tmp_path / "empty")
+
+
+def test_4d_and_rgb_images_are_shown(tmp_path):
+    vol4 = sitk.JoinSeries([sitk.GetImageFromArray(np.full((4, 5, 6), t, np.float32)) for t in range(3)])
+    sitk.WriteImage(vol4, str(tmp_path / "dyn.nii.gz"))
+    dyn = read_image(tmp_path / "dyn.nii.gz")
+    assert dyn.data.shape == (3, 4, 5, 6) and dyn.geometry.ndim == 3
+    assert len(dyn.layer_data()[1]["scale"]) == 4
+    rgb = sitk.GetImageFromArray(np.zeros((8, 9, 3), np.uint8), isVector=True)
+    sitk.WriteImage(rgb, str(tmp_path / "photo.mha"))
+    item = read_image(tmp_path / "photo.mha")
+    assert item.rgb and item.data.shape == (8, 9, 3) and item.layer_data()[1]["rgb"]
+
+
+def test_gzip_garbage_is_not_a_crash(tmp_path):
+    bad = tmp_path / "x.nii.gz"
+    bad.write_bytes(gzip.compress(b"garbage" * 100))
+    with pytest.raises(ImageReadError):
+        read_image(bad)
