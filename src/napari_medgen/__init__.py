@@ -7,10 +7,15 @@ from .engine.device import describe_device, select_device
 from .engine.jobs import Cancelled, Job, ProgressEvent
 from .io import Geometry, ImageData, read_image, read_path, write_image
 from .models.checkpoint import Model, ModelFileError
+from .models.segmentation import builtin_models, load_segmentation_model, segmentation_config
+from .tasks.metrics import segmentation_metrics
+from .tasks.segment import ImageInputError, segment
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Cancelled", "Geometry", "ImageData", "Job", "Model", "ModelFileError", "ProgressEvent",
     "describe_device", "read_image", "read_path", "select_device", "write_image",
+    "ImageInputError", "builtin_models", "load_segmentation_model", "segment", "segmentation_config",
+    "segmentation_metrics",
 ]

@@ -123,8 +123,8 @@ def train_segmenter(net: torch.nn.Module, images: np.ndarray, targets: np.ndarra
             opt.step()
             sched.step()
             history["step"].append(step)
-            history["loss"].append(float(loss))
-            metrics = {"loss": float(loss)}
+            history["loss"].append(loss.item())
+            metrics = {"loss": history["loss"][-1]}
             if has_val and (step % eval_every == 0 or step == steps):
                 metrics["val_dice"] = evaluate(step)
             job.report(step, steps, "training", **metrics)

@@ -189,8 +189,12 @@ def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, si
     vol, m, normed, stack = prepare(model, image, mask)
     job.report(0, 2, "scoring")
     fg_stack = None if m is None else to_slices(m.astype(np.float32), model.config["size"], axis) > 0.5
-    normal = normal_estimate(model, stack, fg_stack, opts["method"], samples=opts["samples"], device=device,
-                             job=job, **_restore_kw(opts))
+    busy = fg_stack.reshape(len(stack), -1).any(1) if fg_stack is not None else stack.reshape(len(stack), -1).any(1)
+    normal = stack.copy()  # slices without foreground score zero
+    if busy.any():
+        normal[busy] = normal_estimate(model, stack[busy], None if fg_stack is None else fg_stack[busy],
+                                       opts["method"], samples=opts["samples"], device=device, job=job,
+                                       **_restore_kw(opts))
     normal_vol = from_slices(normal, vol.shape, axis)
     score = postprocess(normed - normal_vol, opts["sign"], m, opts["median"], axis)
     thr = float(threshold) if threshold is not None else normal_threshold(

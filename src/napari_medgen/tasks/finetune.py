@@ -18,7 +18,7 @@ from ..models.checkpoint import Model, ModelFileError
 from ..models.segmentation import default_classes, load_segmentation_model, segmentation_config
 
 FRESH = "fresh"
-LR_FRESH, LR_FINETUNE = 2e-3, 5e-4
+LR_FRESH, LR_FINETUNE = 5e-3, 5e-4
 
 
 def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, modality: str = "",

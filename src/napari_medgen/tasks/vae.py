@@ -98,39 +98,35 @@ def vae_loss(net, x, beta: float):
 def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64, 128),
               steps: int = 1500, batch_size: int = 16, lr: float = 2e-3, beta: float = 0.05,
               axis: int = 0, normalization: dict | None = None, augment: bool = True,
-              val_fraction: float = 0.15, val_every: int = 100, seed: int = 0,
+              val_images=None, val_masks=None, val_fraction: float = 0.15, val_every: int = 100, seed: int = 0,
               device: str = "auto", name: str = "vae", progress=None, stop=None):
     """Train a VAE on the slices of normal ``images`` (arrays or ImageData); return ``(model, history)``.
 
     ``masks`` (one per image, or None) restrict training to the foreground: the image is set
-    to zero outside. A ``val_fraction`` of the slices is held out to keep the best weights and
-    to calibrate the anomaly thresholds (percentiles of normal scores) stored in the config.
+    to zero outside. Normal validation slices (``val_images``/``val_masks``, else a random
+    ``val_fraction`` of the training slices) keep the best weights and calibrate the anomaly
+    thresholds (percentiles of normal scores) stored in the config.
     On stop the best weights so far are returned with ``history["stopped"] = True``.
     """
     from .anomaly import calibrate  # circular: anomaly scoring uses this module
 
     job = Job.of(progress, stop)
-    vols = [_as_volume(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
-    mask_list = masks if isinstance(masks, (list, tuple)) else [masks] * len(vols)
-    if len(mask_list) != len(vols):
-        raise ValueError(f"Got {len(mask_list)} masks for {len(vols)} images; give one mask per image or none.")
-    mask_list = [_check_mask(m, v.shape) for m, v in zip(mask_list, vols)]
+    vols, mask_list = _volumes_and_masks(images, masks)
     spec = resolve(normalization, vols[0])
     plane_shapes = [take_slices(v, axis).shape[1:] for v in vols]
     slice_shape = tuple(int(max(s[i] for s in plane_shapes)) for i in range(2))
     size = tuple(int(math.ceil(s / 2 ** len(channels)) * 2 ** len(channels)) for s in slice_shape)
-    stacks = []
-    for v, m in zip(vols, mask_list):
-        keep = informative_slices(v, axis, mask=m) if v.ndim == 3 else np.array([0])
-        stacks.append(to_slices(_normalized(v, m, spec), size, axis)[keep])
-    data = np.concatenate(stacks)
+    data = _slice_stack(vols, mask_list, spec, size, axis)
     if len(data) < MIN_SLICES:
         raise ValueError(f"Training needs at least {MIN_SLICES} slices with foreground; these images give {len(data)}.")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    order = rng.permutation(len(data))
-    n_val = max(2, int(round(val_fraction * len(data))))
-    val, train = data[order[:n_val]], data[order[n_val:]]
+    if val_images is not None:
+        val, train = _slice_stack(*_volumes_and_masks(val_images, val_masks), spec, size, axis), data
+    else:
+        order = rng.permutation(len(data))
+        n_val = max(2, int(round(val_fraction * len(data))))
+        val, train = data[order[:n_val]], data[order[n_val:]]
 
     config = {
         "task": "vae", "name": name, "axis": axis, "size": list(size), "slice_shape": list(slice_shape),
@@ -166,9 +162,9 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
         opt.step()
         sched.step()
         history["step"].append(step)
-        history["reconstruction"].append(float(rec))
-        history["kl"].append(float(kl))
-        metrics = {"reconstruction": float(rec), "kl": float(kl)}
+        metrics = {"reconstruction": rec.item(), "kl": kl.item()}
+        history["reconstruction"].append(metrics["reconstruction"])
+        history["kl"].append(metrics["kl"])
         if step % val_every == 0 or step == steps:
             net.eval()
             with torch.no_grad():
@@ -186,6 +182,22 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     model.config["history"] = {k: history[k] for k in ("val_step", "val_loss", "stopped")}
     calibrate(model, val[:, 0], device=device)
     return model, history
+
+
+def _volumes_and_masks(images, masks):
+    vols = [_as_volume(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
+    mask_list = masks if isinstance(masks, (list, tuple)) else [masks] * len(vols)
+    if len(mask_list) != len(vols):
+        raise ValueError(f"Got {len(mask_list)} masks for {len(vols)} images; give one mask per image or none.")
+    return vols, [_check_mask(m, v.shape) for m, v in zip(mask_list, vols)]
+
+
+def _slice_stack(vols, masks, spec, size, axis) -> np.ndarray:
+    stacks = []
+    for v, m in zip(vols, masks):
+        keep = informative_slices(v, axis, mask=m) if v.ndim == 3 else np.array([0])
+        stacks.append(to_slices(_normalized(v, m, spec), size, axis)[keep])
+    return np.concatenate(stacks)
 
 
 def _intensity_stats(vols, masks) -> dict:

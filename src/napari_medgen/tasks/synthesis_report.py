@@ -1,0 +1,149 @@
+"""How realistic, how diverse and how original synthetic slices are, compared with real ones.
+
+- ``mmd``: MONAI ``MMDMetric`` between samples and reference images (lower is closer).
+- ``ms_ssim_diversity``: mean MS-SSIM between pairs of samples (lower is more diverse);
+  ``ms_ssim_reference`` is the same among the reference images, the level to aim for.
+- ``fd_medgen``: Fréchet distance (MONAI ``FIDMetric``) on the pooled features of ``fd-medgen``, a
+  small MONAI ``Regressor`` trained inside this project on the sample brain (slice position and
+  tissue fractions). It is NOT comparable with Inception FID, only between reports of this project.
+- memorisation: for every sample the most similar training image by SSIM; the distribution of those
+  similarities (compare with ``memorisation_baseline``, the same for held-out reference images) and
+  the most suspicious pairs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import FIDMetric, MMDMetric, MultiScaleSSIMMetric, SSIMMetric
+
+from ..data.slices import fit_to_size
+from ..engine.jobs import Job
+from ..models.checkpoint import SUFFIX, Model
+
+FEATURES_PATH = Path(__file__).resolve().parents[1] / "models" / "builtin" / f"fd-medgen{SUFFIX}"
+FD_NAME = "FD-medgen"
+MS_SSIM_WEIGHTS = (0.2, 0.3, 0.5)  # three scales: works from 25-pixel images up
+
+
+def to_unit(stack, window) -> torch.Tensor:
+    """(n, H, W) intensities to a (n, 1, H, W) tensor clipped to [0, 1] by ``window=(low, high)``."""
+    lo, hi = window
+    arr = (np.asarray(stack, dtype=np.float32) - lo) / max(hi - lo, 1e-6)
+    return torch.from_numpy(np.clip(arr, 0, 1))[:, None]
+
+
+def reference_window(reference) -> tuple[float, float]:
+    lo, hi = np.percentile(np.asarray(reference, dtype=np.float32), [0.5, 99.5])
+    return float(lo), float(hi)
+
+
+def load_feature_net(path=FEATURES_PATH) -> torch.nn.Module:
+    """The convolutional part of the ``fd-medgen`` regressor, in eval mode."""
+    model = Model.load(path, task="features")
+    return model.net.net.eval()
+
+
+@torch.no_grad()
+def features(images: torch.Tensor, net: torch.nn.Module) -> torch.Tensor:
+    """Globally averaged feature maps of ``net`` for (n, 1, H, W) images in [0, 1]."""
+    return torch.cat([net(images[i:i + 64]).mean(dim=(2, 3)) for i in range(0, len(images), 64)])
+
+
+@torch.no_grad()
+def mean_pairwise_ms_ssim(x: torch.Tensor, max_pairs: int = 300, seed: int = 0) -> float:
+    """Mean MS-SSIM over (at most ``max_pairs`` random) distinct pairs of ``x``."""
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    i, j = np.triu_indices(n, 1)
+    if len(i) > max_pairs:
+        pick = np.random.default_rng(seed).choice(len(i), max_pairs, replace=False)
+        i, j = i[pick], j[pick]
+    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=7, weights=MS_SSIM_WEIGHTS)
+    return float(metric(x[i], x[j]).mean())
+
+
+@torch.no_grad()
+def nearest_by_ssim(x: torch.Tensor, train: torch.Tensor, job: Job | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For each image of ``x`` the index of, and SSIM to, the most similar image of ``train``."""
+    metric = SSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=7, reduction="none")
+    best, where = np.zeros(len(x), np.float32), np.zeros(len(x), np.int64)
+    for k in range(len(x)):
+        if job is not None:
+            job.check()
+        s = metric(x[k:k + 1].expand(len(train), -1, -1, -1), train).reshape(-1).numpy()
+        where[k], best[k] = int(np.argmax(s)), float(np.max(s))
+        if job is not None:
+            job.report(k + 1, len(x), "memorisation check")
+    return where, best
+
+
+def synthesis_report(samples, reference, training=None, window=None, n_suspicious: int = 5,
+                     feature_net: torch.nn.Module | None = None, progress=None, stop=None) -> dict:
+    """Quality report of ``samples`` (n, H, W) against real ``reference`` slices (held-out, same units).
+
+    ``training``: the slices the generator was trained on, for the memorisation check (skipped when None).
+    ``window``: (low, high) intensities mapped to [0, 1]; by default the reference's 0.5-99.5 percentiles.
+    """
+    job = Job.of(progress, stop)
+    samples, reference = np.asarray(samples), np.asarray(reference)
+    if samples.ndim != 3 or reference.ndim != 3 or len(samples) < 2 or len(reference) < 2:
+        raise ValueError("A synthesis report needs at least two samples and two reference images, as (n, H, W) stacks.")
+    window = window or reference_window(reference)
+    size = reference.shape[-2:]
+    x = to_unit(fit_to_size(samples, size), window)
+    ref = to_unit(reference, window)
+    m = min(len(x), len(ref))
+    report = {"n_samples": len(x), "n_reference": len(ref), "window": [float(w) for w in window]}
+    job.report(0, 4, "MMD")
+    report["mmd"] = float(MMDMetric()(ref[:m], x[:m]))
+    job.check()
+    job.report(1, 4, "MS-SSIM diversity")
+    report["ms_ssim_diversity"] = mean_pairwise_ms_ssim(x)
+    report["ms_ssim_reference"] = mean_pairwise_ms_ssim(ref)
+    job.check()
+    job.report(2, 4, FD_NAME)
+    net = feature_net or load_feature_net()
+    report["fd_medgen"] = float(FIDMetric()(features(x, net), features(ref, net)))
+    if training is not None:
+        train = to_unit(fit_to_size(np.asarray(training), size), window)
+        where, best = nearest_by_ssim(x, train, job.sub(3, 1, 4))
+        order = np.argsort(-best)[:n_suspicious]
+        report["memorisation"] = {
+            "nearest_index": where.tolist(), "nearest_ssim": best.tolist(),
+            "median": float(np.median(best)), "p95": float(np.percentile(best, 95)), "max": float(best.max()),
+            "suspicious": [[int(i), int(where[i]), float(best[i])] for i in order]}
+        _, base = nearest_by_ssim(ref, train)
+        report["memorisation_baseline"] = {"median": float(np.median(base)), "max": float(base.max())}
+    job.report(4, 4, "done")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A few plain-text lines for a widget or a terminal."""
+    lines = [f"{report['n_samples']} samples vs {report['n_reference']} reference images",
+             f"MMD {report['mmd']:.4g} (lower = closer)",
+             f"MS-SSIM among samples {report['ms_ssim_diversity']:.3f} (reference {report['ms_ssim_reference']:.3f}; "
+             "lower = more diverse)",
+             f"{FD_NAME} {report['fd_medgen']:.4g} (project features; not comparable with Inception FID)"]
+    mem = report.get("memorisation")
+    if mem:
+        base = report["memorisation_baseline"]
+        lines.append(f"Nearest training SSIM: median {mem['median']:.3f}, max {mem['max']:.3f} "
+                     f"(held-out real: median {base['median']:.3f}, max {base['max']:.3f})")
+        lines.append("Most suspicious: " + ", ".join(f"sample {i} ~ train {j} ({s:.3f})"
+                                                     for i, j, s in mem["suspicious"]))
+    return "\n".join(lines)
+
+
+def side_by_side(report: dict, samples, training, gap: int = 4) -> np.ndarray:
+    """The suspicious pairs as a (k, H, 2W + gap) stack: sample left, nearest training image right."""
+    samples, training = np.asarray(samples), np.asarray(training)
+    size = training.shape[-2:]
+    pairs = report["memorisation"]["suspicious"]
+    left = fit_to_size(samples[[i for i, _, _ in pairs]], size)
+    right = training[[j for _, j, _ in pairs]]
+    pad = np.full(left.shape[:-1] + (gap,), float(min(left.min(), right.min())), np.float32)
+    return np.concatenate([left, pad, right], axis=-1).astype(np.float32)
