@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "napari_medgen.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "napari_medgen.cli", *args], capture_output=True, encoding="utf-8", errors="replace",
                           text=True, timeout=timeout)
 
 

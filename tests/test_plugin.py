@@ -12,7 +12,7 @@ from napari_medgen.io import read_image
 
 
 def test_manifest_validates():
-    res = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-medgen"], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-medgen"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert res.returncode == 0, res.stdout + res.stderr
 
 
