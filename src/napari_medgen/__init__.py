@@ -10,6 +10,8 @@ from .models.checkpoint import Model, ModelFileError
 from .models.segmentation import builtin_models, load_segmentation_model, segmentation_config
 from .tasks.metrics import segmentation_metrics
 from .tasks.segment import ImageInputError, segment
+from .tasks.anomaly import AnomalyResult, anomaly_map
+from .tasks.vae import interpolate, reconstruct, sample_vae, train_vae
 
 __version__ = "0.1.0"
 
@@ -18,4 +20,5 @@ __all__ = [
     "describe_device", "read_image", "read_path", "select_device", "write_image",
     "ImageInputError", "builtin_models", "load_segmentation_model", "segment", "segmentation_config",
     "segmentation_metrics",
+    "AnomalyResult", "anomaly_map", "interpolate", "reconstruct", "sample_vae", "train_vae",
 ]

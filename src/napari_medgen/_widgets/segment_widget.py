@@ -16,7 +16,7 @@ from ..engine.jobs import Job
 from ..io import Geometry, ImageData
 from ..models.segmentation import builtin_models, class_colors, class_names, load_segmentation_model
 from ..tasks.metrics import segmentation_metrics
-from ..tasks.segment import ImageInputError, segment
+from ..tasks.segment import segment
 from ._runner import JobRunner, device_label
 
 
@@ -89,6 +89,7 @@ class SegmentWidget(QWidget):
             self.viewer.layers.events.inserted.connect(w.reset_choices)
             self.viewer.layers.events.removed.connect(w.reset_choices)
         self.output: Optional[napari.layers.Labels] = None
+        self._outputs: dict = {}  # output name -> the Labels layer this widget made
         self.last_metrics: Optional[dict] = None
         self._describe(self.model.currentText())
 
@@ -111,9 +112,6 @@ class SegmentWidget(QWidget):
         layer = self.image.value
         if layer is None:
             show_error("Choose an image layer to segment.")
-            return
-        if not isinstance(layer, napari.layers.Image):
-            show_error(f"'{layer.name}' is a {type(layer).__name__} layer; choose an Image layer to segment.")
             return
         data = layer.data[0] if layer.multiscale else layer.data
         geo = Geometry.from_layer(layer)
@@ -138,18 +136,18 @@ class SegmentWidget(QWidget):
         name = f"{src.name} {model.name}"
         names = class_names(model)
         kwargs = {"features": {"class": names}, "colormap": DirectLabelColormap(color_dict=class_colors(model))}
-        layer = self.output if self.output is not None and self.output in self.viewer.layers else None
+        layer = self._outputs.get(name)
+        layer = layer if layer is not None and layer in self.viewer.layers else None
         if layer is None:
             layer = self.viewer.add_labels(labels, name=name, scale=src.scale, translate=src.translate,
                                            affine=src.affine, opacity=0.5, metadata={"class_names": names},
                                            **kwargs)
         else:
             layer.data = labels
-            layer.name = name
             layer.scale, layer.translate, layer.affine = src.scale, src.translate, src.affine
             layer.features, layer.colormap = kwargs["features"], kwargs["colormap"]
             layer.metadata["class_names"] = names
-        self.output = layer
+        self.output = self._outputs[name] = layer
         self.last_metrics = metrics
         if metrics:
             self.metrics_label.setText("\n".join(f"{k}: Dice {v['dice']:.3f}, HD95 {v['hd95']:.1f} mm"

@@ -68,16 +68,17 @@ def _forward(net, x: torch.Tensor, tta: bool, device: torch.device) -> torch.Ten
 
 
 def _pad_to(x: torch.Tensor, divisor: int) -> tuple:
-    """Zero-pad the last two axes up to a multiple of ``divisor`` (at least ``divisor``)."""
+    """Zero-pad the last two axes up to a multiple of ``divisor``, at least twice it (instance norm
+    needs more than one pixel at the bottleneck)."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % divisor, (-w) % divisor
+    ph, pw = (max(2 * divisor, n + (-n) % divisor) - n for n in (h, w))
     return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), (ph // 2, pw // 2, h, w)
 
 
 def _fallback(job: Job, device: torch.device, batch: int, net) -> tuple:
     """Next (device, batch) after an out-of-memory error; tells the user."""
-    if device.type != "cpu":
-        torch.cuda.empty_cache() if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     if batch > 1:
         job.report(0, 1, f"out of memory on {device}: retrying with batch size {batch // 2}")
         return device, batch // 2

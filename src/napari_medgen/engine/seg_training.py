@@ -28,6 +28,14 @@ class TrainingMemoryError(ValueError):
     """The device ran out of memory while training."""
 
 
+_DICE = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=IGNORE, batch=True)
+
+
+def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dice + cross-entropy on known pixels only; ``targets`` (B, 1, H, W) holds IGNORE where unknown."""
+    return _DICE(logits, targets) + F.cross_entropy(logits, targets[:, 0], ignore_index=IGNORE)
+
+
 def predict_logits(net: torch.nn.Module, images: np.ndarray, device: torch.device, multiple: int = 16,
                    batch_size: int = 8) -> torch.Tensor:
     """Class scores (n, C, H, W) on the CPU for (n, H, W) slices, padded to a size the U-Net accepts."""
@@ -79,7 +87,6 @@ def train_segmenter(net: torch.nn.Module, images: np.ndarray, targets: np.ndarra
     transform = few_shot_transform(seed) if augment else None
     has_val = val_images is not None and len(val_images) > 0
     eval_every = eval_every or max(1, steps // 10)
-    loss_dice = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=IGNORE, batch=True)
     history = {"step": [], "loss": [], "val_step": [], "val_dice": [], "best_val_dice": None,
                "best_step": 0, "stopped": False, "seconds": 0.0, "device": str(dev)}
     net.to(dev)
@@ -117,7 +124,7 @@ def train_segmenter(net: torch.nn.Module, images: np.ndarray, targets: np.ndarra
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 logits = net(x)
             logits = logits.float()
-            loss = loss_dice(logits, y) + F.cross_entropy(logits, y[:, 0], ignore_index=IGNORE)
+            loss = segmentation_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

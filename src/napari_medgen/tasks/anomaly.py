@@ -5,9 +5,9 @@ Score per voxel = the part of the image the VAE cannot explain: ``x - x_normal``
 
 - ``"residual"``: the decoded posterior mean (the plain reconstruction residual);
 - ``"samples"``: the mean of several decoded posterior samples;
-- ``"restoration"``: a MAP restoration (You et al., MIDL 2019): ``x`` is moved by gradient
-  descent towards an image the VAE finds likely (low negative ELBO) while staying close to
-  ``x`` in L1, so normal anatomy is kept sharp and only what looks abnormal changes.
+- ``"restoration"``: a MAP restoration (after You et al., MIDL 2019): ``x`` is moved by
+  gradient descent towards an image the VAE finds likely (low negative ELBO) while staying
+  close to ``x`` in L1, so normal anatomy is kept sharp and only what looks abnormal changes.
 
 Post-processing (Baur et al., MedIA 2021): keep the sign that matters (``"positive"`` for
 bright lesions, ``"negative"`` for dark, ``"both"``), restrict to the foreground mask,
@@ -31,7 +31,7 @@ from .vae import PERCENTILES, check_distribution, decode_mean, from_slices, prep
 METHODS = ("restoration", "samples", "residual")
 SIGNS = ("both", "positive", "negative")
 DEFAULTS = {"method": "restoration", "sign": "both", "percentile": 99.0, "median": 5, "min_size": 10,
-            "samples": 8, "restore_steps": 40, "restore_weight": 1.0, "restore_lr": 0.02}
+            "samples": 8, "restore_steps": 30, "restore_weight": 0.1, "restore_lr": 0.1}
 
 
 @dataclass
@@ -45,12 +45,23 @@ class AnomalyResult:
     axis: int = 0
     reconstruction: np.ndarray | None = None  # the "normal" image, normalised units
     warnings: list = field(default_factory=list)
+    method: str = "residual"
+    sign: str = "both"
+    min_size: int = 10
+
+    def rethreshold(self, threshold: float) -> None:
+        """New threshold: recompute the mask and slice scores (no model run)."""
+        self.threshold = float(threshold)
+        self.mask = anomaly_mask(self.score, self.threshold, self.min_size)
+        self.slice_scores = slice_scores(self.mask, self.axis)
 
 
-def restore(model: Model, stack: np.ndarray, mask: np.ndarray | None = None, *, steps: int = 40,
-            weight: float = 1.0, lr: float = 0.02, batch: int = 32, device: str = "auto",
+def restore(model: Model, stack: np.ndarray, mask: np.ndarray | None = None, *, steps: int = 30,
+            weight: float = 0.1, lr: float = 0.1, batch: int = 32, device: str = "auto",
             job: Job | None = None) -> np.ndarray:
-    """MAP restoration of a (n, 1, H, W) stack: minimise ``-ELBO(y) + weight * |y - x|_1`` over ``y``."""
+    """MAP restoration of a (n, 1, H, W) stack by gradient descent on ``y`` from ``x``:
+    minimise ``|D(E(y)) - y|^2 + beta KL(y) + weight |y - x|_1`` (per pixel), so a pixel moves
+    only where the VAE pulls harder than ``weight``: small normal residuals stay, lesions go."""
     dev = select_device(device)
     net = model.net.to(dev).eval()
     for p in net.parameters():
@@ -60,22 +71,19 @@ def restore(model: Model, stack: np.ndarray, mask: np.ndarray | None = None, *, 
     try:
         for i in range(0, len(stack), batch):
             x0 = torch.from_numpy(stack[i:i + batch]).to(dev)
-            keep = torch.from_numpy(mask[i:i + batch]).to(dev) if mask is not None else torch.ones_like(x0)
+            keep = torch.from_numpy(mask[i:i + batch]).to(dev).float() if mask is not None else torch.ones_like(x0)
             y = x0.clone().requires_grad_(True)
-            opt = torch.optim.Adam([y], lr=lr)
             for _ in range(steps):
                 if job is not None:
                     job.check()
-                yy = x0 + (y - x0) * keep
-                mu, logvar = net.encode_forward(yy)
+                mu, logvar = net.encode_forward(y)
                 rec = net.decode_forward(mu, net.use_sigmoid)
-                kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1) / x0[0].numel()
-                nelbo = torch.abs(rec - yy).flatten(1).mean(1) + beta * kl
-                loss = (nelbo + weight * torch.abs(yy - x0).flatten(1).mean(1)).sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            out[i:i + batch] = (x0 + (y.detach() - x0) * keep).cpu().numpy()
+                kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+                loss = torch.sum((rec - y) ** 2) + beta * kl.sum() + weight * torch.sum(torch.abs(y - x0))
+                (grad,) = torch.autograd.grad(loss, y)
+                with torch.no_grad():
+                    y -= lr * grad * keep
+            out[i:i + batch] = y.detach().cpu().numpy()
     finally:
         for p in net.parameters():
             p.requires_grad_(True)
@@ -201,5 +209,6 @@ def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, si
         model, opts["method"], opts["sign"], opts["percentile"])
     binary = anomaly_mask(score, thr, opts["min_size"])
     job.report(2, 2, "scored")
-    return AnomalyResult(score, thr, binary, slice_scores(binary, axis), axis, normal_vol.astype(np.float32), msgs)
+    return AnomalyResult(score, thr, binary, slice_scores(binary, axis), axis, normal_vol.astype(np.float32), msgs,
+                         opts["method"], opts["sign"], int(opts["min_size"]))
 

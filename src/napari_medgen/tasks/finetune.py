@@ -18,7 +18,7 @@ from ..models.checkpoint import Model, ModelFileError
 from ..models.segmentation import default_classes, load_segmentation_model, segmentation_config
 
 FRESH = "fresh"
-LR_FRESH, LR_FINETUNE = 5e-3, 5e-4
+LR_FRESH, LR_FINETUNE = 5e-3, 1e-3
 
 
 def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, modality: str = "",
@@ -45,7 +45,7 @@ def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, moda
 
 def finetune(model, image, labels, *, axis: int = 0, slices="auto", sparse: bool = False,
              background_label: int | None = None, steps: int = 300, lr: float | None = None,
-             batch_size: int = 8, patch_size=None, validation: bool = True, spacing=None,
+             batch_size: int = 4, patch_size=None, validation: bool = True, spacing=None,
              modality: str = "", seed: int = 0, device="auto", progress=None, stop=None) -> tuple[Model, dict]:
     """Train a copy of ``model`` on the painted slices of ``labels`` along ``axis``.
 

@@ -85,8 +85,7 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
         raise TooFewImagesError(f"Only {len(imgs)} informative slices were found; a GAN needs at least {min_slices}.")
     out_labels = None
     if labs is not None:
-        out_labels = np.concatenate([fit_to_size(fit_to_size(l, s.shape[-2:]), size)
-                                     for l, s in zip(lab_stacks, stacks)]).astype(np.int64)
+        out_labels = np.concatenate([fit_to_size(lab, size) for lab in lab_stacks]).astype(np.int64)
     sp = next(iter(spacings))
     return {"images": imgs.astype(np.float32), "labels": out_labels, "size": list(size),
             "spacing": [sp[0] * downsample, sp[1] * downsample], "native_shape": list(native),
@@ -106,6 +105,14 @@ def _pool(stack: np.ndarray, factor: int) -> np.ndarray:
         return stack
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     return F.avg_pool2d(t, factor, ceil_mode=True)[:, 0].numpy()
+
+
+def real_slices(images, config: dict) -> np.ndarray:
+    """Informative real slices of ``images`` on a trained model's grid, in its intensity units:
+    the reference for :func:`~napari_medgen.tasks.synthesis_report.synthesis_report`."""
+    data = training_slices(images, config.get("axis", 0), downsample=config.get("downsample", 1),
+                           size=config["size"], min_slices=2)
+    return _to_intensity(data["images"], config)
 
 
 # --- training recipe helpers (shared with the conditional GAN) -----------------------------------------
@@ -170,7 +177,7 @@ def train_gan(images, axis: int = 0, steps: int = 2000, batch_size: int = 16, la
     data = training_slices(images, axis, downsample=downsample)
     config = gan_config(data["size"], latent_dim, width)
     config.update({k: data[k] for k in ("spacing", "native_shape", "intensity", "normalization")},
-                  axis=int(axis), n_train=int(len(data["images"])))
+                  axis=int(axis), downsample=int(downsample), n_train=int(len(data["images"])))
     dev = select_device(device)
     torch.manual_seed(seed)
     gen_net = build_network(config["networks"]["net"]).to(dev)
@@ -204,13 +211,14 @@ def train_gan(images, axis: int = 0, steps: int = 2000, batch_size: int = 16, la
         g_loss.backward()
         opt_g.step()
         ema.update_parameters(gen_net)
-        history["d_loss"].append(float(d_loss)), history["g_loss"].append(float(g_loss))
+        d_val, g_val = float(d_loss.detach()), float(g_loss.detach())
+        history["d_loss"].append(d_val), history["g_loss"].append(g_val)
         history["steps"] = step
         preview = None
         if step % preview_every == 0 or step == steps:
             preview = _to_intensity(_generate(ema.module, fixed), config)
         job.report(step, steps, f"step {step}/{steps}", preview=preview,
-                   d_loss=float(d_loss), g_loss=float(g_loss))
+                   d_loss=d_val, g_loss=g_val)
     history["seconds"] = time.monotonic() - t0
     model = Model(config, {"net": ema.module.cpu().eval()})
     return model, history
@@ -272,10 +280,12 @@ def synthesize(model: Model, n: int = 16, seed: int = 0, device="auto", progress
                      metadata={"seed": int(seed), "model": model.name})
 
 
-def interpolate(model: Model, seed_a: int, seed_b: int, steps: int = 8, device="auto") -> ImageData:
+def interpolate(model: Model, seed_a: int, seed_b: int, steps: int = 8, device="auto",
+                progress=None, stop=None) -> ImageData:
     """A stack walking the latent space from the first sample of ``seed_a`` to that of ``seed_b`` (slerp)."""
     _check_gan(model)
     steps = check_count(steps)
+    Job.of(progress, stop).check()
     dim = model.config["latent_dim"]
     a, b = latents(1, seed_a, dim)[0], latents(1, seed_b, dim)[0]
     omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1, 1))

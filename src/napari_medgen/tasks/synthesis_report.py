@@ -1,6 +1,7 @@
 """How realistic, how diverse and how original synthetic slices are, compared with real ones.
 
-- ``mmd``: MONAI ``MMDMetric`` between samples and reference images (lower is closer).
+- ``mmd``: MONAI ``MMDMetric`` (linear kernel, per pixel, unbiased: can dip below 0) between samples
+  and reference images in [0, 1] (lower is closer).
 - ``ms_ssim_diversity``: mean MS-SSIM between pairs of samples (lower is more diverse);
   ``ms_ssim_reference`` is the same among the reference images, the level to aim for.
 - ``fd_medgen``: Fréchet distance (MONAI ``FIDMetric``) on the pooled features of ``fd-medgen``, a
@@ -32,6 +33,11 @@ def to_unit(stack, window) -> torch.Tensor:
     lo, hi = window
     arr = (np.asarray(stack, dtype=np.float32) - lo) / max(hi - lo, 1e-6)
     return torch.from_numpy(np.clip(arr, 0, 1))[:, None]
+
+
+def _per_pixel(t: torch.Tensor) -> torch.Tensor:
+    """Flattened and scaled so that MMD does not grow with the image size."""
+    return t.flatten(1) / float(np.sqrt(t[0].numel()))
 
 
 def reference_window(reference) -> tuple[float, float]:
@@ -66,14 +72,18 @@ def mean_pairwise_ms_ssim(x: torch.Tensor, max_pairs: int = 300, seed: int = 0) 
 
 
 @torch.no_grad()
-def nearest_by_ssim(x: torch.Tensor, train: torch.Tensor, job: Job | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """For each image of ``x`` the index of, and SSIM to, the most similar image of ``train``."""
-    metric = SSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=7, reduction="none")
+def nearest_by_ssim(x: torch.Tensor, train: torch.Tensor, job: Job | None = None,
+                    exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """For each image of ``x`` the index of, and SSIM to, the most similar image of ``train``
+    (``exclude_self``: ``x`` is ``train`` and image k is not compared with itself)."""
+    metric = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=7, reduction="none")
     best, where = np.zeros(len(x), np.float32), np.zeros(len(x), np.int64)
     for k in range(len(x)):
         if job is not None:
             job.check()
         s = metric(x[k:k + 1].expand(len(train), -1, -1, -1), train).reshape(-1).numpy()
+        if exclude_self:
+            s[k] = -np.inf
         where[k], best[k] = int(np.argmax(s)), float(np.max(s))
         if job is not None:
             job.report(k + 1, len(x), "memorisation check")
@@ -84,7 +94,8 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
                      feature_net: torch.nn.Module | None = None, progress=None, stop=None) -> dict:
     """Quality report of ``samples`` (n, H, W) against real ``reference`` slices (held-out, same units).
 
-    ``training``: the slices the generator was trained on, for the memorisation check (skipped when None).
+    ``training``: the slices the generator was trained on, for the memorisation check (skipped when None);
+    it may be ``reference`` itself, then the baseline compares each real slice with the other ones.
     ``window``: (low, high) intensities mapped to [0, 1]; by default the reference's 0.5-99.5 percentiles.
     """
     job = Job.of(progress, stop)
@@ -98,7 +109,7 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
     m = min(len(x), len(ref))
     report = {"n_samples": len(x), "n_reference": len(ref), "window": [float(w) for w in window]}
     job.report(0, 4, "MMD")
-    report["mmd"] = float(MMDMetric()(ref[:m], x[:m]))
+    report["mmd"] = float(MMDMetric(y_mapping=_per_pixel)(ref[:m], x[:m]))
     job.check()
     job.report(1, 4, "MS-SSIM diversity")
     report["ms_ssim_diversity"] = mean_pairwise_ms_ssim(x)
@@ -115,7 +126,9 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
             "nearest_index": where.tolist(), "nearest_ssim": best.tolist(),
             "median": float(np.median(best)), "p95": float(np.percentile(best, 95)), "max": float(best.max()),
             "suspicious": [[int(i), int(where[i]), float(best[i])] for i in order]}
-        _, base = nearest_by_ssim(ref, train)
+        same = training is reference or (np.shape(training) == reference.shape
+                                          and np.array_equal(training, reference))
+        _, base = nearest_by_ssim(ref, train, exclude_self=same)
         report["memorisation_baseline"] = {"median": float(np.median(base)), "max": float(base.max())}
     job.report(4, 4, "done")
     return report

@@ -1,0 +1,313 @@
+"""The "GAN synthesis" dock widget: train (live preview, loss plot), synthesize from seeds or a label
+slice, and a quality report with the most suspicious (memorised?) pairs side by side."""
+from __future__ import annotations
+
+from typing import Optional
+
+import napari
+import numpy as np
+from magicgui.widgets import create_widget
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtGui import QFont
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+                            QSpinBox, QVBoxLayout, QWidget)
+
+from ..engine.device import available_devices
+from ..io import Geometry
+from ..io.read import ImageData
+from ..models.checkpoint import SUFFIX, Model, ModelFileError
+from ..tasks.conditional_gan import TASK as COND_TASK
+from ..tasks.conditional_gan import load_conditional, synthesize_from_labels, train_conditional_gan
+from ..tasks.gan import interpolate, real_slices, synthesize, train_gan
+from ..tasks.synthesis_report import format_report, side_by_side, synthesis_report
+from ._plot import LivePlot
+from ._runner import JobRunner, device_label
+
+MODES = ["unconditional", "mask-to-image (needs labels)"]
+
+
+def _item(layer) -> ImageData:
+    data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    return ImageData(data, Geometry.from_layer(layer), name=layer.name)
+
+
+def _row(*widgets) -> QWidget:
+    w = QWidget()
+    lay = QHBoxLayout(w)
+    lay.setContentsMargins(0, 0, 0, 0)
+    for x in widgets:
+        lay.addWidget(x)
+    return w
+
+
+def _spin(lo: int, hi: int, value: int) -> QSpinBox:
+    s = QSpinBox()
+    s.setRange(lo, hi)
+    s.setValue(value)
+    return s
+
+
+class GANWidget(QWidget):
+    """Train a GAN on Image layer slices (optionally paired with Labels), synthesize, and report quality."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model: Optional[Model] = None
+        self.report: Optional[dict] = None
+        self._outputs: dict = {}
+        self._reference = None
+
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.labels = create_widget(annotation=Optional[napari.layers.Labels], label="labels",
+                                    options={"nullable": True})
+        self.mode = QComboBox()
+        self.mode.addItems(MODES)
+        self.steps = _spin(1, 1_000_000, 1500)
+        self.downsample = _spin(1, 8, 2)
+        self.downsample.setToolTip("Train on slices reduced by this factor (faster; pixel spacing grows with it)")
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        self.device_line = QLabel(device_label("auto"))
+        self.device.currentTextChanged.connect(lambda d: self.device_line.setText(device_label(d)))
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        load, save = QPushButton("Load model..."), QPushButton("Save model...")
+        load.clicked.connect(lambda: self.load_model())
+        save.clicked.connect(lambda: self.save_model())
+        self.model_line = QLabel("No model: train one or load a .medgen.pt GAN.")
+        self.model_line.setWordWrap(True)
+        self.loss_plot = LivePlot("GAN losses", "step")
+
+        self.n = _spin(1, 10_000, 16)
+        self.seed = _spin(0, 2**31 - 1, 0)
+        self.seed_b = _spin(0, 2**31 - 1, 1)
+        synth, interp, cond = QPushButton("Synthesize N"), QPushButton("Interpolate seed→seed B"), \
+            QPushButton("Image from current label slice")
+        synth.clicked.connect(self.synthesize)
+        interp.clicked.connect(self.interpolate)
+        cond.clicked.connect(self.from_labels)
+
+        report, pairs = QPushButton("Quality report"), QPushButton("Show suspicious pairs")
+        report.clicked.connect(self.quality_report)
+        pairs.clicked.connect(self.show_pairs)
+        self.report_text = QLabel("Synthesize samples, then compare them with the image's real slices.")
+        self.report_text.setWordWrap(True)
+        self.report_text.setFont(QFont("monospace", 8))
+
+        self.runner = JobRunner("GAN")
+        self.runner.started.connect(lambda: self.train_button.setEnabled(False))
+        self.runner.done.connect(lambda _s: self.train_button.setEnabled(True))
+
+        train_box = QGroupBox("Train")
+        form = QFormLayout(train_box)
+        form.addRow("image", self.image.native)
+        form.addRow("labels", self.labels.native)
+        form.addRow("mode", self.mode)
+        form.addRow("steps, downsample", _row(self.steps, self.downsample))
+        form.addRow(self.train_button)
+        form.addRow(self.loss_plot)
+        form.addRow(_row(load, save))
+        form.addRow(self.model_line)
+        gen_box = QGroupBox("Synthesize")
+        form = QFormLayout(gen_box)
+        form.addRow("N, seed", _row(self.n, self.seed))
+        form.addRow(synth)
+        form.addRow("seed B", self.seed_b)
+        form.addRow(interp)
+        form.addRow(cond)
+        rep_box = QGroupBox("Quality report (vs. the image's real slices)")
+        form = QFormLayout(rep_box)
+        form.addRow(_row(report, pairs))
+        form.addRow(self.report_text)
+        lay = QVBoxLayout(self)
+        for box in (train_box, gen_box, rep_box):
+            lay.addWidget(box)
+        dev = QFormLayout()
+        dev.addRow("device", self.device)
+        lay.addLayout(dev)
+        lay.addWidget(self.device_line)
+        lay.addWidget(self.runner)
+        lay.addStretch(1)
+        for w in (self.image, self.labels):
+            self.viewer.layers.events.inserted.connect(w.reset_choices)
+            self.viewer.layers.events.removed.connect(w.reset_choices)
+            w.reset_choices()
+
+    # --- training and models ------------------------------------------------------------------------
+    @property
+    def conditional(self) -> bool:
+        return self.mode.currentIndex() == 1
+
+    def train(self) -> None:
+        """Train the chosen kind of GAN in a worker thread; the preview layer updates as it learns."""
+        layer = self.image.value
+        if layer is None:
+            show_error("Choose an Image layer to train on.")
+            return
+        kwargs = dict(steps=self.steps.value(), downsample=self.downsample.value(), device=self.device.currentText(),
+                      on_result=self._trained, on_progress=self._on_progress)
+        self.loss_plot.clear()
+        spacing = [s * self.downsample.value() for s in Geometry.from_layer(layer).spacing[-2:]]
+        self._preview_geometry = Geometry((1.0, *spacing), (0.0,) * 3)
+        if self.conditional:
+            labels = self.labels.value
+            if labels is None:
+                show_error("Mask-to-image training needs a Labels layer paired with the image.")
+                return
+            self.runner.start(train_conditional_gan, _item(layer), _item(labels), **kwargs)
+        else:
+            self.runner.start(train_gan, _item(layer), **kwargs)
+
+    def _on_progress(self, ev) -> None:
+        if "d_loss" in ev.metrics:
+            draw = ev.step % 10 == 0 or ev.step == ev.total
+            for name in ("d_loss", "g_loss", "l1"):
+                if name in ev.metrics:
+                    self.loss_plot.add(name, ev.step, ev.metrics[name], draw=draw)
+        if ev.preview is not None:
+            self._put("GAN preview", np.asarray(ev.preview), self._preview_geometry, colormap="gray")
+
+    def _trained(self, result) -> None:
+        self.model, history = result
+        note = " (stopped early: EMA weights so far)" if history["stopped"] else ""
+        self._describe(f"Trained{note} in {history['seconds']:.0f} s")
+
+    def _describe(self, what: str) -> None:
+        cfg = self.model.config
+        kind = "mask-to-image GAN" if self.model.task == COND_TASK else "GAN"
+        self.model_line.setText(f"{what}: {kind}, {cfg['n_train']} training slices of {tuple(cfg['native_shape'])} "
+                                f"at {cfg['spacing'][0]:g} x {cfg['spacing'][1]:g} mm.")
+
+    def load_model(self, path: Optional[str] = None) -> None:
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "GAN model", "", f"Models (*{SUFFIX});;All files (*)")
+            if not path:
+                return
+        try:
+            model = Model.load(path)
+            if model.task == COND_TASK:
+                model = load_conditional(path)
+            elif model.task != "gan":
+                raise ModelFileError(f"That file holds a {model.task} model, not a GAN.")
+        except ValueError as err:
+            show_error(str(err))
+            return
+        self.model = model
+        self.mode.setCurrentIndex(int(model.task == COND_TASK))
+        self._describe("Loaded")
+
+    def save_model(self, path: Optional[str] = None) -> None:
+        if self.model is None:
+            show_error("No GAN to save yet: train one first.")
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save GAN", "gan" + SUFFIX, f"Models (*{SUFFIX})")
+            if not path:
+                return
+        if not path.endswith(SUFFIX):
+            path += SUFFIX
+        self.model.save(path)
+        show_info(f"Saved {path}")
+
+    # --- synthesis ----------------------------------------------------------------------------------
+    def _need(self, task: str) -> bool:
+        if self.model is None or self.model.task != task:
+            kind = "a mask-to-image GAN" if task == COND_TASK else "an unconditional GAN"
+            show_error(f"This needs {kind}: train or load one first.")
+            return False
+        return True
+
+    def synthesize(self) -> None:
+        if self._need("gan"):
+            self.runner.start(synthesize, self.model, self.n.value(), seed=self.seed.value(),
+                              device=self.device.currentText(), on_result=lambda r: self._show(r, "GAN samples"))
+
+    def interpolate(self) -> None:
+        if self._need("gan"):
+            self.runner.start(interpolate, self.model, self.seed.value(), self.seed_b.value(), steps=self.n.value(),
+                              device=self.device.currentText(), on_result=lambda r: self._show(r, "GAN interpolation"))
+
+    def from_labels(self) -> None:
+        """Render the Labels layer's slice under the viewer's current position."""
+        labels = self.labels.value
+        if labels is None:
+            show_error("Choose a Labels layer to synthesize from.")
+            return
+        if not self._need(COND_TASK):
+            return
+        data = np.asarray(labels.data)
+        geo = Geometry.from_layer(labels)
+        axis = self.model.config.get("axis", 0)
+        index = 0
+        if data.ndim == 3:
+            index = int(np.clip(round(labels.world_to_data(self.viewer.dims.point)[axis]), 0, data.shape[axis] - 1))
+            data = np.take(data, index, axis=axis)
+        inplane = [s for k, s in enumerate(geo.spacing) if data.ndim == geo.ndim or k != axis]
+        self._slice = (labels, axis, index)
+        self.runner.start(synthesize_from_labels, self.model, data, spacing=inplane,
+                          device=self.device.currentText(), on_result=self._show_conditional)
+
+    def _show_conditional(self, item: ImageData) -> None:
+        labels, axis, index = self._slice
+        kw = {"colormap": "gray"}
+        if labels.ndim == 3:
+            scale = list(labels.scale)
+            translate = list(labels.translate)
+            translate[axis] += index * scale[axis]
+            inplane = iter(item.geometry.spacing)
+            scale = [scale[k] if k == axis else next(inplane) for k in range(3)]
+            data = np.expand_dims(item.data, axis)
+            kw.update(scale=scale, translate=translate, affine=labels.affine)
+        else:
+            data = item.data
+            kw.update(scale=item.geometry.spacing, translate=labels.translate, affine=labels.affine)
+        self._put(f"{labels.name} GAN image", data, **kw)
+
+    def _show(self, item: ImageData, name: str) -> None:
+        self._put(name, item.data, item.geometry, colormap="gray")
+
+    def _put(self, name: str, data: np.ndarray, geometry: Optional[Geometry], **kwargs):
+        """Add or replace this widget's own output layer ``name``."""
+        if geometry is not None:
+            kwargs.update(geometry.layer_kwargs(data.ndim))
+        layer = self._outputs.get(name)
+        if layer is not None and layer in self.viewer.layers:
+            if layer.data.shape == data.shape:
+                layer.data = data
+                layer.contrast_limits = (float(data.min()), float(max(data.max(), data.min() + 1e-6)))
+                return layer
+            self.viewer.layers.remove(layer)
+        layer = self.viewer.add_image(data, name=name, **kwargs)
+        self._outputs[name] = layer
+        return layer
+
+    # --- report -----------------------------------------------------------------------------------
+    def quality_report(self) -> None:
+        """Report on the "GAN samples" layer against the training image's real slices."""
+        samples = self._outputs.get("GAN samples")
+        if samples is None or samples not in self.viewer.layers or self.model is None or self.model.task != "gan":
+            show_error("Synthesize samples with an unconditional GAN first.")
+            return
+        if self.image.value is None:
+            show_error("Choose the Image layer with the real scan to compare with.")
+            return
+        reference = real_slices(_item(self.image.value), self.model.config)
+        self._reference = reference
+        self._samples = np.asarray(samples.data)
+        self.runner.start(synthesis_report, self._samples, reference, training=reference,
+                          on_result=self._reported)
+
+    def _reported(self, report: dict) -> None:
+        self.report = report
+        self.report_text.setText(format_report(report))
+
+    def show_pairs(self) -> None:
+        """The most suspicious sample / nearest real slice pairs, side by side, as one stack."""
+        if self.report is None or "memorisation" not in self.report:
+            show_error("Run the quality report first.")
+            return
+        pairs = side_by_side(self.report, self._samples, self._reference)
+        spacing = self.model.config["spacing"]
+        self._put("GAN suspicious pairs (sample | nearest real)", pairs, Geometry((1.0, *spacing), (0.0,) * 3),
+                  colormap="gray")

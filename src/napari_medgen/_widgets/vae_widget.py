@@ -1,0 +1,362 @@
+"""The "VAE anomaly" dock widget: train on normal scans, then heatmaps, masks, slice scores, samples."""
+from __future__ import annotations
+
+from typing import Optional
+
+import napari
+import numpy as np
+from magicgui.widgets import create_widget
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
+                            QLabel, QListWidget, QListWidgetItem, QPushButton, QSlider, QSpinBox,
+                            QVBoxLayout, QWidget)
+
+from ..engine.device import available_devices
+from ..io import Geometry
+from ..models.checkpoint import SUFFIX, Model
+from ..tasks.anomaly import METHODS, SIGNS, anomaly_map, normal_threshold
+from ..tasks.vae import interpolate, reconstruct, sample_vae, train_vae
+from ._plot import LivePlot
+from ._runner import JobRunner, device_label
+
+SLIDER_STEPS = 1000
+
+
+def _data(layer) -> np.ndarray:
+    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
+
+
+class VAEWidget(QWidget):
+    """Train a VAE on normal Image layers; score a scan into heatmap, anomaly mask and slice list."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model: Optional[Model] = None
+        self.result = None
+        self._outputs: dict = {}
+        self._source = None
+
+        # --- training ---
+        self.normals = create_widget(annotation=list[napari.layers.Image], label="normal images",
+                                     widget_type="Select")
+        self.normals.native.setMaximumHeight(80)
+        self.train_mask = create_widget(annotation=Optional[napari.layers.Labels], label="mask",
+                                        options={"nullable": True})
+        self.steps = QSpinBox()
+        self.steps.setRange(2, 100_000)
+        self.steps.setValue(1500)
+        self.latent = QSpinBox()
+        self.latent.setRange(2, 1024)
+        self.latent.setValue(64)
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        self.device_line = QLabel(device_label("auto"))
+        self.device.currentTextChanged.connect(lambda d: self.device_line.setText(device_label(d)))
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        load, save = QPushButton("Load model..."), QPushButton("Save model...")
+        load.clicked.connect(lambda: self.load_model())
+        save.clicked.connect(lambda: self.save_model())
+        self.model_line = QLabel("No model: train one or load a .medgen.pt VAE.")
+        self.model_line.setWordWrap(True)
+        self.loss_plot = LivePlot("training loss", "step")
+
+        # --- scoring ---
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.mask = create_widget(annotation=Optional[napari.layers.Labels], label="mask", options={"nullable": True})
+        self.method = QComboBox()
+        self.method.addItems(METHODS)
+        self.method.setToolTip("restoration: MAP restoration (best, slower); samples: mean of posterior "
+                               "samples; residual: plain reconstruction residual")
+        self.sign = QComboBox()
+        self.sign.addItems(SIGNS)
+        self.sign.setToolTip("positive: brighter than normal (e.g. FLAIR lesions); negative: darker; both")
+        self.percentile = QDoubleSpinBox()
+        self.percentile.setRange(50, 99.99)
+        self.percentile.setDecimals(2)
+        self.percentile.setValue(99.0)
+        self.percentile.setToolTip("Initial threshold: this percentile of scores on normal validation slices")
+        recon_button, anomaly_button = QPushButton("Reconstruct"), QPushButton("Anomaly")
+        recon_button.clicked.connect(self.reconstruct)
+        anomaly_button.clicked.connect(self.score)
+        self.slider = QSlider(Qt.Horizontal)
+        self.slider.setRange(0, SLIDER_STEPS)
+        self.slider.setEnabled(False)
+        self.slider.valueChanged.connect(self._threshold_moved)
+        self.threshold_line = QLabel("threshold: -")
+        self.slices = QListWidget()
+        self.slices.setMaximumHeight(120)
+        self.slices.itemClicked.connect(self._jump)
+
+        # --- generation ---
+        self.n_samples = QSpinBox()
+        self.n_samples.setRange(1, 256)
+        self.n_samples.setValue(8)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.slice_a, self.slice_b = QSpinBox(), QSpinBox()
+        for s in (self.slice_a, self.slice_b):
+            s.setRange(0, 10_000)
+        self.slice_b.setValue(10)
+        sample_button, interp_button = QPushButton("Sample N"), QPushButton("Interpolate A→B")
+        sample_button.clicked.connect(self.sample)
+        interp_button.clicked.connect(self.interpolate)
+
+        self.runner = JobRunner("VAE")
+        self.runner.started.connect(lambda: self.train_button.setEnabled(False))
+        self.runner.done.connect(lambda _s: self.train_button.setEnabled(True))
+
+        train_box = QGroupBox("Train on normal scans")
+        form = QFormLayout(train_box)
+        form.addRow("normal images", self.normals.native)
+        form.addRow("mask", self.train_mask.native)
+        form.addRow("steps", self.steps)
+        form.addRow("latent size", self.latent)
+        form.addRow(self.train_button)
+        form.addRow(self.loss_plot)
+        form.addRow(_row(load, save))
+        form.addRow(self.model_line)
+        score_box = QGroupBox("Score a scan")
+        form = QFormLayout(score_box)
+        form.addRow("image", self.image.native)
+        form.addRow("mask", self.mask.native)
+        form.addRow("method", self.method)
+        form.addRow("sign", self.sign)
+        form.addRow("percentile", self.percentile)
+        form.addRow(_row(recon_button, anomaly_button))
+        form.addRow(self.threshold_line, self.slider)
+        form.addRow(QLabel("slices by anomalous area (click to go):"))
+        form.addRow(self.slices)
+        gen_box = QGroupBox("Generate")
+        form = QFormLayout(gen_box)
+        form.addRow("N, seed", _row(self.n_samples, self.seed))
+        form.addRow(sample_button)
+        form.addRow("slices A, B", _row(self.slice_a, self.slice_b))
+        form.addRow(interp_button)
+        dev = QFormLayout()
+        dev.addRow("device", self.device)
+        lay = QVBoxLayout(self)
+        lay.addWidget(train_box)
+        lay.addWidget(score_box)
+        lay.addWidget(gen_box)
+        lay.addLayout(dev)
+        lay.addWidget(self.device_line)
+        lay.addWidget(self.runner)
+        lay.addStretch(1)
+        for w in (self.normals, self.train_mask, self.image, self.mask):
+            self.viewer.layers.events.inserted.connect(w.reset_choices)
+            self.viewer.layers.events.removed.connect(w.reset_choices)
+            w.reset_choices()
+
+    # --- model ---
+    def train(self) -> None:
+        """Train a VAE on the selected normal layers (and mask) in a worker thread."""
+        layers = list(self.normals.value)
+        if not layers:
+            show_error("Select one or more normal Image layers to train on.")
+            return
+        mask = self.train_mask.value
+        images = [_data(layer) for layer in layers]
+        masks = [_data(mask)] * len(images) if mask is not None else None
+        if masks is not None and any(m.shape != im.shape for m, im in zip(masks, images)):
+            show_error(f"The mask '{mask.name}' {masks[0].shape} does not match every training image; "
+                       "choose a mask of the same shape.")
+            return
+        self.loss_plot.clear()
+        self.runner.start(train_vae, images, masks, steps=self.steps.value(), latent_size=self.latent.value(),
+                          device=self.device.currentText(), name=f"vae {layers[0].name}",
+                          on_result=self._trained, on_progress=self._on_progress)
+
+    def _on_progress(self, ev) -> None:
+        if "reconstruction" in ev.metrics:
+            draw = ev.step % 10 == 0 or ev.step == ev.total
+            self.loss_plot.add("reconstruction", ev.step, ev.metrics["reconstruction"], draw=False)
+            self.loss_plot.add("KL", ev.step, ev.metrics["kl"], draw=draw)
+
+    def _trained(self, result) -> None:
+        self.model, history = result
+        note = " (stopped early: best weights so far)" if history["stopped"] else ""
+        self._describe(f"Trained{note}")
+
+    def _describe(self, what: str) -> None:
+        cfg = self.model.config
+        args = cfg["networks"]["net"]["args"]
+        self.model_line.setText(f"{what}: {cfg.get('name', 'vae')}, slices {tuple(cfg['size'])}, "
+                                f"latent {args['latent_size']}{', masked' if cfg.get('masked') else ''}.")
+
+    def load_model(self, path: Optional[str] = None) -> None:
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "VAE model", "", f"Models (*{SUFFIX});;All files (*)")
+            if not path:
+                return
+        try:
+            self.model = Model.load(path, task="vae")
+        except ValueError as err:
+            show_error(str(err))
+            return
+        self._describe("Loaded")
+
+    def save_model(self, path: Optional[str] = None) -> None:
+        if self.model is None:
+            show_error("No VAE to save yet: train one first.")
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save VAE", "vae" + SUFFIX, f"Models (*{SUFFIX})")
+            if not path:
+                return
+        if not path.endswith(SUFFIX):
+            path += SUFFIX
+        self.model.save(path)
+        show_info(f"Saved {path}")
+
+    # --- scoring ---
+    def _inputs(self):
+        layer = self.image.value
+        if layer is None:
+            show_error("Choose an image layer to score.")
+            return None
+        mask_layer = self.mask.value
+        mask = _data(mask_layer) if mask_layer is not None else None
+        if mask is not None and mask.shape != _data(layer).shape:
+            show_error(f"The mask '{mask_layer.name}' {mask.shape} is not on the grid of '{layer.name}' "
+                       f"{_data(layer).shape}; choose another mask.")
+            return None
+        self._source = layer
+        return layer, mask
+
+    def reconstruct(self) -> None:
+        got = self._inputs()
+        if got is not None:
+            layer, mask = got
+            self.runner.start(reconstruct, self.model, _data(layer), mask, device=self.device.currentText(),
+                              on_result=self._show_reconstruction)
+
+    def score(self) -> None:
+        got = self._inputs()
+        if got is not None:
+            layer, mask = got
+            self.runner.start(anomaly_map, self.model, _data(layer), mask, method=self.method.currentText(),
+                              sign=self.sign.currentText(), percentile=self.percentile.value(),
+                              device=self.device.currentText(), on_result=self._show_anomaly)
+
+    def _put(self, name: str, data, kind: str = "image", **kwargs):
+        """Add or replace this widget's own output layer ``name`` on the source layer's grid."""
+        geo = Geometry.from_layer(self._source).layer_kwargs(data.ndim)
+        layer = self._outputs.get(name)
+        if layer is not None and layer in self.viewer.layers and layer.data.shape == data.shape:
+            layer.data = data
+            for key, val in geo.items():
+                setattr(layer, key, val)
+            return layer
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+        add = self.viewer.add_labels if kind == "labels" else self.viewer.add_image
+        layer = add(data, name=name, **geo, **kwargs)
+        self._outputs[name] = layer
+        return layer
+
+    def _show_reconstruction(self, rec) -> None:
+        src = self._source
+        self._put(f"{src.name} VAE reconstruction", rec, contrast_limits=tuple(src.contrast_limits),
+                  colormap="gray")
+
+    def _show_anomaly(self, result) -> None:
+        self.result = result
+        for msg in result.warnings:
+            show_warning(msg)
+        src = self._source
+        top = float(max(result.score.max(), result.threshold * 2, 1e-6))
+        self._heatmap = self._put(f"{src.name} VAE heatmap", result.score, colormap="inferno",
+                                  blending="additive", contrast_limits=(0.0, top))
+        self._mask_layer = self._put(f"{src.name} VAE anomalies", result.mask.astype(np.uint8), kind="labels",
+                                     opacity=0.6)
+        self._score_top = top
+        self.slider.blockSignals(True)
+        self.slider.setValue(int(round(result.threshold / top * SLIDER_STEPS)))
+        self.slider.blockSignals(False)
+        self.slider.setEnabled(True)
+        self._update_threshold_line()
+        self._fill_slices()
+
+    def set_threshold(self, value: float) -> None:
+        """Re-threshold the last heatmap (no model run): updates the mask layer and slice list."""
+        res = self.result
+        if res is None:
+            return
+        res.rethreshold(value)
+        if getattr(self, "_mask_layer", None) is not None and self._mask_layer in self.viewer.layers:
+            self._mask_layer.data = res.mask.astype(np.uint8)
+        self._update_threshold_line()
+        self._fill_slices()
+
+    def _threshold_moved(self, pos: int) -> None:
+        self.set_threshold(pos / SLIDER_STEPS * self._score_top)
+
+    def _update_threshold_line(self) -> None:
+        res = self.result
+        pct = ""
+        if self.model is not None:
+            try:
+                table = [normal_threshold(self.model, res.method, res.sign, p)
+                         for p in self.model.config["thresholds"]["percentiles"]]
+                pct = f" (~{np.interp(res.threshold, table, self.model.config['thresholds']['percentiles']):.1f}th " \
+                      "normal pct)"
+            except (KeyError, ValueError):
+                pct = ""
+        self.threshold_line.setText(f"threshold {res.threshold:.3g}{pct}")
+
+    def _fill_slices(self) -> None:
+        res = self.result
+        self.slices.clear()
+        order = [int(i) for i in np.argsort(res.slice_scores)[::-1] if res.slice_scores[i] > 0][:50]
+        for i in order:
+            item = QListWidgetItem(f"slice {i}: {int(res.slice_scores[i])} voxels")
+            item.setData(Qt.UserRole, i)
+            self.slices.addItem(item)
+
+    def _jump(self, item: QListWidgetItem) -> None:
+        self.go_to_slice(int(item.data(Qt.UserRole)))
+
+    def go_to_slice(self, index: int) -> None:
+        """Move the viewer to slice ``index`` (along the model's slicing axis) of the scored image."""
+        src, res = self._source, self.result
+        if src is None or res is None or src not in self.viewer.layers:
+            return
+        point = (np.asarray(_data(src).shape, float) - 1) / 2
+        point[res.axis] = index
+        world = np.asarray(src.data_to_world(point))
+        dim = self.viewer.dims.ndim - src.ndim + res.axis
+        self.viewer.dims.set_point(dim, world[res.axis])
+
+    # --- generation ---
+    def sample(self) -> None:
+        self.runner.start(sample_vae, self.model, self.n_samples.value(), seed=self.seed.value(),
+                          on_result=lambda s: self._put_plain("VAE samples", s))
+
+    def interpolate(self) -> None:
+        got = self._inputs()
+        if got is not None:
+            layer, mask = got
+            self.runner.start(interpolate, self.model, _data(layer), self.slice_a.value(), self.slice_b.value(),
+                              mask=mask, on_result=lambda s: self._put_plain("VAE interpolation", s))
+
+    def _put_plain(self, name: str, stack) -> None:
+        layer = self._outputs.get(name)
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+        self._outputs[name] = self.viewer.add_image(stack, name=name, colormap="gray")
+
+    def reset_choices(self, *_args) -> None:
+        for w in (self.normals, self.train_mask, self.image, self.mask):
+            w.reset_choices()
+
+
+def _row(*widgets) -> QWidget:
+    w = QWidget()
+    lay = QHBoxLayout(w)
+    lay.setContentsMargins(0, 0, 0, 0)
+    for x in widgets:
+        lay.addWidget(x)
+    return w

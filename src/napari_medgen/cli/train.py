@@ -1,0 +1,63 @@
+"""``napari-medgen train IMAGE LABELS --out MODEL``: fine-tune a segmenter on painted slices."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a 2D segmenter on the annotated slices of a labels file")
+    p.add_argument("image", help="image file or DICOM folder")
+    p.add_argument("labels", help="labels file on the image's grid (unpainted slices are unknown)")
+    p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
+    p.add_argument("--from", dest="start", default="fresh",
+                   help="start from: 'fresh' (new U-Net, default), a built-in name or a model file")
+    p.add_argument("--axis", type=int, default=0, help="slice axis in (z, y, x) order (default 0)")
+    p.add_argument("--slices", default="auto", help="'auto' (painted slices) or indices, e.g. 20,40,60")
+    p.add_argument("--sparse", action="store_true", help="scribbles: 0 is unknown, not background")
+    p.add_argument("--background-label", type=int, default=None,
+                   help="with --sparse: the label value painted on background")
+    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default by start model)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--predict", default=None, help="also write the whole-volume prediction to this file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..io import read_path, write_image
+    from ..models.checkpoint import SUFFIX
+    from ..tasks.finetune import finetune
+    from ..tasks.segment import segment
+    from .progress import terminal_job
+
+    out = Path(args.out)
+    if not out.name.endswith(SUFFIX):
+        raise ValueError(f"The model file name must end with {SUFFIX}.")
+    for target in (out, Path(args.predict) if args.predict else None):
+        if target is not None and target.exists() and not args.overwrite:
+            raise FileExistsError(f"{target} already exists; use --overwrite to replace it.")
+    image = read_path(args.image)[0]
+    labels = read_path(args.labels)[0]
+    if labels.data.shape != image.data.shape or not labels.geometry.same_grid(image.geometry):
+        raise ValueError(f"{Path(args.labels).name} is not on the voxel grid of {Path(args.image).name} "
+                         "(different shape, spacing, origin or direction).")
+    slices = "auto" if args.slices == "auto" else [int(s) for s in args.slices.split(",") if s.strip()]
+    with terminal_job("train", quiet=args.quiet) as job:
+        model, history = finetune(args.start, image, labels.data, axis=args.axis, slices=slices,
+                                  sparse=args.sparse, background_label=args.background_label,
+                                  steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                                  device=args.device, seed=args.seed, progress=job)
+    model.save(out)
+    summary = {k: history.get(k) for k in ("slices", "val_slice", "best_val_dice", "best_step", "stopped", "seconds")}
+    print(f"wrote {out}: {json.dumps(summary)}")
+    if args.predict:
+        with terminal_job("predict", quiet=args.quiet) as job:
+            pred = segment(image, model, axis=args.axis, device=args.device, progress=job)
+        write_image(args.predict, pred, image.geometry, overwrite=args.overwrite)
+        print(f"wrote {args.predict}")
+    return 0

@@ -1,0 +1,142 @@
+"""``napari-medgen vae-*``: train a VAE on normal scans, score anomalies, reconstruct, sample."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .progress import terminal_job
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("vae-train", help="train a VAE on normal scans (2D, slice by slice)")
+    p.add_argument("images", nargs="+", help="normal image files")
+    p.add_argument("--mask", nargs="*", default=None, help="foreground mask per image (same order)")
+    p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--latent", type=int, default=64, help="latent size")
+    p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
+    _common(p)
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("vae-anomaly", help="anomaly heatmap, thresholded mask and per-slice scores")
+    p.add_argument("image")
+    p.add_argument("--model", required=True)
+    p.add_argument("--mask", help="foreground mask (restricts scoring)")
+    p.add_argument("--out", required=True, help="heatmap file (e.g. heatmap.nii.gz)")
+    p.add_argument("--mask-out", help="anomaly mask file")
+    p.add_argument("--method", choices=["restoration", "samples", "residual"])
+    p.add_argument("--sign", choices=["both", "positive", "negative"])
+    p.add_argument("--percentile", type=float, help="threshold as a percentile of normal scores (default 99)")
+    p.add_argument("--threshold", type=float, help="explicit score threshold")
+    p.add_argument("--top", type=int, default=5, help="list this many most anomalous slices")
+    _common(p)
+    p.set_defaults(func=run_anomaly)
+
+    p = sub.add_parser("vae-reconstruct", help="the VAE's reconstruction of an image")
+    p.add_argument("image")
+    p.add_argument("--model", required=True)
+    p.add_argument("--mask")
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=run_reconstruct)
+
+    p = sub.add_parser("vae-sample", help="draw slices from the VAE's prior, or interpolate two slices")
+    p.add_argument("--model", required=True)
+    p.add_argument("-n", type=int, default=8, help="number of samples (or interpolation steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--between", nargs=3, metavar=("IMAGE", "A", "B"),
+                   help="interpolate between slices A and B of IMAGE instead of sampling")
+    p.add_argument("--out", required=True, help="stack file (n, H, W)")
+    _common(p)
+    p.set_defaults(func=run_sample)
+
+
+def _common(p) -> None:
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _read(path):
+    from ..io import read_image
+    return read_image(path)
+
+
+def _load(path):
+    from ..models.checkpoint import Model
+    return Model.load(path, task="vae")
+
+
+def _check_out(path: str, overwrite: bool) -> None:
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it.")
+
+
+def run_train(args) -> int:
+    from ..tasks.vae import train_vae
+
+    _check_out(args.out, args.overwrite)
+    if args.mask and len(args.mask) != len(args.images):
+        raise ValueError(f"Got {len(args.mask)} masks for {len(args.images)} images; give one per image.")
+    images = [_read(p).data for p in args.images]
+    masks = [_read(p).data for p in args.mask] if args.mask else None
+    with terminal_job("vae-train", args.quiet) as job:
+        model, hist = train_vae(images, masks, steps=args.steps, latent_size=args.latent, axis=args.axis,
+                                device=args.device, name=Path(args.out).name.split(".")[0], progress=job)
+    model.save(args.out)
+    note = " (stopped early; best weights so far)" if hist["stopped"] else ""
+    print(f"saved {args.out}{note}")
+    return 0
+
+
+def run_anomaly(args) -> int:
+    from ..io import write_image
+    from ..tasks.anomaly import anomaly_map
+
+    for out in (args.out, args.mask_out):
+        if out:
+            _check_out(out, args.overwrite)
+    img = _read(args.image)
+    mask = _read(args.mask).data if args.mask else None
+    with terminal_job("vae-anomaly", args.quiet) as job:
+        res = anomaly_map(_load(args.model), img.data, mask, method=args.method, sign=args.sign,
+                          percentile=args.percentile, threshold=args.threshold, device=args.device, progress=job)
+    for msg in res.warnings:
+        print(f"warning: {msg}")
+    write_image(args.out, res.score, img.geometry, overwrite=args.overwrite)
+    if args.mask_out:
+        write_image(args.mask_out, res.mask.astype("uint8"), img.geometry, overwrite=args.overwrite)
+    order = [i for i in res.slice_scores.argsort()[::-1][: args.top] if res.slice_scores[i] > 0]
+    print(f"threshold {res.threshold:.4g}; {int(res.mask.sum())} anomalous voxels")
+    print("most anomalous slices: " + (", ".join(f"{i} ({res.slice_scores[i]} voxels)" for i in order) or "none"))
+    return 0
+
+
+def run_reconstruct(args) -> int:
+    from ..io import write_image
+    from ..tasks.vae import reconstruct
+
+    _check_out(args.out, args.overwrite)
+    img = _read(args.image)
+    mask = _read(args.mask).data if args.mask else None
+    with terminal_job("vae-reconstruct", args.quiet) as job:
+        rec = reconstruct(_load(args.model), img.data, mask, device=args.device, progress=job)
+    write_image(args.out, rec, img.geometry, overwrite=args.overwrite)
+    print(f"saved {args.out}")
+    return 0
+
+
+def run_sample(args) -> int:
+    from ..io import write_image
+    from ..tasks.vae import interpolate, sample_vae
+
+    _check_out(args.out, args.overwrite)
+    model = _load(args.model)
+    with terminal_job("vae-sample", args.quiet) as job:
+        if args.between:
+            path, a, b = args.between
+            stack = interpolate(model, _read(path).data, int(a), int(b), steps=args.n, progress=job)
+        else:
+            stack = sample_vae(model, args.n, seed=args.seed, progress=job)
+    write_image(args.out, stack, overwrite=args.overwrite)
+    print(f"saved {args.out} ({len(stack)} slices)")
+    return 0

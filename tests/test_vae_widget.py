@@ -1,0 +1,93 @@
+"""The "VAE anomaly" widget: train briefly with a live loss plot, score, move the threshold, jump, cancel."""
+import numpy as np
+import pytest
+import torch
+
+from napari_medgen._widgets.vae_widget import VAEWidget
+from napari_medgen.tasks.vae import NoModelError
+
+WAIT = 120_000
+
+
+@pytest.fixture
+def setup(make_napari_viewer, brain, tissue):
+    torch.set_num_threads(1)
+    viewer = make_napari_viewer()
+    geo = brain.geometry.layer_kwargs()
+    img = viewer.add_image(brain.data, name="T1", **geo)
+    mask = viewer.add_labels((tissue.data > 0).astype(np.uint8), name="brain", **geo)
+    widget = VAEWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget, img, mask
+
+
+def _wait(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT)
+
+
+def test_train_score_threshold_jump(setup, qtbot):
+    viewer, w, img, mask = setup
+    original = img.data.copy()
+    w.image.value = img
+    w.score()  # no model yet: a clear error, nothing added
+    _wait(qtbot, w)
+    assert isinstance(w.runner.last_error, NoModelError)
+    n_layers = len(viewer.layers)
+
+    w.normals.value = [img]
+    w.train_mask.value = mask
+    w.steps.setValue(25)
+    w.train()
+    _wait(qtbot, w)
+    assert w.model is not None and w.model.task == "vae"
+    assert len(w.loss_plot.series["reconstruction"][0]) == 25 and "KL" in w.loss_plot.series
+
+    w.mask.value = mask
+    w.method.setCurrentText("residual")
+    w.score()
+    _wait(qtbot, w)
+    heat, labels = viewer.layers["T1 VAE heatmap"], viewer.layers["T1 VAE anomalies"]
+    assert heat.data.shape == img.data.shape and labels.data.shape == img.data.shape
+    assert heat.colormap.name == "inferno" and heat.blending == "additive"
+    np.testing.assert_allclose(heat.scale, img.scale)
+    np.testing.assert_allclose(labels.translate, img.translate)
+    assert len(viewer.layers) == n_layers + 2
+
+    # lowering the threshold flags more voxels without re-running the model
+    before = int(labels.data.sum())
+    w.slider.setValue(w.slider.value() // 3)
+    assert not w.runner.running
+    assert int(labels.data.sum()) > before
+    assert w.slices.count() > 0
+    item = w.slices.item(0)
+    index = item.data(0x0100)
+    w.slices.itemClicked.emit(item)
+    assert viewer.dims.current_step[0] == index
+
+    w.score()  # re-run replaces its own layers
+    _wait(qtbot, w)
+    assert len(viewer.layers) == n_layers + 2
+    w.sample()
+    _wait(qtbot, w)
+    assert viewer.layers["VAE samples"].data.shape == (8, 117, 99)
+    np.testing.assert_array_equal(img.data, original)  # the user's layer is untouched
+
+
+def test_cancel_training_keeps_best_and_cancel_scoring_adds_nothing(setup, qtbot):
+    viewer, w, img, mask = setup
+    w.normals.value = [img]
+    w.train_mask.value = mask
+    w.steps.setValue(5000)
+    w.train()
+    qtbot.waitUntil(lambda: len(w.loss_plot.series.get("KL", ([], []))[0]) >= 3, timeout=WAIT)
+    w.runner.cancel()
+    _wait(qtbot, w)
+    assert w.model is not None and "stopped early" in w.model_line.text()
+    n_layers = len(viewer.layers)
+    w.image.value = img
+    w.mask.value = mask
+    w.method.setCurrentText("restoration")
+    w.score()
+    w.runner.cancel()
+    _wait(qtbot, w)
+    assert len(viewer.layers) == n_layers
