@@ -18,6 +18,15 @@ BETWEEN = [i for i in range(28, 53) if i not in PAINTED]  # unannotated slices i
 FAST = {"steps": 200, "lr": 5e-3, "batch_size": 4, "patch_size": (64, 64), "device": "cpu"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small convolutions run fastest on one thread, above all on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_unet(classes: int = 4) -> Model:
     """A small untrained 2D U-Net, so that test training takes seconds."""
     return Model(segmentation_config("test", classes, channels=(16, 32, 64), strides=(2, 2), num_res_units=1))
@@ -138,3 +147,27 @@ def test_suggested_slices_are_unannotated_and_ranked(trained, brain, painted):
     scores = [s for _, s in ranking]
     assert idx and not set(idx) & set(PAINTED) and scores == sorted(scores, reverse=True)
     assert all(0 <= s <= 1 for s in scores)
+
+
+def test_cli_train_writes_a_model_and_prediction_on_the_image_grid(tmp_path, brain, painted, capsys):
+    from napari_medgen import read_image, write_image
+    from napari_medgen.cli import main
+
+    img, lab = tmp_path / "t1.nii.gz", tmp_path / "painted.nii.gz"
+    write_image(img, brain.data, brain.geometry)
+    write_image(lab, painted, brain.geometry)
+    start = small_unet().save(tmp_path / "small.medgen.pt")
+    out, pred = tmp_path / "mine.medgen.pt", tmp_path / "pred.nii.gz"
+    argv = ["train", str(img), str(lab), "--out", str(out), "--from", start, "--steps", "30",
+            "--predict", str(pred), "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    assert "[25, 40, 55]" in capsys.readouterr().out
+    assert Model.load(out, task="segmentation").config["finetune"]["slices"] == PAINTED
+    written = read_image(pred)
+    assert written.data.shape == brain.data.shape and written.geometry.same_grid(brain.geometry)
+
+    assert main(argv) == 2  # refuses to overwrite
+    shifted = tmp_path / "shifted.nii.gz"
+    write_image(shifted, painted, type(brain.geometry)(brain.geometry.spacing, (0, 0, 0), brain.geometry.direction))
+    assert main(["train", str(img), str(shifted), "--out", str(tmp_path / "x.medgen.pt"), "--quiet"]) == 2
+    assert "not on the voxel grid" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from napari_medgen.models.segmentation import BUILTIN
 from napari_medgen.sample_data import TISSUE_CLASSES
 
 # Dice the built-in model must reach on the axial slices it never saw in training.
-MIN_HELDOUT_DICE = {"CSF": 0.55, "grey matter": 0.8, "white matter": 0.85}
+MIN_HELDOUT_DICE = {"CSF": 0.65, "grey matter": 0.8, "white matter": 0.8}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,7 @@ def test_builtin_reaches_stated_dice_on_heldout_slices(brain_seg, builtin, tissu
     m = segmentation_metrics(labels[lo:hi], tissue.data[lo:hi], brain.geometry.spacing, TISSUE_CLASSES)
     for name, floor in MIN_HELDOUT_DICE.items():
         assert m[name]["dice"] >= floor, (name, m[name])
+        assert m[name]["dice"] == pytest.approx(builtin.config["holdout"]["dice"][name], abs=0.01)  # as stated
 
 
 def test_builtin_is_small_and_honest(builtin):
@@ -175,7 +176,8 @@ def _bundle(folder, builtin, state):
     args = builtin.config["networks"]["net"]["args"]
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
-    inference = {"network_def": {"_target_": "monai.networks.nets.UNet", **args},
+    inference = {"num_classes": 4, "network_def": {"_target_": "monai.networks.nets.UNet",
+                                                   **dict(args, out_channels="@num_classes")},
                  "preprocessing": {"transforms": [{"_target_": "ScaleIntensityRanged", "keys": "image",
                                                    "a_min": 0, "a_max": 900, "b_min": 0, "b_max": 1}]}}
     (folder / "configs" / "inference.json").write_text(json.dumps(inference))
@@ -194,6 +196,12 @@ def test_monai_bundle_folder(tmp_path, builtin):
     _bundle(tmp_path / "bad", builtin, other)
     with pytest.raises(ModelFileError, match="do not fit"):
         load_segmentation_model(tmp_path / "bad")
+    code = tmp_path / "good" / "configs" / "inference.json"
+    cfg = json.loads(code.read_text())
+    cfg["network_def"]["channels"] = "$__import__('os').system('echo owned')"
+    code.write_text(json.dumps(cfg))
+    with pytest.raises(ModelFileError, match="only loads literal arguments"):
+        load_segmentation_model(tmp_path / "good")
 
 
 def test_out_of_memory_retries_smaller(brain, builtin):

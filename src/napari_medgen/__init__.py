@@ -12,6 +12,12 @@ from .tasks.metrics import segmentation_metrics
 from .tasks.segment import ImageInputError, segment
 from .tasks.anomaly import AnomalyResult, anomaly_map
 from .tasks.vae import interpolate, reconstruct, sample_vae, train_vae
+from .data.annotations import AnnotationError
+from .tasks.finetune import finetune
+from .tasks.uncertainty import rank_slices
+from .tasks.gan import interpolate_seeds, synthesize, train_gan
+from .tasks.conditional_gan import load_conditional, synthesize_from_labels, train_conditional_gan
+from .tasks.synthesis_report import synthesis_report
 
 __version__ = "0.1.0"
 
@@ -21,4 +27,7 @@ __all__ = [
     "ImageInputError", "builtin_models", "load_segmentation_model", "segment", "segmentation_config",
     "segmentation_metrics",
     "AnomalyResult", "anomaly_map", "interpolate", "reconstruct", "sample_vae", "train_vae",
+    "AnnotationError", "finetune", "rank_slices",
+    "interpolate_seeds", "load_conditional", "synthesis_report", "synthesize", "synthesize_from_labels",
+    "train_conditional_gan", "train_gan",
 ]

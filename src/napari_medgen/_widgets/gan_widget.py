@@ -18,7 +18,7 @@ from ..io.read import ImageData
 from ..models.checkpoint import SUFFIX, Model, ModelFileError
 from ..tasks.conditional_gan import TASK as COND_TASK
 from ..tasks.conditional_gan import load_conditional, synthesize_from_labels, train_conditional_gan
-from ..tasks.gan import interpolate, real_slices, synthesize, train_gan
+from ..tasks.gan import interpolate_seeds, real_slices, synthesize, train_gan
 from ..tasks.synthesis_report import format_report, side_by_side, synthesis_report
 from ._plot import LivePlot
 from ._runner import JobRunner, device_label
@@ -225,8 +225,9 @@ class GANWidget(QWidget):
 
     def interpolate(self) -> None:
         if self._need("gan"):
-            self.runner.start(interpolate, self.model, self.seed.value(), self.seed_b.value(), steps=self.n.value(),
-                              device=self.device.currentText(), on_result=lambda r: self._show(r, "GAN interpolation"))
+            self.runner.start(interpolate_seeds, self.model, self.seed.value(), self.seed_b.value(),
+                              steps=self.n.value(), device=self.device.currentText(),
+                              on_result=lambda r: self._show(r, "GAN interpolation"))
 
     def from_labels(self) -> None:
         """Render the Labels layer's slice under the viewer's current position."""
@@ -262,10 +263,12 @@ class GANWidget(QWidget):
         else:
             data = item.data
             kw.update(scale=item.geometry.spacing, translate=labels.translate, affine=labels.affine)
-        self._put(f"{labels.name} GAN image", data, **kw)
+        self._put(f"{labels.name} GAN image", data, None, **kw)
 
     def _show(self, item: ImageData, name: str) -> None:
-        self._put(name, item.data, item.geometry, colormap="gray")
+        """Show a sample stack and move the viewer to its first image."""
+        layer = self._put(name, item.data, item.geometry, colormap="gray")
+        self.viewer.dims.set_point(0, float(layer.data_to_world([0, 0, 0])[0]))
 
     def _put(self, name: str, data: np.ndarray, geometry: Optional[Geometry], **kwargs):
         """Add or replace this widget's own output layer ``name``."""

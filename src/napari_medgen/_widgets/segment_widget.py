@@ -105,7 +105,7 @@ class SegmentWidget(QWidget):
             desc = load_segmentation_model(name).config.get("description", "") if name else ""
         except ValueError:
             desc = ""
-        self.description.setText(desc[:300])
+        self.description.setText(desc)
 
     def run(self) -> None:
         """Start segmentation of the chosen layer in a worker thread."""

@@ -9,7 +9,7 @@ from ..io.read import ImageReadError
 from ..models.checkpoint import ModelFileError
 
 # Each module has ``add_parser(subparsers)`` that registers its verbs with ``func=``.
-VERB_MODULES = ["info", "demo", "segment", "vae"]
+VERB_MODULES = ["info", "demo", "segment", "vae", "train", "gan"]
 
 USER_ERRORS = (ImageReadError, ModelFileError, ValueError, FileExistsError, FileNotFoundError)
 

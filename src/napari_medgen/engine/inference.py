@@ -47,7 +47,8 @@ def auto_batch_size(device: torch.device, item_voxels: int, cap: int) -> int:
 
 
 def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+    msg = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg
 
 
 def _autocast(device: torch.device):
@@ -72,7 +73,7 @@ def _pad_to(x: torch.Tensor, divisor: int) -> tuple:
     needs more than one pixel at the bottleneck)."""
     h, w = x.shape[-2:]
     ph, pw = (max(2 * divisor, n + (-n) % divisor) - n for n in (h, w))
-    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), (ph // 2, pw // 2, h, w)
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), (ph // 2, pw // 2)
 
 
 def _fallback(job: Job, device: torch.device, batch: int, net) -> tuple:
@@ -102,7 +103,7 @@ def _predict_2d(net, image, axis, device, tta, batch_size, divisor, job) -> np.n
             b = min(batch, n - i)
             x = torch.from_numpy(np.ascontiguousarray(vol[:, i:i + b])).transpose(0, 1).to(device)
             try:
-                xp, (t, l, _, _) = _pad_to(x, divisor)
+                xp, (t, l) = _pad_to(x, divisor)
                 p = _forward(net, xp, tta, device)[..., t:t + h, l:l + w].cpu().numpy()
             except (torch.OutOfMemoryError, RuntimeError) as err:
                 if not _is_oom(err):

@@ -1,14 +1,16 @@
 """The 2D segmentation training loop behind fine-tuning.
 
 Patches around painted pixels, few-shot augmentation, Dice + cross-entropy that
-skip unknown pixels, AdamW with a one-cycle (warm-up then cosine) schedule, and
+skip unknown pixels, AdamW with a warm-up then cosine schedule, and
 validation Dice on held-out slices; the best weights by validation Dice (the
 starting weights included) are the ones kept, also when the user stops early.
 """
 from __future__ import annotations
 
 import copy
+import math
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -67,6 +69,15 @@ def masked_dice(logits: torch.Tensor, targets: np.ndarray) -> float:
     return float(dice[present].mean())
 
 
+def one_cycle(i: int, steps: int, warmup: float = 0.1) -> float:
+    """Learning-rate factor at step ``i``: linear warm-up from 0.1 over the first 10 %, then cosine to 0.01."""
+    warm = max(1, int(steps * warmup))
+    if i < warm:
+        return 0.1 + 0.9 * i / warm
+    t = min(1.0, (i - warm) / max(1, steps - warm))
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 def train_segmenter(net: torch.nn.Module, images: np.ndarray, targets: np.ndarray, *,
                     val_images: np.ndarray | None = None, val_targets: np.ndarray | None = None,
                     steps: int = 200, lr: float = 1e-3, batch_size: int = 8, patch_size=None,
@@ -107,8 +118,7 @@ def train_segmenter(net: torch.nn.Module, images: np.ndarray, targets: np.ndarra
         if has_val:
             history["initial_val_dice"] = evaluate(0)
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1,
-                                                    div_factor=10.0, final_div_factor=100.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(one_cycle, steps=steps))
         for step in range(1, steps + 1):
             if job.should_stop():
                 if step == 1:

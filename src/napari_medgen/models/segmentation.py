@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -130,7 +131,9 @@ def _load_bundle(folder: Path) -> Model:
     if not isinstance(net_def, dict) or not isinstance(net_def.get("_target_"), str):
         raise ModelFileError(f"{folder.name}: the bundle's network_def is not a plain network definition.")
     arch = net_def["_target_"].rsplit(".", 1)[-1]
-    args = {k: v for k, v in net_def.items() if k != "_target_"}
+    refs = {k: v for k, v in cfg.items() if not (isinstance(v, str) and v[:1] in "$@")}
+    args = {k: refs.get(v[1:], v) if isinstance(v, str) and v.startswith("@") else v
+            for k, v in net_def.items() if k != "_target_"}  # "@name" -> a literal top-level value
     if any(isinstance(v, str) and (v.startswith("$") or v.startswith("@")) for v in args.values()):
         raise ModelFileError(f"{folder.name}: the bundle's network arguments are code or references; "
                              "napari-medgen only loads literal arguments.")
@@ -195,7 +198,9 @@ def _load_torchscript(path: Path) -> Model:
     or, failing that, from probing it with a small input."""
     extra = {"config.json": "", "metadata.json": ""}
     try:
-        net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():  # torch announces TorchScript's deprecation; users still have such files
+            warnings.simplefilter("ignore", FutureWarning)
+            net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception:  # noqa: BLE001 - anything that is not TorchScript
         raise ModelFileError(f"{path.name} is not a model file napari-medgen can read "
                              f"(expected {SUFFIX}, a MONAI bundle folder or TorchScript).") from None
@@ -208,7 +213,8 @@ def _load_torchscript(path: Path) -> Model:
         config = _probe(net, path.name)
         meta = json.loads(extra["metadata.json"]) if extra["metadata.json"] else {}
         config["description"] = meta.get("description", "TorchScript model")
-    config["networks"] = {"net": {"arch": "TorchScript", "args": {}}}
+    args = config.get("networks", {}).get("net", {}).get("args", {})
+    config["networks"] = {"net": {"arch": "TorchScript", "args": args}}  # args kept for padding rules
     return Model(config, {"net": net})
 
 

@@ -30,8 +30,8 @@ from .vae import PERCENTILES, check_distribution, decode_mean, from_slices, prep
 
 METHODS = ("restoration", "samples", "residual")
 SIGNS = ("both", "positive", "negative")
-DEFAULTS = {"method": "restoration", "sign": "both", "percentile": 99.0, "median": 5, "min_size": 10,
-            "samples": 8, "restore_steps": 30, "restore_weight": 0.1, "restore_lr": 0.1}
+DEFAULTS = {"method": "residual", "sign": "both", "percentile": 99.0, "median": 5, "min_size": 10,
+            "samples": 8, "restore_steps": 30, "restore_weight": 0.05, "restore_lr": 0.1}
 
 
 @dataclass
@@ -57,7 +57,7 @@ class AnomalyResult:
 
 
 def restore(model: Model, stack: np.ndarray, mask: np.ndarray | None = None, *, steps: int = 30,
-            weight: float = 0.1, lr: float = 0.1, batch: int = 32, device: str = "auto",
+            weight: float = 0.05, lr: float = 0.1, batch: int = 32, device: str = "auto",
             job: Job | None = None) -> np.ndarray:
     """MAP restoration of a (n, 1, H, W) stack by gradient descent on ``y`` from ``x``:
     minimise ``|D(E(y)) - y|^2 + beta KL(y) + weight |y - x|_1`` (per pixel), so a pixel moves

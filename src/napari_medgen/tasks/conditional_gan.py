@@ -61,7 +61,7 @@ def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 
 def train_conditional_gan(images, labels, axis: int = 0, steps: int = 1000, batch_size: int = 8, width: int = 16,
-                          downsample: int = 1, lr: float = 2e-4, l1_weight: float = 10.0, ema_decay: float = 0.99,
+                          downsample: int = 1, lr: float = 5e-4, l1_weight: float = 10.0, ema_decay: float = 0.99,
                           seed: int = 0, preview_every: int | None = None, device="auto", progress=None, stop=None):
     """Train mask-to-image synthesis on paired ``images``/``labels`` (volumes or lists of them).
 
@@ -86,7 +86,7 @@ def train_conditional_gan(images, labels, axis: int = 0, steps: int = 1000, batc
     gen_net = _build(config).to(dev)
     disc = spectral_discriminator(1 + n_classes, channels=2 * width).to(dev)
     ema = ema_of(gen_net, ema_decay)
-    adv = PatchAdversarialLoss(criterion="least_squares")
+    adv = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
     opt_g = torch.optim.Adam(gen_net.parameters(), lr=lr, betas=(0.5, 0.99))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.99))
     real_all = torch.from_numpy(data["images"] * 2 - 1)[:, None]
@@ -189,6 +189,6 @@ def synthesize_from_labels(model: Model, labels, spacing=None, device="auto", pr
         unit = F.interpolate(unit, size=stack.shape[-2:], mode="bilinear", align_corners=False)
     lo, hi = cfg["intensity"]
     data = (unit[:, 0].numpy() * (hi - lo) + lo).astype(np.float32)
-    geometry = Geometry(spacing, (0.0, 0.0)) if arr.ndim == 2 else Geometry((1.0, *spacing), (0.0,) * 3)
+    geometry = Geometry(spacing, (0.0, 0.0), np.eye(2)) if arr.ndim == 2 else Geometry((1.0, *spacing), (0.0,) * 3)
     return ImageData(data[0] if arr.ndim == 2 else data, geometry, name="conditional GAN image",
                      metadata={"model": model.name})

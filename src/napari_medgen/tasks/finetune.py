@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.annotations import IGNORE, AnnotationError, make_targets
+from ..data.annotations import AnnotationError, make_targets
 from ..data.normalize import normalize, resolve
 from ..data.slices import take_slices
 from ..engine.jobs import Job
@@ -62,6 +62,9 @@ def finetune(model, image, labels, *, axis: int = 0, slices="auto", sparse: bool
         raise AnnotationError(f"Fine-tuning needs a 2D or 3D single-channel image, not {img.ndim}D.")
     if img.shape != lab.shape:
         raise AnnotationError(f"The annotation {lab.shape} and the image {img.shape} have different shapes.")
+    geos = [getattr(x, "geometry", None) for x in (image, labels)]
+    if None not in geos and not geos[0].same_grid(geos[1]):
+        raise AnnotationError("The annotation is not on the image's voxel grid (spacing, origin or direction differ).")
     if img.ndim == 3 and not 0 <= axis < 3:
         raise AnnotationError("axis must be 0, 1 or 2.")
     spacing = spacing or getattr(getattr(image, "geometry", None), "spacing", None)
@@ -96,5 +99,5 @@ def _held_out(targets: np.ndarray) -> int | None:
     """The annotated slice kept for validation: the middle one with foreground, when there are two or more."""
     if len(targets) < 2:
         return None
-    usable = [i for i in range(len(targets)) if ((targets[i] != IGNORE) & (targets[i] > 0)).any()]
+    usable = [i for i in range(len(targets)) if (targets[i] > 0).any()]
     return usable[len(usable) // 2] if len(usable) >= 2 else None

@@ -42,6 +42,10 @@ def as_image(item, geometry: Geometry | None = None) -> ImageData:
     return ImageData(arr, geometry or Geometry.identity(arr.ndim))
 
 
+def _as_list(images) -> list[ImageData]:
+    return [as_image(i) for i in (images if isinstance(images, (list, tuple)) else [images])]
+
+
 def inplane_spacing(item: ImageData, axis: int) -> tuple[float, float]:
     sp = list(item.geometry.spacing)
     if item.data.ndim == 3:
@@ -57,8 +61,8 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
     "native_shape", "size", "intensity": [low, high], "normalization"}``. Slices of mixed
     shapes are centre-padded/cropped to a common size; mixed pixel spacings are refused.
     """
-    items = [as_image(i) for i in (images if isinstance(images, (list, tuple)) else [images])]
-    labs = None if labels is None else [as_image(i) for i in (labels if isinstance(labels, (list, tuple)) else [labels])]
+    items = _as_list(images)
+    labs = None if labels is None else _as_list(labels)
     if labs is not None and [l.data.shape for l in labs] != [i.data.shape for i in items]:
         raise ValueError("Each label map must have the same shape as its image.")
     spacings = {tuple(round(s, 3) for s in inplane_spacing(i, axis)) for i in items}
@@ -157,13 +161,14 @@ def gan_config(size, latent_dim: int = 64, width: int = 16) -> dict:
     if h % 8 or w % 8:
         raise ValueError("The GAN image size must be a multiple of 8 in both axes.")
     args = {"latent_shape": [latent_dim], "start_shape": [8 * width, h // 8, w // 8],
-            "channels": [4 * width, 2 * width, width, 1], "strides": [2, 2, 2, 1], "num_res_units": 0}
+            "channels": [4 * width, 2 * width, width, 1], "strides": [2, 2, 2, 1], "num_res_units": 0,
+            "norm": "BATCH"}
     return {"task": "gan", "name": "gan", "networks": {"net": {"arch": "Generator", "args": args}},
             "latent_dim": latent_dim, "size": [h, w]}
 
 
 def train_gan(images, axis: int = 0, steps: int = 2000, batch_size: int = 16, latent_dim: int = 64,
-              width: int = 16, downsample: int = 1, lr: float = 2e-4, ema_decay: float = 0.99,
+              width: int = 16, downsample: int = 1, lr: float = 5e-4, ema_decay: float = 0.99,
               seed: int = 0, preview_every: int | None = None, device="auto", progress=None, stop=None):
     """Train a GAN on the informative slices of ``images`` (ImageData/arrays, one or several volumes).
 
@@ -183,7 +188,7 @@ def train_gan(images, axis: int = 0, steps: int = 2000, batch_size: int = 16, la
     gen_net = build_network(config["networks"]["net"]).to(dev)
     disc = spectral_discriminator(1, channels=2 * width).to(dev)
     ema = ema_of(gen_net, ema_decay)
-    adv = PatchAdversarialLoss(criterion="least_squares")
+    adv = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
     opt_g = torch.optim.Adam(gen_net.parameters(), lr=lr, betas=(0.5, 0.99))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.99))
     real_all = torch.from_numpy(data["images"] * 2 - 1)[:, None]
@@ -280,7 +285,7 @@ def synthesize(model: Model, n: int = 16, seed: int = 0, device="auto", progress
                      metadata={"seed": int(seed), "model": model.name})
 
 
-def interpolate(model: Model, seed_a: int, seed_b: int, steps: int = 8, device="auto",
+def interpolate_seeds(model: Model, seed_a: int, seed_b: int, steps: int = 8, device="auto",
                 progress=None, stop=None) -> ImageData:
     """A stack walking the latent space from the first sample of ``seed_a`` to that of ``seed_b`` (slerp)."""
     _check_gan(model)

@@ -44,7 +44,9 @@ def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bo
     if finite is not None:
         job.report(0, 1, f"{int((~finite).sum())} NaN/Inf voxels are treated as background")
     job.report(0, 1, "normalising")
-    x = np.stack([normalize(c, cfg.get("normalization"), modality) for c in arr])
+    norm = [normalize(c, cfg.get("normalization"), modality) for c in arr]
+    x = norm[0][None] if len(norm) == 1 else np.stack(norm)
+    del norm
 
     dims = cfg["spatial_dims"]
     work_axis = axis if len(spatial) == 3 else 0

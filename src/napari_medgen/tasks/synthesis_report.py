@@ -25,7 +25,7 @@ from ..models.checkpoint import SUFFIX, Model
 
 FEATURES_PATH = Path(__file__).resolve().parents[1] / "models" / "builtin" / f"fd-medgen{SUFFIX}"
 FD_NAME = "FD-medgen"
-MS_SSIM_WEIGHTS = (0.2, 0.3, 0.5)  # three scales: works from 25-pixel images up
+MS_SSIM_WEIGHTS = {3: (0.2, 0.3, 0.5), 2: (0.4, 0.6), 1: (1.0,)}  # fewer scales for small images
 
 
 def to_unit(stack, window) -> torch.Tensor:
@@ -67,7 +67,9 @@ def mean_pairwise_ms_ssim(x: torch.Tensor, max_pairs: int = 300, seed: int = 0) 
     if len(i) > max_pairs:
         pick = np.random.default_rng(seed).choice(len(i), max_pairs, replace=False)
         i, j = i[pick], j[pick]
-    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=7, weights=MS_SSIM_WEIGHTS)
+    side = min(x.shape[-2:])
+    scales = next((k for k in (3, 2, 1) if side // 2 ** (k - 1) > 6), 1)
+    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=7, weights=MS_SSIM_WEIGHTS[scales])
     return float(metric(x[i], x[j]).mean())
 
 
@@ -117,7 +119,10 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
     job.check()
     job.report(2, 4, FD_NAME)
     net = feature_net or load_feature_net()
-    report["fd_medgen"] = float(FIDMetric()(features(x, net), features(ref, net)))
+    try:
+        report["fd_medgen"] = float(FIDMetric()(features(x, net), features(ref, net)))
+    except ValueError:  # covariance square root failed numerically (too few images for the features)
+        report["fd_medgen"] = float("nan")
     if training is not None:
         train = to_unit(fit_to_size(np.asarray(training), size), window)
         where, best = nearest_by_ssim(x, train, job.sub(3, 1, 4))

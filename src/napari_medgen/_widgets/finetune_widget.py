@@ -1,0 +1,333 @@
+"""The "Fine-tune" dock widget: paint a few slices, train, correct, train again.
+
+Train runs :func:`train_round` in a worker (autosave, fine-tune, predict the volume), the
+plot shows training loss and validation Dice live, Stop keeps the best weights so far and
+Train again continues from them.  The prediction goes to its own Labels layer; "Accept
+slice" copies it into the unpainted voxels of the current slice (undoable with Ctrl-Z),
+"Suggest next slice" ranks unannotated slices by the model's uncertainty.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import napari
+import numpy as np
+from magicgui.widgets import create_widget
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                            QListWidget, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from ..engine.device import available_devices
+from ..engine.jobs import Job, ProgressEvent
+from ..io import Geometry, ImageData, write_image
+from ..models.segmentation import builtin_models, class_colors, class_names
+from ..tasks.finetune import FRESH, finetune
+from ..tasks.segment import segment
+from ..tasks.uncertainty import rank_slices
+from ._plot import LivePlot
+from ._runner import JobRunner, device_label
+
+
+def train_round(image: ImageData, labels: np.ndarray, start, *, project: Optional[str] = None,
+                round_index: int = 1, axis: int = 0, device: str = "auto", progress=None, stop=None,
+                **options) -> tuple:
+    """One round of the loop: autosave the annotations, fine-tune, predict the whole volume,
+    autosave the model.  Returns ``(model, history, prediction)``."""
+    job = Job.of(progress, stop)
+    folder = Path(project) if project else None
+    if folder is not None:
+        write_image(folder / f"annotations_round{round_index:02d}.nii.gz", labels, image.geometry, overwrite=True)
+    model, history = finetune(start, image, labels, axis=axis, device=device, progress=job, **options)
+    job.report(len(history["step"]), len(history["step"]), "predicting the volume")
+    prediction = segment(image, model, axis=axis, device=device)
+    if folder is not None:
+        model.save(folder / f"model_round{round_index:02d}.medgen.pt")
+        summary = {k: v for k, v in history.items() if k not in ("step", "loss")}
+        (folder / f"history_round{round_index:02d}.json").write_text(json.dumps(summary, indent=1))
+    return model, history, prediction
+
+
+class FinetuneWidget(QWidget):
+    """Image + annotation layers, start model, annotation style; Train / Stop / Accept / Suggest / Save."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = None  # the latest trained Model
+        self.prediction: Optional[napari.layers.Labels] = None
+        self.ranking: list = []
+        self.round = 0
+        self._offset = self._x = 0  # plot x: steps of all rounds so far
+
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.labels = create_widget(annotation=napari.layers.Labels, label="annotations")
+        self.start = QComboBox()
+        self.start.setEditable(True)
+        self.start.addItems([FRESH] + builtin_models())
+        self.start.setToolTip("'fresh' builds a new U-Net; or a built-in model or a .medgen.pt file.")
+        browse = QPushButton("File...")
+        browse.clicked.connect(self._browse_model)
+        start_row = QHBoxLayout()
+        start_row.addWidget(self.start, 1)
+        start_row.addWidget(browse)
+        self.resume = QCheckBox("continue from the last round")
+        self.resume.setEnabled(False)
+        self.axis = QSpinBox()
+        self.axis.setRange(0, 2)
+        self.style = QComboBox()
+        self.style.addItems(["dense: painted slices are complete", "sparse: scribbles, 0 is unknown"])
+        self.background = QSpinBox()
+        self.background.setRange(1, 255)
+        self.background.setEnabled(False)
+        self.background.setToolTip("Sparse mode: the label value you paint on background.")
+        self.style.currentIndexChanged.connect(lambda i: self.background.setEnabled(i == 1))
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 100_000)
+        self.steps.setValue(300)
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        self.device_line = QLabel(device_label("auto"))
+        self.device.currentTextChanged.connect(lambda d: self.device_line.setText(device_label(d)))
+        self.project = QLineEdit()
+        self.project.setPlaceholderText("project folder (autosave each round; optional)")
+        folder = QPushButton("Folder...")
+        folder.clicked.connect(self._browse_project)
+        project_row = QHBoxLayout()
+        project_row.addWidget(self.project, 1)
+        project_row.addWidget(folder)
+
+        new_layer = QPushButton("New annotation layer")
+        new_layer.setToolTip("An empty Labels layer on the image's voxel grid, to paint on.")
+        new_layer.clicked.connect(self.new_annotation_layer)
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        self.runner = JobRunner("Fine-tune")
+        self.runner.cancel_button.setText("Stop")
+        self.runner.started.connect(lambda: self._busy(True))
+        self.runner.done.connect(lambda _s: self._busy(False))
+        self.plot = LivePlot("training loss and validation Dice")
+        self.summary = QLabel("Paint a few slices of the annotation layer, then Train.")
+        self.summary.setWordWrap(True)
+        self.accept_button = QPushButton("Accept slice")
+        self.accept_button.setToolTip("Copy the prediction of the current slice into its unpainted voxels (Ctrl-Z undoes).")
+        self.accept_button.clicked.connect(self.accept_slice)
+        self.suggest_button = QPushButton("Suggest next slice")
+        self.suggest_button.clicked.connect(self.suggest)
+        self.ranking_list = QListWidget()
+        self.ranking_list.setMaximumHeight(110)
+        self.ranking_list.itemClicked.connect(lambda item: self.go_to(int(item.data(256))))
+        self.save_button = QPushButton("Save model...")
+        self.save_button.clicked.connect(self._save_dialog)
+        for b in (self.accept_button, self.suggest_button, self.save_button):
+            b.setEnabled(False)
+
+        form = QFormLayout()
+        form.addRow("image", self.image.native)
+        form.addRow("annotations", self.labels.native)
+        form.addRow("", new_layer)
+        form.addRow("start from", start_row)
+        form.addRow("", self.resume)
+        form.addRow("slice axis", self.axis)
+        form.addRow("style", self.style)
+        form.addRow("background label", self.background)
+        form.addRow("steps", self.steps)
+        form.addRow("device", self.device)
+        form.addRow("project", project_row)
+        actions = QHBoxLayout()
+        actions.addWidget(self.accept_button)
+        actions.addWidget(self.suggest_button)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.device_line)
+        lay.addWidget(self.train_button)
+        lay.addWidget(self.runner)
+        lay.addWidget(self.plot)
+        lay.addWidget(self.summary)
+        lay.addLayout(actions)
+        lay.addWidget(self.ranking_list)
+        lay.addWidget(self.save_button)
+        lay.addStretch(1)
+        for w in (self.image, self.labels):
+            self.viewer.layers.events.inserted.connect(w.reset_choices)
+            self.viewer.layers.events.removed.connect(w.reset_choices)
+
+    # --- training --------------------------------------------------------------------------
+    def _inputs(self):
+        """(ImageData, annotation snapshot) of the chosen layers, or None after telling the user why."""
+        img, lab = self.image.value, self.labels.value
+        if img is None or lab is None:
+            show_error("Choose an image layer and the annotation (Labels) layer you painted.")
+            return None
+        if lab is self.prediction:
+            show_error("Choose the layer you painted, not the prediction, as annotations.")
+            return None
+        geo = Geometry.from_layer(img)
+        if np.shape(lab.data) != np.shape(img.data) or not Geometry.from_layer(lab).same_grid(geo):
+            show_error(f"The annotation layer '{lab.name}' is not on the voxel grid of '{img.name}' "
+                       "(shape, scale, translate or affine differ); use 'New annotation layer'.")
+            return None
+        image = ImageData(np.asarray(img.data), geo, img.name, metadata=dict(img.metadata))
+        return image, np.array(lab.data, copy=True)  # a snapshot: painting may go on while training
+
+    def new_annotation_layer(self) -> Optional[napari.layers.Labels]:
+        """Add an empty Labels layer with the chosen image's shape and geometry, and select it."""
+        img = self.image.value
+        if img is None:
+            show_error("Choose an image layer first.")
+            return None
+        layer = self.viewer.add_labels(np.zeros(np.shape(img.data), np.uint8), name=f"{img.name} annotations",
+                                       scale=img.scale, translate=img.translate, affine=img.affine)
+        self.labels.value = layer
+        return layer
+
+    def _start_model(self):
+        if self.model is not None and self.resume.isChecked():
+            return self.model
+        return self.start.currentText().strip() or FRESH
+
+    def train(self) -> None:
+        """Train one round (continuing from the last one when asked) and predict the volume."""
+        inputs = self._inputs()
+        if inputs is None:
+            return
+        image, annotations = inputs
+        sparse = self.style.currentIndex() == 1
+        self._source = self.image.value
+        self._offset = self._x
+        self.runner.start(train_round, image, annotations, self._start_model(),
+                          project=self.project.text().strip() or None, round_index=self.round + 1,
+                          axis=self.axis.value(), device=self.device.currentText(), sparse=sparse,
+                          background_label=self.background.value() if sparse else None,
+                          steps=self.steps.value(), on_result=self._trained, on_progress=self._on_progress)
+
+    def _on_progress(self, ev: ProgressEvent) -> None:
+        m = ev.metrics
+        if "loss" in m:
+            self._x = self._offset + ev.step
+            self.plot.add("loss", self._x, m["loss"], draw="val_dice" in m or ev.step % 5 == 0)
+        if "val_dice" in m:
+            self.plot.add("val Dice", self._x, m["val_dice"])
+
+    def _trained(self, result: tuple) -> None:
+        model, history, prediction = result
+        self.model, self.round = model, self.round + 1
+        self.resume.setEnabled(True)
+        self.resume.setChecked(True)
+        self._show_prediction(prediction)
+        best = history.get("best_val_dice")
+        val = (f"best validation Dice {best:.3f} on slice {history['val_slice']} (step {history['best_step']})"
+               if best is not None else "no validation slice (paint two or more slices to get one)")
+        stopped = ", stopped early" if history["stopped"] else ""
+        self.summary.setText(f"Round {self.round}: trained on slices {history['train_slices']} in "
+                             f"{history['seconds']:.0f} s{stopped}; {val}.")
+        for b in (self.accept_button, self.suggest_button, self.save_button):
+            b.setEnabled(True)
+
+    def _show_prediction(self, prediction: np.ndarray) -> None:
+        src = self._source
+        name = f"{self.labels.value.name if self.labels.value else src.name} prediction"
+        kwargs = {"colormap": DirectLabelColormap(color_dict=class_colors(self.model)),
+                  "features": {"class": class_names(self.model)}}
+        if self.prediction is not None and self.prediction in self.viewer.layers:
+            self.prediction.data = prediction
+            self.prediction.colormap, self.prediction.features = kwargs["colormap"], kwargs["features"]
+        else:
+            self.prediction = self.viewer.add_labels(prediction, name=name, scale=src.scale, translate=src.translate,
+                                                     affine=src.affine, opacity=0.4, **kwargs)
+
+    def _busy(self, busy: bool) -> None:
+        self.train_button.setEnabled(not busy)
+        self.suggest_button.setEnabled(not busy and self.model is not None)
+
+    # --- the loop's helpers ---------------------------------------------------------------------
+    def current_slice(self) -> int:
+        """Index along the slice axis of the slice the viewer shows."""
+        lab = self.labels.value
+        if lab.ndim == 2:
+            return 0
+        point = np.asarray(lab.world_to_data(self.viewer.dims.point[-lab.ndim:]))
+        return int(np.clip(np.round(point[self.axis.value()]), 0, lab.data.shape[self.axis.value()] - 1))
+
+    def accept_slice(self) -> int:
+        """Copy the prediction of the current slice into its unpainted voxels; returns the count written.
+
+        Voxels already painted are never overwritten; the change is one undo step of the layer.
+        In sparse mode predicted background is written as the background label.
+        """
+        lab = self.labels.value
+        if self.prediction is None or lab is None or self.prediction.data.shape != lab.data.shape:
+            show_error("Train first: there is no prediction on the annotation layer's grid.")
+            return 0
+        axis, k = self.axis.value(), self.current_slice()
+        index = [slice(None)] * lab.ndim
+        if lab.ndim == 3:
+            index[axis] = k
+        pred = np.asarray(self.prediction.data[tuple(index)]).astype(np.int64)
+        if self.style.currentIndex() == 1:
+            pred = np.where(pred == 0, self.background.value(), pred)
+        free = (np.asarray(lab.data[tuple(index)]) == 0) & (pred != 0)
+        coords = list(np.nonzero(free))
+        if lab.ndim == 3:
+            coords.insert(axis, np.full(coords[0].shape, k))
+        lab.data_setitem(tuple(coords), pred[free].astype(lab.data.dtype))
+        show_info(f"Accepted the prediction on slice {k}: {int(free.sum())} voxels filled, painted voxels kept "
+                  "(Ctrl-Z on the layer undoes it).")
+        return int(free.sum())
+
+    def suggest(self) -> None:
+        """Rank the unannotated slices by the model's uncertainty and go to the most uncertain."""
+        inputs = self._inputs()
+        if inputs is None or self.model is None:
+            return
+        image, annotations = inputs
+        self.runner.start(rank_slices, self.model, image, annotations, axis=self.axis.value(),
+                          device=self.device.currentText(), on_result=self._ranked)
+
+    def _ranked(self, ranking: list) -> None:
+        self.ranking = ranking
+        self.ranking_list.clear()
+        for k, score in ranking[:20]:
+            self.ranking_list.addItem(f"slice {k}: uncertainty {score:.3f}")
+            self.ranking_list.item(self.ranking_list.count() - 1).setData(256, k)
+        if ranking:
+            self.go_to(ranking[0][0])
+            self.ranking_list.setCurrentRow(0)
+        else:
+            show_info("Every informative slice is annotated already.")
+
+    def go_to(self, k: int) -> None:
+        """Show slice ``k`` along the slice axis."""
+        lab = self.labels.value
+        if lab is None or lab.ndim != 3:
+            return
+        point = np.asarray(lab.world_to_data(self.viewer.dims.point[-3:]), dtype=float)
+        point[self.axis.value()] = k
+        world = np.asarray(lab.data_to_world(point))
+        n = self.viewer.dims.ndim
+        self.viewer.dims.set_point(list(range(n - 3, n)), tuple(world))
+
+    def save_model(self, path: str) -> str:
+        """Write the current model (a ``.medgen.pt`` the Segment widget and the CLI load)."""
+        if not path.endswith(".medgen.pt"):
+            path += ".medgen.pt"
+        return self.model.save(path)
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save model", "finetuned.medgen.pt", "Models (*.medgen.pt)")
+        if path:
+            show_info(f"Saved {self.save_model(path)}")
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Start model", "", "Models (*.medgen.pt);;All files (*)")
+        if path:
+            self.start.addItem(path)
+            self.start.setCurrentText(path)
+            self.resume.setChecked(False)
+
+    def _browse_project(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Project folder")
+        if path:
+            self.project.setText(path)

@@ -1,0 +1,127 @@
+"""``napari-medgen gan-*``: train a GAN (or a mask-to-image GAN), synthesize, and report quality."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .progress import terminal_job
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("gan-train", help="train a 2D GAN on the slices of images (with --labels: mask-to-image)")
+    p.add_argument("images", nargs="+", help="image files (same pixel spacing)")
+    p.add_argument("--labels", nargs="*", default=None, help="label map per image: train mask-to-image synthesis")
+    p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--downsample", type=int, default=2, help="train on slices reduced by this factor")
+    p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
+    _common(p)
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("gan-synthesize", help="N new slices from a seed, a seed-to-seed walk, or images "
+                                              "from a label map")
+    p.add_argument("--model", required=True)
+    p.add_argument("-n", type=int, default=16, help="number of samples (or interpolation steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--to-seed", type=int, help="interpolate from --seed to this seed instead")
+    p.add_argument("--labels", help="label map file (mask-to-image model): one image per slice")
+    p.add_argument("--out", required=True, help="image stack file, e.g. samples.nii.gz")
+    _common(p)
+    p.set_defaults(func=run_synthesize)
+
+    p = sub.add_parser("gan-report", help="quality report (MMD, MS-SSIM, FD-medgen, memorisation) of samples "
+                                          "against the real slices of an image")
+    p.add_argument("samples", help="sample stack file (from gan-synthesize)")
+    p.add_argument("--model", required=True, help="the GAN that made the samples (grid and intensity units)")
+    p.add_argument("--real", required=True, help="real image whose slices are the reference and training set")
+    p.add_argument("--json", help="also write the full report (all similarities) as JSON")
+    _common(p)
+    p.set_defaults(func=run_report)
+
+
+def _common(p) -> None:
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _check_out(path: str, overwrite: bool) -> None:
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it.")
+
+
+def _load(path):
+    from ..models.checkpoint import Model, ModelFileError
+    from ..tasks.conditional_gan import TASK, load_conditional
+
+    model = Model.load(path)
+    if model.task == TASK:
+        return load_conditional(path)
+    if model.task != "gan":
+        raise ModelFileError(f"{Path(path).name} is a {model.task} model, not a GAN.")
+    return model
+
+
+def run_train(args) -> int:
+    from ..io import read_image
+    from ..tasks.conditional_gan import train_conditional_gan
+    from ..tasks.gan import train_gan
+
+    _check_out(args.out, args.overwrite)
+    if args.labels is not None and len(args.labels) != len(args.images):
+        raise ValueError(f"Got {len(args.labels)} label maps for {len(args.images)} images; give one per image.")
+    images = [read_image(p) for p in args.images]
+    kw = dict(axis=args.axis, steps=args.steps, downsample=args.downsample, device=args.device)
+    with terminal_job("gan-train", args.quiet) as job:
+        if args.labels:
+            model, history = train_conditional_gan(images, [read_image(p) for p in args.labels], progress=job, **kw)
+        else:
+            model, history = train_gan(images, progress=job, **kw)
+    model.save(args.out)
+    note = " (stopped early: EMA weights so far)" if history["stopped"] else ""
+    print(f"Trained {history['steps']} steps in {history['seconds']:.0f} s{note}; wrote {args.out}")
+    return 0
+
+
+def run_synthesize(args) -> int:
+    from ..io import read_image, write_image
+    from ..tasks.conditional_gan import synthesize_from_labels
+    from ..tasks.gan import interpolate_seeds, synthesize
+
+    _check_out(args.out, args.overwrite)
+    model = _load(args.model)
+    with terminal_job("gan-synthesize", args.quiet) as job:
+        if args.labels:
+            labels = read_image(args.labels)
+            axis = model.config.get("axis", 0)
+            data = labels.data if labels.data.ndim == 2 else labels.data.swapaxes(0, axis)
+            spacing = [s for k, s in enumerate(labels.geometry.spacing) if labels.data.ndim == 2 or k != axis]
+            item = synthesize_from_labels(model, data, spacing=spacing, device=args.device, progress=job)
+            if labels.data.ndim == 3:  # back on the label map's own grid
+                item.data, item.geometry = item.data.swapaxes(0, axis), labels.geometry
+        elif args.to_seed is not None:
+            item = interpolate_seeds(model, args.seed, args.to_seed, steps=args.n, device=args.device, progress=job)
+        else:
+            item = synthesize(model, args.n, seed=args.seed, device=args.device, progress=job)
+    write_image(args.out, item.data, item.geometry, overwrite=args.overwrite)
+    print(f"Wrote {item.data.shape} to {args.out}")
+    return 0
+
+
+def run_report(args) -> int:
+    from ..io import read_image
+    from ..tasks.gan import real_slices
+    from ..tasks.synthesis_report import format_report, synthesis_report
+
+    model = _load(args.model)
+    if model.task != "gan":
+        raise ValueError("gan-report compares samples of an unconditional GAN; this is a mask-to-image model.")
+    samples = read_image(args.samples).data
+    real = real_slices(read_image(args.real), model.config)
+    with terminal_job("gan-report", args.quiet) as job:
+        report = synthesis_report(samples, real, training=real, progress=job)
+    print(format_report(report))
+    if args.json:
+        _check_out(args.json, args.overwrite)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0

@@ -1,0 +1,85 @@
+"""The Fine-tune dock widget drives the loop: train, stop, train again, accept slice, suggest slice, save."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medgen import Model, load_segmentation_model, segmentation_config
+from napari_medgen._widgets.finetune_widget import FinetuneWidget
+
+PAINTED = [25, 40, 55]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, brain, tissue, tmp_path):
+    viewer = make_napari_viewer()
+    img = viewer.add_image(brain.data, name="T1", **brain.geometry.layer_kwargs())
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    ann = widget.new_annotation_layer()
+    ann.data[PAINTED] = tissue.data[PAINTED]
+    painted = ann.data.copy()
+    start = tmp_path / "small.medgen.pt"
+    Model(segmentation_config("small", 4, channels=(16, 32, 64), strides=(2, 2), num_res_units=1)).save(start)
+    widget.start.setCurrentText(str(start))
+    widget.project.setText(str(tmp_path / "project"))
+    widget.steps.setValue(300)  # validation every 30 steps
+
+    # Train, then Stop while it runs: the best weights so far are kept and the volume predicted
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: len(widget.plot.series.get("val Dice", ([], []))[0]) >= 2, timeout=60_000)
+    assert widget.runner.cancel_button.text() == "Stop"
+    with qtbot.waitSignal(widget.runner.done, timeout=60_000) as sig:
+        widget.runner.cancel_button.click()
+    assert sig.args == ["finished"] and "stopped early" in widget.summary.text()
+    pred = widget.prediction
+    assert pred is not None and pred.data.shape == img.data.shape
+    np.testing.assert_allclose(pred.scale, img.scale)
+    np.testing.assert_allclose(pred.translate, img.translate)
+    np.testing.assert_allclose(pred.affine.affine_matrix, img.affine.affine_matrix)
+    np.testing.assert_array_equal(ann.data, painted)  # training never touches the annotations
+    first_x = widget.plot.series["loss"][0][-1]
+
+    # Train again: continues from the model of round 1, the plot continues, the layer is reused
+    widget.steps.setValue(20)
+    assert widget.resume.isChecked()
+    with qtbot.waitSignal(widget.runner.done, timeout=60_000) as sig:
+        widget.train_button.click()
+    assert sig.args == ["finished"] and widget.round == 2 and widget.prediction is pred
+    assert widget.plot.series["loss"][0][-1] == first_x + 20
+    assert widget.model.config["finetune"]["rounds"] == 2
+    saved = sorted(p.name for p in (tmp_path / "project").iterdir())
+    assert "model_round02.medgen.pt" in saved and "annotations_round02.nii.gz" in saved
+
+    # Accept slice on an unpainted slice: fills it from the prediction, keeps painted voxels, undoable
+    widget.go_to(47)
+    assert widget.current_slice() == 47
+    ann.data[47, 50:55, 40:45] = 1  # the user already painted a patch here
+    before = ann.data.copy()
+    written = widget.accept_slice()
+    assert written > 1000
+    np.testing.assert_array_equal(ann.data[47, 50:55, 40:45], 1)
+    fill = (before[47] == 0) & (pred.data[47] > 0)
+    np.testing.assert_array_equal(ann.data[47][fill], pred.data[47][fill])
+    np.testing.assert_array_equal(np.delete(ann.data, 47, 0), np.delete(before, 47, 0))
+    ann.undo()
+    np.testing.assert_array_equal(ann.data, before)
+
+    # Suggest next slice: a visible ranking of unannotated slices, and the viewer jumps to the top one
+    with qtbot.waitSignal(widget.runner.done, timeout=60_000):
+        widget.suggest_button.click()
+    assert widget.ranking_list.count() > 0 and "uncertainty" in widget.ranking_list.item(0).text()
+    top = widget.ranking[0][0]
+    assert top not in PAINTED + [47] and widget.current_slice() == top
+
+    # Save: a model the Segment widget and the CLI can load
+    path = widget.save_model(str(tmp_path / "mine"))
+    assert load_segmentation_model(path).config["finetune"]["rounds"] == 2
