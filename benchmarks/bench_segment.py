@@ -33,7 +33,7 @@ def volume(case: str):
     return vol.astype(np.int16)
 
 
-def worker(case: str, mode: str, threads: int) -> dict:
+def worker(case: str, mode: str, threads: int, repeats: int) -> dict:
     import numpy as np
     import psutil
     import torch
@@ -51,17 +51,22 @@ def worker(case: str, mode: str, threads: int) -> dict:
     net = model.net.eval()
     if mode == "bare":
         x = torch.from_numpy(normalize(vol, spec))[None, None]  # prepared outside the timing
+    def call(v, t):
+        if mode == "bare":
+            with torch.inference_mode():
+                return tuple(sliding_window_inference(t, ROI, SW_BATCH, net, overlap=0.5, mode="gaussian").shape)
+        return segment(v, model, device="cpu", batch_size=SW_BATCH).shape
+
+    call(vol[:40, :40, :40], torch.zeros(1, 1, 40, 40, 40))  # warm-up, outside the timing
     rss0 = psutil.Process().memory_info().rss
-    t0 = time.perf_counter()
-    if mode == "bare":
-        with torch.inference_mode():
-            out = sliding_window_inference(x, ROI, SW_BATCH, net, overlap=0.5, mode="gaussian")
-        shape = tuple(out.shape)
-    else:
-        shape = segment(vol, model, device="cpu", batch_size=SW_BATCH).shape
-    seconds = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        shape = call(vol, x if mode == "bare" else None)
+        times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": seconds, "peak_mib": peak / 2**20, "extra_mib": (peak - rss0) / 2**20, "shape": shape}
+    return {"seconds": float(np.median(times)), "peak_mib": peak / 2**20, "extra_mib": (peak - rss0) / 2**20,
+            "shape": shape}
 
 
 def builtin_2d(threads: int) -> float:
@@ -82,10 +87,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "MODE"))
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per case (median reported)")
     ap.add_argument("--out", default=str(Path(__file__).parents[1] / "docs" / "bench_segment.md"))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.threads)))
+        print(json.dumps(worker(*args.worker, args.threads, args.repeats)))
         return
     import torch
 
@@ -93,7 +99,8 @@ def main() -> None:
     for label, case in CASES.items():
         res = {}
         for mode in ("bare", "segment"):
-            cmd = [sys.executable, __file__, "--worker", case, mode, "--threads", str(args.threads)]
+            cmd = [sys.executable, __file__, "--worker", case, mode, "--threads", str(args.threads),
+                   "--repeats", str(args.repeats if case == "brain" else 1)]
             res[mode] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             print(label, mode, res[mode], flush=True)
         rows.append((label, res))
@@ -105,8 +112,9 @@ def main() -> None:
         f"Gaussian blending, window batch {SW_BATCH}, torch {torch.__version__}. `bare` = one "
         "`sliding_window_inference` call on an already normalised tensor (logits out); `segment()` = "
         "end to end from the raw numpy volume: checks, normalisation, the same sliding window with softmax, "
-        "argmax to labels. Each measured once in a fresh process; peak RAM is the process's max RSS, "
-        "'extra' is the rise during the call.", "",
+        "argmax to labels. Each (volume, mode) in a fresh process after a small warm-up call; seconds are the "
+        f"median of {args.repeats} calls for the brain, one call for the CT-sized volume; peak RAM is the "
+        "process's max RSS, 'extra' its rise during the timed calls.", "",
         "| volume | bare s | segment() s | ratio | bare peak / extra MiB | segment() peak / extra MiB |",
         "|---|---|---|---|---|---|",
     ]

@@ -51,7 +51,7 @@ def inject_lesions(volume: np.ndarray, mask: np.ndarray, n: int = 6, radii=(2.0,
         centre = cands[rng.integers(len(cands))]
         dist = np.sqrt(sum(((grid[k] - centre[k]) / semi[k]) ** 2 for k in range(img.ndim)))
         w = special.expit((1.0 - dist) / softness)
-        w[~fg] = 0.0
+        w[(w < 0.01) | ~fg] = 0.0  # a soft edge of finite reach
         bright = polarity == "bright" or (polarity == "both" and i % 2 == 0)
         new = img + contrast * span if bright else np.maximum(img - contrast * span, lo)
         img = img * (1 - w) + new * w
