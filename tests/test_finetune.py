@@ -171,3 +171,14 @@ def test_cli_train_writes_a_model_and_prediction_on_the_image_grid(tmp_path, bra
     write_image(shifted, painted, type(brain.geometry)(brain.geometry.spacing, (0, 0, 0), brain.geometry.direction))
     assert main(["train", str(img), str(shifted), "--out", str(tmp_path / "x.medgen.pt"), "--quiet"]) == 2
     assert "not on the voxel grid" in capsys.readouterr().err
+
+
+def test_2d_image_and_slices_along_another_axis(brain, tissue):
+    image2d, labels2d = brain.data[40].astype(np.float32), tissue.data[40].copy()
+    model, history = finetune(small_unet(), image2d, labels2d, **{**FAST, "steps": 10})
+    assert history["slices"] == [0] and history["val_slice"] is None
+    assert segment(image2d, model, device="cpu").shape == image2d.shape
+    sagittal = np.zeros_like(tissue.data)
+    sagittal[:, :, [40, 60]] = tissue.data[:, :, [40, 60]]
+    model, history = finetune(small_unet(), brain, sagittal, axis=2, **{**FAST, "steps": 10})
+    assert history["slices"] == [40, 60] and model.config["axis"] == 2

@@ -53,7 +53,7 @@ def inject_lesions(volume: np.ndarray, mask: np.ndarray, n: int = 6, radii=(2.0,
         w = special.expit((1.0 - dist) / softness)
         w[(w < 0.01) | ~fg] = 0.0  # a soft edge of finite reach
         bright = polarity == "bright" or (polarity == "both" and i % 2 == 0)
-        new = img + contrast * span if bright else np.maximum(img - contrast * span, lo)
+        new = img + contrast * span if bright else np.minimum(img, np.maximum(img - contrast * span, lo))
         img = img * (1 - w) + new * w
         lesions |= w > 0.5
     return img.astype(np.float32), lesions

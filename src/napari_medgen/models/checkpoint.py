@@ -32,7 +32,7 @@ def build_network(spec: dict) -> torch.nn.Module:
     cls = getattr(nets, arch, None)
     if cls is None:
         raise ModelFileError(f"Unknown network architecture '{arch}' (not in monai.networks.nets).")
-    return cls(**spec.get("args", {}))
+    return cls(**copy.deepcopy(spec.get("args", {})))  # some nets (SPADENet) edit their args
 
 
 class Model:

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
 
+from ..data.slices import fit_to_size
 from ..engine.device import select_device
 from ..engine.jobs import Job
 from ..io.geometry import Geometry
 from ..io.read import ImageData
 from ..models.checkpoint import Model, build_network
-from ..data.slices import fit_to_size
 from .gan import _to_intensity, check_count, ema_of, spectral_discriminator, training_slices
 
 TASK = "gan-conditional"
@@ -49,7 +49,8 @@ def _build(config: dict) -> torch.nn.Module:
 
 
 def load_conditional(path) -> Model:
-    """Load a conditional GAN file (its network is rebuilt from an untouched copy of the config)."""
+    """Load a conditional GAN file and restore its network arguments (SPADENet edits them in place when
+    built), so that the model can be saved again."""
     model = Model.load(path, task=TASK)
     model.config["networks"]["net"]["args"] = copy.deepcopy(model.config["net_args"])
     return model

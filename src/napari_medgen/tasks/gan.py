@@ -1,6 +1,6 @@
 """Unconditional 2D GAN: train on the slices of volumes, synthesize new slices reproducibly from seeds.
 
-Recipe for few images on a CPU: MONAI ``Generator`` (tanh output) against a MONAI
+Recipe for few images on a CPU: MONAI ``Generator`` (batch norm, tanh output) against a MONAI
 ``PatchDiscriminator`` with spectral norm, least-squares ``PatchAdversarialLoss``,
 differentiable augmentation of everything the discriminator sees, and an exponential
 moving average (EMA) of the generator, which is what is saved and sampled.
@@ -69,10 +69,13 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
     if len(spacings) > 1:
         raise ValueError(f"The training images have different pixel spacings {sorted(spacings)}; "
                          "resample them to one spacing first.")
-    stacks, lab_stacks, lows, highs = [], [], [], []
+    if int(downsample) < 1:
+        raise ValueError("downsample must be 1 (full resolution) or more.")
+    stacks, lab_stacks, lows, highs, specs = [], [], [], [], []
     for k, item in enumerate(items):
         vol = np.asarray(item.data, dtype=np.float32)
         spec = resolve(MRI_DEFAULT, vol, item.metadata.get("modality", ""))
+        specs.append(spec)
         lo, hi = _window(vol, spec)
         lows.append(lo), highs.append(hi)
         norm = normalize(vol, {"kind": "window", "low": lo, "high": hi})
@@ -93,7 +96,7 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
     sp = next(iter(spacings))
     return {"images": imgs.astype(np.float32), "labels": out_labels, "size": list(size),
             "spacing": [sp[0] * downsample, sp[1] * downsample], "native_shape": list(native),
-            "intensity": [float(np.mean(lows)), float(np.mean(highs))], "normalization": dict(MRI_DEFAULT)}
+            "intensity": [float(np.mean(lows)), float(np.mean(highs))], "normalization": specs[0]}
 
 
 def _window(vol: np.ndarray, spec: dict) -> tuple[float, float]:
@@ -286,7 +289,7 @@ def synthesize(model: Model, n: int = 16, seed: int = 0, device="auto", progress
 
 
 def interpolate_seeds(model: Model, seed_a: int, seed_b: int, steps: int = 8, device="auto",
-                progress=None, stop=None) -> ImageData:
+                      progress=None, stop=None) -> ImageData:
     """A stack walking the latent space from the first sample of ``seed_a`` to that of ``seed_b`` (slerp)."""
     _check_gan(model)
     steps = check_count(steps)

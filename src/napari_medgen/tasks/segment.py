@@ -41,9 +41,8 @@ def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bo
         raise ImageInputError("The image has no finite values (all NaN or Inf).")
     if finite is not None and finite.all():
         finite = None
-    if finite is not None:
-        job.report(0, 1, f"{int((~finite).sum())} NaN/Inf voxels are treated as background")
-    job.report(0, 1, "normalising")
+    bad = "" if finite is None else f" ({int((~finite).sum())} NaN/Inf voxels are treated as background)"
+    job.report(0, 1, "normalising" + bad)
     norm = [normalize(c, cfg.get("normalization"), modality) for c in arr]
     x = norm[0][None] if len(norm) == 1 else np.stack(norm)
     del norm
@@ -55,14 +54,13 @@ def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bo
         x = _resize_grid(x, grid, dims, work_axis)
     job.check()
     args = cfg["networks"]["net"].get("args", {})
-    divisor = int(np.prod(args.get("strides", [16]))) if "strides" in args else 16
+    divisor = int(np.prod(args["strides"])) if "strides" in args else 16  # U-Net input multiple
     probs = predict(m.net, x, spatial_dims=dims, axis=work_axis, patch_size=cfg.get("patch_size"),
                     device=device, tta=tta, batch_size=batch_size, divisor=divisor, progress=job)
     del x
     if grid is not None:
         probs = _resize_grid(probs, spatial if dims == 3 else _inplane(spatial, work_axis), dims, work_axis)
-    n_classes = probs.shape[0]
-    labels = probs.argmax(axis=0).astype(np.uint8 if n_classes <= 256 else np.int32)
+    labels = _argmax(probs)
     if finite is not None:
         labels[~finite] = 0
     job.report(1, 1, "done")
@@ -98,6 +96,14 @@ def check_image(image, cfg: dict, axis: int = 0, rgb: bool | None = None) -> np.
     if len(spatial) == 3 and not 0 <= axis < 3:
         raise ImageInputError(f"Axis {axis} does not exist in a 3D image; use 0, 1 or 2.")
     return arr
+
+
+def _argmax(probs: np.ndarray, chunk: int = 8) -> np.ndarray:
+    """Class index per voxel, in chunks along the first spatial axis (no int64 copy of the volume)."""
+    labels = np.empty(probs.shape[1:], dtype=np.uint8 if probs.shape[0] <= 256 else np.int32)
+    for i in range(0, labels.shape[0], chunk):
+        labels[i:i + chunk] = probs[:, i:i + chunk].argmax(axis=0)
+    return labels
 
 
 def _inplane(shape, axis: int) -> tuple:

@@ -150,7 +150,7 @@ def format_report(report: dict) -> str:
     if mem:
         base = report["memorisation_baseline"]
         lines.append(f"Nearest training SSIM: median {mem['median']:.3f}, max {mem['max']:.3f} "
-                     f"(held-out real: median {base['median']:.3f}, max {base['max']:.3f})")
+                     f"(real reference slices: median {base['median']:.3f}, max {base['max']:.3f})")
         lines.append("Most suspicious: " + ", ".join(f"sample {i} ~ train {j} ({s:.3f})"
                                                      for i, j, s in mem["suspicious"]))
     return "\n".join(lines)
