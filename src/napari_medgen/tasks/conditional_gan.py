@@ -7,7 +7,6 @@ image, EMA of the generator. The mapping is deterministic: one label map, one im
 """
 from __future__ import annotations
 
-import copy
 import time
 
 import numpy as np
@@ -43,17 +42,9 @@ def conditional_config(size, n_classes: int, width: int = 16) -> dict:
             "networks": {"net": {"arch": "SPADENet", "args": args}}}
 
 
-def _build(config: dict) -> torch.nn.Module:
-    # SPADENet reverses and extends its ``channels`` list in place: build from a copy.
-    return build_network(copy.deepcopy(config["networks"]["net"]))
-
-
 def load_conditional(path) -> Model:
-    """Load a conditional GAN file and restore its network arguments (SPADENet edits them in place when
-    built), so that the model can be saved again."""
-    model = Model.load(path, task=TASK)
-    model.config["networks"]["net"]["args"] = copy.deepcopy(model.config["net_args"])
-    return model
+    """Load a conditional GAN file (.medgen.pt)."""
+    return Model.load(path, task=TASK)
 
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -80,11 +71,10 @@ def train_conditional_gan(images, labels, axis: int = 0, steps: int = 1000, batc
     config = conditional_config(data["size"], n_classes, width)
     config.update({k: data[k] for k in ("spacing", "native_shape", "intensity", "normalization")},
                   axis=int(axis), downsample=int(downsample), n_train=int(len(labs)),
-                  present_classes=sorted(int(c) for c in np.unique(labs)),
-                  net_args=copy.deepcopy(config["networks"]["net"]["args"]))
+                  present_classes=sorted(int(c) for c in np.unique(labs)))
     dev = select_device(device)
     torch.manual_seed(seed)
-    gen_net = _build(config).to(dev)
+    gen_net = build_network(config["networks"]["net"]).to(dev)
     disc = spectral_discriminator(1 + n_classes, channels=2 * width).to(dev)
     ema = ema_of(gen_net, ema_decay)
     adv = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
