@@ -58,6 +58,7 @@ def augment() -> Compose:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=450.0, help="training time budget")
+    ap.add_argument("--steps", type=int, default=None, help="also stop after this many steps (reproducible runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(BUILTIN["brain-tissue-2d"]))
     ap.add_argument("--seed", type=int, default=0)
@@ -83,9 +84,13 @@ def main(argv=None) -> None:
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     t0, step = time.monotonic(), 0
-    while time.monotonic() - t0 < args.seconds:
+    def progress() -> float:
+        frac = (time.monotonic() - t0) / args.seconds
+        return min(1.0, max(frac, step / args.steps if args.steps else 0.0))
+
+    while progress() < 1.0:
         for batch in loader:
-            frac = min(1.0, (time.monotonic() - t0) / args.seconds)
+            frac = progress()
             for g in opt.param_groups:
                 g["lr"] = 3e-3 * 0.5 * (1 + np.cos(np.pi * frac))  # cosine decay over the budget
             net.train()
@@ -96,7 +101,7 @@ def main(argv=None) -> None:
             step += 1
             if step % 50 == 0:
                 print(f"step {step}  {time.monotonic() - t0:5.0f}s  loss {loss.item():.4f}", flush=True)
-            if time.monotonic() - t0 >= args.seconds:
+            if progress() >= 1.0:
                 break
 
     net.eval()

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
 from ..engine.device import available_devices
 from ..io import Geometry
 from ..models.checkpoint import SUFFIX, Model
-from ..tasks.anomaly import METHODS, SIGNS, anomaly_map, normal_threshold
+from ..tasks.anomaly import DEFAULTS, METHODS, SIGNS, anomaly_map, normal_threshold
 from ..tasks.vae import interpolate, reconstruct, sample_vae, train_vae
 from ._plot import LivePlot
 from ._runner import JobRunner, device_label
@@ -40,7 +40,7 @@ class VAEWidget(QWidget):
 
         # --- training ---
         self.normals = create_widget(annotation=list[napari.layers.Image], label="normal images",
-                                     widget_type="Select")
+                                     widget_type="Select", options={"choices": self._image_choices})
         self.normals.native.setMaximumHeight(80)
         self.train_mask = create_widget(annotation=Optional[napari.layers.Labels], label="mask",
                                         options={"nullable": True})
@@ -68,6 +68,7 @@ class VAEWidget(QWidget):
         self.mask = create_widget(annotation=Optional[napari.layers.Labels], label="mask", options={"nullable": True})
         self.method = QComboBox()
         self.method.addItems(METHODS)
+        self.method.setCurrentText(DEFAULTS["method"])
         self.method.setToolTip("restoration: MAP restoration (best, slower); samples: mean of posterior "
                                "samples; residual: plain reconstruction residual")
         self.sign = QComboBox()
@@ -150,12 +151,18 @@ class VAEWidget(QWidget):
             self.viewer.layers.events.removed.connect(w.reset_choices)
             w.reset_choices()
 
+    def _image_choices(self, _widget=None) -> list:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
+
     # --- model ---
     def train(self) -> None:
         """Train a VAE on the selected normal layers (and mask) in a worker thread."""
         layers = list(self.normals.value)
         if not layers:
             show_error("Select one or more normal Image layers to train on.")
+            return
+        if any(layer.rgb for layer in layers):
+            show_error("The VAE works on single-channel images; choose grey-value layers, not RGB.")
             return
         mask = self.train_mask.value
         images = [_data(layer) for layer in layers]
@@ -217,6 +224,9 @@ class VAEWidget(QWidget):
         if layer is None:
             show_error("Choose an image layer to score.")
             return None
+        if layer.rgb:
+            show_error(f"'{layer.name}' is RGB; the VAE works on single-channel images.")
+            return None
         mask_layer = self.mask.value
         mask = _data(mask_layer) if mask_layer is not None else None
         if mask is not None and mask.shape != _data(layer).shape:
@@ -247,7 +257,7 @@ class VAEWidget(QWidget):
         layer = self._outputs.get(name)
         if layer is not None and layer in self.viewer.layers and layer.data.shape == data.shape:
             layer.data = data
-            for key, val in geo.items():
+            for key, val in {**geo, **{k: v for k, v in kwargs.items() if k == "contrast_limits"}}.items():
                 setattr(layer, key, val)
             return layer
         if layer is not None and layer in self.viewer.layers:
@@ -269,7 +279,7 @@ class VAEWidget(QWidget):
         src = self._source
         top = float(max(result.score.max(), result.threshold * 2, 1e-6))
         self._heatmap = self._put(f"{src.name} VAE heatmap", result.score, colormap="inferno",
-                                  blending="additive", contrast_limits=(0.0, top))
+                                  blending="additive", contrast_limits=(0.5 * result.threshold, top))
         self._mask_layer = self._put(f"{src.name} VAE anomalies", result.mask.astype(np.uint8), kind="labels",
                                      opacity=0.6)
         self._score_top = top

@@ -23,8 +23,10 @@ def add_parser(sub) -> None:
     p.add_argument("--mask", help="foreground mask (restricts scoring)")
     p.add_argument("--out", required=True, help="heatmap file (e.g. heatmap.nii.gz)")
     p.add_argument("--mask-out", help="anomaly mask file")
-    p.add_argument("--method", choices=["restoration", "samples", "residual"])
-    p.add_argument("--sign", choices=["both", "positive", "negative"])
+    p.add_argument("--method", choices=["restoration", "samples", "residual"],
+                   help="restoration (default; MAP restoration), samples (mean of posterior samples), residual")
+    p.add_argument("--sign", choices=["both", "positive", "negative"],
+                   help="positive: brighter than normal, negative: darker, both (default)")
     p.add_argument("--percentile", type=float, help="threshold as a percentile of normal scores (default 99)")
     p.add_argument("--threshold", type=float, help="explicit score threshold")
     p.add_argument("--top", type=int, default=5, help="list this many most anomalous slices")

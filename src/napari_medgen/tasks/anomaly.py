@@ -30,7 +30,7 @@ from .vae import PERCENTILES, check_distribution, decode_mean, from_slices, prep
 
 METHODS = ("restoration", "samples", "residual")
 SIGNS = ("both", "positive", "negative")
-DEFAULTS = {"method": "residual", "sign": "both", "percentile": 99.0, "median": 5, "min_size": 10,
+DEFAULTS = {"method": "restoration", "sign": "both", "percentile": 99.0, "median": 5, "min_size": 10,
             "samples": 8, "restore_steps": 30, "restore_weight": 0.05, "restore_lr": 0.1}
 
 
