@@ -102,17 +102,21 @@ class JobRunner(QWidget):
             self.cancel_button.setEnabled(False)
 
     def _on_event(self, ev: ProgressEvent) -> None:
-        if self._pbar is None:
+        pbar = self._pbar
+        if pbar is None:
             return
         total = max(int(ev.total), 1)
         self.bar.setRange(0, total)
         self.bar.setValue(min(int(ev.step), total))
-        if self._pbar.total != total:
-            self._pbar.total = total
-        self._pbar.n = min(int(ev.step), total)
-        self._pbar.set_description(f"{self.label}: {ev.message}" if ev.message else self.label)
         metrics = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in ev.metrics.items())
         self.status.setText(f"{self.label}: {ev.message} {metrics}".strip())
+        # napari's progress bar may process pending events (even our own _finish): touch it last
+        if pbar.total != total:
+            pbar.total = total
+        pbar.n = min(int(ev.step), total)
+        desc = f"{self.label}: {ev.message}" if ev.message else self.label
+        if pbar.desc != desc:
+            pbar.set_description(desc)
 
     def _on_error(self, err: BaseException) -> None:
         if isinstance(err, Cancelled):
@@ -126,15 +130,15 @@ class JobRunner(QWidget):
         self._finish("failed")
 
     def _finish(self, state: str) -> None:
-        elapsed = time.monotonic() - getattr(self, "_t0", time.monotonic())
+        self._relay.event.disconnect()  # late progress events must not overwrite the final state
+        pbar, self._pbar, self.worker = self._pbar, None, None
+        if pbar is not None:
+            pbar.close()
+        elapsed = time.monotonic() - self._t0
         self.bar.setRange(0, 1)
         self.bar.setValue(1 if state == "finished" else 0)
         self.cancel_button.setEnabled(False)
         self.status.setText(f"{self.label}: {state} in {elapsed:.1f} s")
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self.worker = None
         self.done.emit(state)
 
 

@@ -281,7 +281,8 @@ class VAEWidget(QWidget):
         self._heatmap = self._put(f"{src.name} VAE heatmap", result.score, colormap="inferno",
                                   blending="additive", contrast_limits=(0.5 * result.threshold, top))
         self._mask_layer = self._put(f"{src.name} VAE anomalies", result.mask.astype(np.uint8), kind="labels",
-                                     opacity=0.6)
+                                     opacity=0.9)
+        self._mask_layer.contour = 1  # outlines, so the heatmap stays visible underneath
         self._score_top = top
         self.slider.blockSignals(True)
         self.slider.setValue(int(round(result.threshold / top * SLIDER_STEPS)))

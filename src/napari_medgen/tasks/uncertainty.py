@@ -4,7 +4,7 @@ The score of a slice is the normalised predictive entropy of the flip-averaged
 (test-time augmented) class probabilities summed over the slice's foreground (image above
 its 10th percentile) per slice pixel: the expected share of uncertain object pixels, high
 where the model is unsure or flipped predictions disagree.  It is damped for slices close
-to an annotated one (scale: a tenth of the candidates' extent), which would teach the model
+to an annotated one (by default on a tenth of the candidates' extent), which would teach the model
 little new; on the sample brain the plain entropy picked near-empty end slices.
 """
 from __future__ import annotations
@@ -18,11 +18,12 @@ from .segment import segment
 
 
 def rank_slices(model, image, labels=None, *, axis: int = 0, spacing=None, max_candidates: int = 64,
-                device="auto", progress=None, stop=None) -> list[tuple[int, float]]:
+                spread: float = 0.1, device="auto", progress=None, stop=None) -> list[tuple[int, float]]:
     """``[(slice index, uncertainty), ...]`` for the unannotated slices along ``axis``, most uncertain first.
 
     Slices that are mostly empty (below the image's 10th percentile) are skipped; at most
-    ``max_candidates`` evenly spread slices are scored.  Raises :class:`Cancelled` on stop.
+    ``max_candidates`` evenly spread slices are scored; ``spread`` is the distance damping scale as a
+    fraction of the candidates' extent.  Raises :class:`Cancelled` on stop.
     """
     job = Job.of(progress, stop)
     img = np.asarray(getattr(image, "data", image))
@@ -45,7 +46,7 @@ def rank_slices(model, image, labels=None, *, axis: int = 0, spacing=None, max_c
     score = (entropy * foreground).reshape(len(candidates), -1).mean(axis=1)
     if painted.size:
         dist = np.abs(candidates[:, None] - painted[None]).min(axis=1)
-        scale = max(2.0, (candidates.max() - candidates.min()) / 10.0)
+        scale = max(2.0, (candidates.max() - candidates.min()) * spread)
         score = score * (1.0 - np.exp(-dist / scale))
     order = np.argsort(-score, kind="stable")
     return [(int(candidates[i]), float(score[i])) for i in order]
