@@ -119,7 +119,7 @@ def part_b(counts, steps) -> list[dict]:
     return rows
 
 
-def part_c(max_n, steps, round_steps, spread=0.1) -> list[dict]:
+def part_c(max_n, steps, round_steps, spread=0.25) -> list[dict]:
     chosen = even_slices(1)
     model, _ = finetune(None, IMAGE, paint(chosen), steps=round_steps, device="cpu")
     picks = {1: list(chosen)}
@@ -201,7 +201,7 @@ def main() -> None:
     ap.add_argument("--counts", default="1,3,5,10", help="part B slice counts")
     ap.add_argument("--steps", type=int, default=300, help="steps per run in parts B and C (the default)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--spread", type=float, default=0.1, help="rank_slices distance damping (part C)")
+    ap.add_argument("--spread", type=float, default=0.25, help="rank_slices distance damping (part C)")
     ap.add_argument("--out", default="docs/bench_finetune.md")
     ap.add_argument("--render", default=None, help="only re-write the markdown from a saved .json")
     args = ap.parse_args()

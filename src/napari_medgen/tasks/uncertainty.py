@@ -4,7 +4,7 @@ The score of a slice is the normalised predictive entropy of the flip-averaged
 (test-time augmented) class probabilities summed over the slice's foreground (image above
 its 10th percentile) per slice pixel: the expected share of uncertain object pixels, high
 where the model is unsure or flipped predictions disagree.  It is damped for slices close
-to an annotated one (by default on a tenth of the candidates' extent), which would teach the model
+to an annotated one (by default on a quarter of the candidates' extent), which would teach the model
 little new; on the sample brain the plain entropy picked near-empty end slices.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .segment import segment
 
 
 def rank_slices(model, image, labels=None, *, axis: int = 0, spacing=None, max_candidates: int = 64,
-                spread: float = 0.1, device="auto", progress=None, stop=None) -> list[tuple[int, float]]:
+                spread: float = 0.25, device="auto", progress=None, stop=None) -> list[tuple[int, float]]:
     """``[(slice index, uncertainty), ...]`` for the unannotated slices along ``axis``, most uncertain first.
 
     Slices that are mostly empty (below the image's 10th percentile) are skipped; at most
