@@ -18,15 +18,6 @@ BETWEEN = [i for i in range(28, 53) if i not in PAINTED]  # unannotated slices i
 FAST = {"steps": 200, "lr": 5e-3, "batch_size": 4, "patch_size": (64, 64), "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions run fastest on one thread, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_unet(classes: int = 4) -> Model:
     """A small untrained 2D U-Net, so that test training takes seconds."""
     return Model(segmentation_config("test", classes, channels=(16, 32, 64), strides=(2, 2), num_res_units=1))

@@ -2,21 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import torch
 
 from napari_medgen import Model, load_segmentation_model, segmentation_config
 from napari_medgen._widgets.finetune_widget import FinetuneWidget
 
 PAINTED = [25, 40, 55]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, brain, tissue, tmp_path):

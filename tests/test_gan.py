@@ -3,7 +3,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 from scipy.ndimage import gaussian_filter
 
 from napari_medgen.data.slices import fit_to_size
@@ -29,7 +28,6 @@ def split(brain):
 
 @pytest.fixture(scope="module")
 def trained(split):
-    torch.set_num_threads(1)
     train, _, _ = split
     events = []
     model, history = train_gan(ImageData(train, Geometry((1.0, 2.0 * DS, 2.0 * DS))), steps=600,

@@ -1,5 +1,4 @@
 """``napari-medgen gan-train / gan-synthesize / gan-report`` on the sample brain files."""
-import torch
 
 from napari_medgen.cli import main
 from napari_medgen.io import read_image
@@ -7,7 +6,6 @@ from napari_medgen.sample_data import T1_PATH, TISSUE_PATH
 
 
 def test_gan_verbs(tmp_path, capsys):
-    torch.set_num_threads(1)
     model = str(tmp_path / "gan.medgen.pt")
     assert main(["gan-train", str(T1_PATH), "--out", model, "--steps", "20", "--downsample", "4",
                  "--device", "cpu", "--quiet"]) == 0

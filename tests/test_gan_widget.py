@@ -1,6 +1,5 @@
 """The "GAN synthesis" dock widget: trains briefly with a live preview, synthesizes, reports, cancels."""
 import numpy as np
-import torch
 
 from napari_medgen._widgets.gan_widget import GANWidget
 
@@ -14,7 +13,6 @@ def _run(qtbot, widget, action):
 
 
 def test_train_synthesize_report_cancel(make_napari_viewer, qtbot, brain, tissue, tmp_path):
-    torch.set_num_threads(1)
     viewer = make_napari_viewer()
     image = viewer.add_image(brain.data, **brain.geometry.layer_kwargs(), name="T1")
     labels = viewer.add_labels(tissue.data, **tissue.geometry.layer_kwargs(), name="tissue")

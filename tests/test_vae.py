@@ -28,7 +28,6 @@ def data(brain, tissue):
 def model(data):
     vol, mask = data
     a, b = HELD_OUT
-    torch.set_num_threads(1)
     m, hist = train_vae([vol[:a], vol[b:]], [mask[:a], mask[b:]], steps=600, val_every=100, seed=0, device="cpu",
                         **TINY)
     assert hist["reconstruction"][-1] < hist["reconstruction"][0]

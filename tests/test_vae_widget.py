@@ -1,7 +1,6 @@
 """The "VAE anomaly" widget: train briefly with a live loss plot, score, move the threshold, jump, cancel."""
 import numpy as np
 import pytest
-import torch
 
 from napari_medgen._widgets.vae_widget import VAEWidget
 from napari_medgen.tasks.vae import NoModelError
@@ -11,7 +10,6 @@ WAIT = 120_000
 
 @pytest.fixture
 def setup(make_napari_viewer, brain, tissue):
-    torch.set_num_threads(1)
     viewer = make_napari_viewer()
     geo = brain.geometry.layer_kwargs()
     img = viewer.add_image(brain.data, name="T1", **geo)

@@ -7,7 +7,7 @@ from typing import Optional
 import napari
 import numpy as np
 from magicgui.widgets import create_widget
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtGui import QFont
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
                             QSpinBox, QVBoxLayout, QWidget)
@@ -21,6 +21,7 @@ from ..tasks.conditional_gan import load_conditional, synthesize_from_labels, tr
 from ..tasks.gan import interpolate_seeds, real_slices, synthesize, train_gan
 from ..tasks.synthesis_report import format_report, side_by_side, synthesis_report
 from ._plot import LivePlot
+from ._model_files import save_model_file
 from ._runner import JobRunner, device_label
 
 MODES = ["unconditional", "mask-to-image (needs labels)"]
@@ -198,17 +199,7 @@ class GANWidget(QWidget):
         self._describe("Loaded")
 
     def save_model(self, path: Optional[str] = None) -> None:
-        if self.model is None:
-            show_error("No GAN to save yet: train one first.")
-            return
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Save GAN", "gan" + SUFFIX, f"Models (*{SUFFIX})")
-            if not path:
-                return
-        if not path.endswith(SUFFIX):
-            path += SUFFIX
-        self.model.save(path)
-        show_info(f"Saved {path}")
+        save_model_file(self, self.model, "GAN", path)
 
     # --- synthesis ----------------------------------------------------------------------------------
     def _need(self, task: str) -> bool:

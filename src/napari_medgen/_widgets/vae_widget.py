@@ -6,7 +6,7 @@ from typing import Optional
 import napari
 import numpy as np
 from magicgui.widgets import create_widget
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
                             QLabel, QListWidget, QListWidgetItem, QPushButton, QSlider, QSpinBox,
@@ -18,6 +18,7 @@ from ..models.checkpoint import SUFFIX, Model
 from ..tasks.anomaly import DEFAULTS, METHODS, SIGNS, anomaly_map, normal_threshold
 from ..tasks.vae import interpolate, reconstruct, sample_vae, train_vae
 from ._plot import LivePlot
+from ._model_files import save_model_file
 from ._runner import JobRunner, device_label
 
 SLIDER_STEPS = 1000
@@ -206,17 +207,7 @@ class VAEWidget(QWidget):
         self._describe("Loaded")
 
     def save_model(self, path: Optional[str] = None) -> None:
-        if self.model is None:
-            show_error("No VAE to save yet: train one first.")
-            return
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Save VAE", "vae" + SUFFIX, f"Models (*{SUFFIX})")
-            if not path:
-                return
-        if not path.endswith(SUFFIX):
-            path += SUFFIX
-        self.model.save(path)
-        show_info(f"Saved {path}")
+        save_model_file(self, self.model, "VAE", path)
 
     # --- scoring ---
     def _inputs(self):
