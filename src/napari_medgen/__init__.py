@@ -2,32 +2,42 @@
 
 The headless API; every long function takes ``progress=`` (a callback receiving
 :class:`ProgressEvent`) and ``stop=`` (a ``threading.Event`` or callable).
+Names load on first use, so opening a file in napari does not import torch.
 """
-from .engine.device import describe_device, select_device
-from .engine.jobs import Cancelled, Job, ProgressEvent
-from .io import Geometry, ImageData, read_image, read_path, write_image
-from .models.checkpoint import Model, ModelFileError
-from .models.segmentation import builtin_models, load_segmentation_model, segmentation_config
-from .tasks.metrics import segmentation_metrics
-from .tasks.segment import ImageInputError, segment
-from .tasks.anomaly import AnomalyResult, anomaly_map
-from .tasks.vae import interpolate, reconstruct, sample_vae, train_vae
-from .data.annotations import AnnotationError
-from .tasks.finetune import finetune
-from .tasks.uncertainty import rank_slices
-from .tasks.gan import interpolate_seeds, synthesize, train_gan
-from .tasks.conditional_gan import load_conditional, synthesize_from_labels, train_conditional_gan
-from .tasks.synthesis_report import synthesis_report
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Cancelled", "Geometry", "ImageData", "Job", "Model", "ModelFileError", "ProgressEvent",
-    "describe_device", "read_image", "read_path", "select_device", "write_image",
-    "ImageInputError", "builtin_models", "load_segmentation_model", "segment", "segmentation_config",
-    "segmentation_metrics",
-    "AnomalyResult", "anomaly_map", "interpolate", "reconstruct", "sample_vae", "train_vae",
-    "AnnotationError", "finetune", "rank_slices",
-    "interpolate_seeds", "load_conditional", "synthesis_report", "synthesize", "synthesize_from_labels",
-    "train_conditional_gan", "train_gan",
-]
+_EXPORTS = {
+    "engine.device": ["describe_device", "select_device"],
+    "engine.jobs": ["Cancelled", "Job", "ProgressEvent"],
+    "io": ["Geometry", "ImageData", "read_image", "read_path", "write_image"],
+    "models.checkpoint": ["Model", "ModelFileError"],
+    "models.segmentation": ["builtin_models", "load_segmentation_model", "segmentation_config"],
+    "tasks.metrics": ["segmentation_metrics"],
+    "tasks.segment": ["ImageInputError", "segment"],
+    "tasks.anomaly": ["AnomalyResult", "anomaly_map"],
+    "tasks.vae": ["interpolate", "reconstruct", "sample_vae", "train_vae"],
+    "data.annotations": ["AnnotationError"],
+    "tasks.finetune": ["finetune"],
+    "tasks.uncertainty": ["rank_slices"],
+    "tasks.gan": ["interpolate_seeds", "synthesize", "train_gan"],
+    "tasks.conditional_gan": ["load_conditional", "synthesize_from_labels", "train_conditional_gan"],
+    "tasks.synthesis_report": ["synthesis_report"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'napari_medgen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -23,7 +23,10 @@ def open_demo(show: bool = True, widgets: bool = True):
         for contrib in manifest.contributions.widgets or []:
             dock, _ = viewer.window.add_plugin_dock_widget("napari-medgen", contrib.display_name, tabify=True)
             docked.append(dock)
-        if docked:
+        if docked:  # show the first widget's tab (Segment) once the tabs exist
+            from qtpy.QtWidgets import QApplication
+
+            QApplication.processEvents()
             docked[0].raise_()
     return viewer
 
