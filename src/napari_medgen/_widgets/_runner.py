@@ -19,10 +19,10 @@ from typing import Callable, Optional
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import create_worker
 
-from ..engine.device import describe_device
+from ..engine.device import available_devices, describe_device
 from ..engine.jobs import Cancelled, ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -145,3 +145,12 @@ class JobRunner(QWidget):
 def device_label(device: str = "auto") -> str:
     """Text for the device line shown in every widget."""
     return f"Device: {describe_device(device)}"
+
+
+def device_chooser() -> tuple[QComboBox, QLabel]:
+    """The device drop-down and the line that names the device it resolves to."""
+    combo = QComboBox()
+    combo.addItems(available_devices())
+    line = QLabel(device_label("auto"))
+    combo.currentTextChanged.connect(lambda d: line.setText(device_label(d)))
+    return combo, line

@@ -20,7 +20,6 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                             QListWidget, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from ..engine.device import available_devices
 from ..engine.jobs import Job, ProgressEvent
 from ..io import Geometry, ImageData, write_image
 from ..models.segmentation import builtin_models, class_colors, class_names
@@ -28,7 +27,7 @@ from ..tasks.finetune import FRESH, finetune
 from ..tasks.segment import segment
 from ..tasks.uncertainty import rank_slices
 from ._plot import LivePlot
-from ._runner import JobRunner, device_label
+from ._runner import JobRunner, device_chooser
 
 
 def train_round(image: ImageData, labels: np.ndarray, start, *, project: Optional[str] = None,
@@ -87,10 +86,7 @@ class FinetuneWidget(QWidget):
         self.steps = QSpinBox()
         self.steps.setRange(1, 100_000)
         self.steps.setValue(300)
-        self.device = QComboBox()
-        self.device.addItems(available_devices())
-        self.device_line = QLabel(device_label("auto"))
-        self.device.currentTextChanged.connect(lambda d: self.device_line.setText(device_label(d)))
+        self.device, self.device_line = device_chooser()
         self.project = QLineEdit()
         self.project.setPlaceholderText("project folder (autosave each round; optional)")
         folder = QPushButton("Folder...")

@@ -9,10 +9,9 @@ import numpy as np
 from magicgui.widgets import create_widget
 from napari.utils.notifications import show_error
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPushButton,
                             QSpinBox, QVBoxLayout, QWidget)
 
-from ..engine.device import available_devices
 from ..io import Geometry
 from ..io.read import ImageData
 from ..models.checkpoint import SUFFIX, Model, ModelFileError
@@ -22,23 +21,10 @@ from ..tasks.gan import interpolate_seeds, real_slices, synthesize, train_gan
 from ..tasks.synthesis_report import format_report, side_by_side, synthesis_report
 from ._plot import LivePlot
 from ._model_files import save_model_file
-from ._runner import JobRunner, device_label
+from ._layers import layer_image, row
+from ._runner import JobRunner, device_chooser
 
 MODES = ["unconditional", "mask-to-image (needs labels)"]
-
-
-def _item(layer) -> ImageData:
-    data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
-    return ImageData(data, Geometry.from_layer(layer), name=layer.name)
-
-
-def _row(*widgets) -> QWidget:
-    w = QWidget()
-    lay = QHBoxLayout(w)
-    lay.setContentsMargins(0, 0, 0, 0)
-    for x in widgets:
-        lay.addWidget(x)
-    return w
 
 
 def _spin(lo: int, hi: int, value: int) -> QSpinBox:
@@ -67,10 +53,7 @@ class GANWidget(QWidget):
         self.steps = _spin(1, 1_000_000, 1500)
         self.downsample = _spin(1, 8, 2)
         self.downsample.setToolTip("Train on slices reduced by this factor (faster; pixel spacing grows with it)")
-        self.device = QComboBox()
-        self.device.addItems(available_devices())
-        self.device_line = QLabel(device_label("auto"))
-        self.device.currentTextChanged.connect(lambda d: self.device_line.setText(device_label(d)))
+        self.device, self.device_line = device_chooser()
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
         load, save = QPushButton("Load model..."), QPushButton("Save model...")
@@ -105,21 +88,21 @@ class GANWidget(QWidget):
         form.addRow("image", self.image.native)
         form.addRow("labels", self.labels.native)
         form.addRow("mode", self.mode)
-        form.addRow("steps, downsample", _row(self.steps, self.downsample))
+        form.addRow("steps, downsample", row(self.steps, self.downsample))
         form.addRow(self.train_button)
         form.addRow(self.loss_plot)
-        form.addRow(_row(load, save))
+        form.addRow(row(load, save))
         form.addRow(self.model_line)
         gen_box = QGroupBox("Synthesize")
         form = QFormLayout(gen_box)
-        form.addRow("N, seed", _row(self.n, self.seed))
+        form.addRow("N, seed", row(self.n, self.seed))
         form.addRow(synth)
         form.addRow("seed B", self.seed_b)
         form.addRow(interp)
         form.addRow(cond)
         rep_box = QGroupBox("Quality report (vs. the image's real slices)")
         form = QFormLayout(rep_box)
-        form.addRow(_row(report, pairs))
+        form.addRow(row(report, pairs))
         form.addRow(self.report_text)
         lay = QVBoxLayout(self)
         for box in (train_box, gen_box, rep_box):
@@ -156,9 +139,9 @@ class GANWidget(QWidget):
             if labels is None:
                 show_error("Mask-to-image training needs a Labels layer paired with the image.")
                 return
-            self.runner.start(train_conditional_gan, _item(layer), _item(labels), **kwargs)
+            self.runner.start(train_conditional_gan, layer_image(layer), layer_image(labels), **kwargs)
         else:
-            self.runner.start(train_gan, _item(layer), **kwargs)
+            self.runner.start(train_gan, layer_image(layer), **kwargs)
 
     def _on_progress(self, ev) -> None:
         if "d_loss" in ev.metrics:
@@ -286,7 +269,7 @@ class GANWidget(QWidget):
         if self.image.value is None:
             show_error("Choose the Image layer with the real scan to compare with.")
             return
-        reference = real_slices(_item(self.image.value), self.model.config)
+        reference = real_slices(layer_image(self.image.value), self.model.config)
         self._reference = reference
         self._samples = np.asarray(samples.data)
         self.runner.start(synthesis_report, self._samples, reference, training=reference,

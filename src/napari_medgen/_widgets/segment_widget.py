@@ -11,13 +11,13 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton,
                             QSpinBox, QVBoxLayout, QWidget)
 
-from ..engine.device import available_devices
 from ..engine.jobs import Job
-from ..io import Geometry, ImageData
+from ..io import ImageData
 from ..models.segmentation import builtin_models, class_colors, class_names, load_segmentation_model
 from ..tasks.metrics import segmentation_metrics
 from ..tasks.segment import segment
-from ._runner import JobRunner, device_label
+from ._layers import layer_array, layer_image
+from ._runner import JobRunner, device_chooser
 
 
 def segment_and_score(image: ImageData, model, reference: Optional[np.ndarray] = None, *, axis: int = 0,
@@ -54,10 +54,7 @@ class SegmentWidget(QWidget):
         self.axis = QSpinBox()
         self.axis.setRange(0, 2)
         self.axis.setToolTip("Slicing axis for 2D models (0 = first napari axis, axial for most volumes).")
-        self.device = QComboBox()
-        self.device.addItems(available_devices())
-        self.device_line = QLabel(device_label("auto"))
-        self.device.currentTextChanged.connect(lambda d: self.device_line.setText(device_label(d)))
+        self.device, self.device_line = device_chooser()
         self.tta = QCheckBox("flip test-time augmentation")
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
@@ -113,13 +110,12 @@ class SegmentWidget(QWidget):
         if layer is None:
             show_error("Choose an image layer to segment.")
             return
-        data = layer.data[0] if layer.multiscale else layer.data
-        geo = Geometry.from_layer(layer)
-        image = ImageData(np.asarray(data), geo, layer.name, metadata=dict(layer.metadata), rgb=layer.rgb)
+        image = layer_image(layer)
+        geo = image.geometry
         ref = self.reference.value
         reference = None
         if ref is not None:
-            reference = np.asarray(ref.data[0] if ref.multiscale else ref.data)
+            reference = layer_array(ref)
             if reference.shape != image.data.shape[:reference.ndim] or reference.ndim != geo.ndim:
                 show_error(f"The reference '{ref.name}' {reference.shape} is not on the image's grid "
                            f"{image.data.shape}; choose another reference.")

@@ -8,24 +8,20 @@ import numpy as np
 from magicgui.widgets import create_widget
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                             QLabel, QListWidget, QListWidgetItem, QPushButton, QSlider, QSpinBox,
                             QVBoxLayout, QWidget)
 
-from ..engine.device import available_devices
 from ..io import Geometry
 from ..models.checkpoint import SUFFIX, Model
 from ..tasks.anomaly import DEFAULTS, METHODS, SIGNS, anomaly_map, normal_threshold
 from ..tasks.vae import interpolate, reconstruct, sample_vae, train_vae
 from ._plot import LivePlot
 from ._model_files import save_model_file
-from ._runner import JobRunner, device_label
+from ._layers import layer_array, row
+from ._runner import JobRunner, device_chooser
 
 SLIDER_STEPS = 1000
-
-
-def _data(layer) -> np.ndarray:
-    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
 
 
 class VAEWidget(QWidget):
@@ -51,10 +47,7 @@ class VAEWidget(QWidget):
         self.latent = QSpinBox()
         self.latent.setRange(2, 1024)
         self.latent.setValue(64)
-        self.device = QComboBox()
-        self.device.addItems(available_devices())
-        self.device_line = QLabel(device_label("auto"))
-        self.device.currentTextChanged.connect(lambda d: self.device_line.setText(device_label(d)))
+        self.device, self.device_line = device_chooser()
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
         load, save = QPushButton("Load model..."), QPushButton("Save model...")
@@ -118,7 +111,7 @@ class VAEWidget(QWidget):
         form.addRow("latent size", self.latent)
         form.addRow(self.train_button)
         form.addRow(self.loss_plot)
-        form.addRow(_row(load, save))
+        form.addRow(row(load, save))
         form.addRow(self.model_line)
         score_box = QGroupBox("Score a scan")
         form = QFormLayout(score_box)
@@ -127,15 +120,15 @@ class VAEWidget(QWidget):
         form.addRow("method", self.method)
         form.addRow("sign", self.sign)
         form.addRow("percentile", self.percentile)
-        form.addRow(_row(recon_button, anomaly_button))
+        form.addRow(row(recon_button, anomaly_button))
         form.addRow(self.threshold_line, self.slider)
         form.addRow(QLabel("slices by anomalous area (click to go):"))
         form.addRow(self.slices)
         gen_box = QGroupBox("Generate")
         form = QFormLayout(gen_box)
-        form.addRow("N, seed", _row(self.n_samples, self.seed))
+        form.addRow("N, seed", row(self.n_samples, self.seed))
         form.addRow(sample_button)
-        form.addRow("slices A, B", _row(self.slice_a, self.slice_b))
+        form.addRow("slices A, B", row(self.slice_a, self.slice_b))
         form.addRow(interp_button)
         dev = QFormLayout()
         dev.addRow("device", self.device)
@@ -166,8 +159,8 @@ class VAEWidget(QWidget):
             show_error("The VAE works on single-channel images; choose grey-value layers, not RGB.")
             return
         mask = self.train_mask.value
-        images = [_data(layer) for layer in layers]
-        masks = [_data(mask)] * len(images) if mask is not None else None
+        images = [layer_array(layer) for layer in layers]
+        masks = [layer_array(mask)] * len(images) if mask is not None else None
         if masks is not None and any(m.shape != im.shape for m, im in zip(masks, images)):
             show_error(f"The mask '{mask.name}' {masks[0].shape} does not match every training image; "
                        "choose a mask of the same shape.")
@@ -219,10 +212,10 @@ class VAEWidget(QWidget):
             show_error(f"'{layer.name}' is RGB; the VAE works on single-channel images.")
             return None
         mask_layer = self.mask.value
-        mask = _data(mask_layer) if mask_layer is not None else None
-        if mask is not None and mask.shape != _data(layer).shape:
+        mask = layer_array(mask_layer) if mask_layer is not None else None
+        if mask is not None and mask.shape != layer_array(layer).shape:
             show_error(f"The mask '{mask_layer.name}' {mask.shape} is not on the grid of '{layer.name}' "
-                       f"{_data(layer).shape}; choose another mask.")
+                       f"{layer_array(layer).shape}; choose another mask.")
             return None
         self._source = layer
         return layer, mask
@@ -231,14 +224,14 @@ class VAEWidget(QWidget):
         got = self._inputs()
         if got is not None:
             layer, mask = got
-            self.runner.start(reconstruct, self.model, _data(layer), mask, device=self.device.currentText(),
+            self.runner.start(reconstruct, self.model, layer_array(layer), mask, device=self.device.currentText(),
                               on_result=self._show_reconstruction)
 
     def score(self) -> None:
         got = self._inputs()
         if got is not None:
             layer, mask = got
-            self.runner.start(anomaly_map, self.model, _data(layer), mask, method=self.method.currentText(),
+            self.runner.start(anomaly_map, self.model, layer_array(layer), mask, method=self.method.currentText(),
                               sign=self.sign.currentText(), percentile=self.percentile.value(),
                               device=self.device.currentText(), on_result=self._show_anomaly)
 
@@ -326,7 +319,7 @@ class VAEWidget(QWidget):
         src, res = self._source, self.result
         if src is None or res is None or src not in self.viewer.layers:
             return
-        point = (np.asarray(_data(src).shape, float) - 1) / 2
+        point = (np.asarray(layer_array(src).shape, float) - 1) / 2
         point[res.axis] = index
         world = np.asarray(src.data_to_world(point))
         dim = self.viewer.dims.ndim - src.ndim + res.axis
@@ -341,7 +334,7 @@ class VAEWidget(QWidget):
         got = self._inputs()
         if got is not None:
             layer, mask = got
-            self.runner.start(interpolate, self.model, _data(layer), self.slice_a.value(), self.slice_b.value(),
+            self.runner.start(interpolate, self.model, layer_array(layer), self.slice_a.value(), self.slice_b.value(),
                               mask=mask, on_result=lambda s: self._put_plain("VAE interpolation", s))
 
     def _put_plain(self, name: str, stack) -> None:
@@ -354,11 +347,3 @@ class VAEWidget(QWidget):
         for w in (self.normals, self.train_mask, self.image, self.mask):
             w.reset_choices()
 
-
-def _row(*widgets) -> QWidget:
-    w = QWidget()
-    lay = QHBoxLayout(w)
-    lay.setContentsMargins(0, 0, 0, 0)
-    for x in widgets:
-        lay.addWidget(x)
-    return w
