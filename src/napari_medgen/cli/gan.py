@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .options import add_common, check_output
 from .progress import terminal_job
 
 
@@ -15,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--downsample", type=int, default=2, help="train on slices reduced by this factor")
     p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
-    _common(p)
+    add_common(p)
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("gan-synthesize", help="N new slices from a seed, a seed-to-seed walk, or images "
@@ -26,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--to-seed", type=int, help="interpolate from --seed to this seed instead")
     p.add_argument("--labels", help="label map file (mask-to-image model): one image per slice")
     p.add_argument("--out", required=True, help="image stack file, e.g. samples.nii.gz")
-    _common(p)
+    add_common(p)
     p.set_defaults(func=run_synthesize)
 
     p = sub.add_parser("gan-report", help="quality report (MMD, MS-SSIM, FD-medgen, memorisation) of samples "
@@ -35,19 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="the GAN that made the samples (grid and intensity units)")
     p.add_argument("--real", required=True, help="real image whose slices are the reference and training set")
     p.add_argument("--json", help="also write the full report (all similarities) as JSON")
-    _common(p)
+    add_common(p)
     p.set_defaults(func=run_report)
-
-
-def _common(p) -> None:
-    p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-
-
-def _check_out(path: str, overwrite: bool) -> None:
-    if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it.")
 
 
 def _load(path):
@@ -67,7 +57,7 @@ def run_train(args) -> int:
     from ..tasks.conditional_gan import train_conditional_gan
     from ..tasks.gan import train_gan
 
-    _check_out(args.out, args.overwrite)
+    check_output(args.out, args.overwrite)
     if args.labels is not None and len(args.labels) != len(args.images):
         raise ValueError(f"Got {len(args.labels)} label maps for {len(args.images)} images; give one per image.")
     images = [read_image(p) for p in args.images]
@@ -88,7 +78,7 @@ def run_synthesize(args) -> int:
     from ..tasks.conditional_gan import synthesize_from_labels
     from ..tasks.gan import interpolate_seeds, synthesize
 
-    _check_out(args.out, args.overwrite)
+    check_output(args.out, args.overwrite)
     model = _load(args.model)
     with terminal_job("gan-synthesize", args.quiet) as job:
         if args.labels:
@@ -122,6 +112,6 @@ def run_report(args) -> int:
         report = synthesis_report(samples, real, training=real, progress=job)
     print(format_report(report))
     if args.json:
-        _check_out(args.json, args.overwrite)
+        check_output(args.json, args.overwrite)
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

@@ -6,6 +6,8 @@ import re
 import sys
 from pathlib import Path
 
+from .options import add_common, check_output
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("segment", help="segment images with a U-Net; labels keep the input's geometry",
@@ -16,11 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("output", help="output file (one image) or folder")
     p.add_argument("--model", "-m", default="brain-tissue-2d",
                    help="built-in name, .medgen.pt file, MONAI bundle folder or TorchScript file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--axis", type=int, default=0, help="slicing axis of 2D models (napari order; default 0)")
     p.add_argument("--tta", action="store_true", help="average over flipped copies (slower, smoother)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_common(p)
     p.set_defaults(func=run)
 
 
@@ -75,8 +75,7 @@ def run(args) -> int:
             for img in images:
                 name = img.name if case.is_file() else case.name + (f"_{img.name}" if len(images) > 1 else "")
                 target = _output_path(out, name, single and len(images) == 1)
-                if target.exists() and not args.overwrite:
-                    raise FileExistsError(f"{target} already exists; use --overwrite to replace it.")
+                check_output(target, args.overwrite)
                 with terminal_job(f"[{i}/{len(cases)}] {case.name}", quiet=args.quiet) as job:
                     labels = segment(img, model, axis=args.axis, device=args.device, tta=args.tta, progress=job)
                 written.append(write_image(target, labels, img.geometry, overwrite=args.overwrite))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .options import add_common, check_output
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a 2D segmenter on the annotated slices of a labels file")
@@ -21,10 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default by start model)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--predict", default=None, help="also write the whole-volume prediction to this file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common(p)
     p.set_defaults(func=run)
 
 
@@ -39,8 +39,8 @@ def run(args) -> int:
     if not out.name.endswith(SUFFIX):
         raise ValueError(f"The model file name must end with {SUFFIX}.")
     for target in (out, Path(args.predict) if args.predict else None):
-        if target is not None and target.exists() and not args.overwrite:
-            raise FileExistsError(f"{target} already exists; use --overwrite to replace it.")
+        if target is not None:
+            check_output(target, args.overwrite)
     image = read_path(args.image)[0]
     labels = read_path(args.labels)[0]
     if labels.data.shape != image.data.shape or not labels.geometry.same_grid(image.geometry):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .options import add_common, check_output
 from .progress import terminal_job
 
 
@@ -14,7 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--latent", type=int, default=64, help="latent size")
     p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
-    _common(p)
+    add_common(p)
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("vae-anomaly", help="anomaly heatmap, thresholded mask and per-slice scores")
@@ -30,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--percentile", type=float, help="threshold as a percentile of normal scores (default 99)")
     p.add_argument("--threshold", type=float, help="explicit score threshold")
     p.add_argument("--top", type=int, default=5, help="list this many most anomalous slices")
-    _common(p)
+    add_common(p)
     p.set_defaults(func=run_anomaly)
 
     p = sub.add_parser("vae-reconstruct", help="the VAE's reconstruction of an image")
@@ -38,7 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--mask")
     p.add_argument("--out", required=True)
-    _common(p)
+    add_common(p)
     p.set_defaults(func=run_reconstruct)
 
     p = sub.add_parser("vae-sample", help="draw slices from the VAE's prior, or interpolate two slices")
@@ -48,14 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--between", nargs=3, metavar=("IMAGE", "A", "B"),
                    help="interpolate between slices A and B of IMAGE instead of sampling")
     p.add_argument("--out", required=True, help="stack file (n, H, W)")
-    _common(p)
+    add_common(p)
     p.set_defaults(func=run_sample)
-
-
-def _common(p) -> None:
-    p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
 
 
 def _read(path):
@@ -68,15 +63,10 @@ def _load(path):
     return Model.load(path, task="vae")
 
 
-def _check_out(path: str, overwrite: bool) -> None:
-    if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it.")
-
-
 def run_train(args) -> int:
     from ..tasks.vae import train_vae
 
-    _check_out(args.out, args.overwrite)
+    check_output(args.out, args.overwrite)
     if args.mask and len(args.mask) != len(args.images):
         raise ValueError(f"Got {len(args.mask)} masks for {len(args.images)} images; give one per image.")
     images = [_read(p).data for p in args.images]
@@ -96,7 +86,7 @@ def run_anomaly(args) -> int:
 
     for out in (args.out, args.mask_out):
         if out:
-            _check_out(out, args.overwrite)
+            check_output(out, args.overwrite)
     img = _read(args.image)
     mask = _read(args.mask).data if args.mask else None
     with terminal_job("vae-anomaly", args.quiet) as job:
@@ -117,7 +107,7 @@ def run_reconstruct(args) -> int:
     from ..io import write_image
     from ..tasks.vae import reconstruct
 
-    _check_out(args.out, args.overwrite)
+    check_output(args.out, args.overwrite)
     img = _read(args.image)
     mask = _read(args.mask).data if args.mask else None
     with terminal_job("vae-reconstruct", args.quiet) as job:
@@ -131,7 +121,7 @@ def run_sample(args) -> int:
     from ..io import write_image
     from ..tasks.vae import interpolate, sample_vae
 
-    _check_out(args.out, args.overwrite)
+    check_output(args.out, args.overwrite)
     model = _load(args.model)
     with terminal_job("vae-sample", args.quiet) as job:
         if args.between:
