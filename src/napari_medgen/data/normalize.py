@@ -33,21 +33,27 @@ def normalize(image: np.ndarray, spec: dict | None = None, modality: str = "") -
     finite = np.isfinite(img)
     if not finite.all():
         img = np.where(finite, img, np.min(img[finite]) if finite.any() else 0.0).astype(np.float32)
-    kind = spec["kind"]
-    if kind == "window":
-        lo, hi = float(spec["low"]), float(spec["high"])
-    elif kind == "percentile":
-        sample = img.ravel()[:: max(1, img.size // 1_000_000)]
-        lo, hi = np.percentile(sample, [spec.get("lower", 0.5), spec.get("upper", 99.5)])
-    elif kind == "zscore":
+    if spec["kind"] == "zscore":
         fg = img > img.min()
         vals = img[fg] if fg.any() else img
         return ((img - vals.mean()) / max(float(vals.std()), 1e-6)).astype(np.float32)
-    else:
-        raise ValueError(f"Unknown normalisation '{kind}'.")
+    lo, hi = intensity_window(img, spec)
     if hi <= lo:
         return np.zeros_like(img)
     return ((np.clip(img, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def intensity_window(image: np.ndarray, spec: dict) -> tuple[float, float]:
+    """The (low, high) intensities a ``window`` or ``percentile`` spec maps to [0, 1] for ``image``."""
+    kind = spec["kind"]
+    if kind == "window":
+        return float(spec["low"]), float(spec["high"])
+    if kind == "percentile":
+        img = np.asarray(image)
+        sample = img.ravel()[:: max(1, img.size // 1_000_000)]
+        lo, hi = np.percentile(sample, [spec.get("lower", 0.5), spec.get("upper", 99.5)])
+        return float(lo), float(hi)
+    raise ValueError(f"Unknown normalisation '{kind}'.")
 
 
 def _looks_like_hounsfield(image: np.ndarray) -> bool:

@@ -32,7 +32,8 @@ def informative_slices(volume: np.ndarray, axis: int = 0, min_fraction: float = 
     at least ``min_fraction`` of the slice: skips empty slices at the volume's ends."""
     vol = np.asarray(volume, dtype=np.float32)
     fg = np.asarray(mask, bool) if mask is not None else vol > np.percentile(vol, 10)
-    frac = take_slices(fg, axis).reshape(take_slices(fg, axis).shape[0], -1).mean(axis=1)
+    stack = take_slices(fg, axis)
+    frac = stack.reshape(stack.shape[0], -1).mean(axis=1)
     return np.flatnonzero(frac >= min_fraction)
 
 

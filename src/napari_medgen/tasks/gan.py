@@ -16,7 +16,7 @@ from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..data.normalize import MRI_DEFAULT, normalize, resolve
+from ..data.normalize import MRI_DEFAULT, intensity_window, normalize, resolve
 from ..data.slices import fit_to_size, informative_slices, take_slices
 from ..engine.device import select_device
 from ..engine.jobs import Job
@@ -76,7 +76,7 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
         vol = np.asarray(item.data, dtype=np.float32)
         spec = resolve(MRI_DEFAULT, vol, item.metadata.get("modality", ""))
         specs.append(spec)
-        lo, hi = _window(vol, spec)
+        lo, hi = intensity_window(vol, spec)
         lows.append(lo), highs.append(hi)
         norm = normalize(vol, {"kind": "window", "low": lo, "high": hi})
         mask = None if labs is None else labs[k].data > 0
@@ -97,14 +97,6 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
     return {"images": imgs.astype(np.float32), "labels": out_labels, "size": list(size),
             "spacing": [sp[0] * downsample, sp[1] * downsample], "native_shape": list(native),
             "intensity": [float(np.mean(lows)), float(np.mean(highs))], "normalization": specs[0]}
-
-
-def _window(vol: np.ndarray, spec: dict) -> tuple[float, float]:
-    if spec["kind"] == "window":
-        return float(spec["low"]), float(spec["high"])
-    sample = vol.ravel()[:: max(1, vol.size // 1_000_000)]
-    lo, hi = np.percentile(sample, [spec.get("lower", 0.5), spec.get("upper", 99.5)])
-    return float(lo), float(hi)
 
 
 def _pool(stack: np.ndarray, factor: int) -> np.ndarray:
