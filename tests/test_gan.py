@@ -113,3 +113,9 @@ def test_bad_input_is_refused_clearly(trained, brain):
     cropped = ImageData(brain.data[:, 10:-10, 5:], brain.geometry)  # mixed sizes: padded to a common grid
     data = training_slices([brain, cropped], downsample=DS)
     assert data["images"].shape[1:] == (32, 32) and data["native_shape"] == [30, 25]
+
+
+def test_ct_slices_use_a_hounsfield_window_mri_percentiles(brain):
+    ct = ImageData((brain.data.astype(np.int16) * 2 - 1000), brain.geometry, metadata={"modality": "CT"})
+    assert training_slices(ct, downsample=4)["normalization"]["kind"] == "window"
+    assert training_slices(brain, downsample=4)["normalization"]["kind"] == "percentile"

@@ -16,7 +16,7 @@ from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..data.normalize import MRI_DEFAULT, intensity_window, normalize, resolve
+from ..data.normalize import intensity_window, normalize, resolve
 from ..data.slices import fit_to_size, informative_slices, take_slices
 from ..engine.device import select_device
 from ..engine.jobs import Job
@@ -74,7 +74,7 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
     stacks, lab_stacks, lows, highs, specs = [], [], [], [], []
     for k, item in enumerate(items):
         vol = np.asarray(item.data, dtype=np.float32)
-        spec = resolve(MRI_DEFAULT, vol, item.metadata.get("modality", ""))
+        spec = resolve(None, vol, item.metadata.get("modality", ""))  # CT: HU window; else percentiles
         specs.append(spec)
         lo, hi = intensity_window(vol, spec)
         lows.append(lo), highs.append(hi)
