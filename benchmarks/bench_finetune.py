@@ -72,7 +72,7 @@ def baseline(slices, checkpoints) -> list[dict]:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = Model(segmentation_config("baseline", 4, normalization={"kind": "percentile", "lower": 0, "upper": 100}))
-    x = normalize(IMAGE.data, model.config["normalization"])[slices]
+    x = normalize(IMAGE.data, model.config.normalization)[slices]
     y = TISSUE[slices].astype(np.int64)
     pad = [(0, 0), (0, (-x.shape[1]) % 8), (0, (-x.shape[2]) % 8)]
     x, y = np.pad(x, pad), np.pad(y, pad)

@@ -45,7 +45,7 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
         widget.train_button.click()
     assert sig.args == ["finished"] and widget.round == 2 and widget.prediction is pred
     assert widget.plot.series["loss"][0][-1] == first_x + 20
-    assert widget.model.config["finetune"]["rounds"] == 2
+    assert widget.model.params.finetune["rounds"] == 2
     saved = sorted(p.name for p in (tmp_path / "project").iterdir())
     assert "model_round02.medgen.pt" in saved and "annotations_round02.nii.gz" in saved
 
@@ -72,4 +72,4 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
 
     # Save: a model the Segment widget and the CLI can load
     path = widget.save_model(str(tmp_path / "mine"))
-    assert load_segmentation_model(path).config["finetune"]["rounds"] == 2
+    assert load_segmentation_model(path).params.finetune["rounds"] == 2

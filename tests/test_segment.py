@@ -8,6 +8,7 @@ import torch
 from napari_medgen import (Cancelled, ImageData, ImageInputError, Model, ModelFileError, load_segmentation_model,
                            segment, segmentation_config, segmentation_metrics)
 from napari_medgen.data.resample import resize
+from napari_medgen.models.config import ModelConfig
 from napari_medgen.models.segmentation import BUILTIN
 from napari_medgen.sample_data import TISSUE_CLASSES
 
@@ -33,18 +34,18 @@ def small_3d_model(classes=3, patch=(32, 32, 32)):
 
 def test_builtin_reaches_stated_dice_on_heldout_slices(brain_seg, builtin, tissue, brain):
     labels, _ = brain_seg
-    lo, hi = builtin.config["holdout"]["slices"]
+    lo, hi = builtin.config.training["holdout"]["slices"]
     m = segmentation_metrics(labels[lo:hi], tissue.data[lo:hi], brain.geometry.spacing, TISSUE_CLASSES)
     for name, floor in MIN_HELDOUT_DICE.items():
         assert m[name]["dice"] >= floor, (name, m[name])
-        assert m[name]["dice"] == pytest.approx(builtin.config["holdout"]["dice"][name], abs=0.01)  # as stated
+        assert m[name]["dice"] == pytest.approx(builtin.config.training["holdout"]["dice"][name], abs=0.01)  # as stated
 
 
 def test_builtin_is_small_and_honest(builtin):
     assert BUILTIN["brain-tissue-2d"].stat().st_size < 5 * 2**20
-    desc = builtin.config["description"]
+    desc = builtin.config.description
     assert "ONE template brain" in desc and "Dice on held-out" in desc
-    assert builtin.config["spacing"] == [2.0, 2.0] and builtin.config["axis"] == 0
+    assert builtin.params.spacing == [2.0, 2.0] and builtin.params.axis == 0
 
 
 def test_output_on_the_image_grid_with_probabilities(brain_seg, brain):
@@ -146,7 +147,7 @@ def test_unknown_models(tmp_path):
     junk.write_bytes(b"\x00not a model" * 100)
     with pytest.raises(ModelFileError, match="not a model file"):
         load_segmentation_model(junk)
-    vae = Model({"task": "vae", "name": "v", "networks": {}})
+    vae = Model(ModelConfig("vae", "v", {}, {}))
     with pytest.raises(ModelFileError, match="not a segmentation model"):
         load_segmentation_model(vae)
 
@@ -164,16 +165,16 @@ def test_medgen_file_round_trip(tmp_path, builtin, slice50, brain):
 def test_torchscript_with_and_without_config(tmp_path, builtin, slice50, brain):
     scripted = torch.jit.trace(builtin.net.eval(), torch.zeros(1, 1, 128, 112))
     with_cfg = tmp_path / "seg.ts"
-    torch.jit.save(scripted, str(with_cfg), _extra_files={"config.json": json.dumps(builtin.config)})
+    torch.jit.save(scripted, str(with_cfg), _extra_files={"config.json": json.dumps(builtin.config.to_dict())})
     assert np.array_equal(segment(brain.data[50], with_cfg), slice50)
     bare = tmp_path / "bare.pt"
     torch.jit.save(scripted, str(bare))
     model = load_segmentation_model(bare)
-    assert model.config["spatial_dims"] == 2 and len(model.config["classes"]) == 4
+    assert model.params.spatial_dims == 2 and len(model.params.classes) == 4
 
 
 def _bundle(folder, builtin, state):
-    args = builtin.config["networks"]["net"]["args"]
+    args = builtin.config.networks["net"].args
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
     inference = {"num_classes": 4, "network_def": {"_target_": "monai.networks.nets.UNet",
@@ -190,8 +191,8 @@ def _bundle(folder, builtin, state):
 def test_monai_bundle_folder(tmp_path, builtin):
     _bundle(tmp_path / "good", builtin, builtin.net.state_dict())
     model = load_segmentation_model(tmp_path / "good")
-    assert [c["name"] for c in model.config["classes"]] == TISSUE_CLASSES
-    assert model.config["normalization"] == {"kind": "window", "low": 0.0, "high": 900.0}
+    assert [c["name"] for c in model.params.classes] == TISSUE_CLASSES
+    assert model.config.normalization == {"kind": "window", "low": 0.0, "high": 900.0}
     other = small_3d_model().net.state_dict()
     _bundle(tmp_path / "bad", builtin, other)
     with pytest.raises(ModelFileError, match="do not fit"):
@@ -238,6 +239,6 @@ def test_builtin_copes_with_scanner_like_changes(brain, tissue, builtin):
     fine = resize(np.flip(other, 2)[None].copy(), (95, 234, 198))[0]
     ref = resize(np.flip(tissue.data, 2)[None].copy(), fine.shape, mode="nearest")[0]
     labels = segment(fine, builtin, spacing=(2.0, 1.0, 1.0))
-    lo, hi = builtin.config["holdout"]["slices"]
+    lo, hi = builtin.config.training["holdout"]["slices"]
     m = segmentation_metrics(labels[lo:hi], ref[lo:hi], (2, 1, 1), TISSUE_CLASSES)
     assert m["CSF"]["dice"] > 0.5 and m["grey matter"]["dice"] > 0.75 and m["white matter"]["dice"] > 0.75, m

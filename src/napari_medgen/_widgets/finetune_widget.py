@@ -203,9 +203,9 @@ class FinetuneWidget(QWidget):
         m = ev.metrics
         if "loss" in m:
             self._x = self._offset + ev.step
-            self.plot.add("loss", self._x, m["loss"], draw="val_dice" in m or ev.step % 5 == 0)
-        if "val_dice" in m:
-            self.plot.add("val Dice", self._x, m["val_dice"])
+            self.plot.add("loss", self._x, m["loss"], draw="val_metric" in m or ev.step % 5 == 0)
+        if "val_metric" in m:
+            self.plot.add("val Dice", self._x, m["val_metric"])
 
     def _trained(self, result: tuple) -> None:
         model, history, prediction = result
@@ -213,7 +213,7 @@ class FinetuneWidget(QWidget):
         self.resume.setEnabled(True)
         self.resume.setChecked(True)
         self._show_prediction(prediction)
-        best = history.get("best_val_dice")
+        best = history.get("best_metric")
         val = (f"best validation Dice {best:.3f} on slice {history['val_slice']} (step {history['best_step']})"
                if best is not None else "no validation slice (paint two or more slices to get one)")
         stopped = ", stopped early" if history["stopped"] else ""

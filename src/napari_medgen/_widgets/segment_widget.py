@@ -99,7 +99,7 @@ class SegmentWidget(QWidget):
 
     def _describe(self, name: str) -> None:
         try:
-            desc = load_segmentation_model(name).config.get("description", "") if name else ""
+            desc = load_segmentation_model(name).config.description if name else ""
         except ValueError:
             desc = ""
         self.description.setText(desc)

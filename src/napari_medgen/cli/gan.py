@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .options import add_common, check_output
 from .progress import terminal_job
+from ..errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -59,7 +60,7 @@ def run_train(args) -> int:
 
     check_output(args.out, args.overwrite)
     if args.labels is not None and len(args.labels) != len(args.images):
-        raise ValueError(f"Got {len(args.labels)} label maps for {len(args.images)} images; give one per image.")
+        raise UserError(f"Got {len(args.labels)} label maps for {len(args.images)} images; give one per image.")
     images = [read_image(p) for p in args.images]
     kw = dict(axis=args.axis, steps=args.steps, downsample=args.downsample, device=args.device)
     with terminal_job("gan-train", args.quiet) as job:
@@ -105,7 +106,7 @@ def run_report(args) -> int:
 
     model = _load(args.model)
     if model.task != "gan":
-        raise ValueError("gan-report compares samples of an unconditional GAN; this is a mask-to-image model.")
+        raise UserError("gan-report compares samples of an unconditional GAN; this is a mask-to-image model.")
     samples = read_image(args.samples).data
     real = real_slices(read_image(args.real), model.config)
     with terminal_job("gan-report", args.quiet) as job:

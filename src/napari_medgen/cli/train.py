@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from .options import add_common, check_output
+from ..errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -37,14 +38,14 @@ def run(args) -> int:
 
     out = Path(args.out)
     if not out.name.endswith(SUFFIX):
-        raise ValueError(f"The model file name must end with {SUFFIX}.")
+        raise UserError(f"The model file name must end with {SUFFIX}.")
     for target in (out, Path(args.predict) if args.predict else None):
         if target is not None:
             check_output(target, args.overwrite)
     image = read_path(args.image)[0]
     labels = read_path(args.labels)[0]
     if labels.data.shape != image.data.shape or not labels.geometry.same_grid(image.geometry):
-        raise ValueError(f"{Path(args.labels).name} is not on the voxel grid of {Path(args.image).name} "
+        raise UserError(f"{Path(args.labels).name} is not on the voxel grid of {Path(args.image).name} "
                          "(different shape, spacing, origin or direction).")
     slices = "auto" if args.slices == "auto" else [int(s) for s in args.slices.split(",") if s.strip()]
     with terminal_job("train", quiet=args.quiet) as job:
@@ -53,7 +54,7 @@ def run(args) -> int:
                                   steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                                   device=args.device, seed=args.seed, progress=job)
     model.save(out)
-    summary = {k: history.get(k) for k in ("slices", "val_slice", "best_val_dice", "best_step", "stopped", "seconds")}
+    summary = {k: history.get(k) for k in ("slices", "val_slice", "best_metric", "best_step", "stopped", "seconds")}
     print(f"wrote {out}: {json.dumps(summary)}")
     if args.predict:
         with terminal_job("predict", quiet=args.quiet) as job:

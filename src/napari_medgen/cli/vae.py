@@ -5,6 +5,7 @@ from pathlib import Path
 
 from .options import add_common, check_output
 from .progress import terminal_job
+from ..errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -68,7 +69,7 @@ def run_train(args) -> int:
 
     check_output(args.out, args.overwrite)
     if args.mask and len(args.mask) != len(args.images):
-        raise ValueError(f"Got {len(args.mask)} masks for {len(args.images)} images; give one per image.")
+        raise UserError(f"Got {len(args.mask)} masks for {len(args.images)} images; give one per image.")
     images = [_read(p).data for p in args.images]
     masks = [_read(p).data for p in args.mask] if args.mask else None
     with terminal_job("vae-train", args.quiet) as job:

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .slices import take_slices
+from ..errors import UserError
 
 IGNORE = -1  # target value the loss and the metrics skip
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
     """Annotations that cannot be used for training."""
 
 

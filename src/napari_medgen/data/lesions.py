@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage, special
+from ..errors import UserError
 
 
 def inject_lesions(volume: np.ndarray, mask: np.ndarray, n: int = 6, radii=(2.0, 3.5, 5.0),
@@ -23,11 +24,11 @@ def inject_lesions(volume: np.ndarray, mask: np.ndarray, n: int = 6, radii=(2.0,
     The mask is where the blend weight exceeds 0.5; lesions never leave ``mask``.
     """
     if polarity not in ("bright", "dark", "both"):
-        raise ValueError(f"Lesion polarity must be 'bright', 'dark' or 'both', not '{polarity}'.")
+        raise UserError(f"Lesion polarity must be 'bright', 'dark' or 'both', not '{polarity}'.")
     img = np.asarray(volume, dtype=np.float32).copy()
     fg = np.asarray(mask, bool)
     if fg.shape != img.shape:
-        raise ValueError(f"The mask shape {fg.shape} differs from the image shape {img.shape}.")
+        raise UserError(f"The mask shape {fg.shape} differs from the image shape {img.shape}.")
     rng = np.random.default_rng(seed)
     lo, hi = np.percentile(img[fg], [1, 99])
     span = float(hi - lo)

@@ -11,6 +11,7 @@ Specs are small dicts so they serialise into a checkpoint's JSON config:
 from __future__ import annotations
 
 import numpy as np
+from ..errors import UserError
 
 CT_WINDOW = {"kind": "window", "low": -1000.0, "high": 1000.0}
 MRI_DEFAULT = {"kind": "percentile", "lower": 0.5, "upper": 99.5}
@@ -53,7 +54,7 @@ def intensity_window(image: np.ndarray, spec: dict) -> tuple[float, float]:
         sample = img.ravel()[:: max(1, img.size // 1_000_000)]
         lo, hi = np.percentile(sample, [spec.get("lower", 0.5), spec.get("upper", 99.5)])
         return float(lo), float(hi)
-    raise ValueError(f"Unknown normalisation '{kind}'.")
+    raise UserError(f"Unknown normalisation '{kind}'.")
 
 
 def _looks_like_hounsfield(image: np.ndarray) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .annotations import IGNORE
+from ..errors import UserError
 
 
 def patch_size_for(shape: tuple, max_size: int = 128, multiple: int = 16) -> tuple:
@@ -29,7 +30,7 @@ class PatchSampler:
         flat = self.targets.ravel()
         self.known = np.flatnonzero(flat != IGNORE)
         if self.known.size == 0:
-            raise ValueError("There are no painted pixels to sample training patches from.")
+            raise UserError("There are no painted pixels to sample training patches from.")
         self.by_class = {int(c): np.flatnonzero(flat == c) for c in np.unique(flat[self.known])}
         self.class_balance = class_balance
         self.rng = np.random.default_rng(seed)

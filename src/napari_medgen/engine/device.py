@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from ..errors import UserError
 
 
 def select_device(device: "str | torch.device" = "auto") -> torch.device:
@@ -17,7 +18,7 @@ def select_device(device: "str | torch.device" = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was requested but no CUDA GPU is available; use device 'auto' or 'cpu'.")
+        raise UserError("CUDA was requested but no CUDA GPU is available; use device 'auto' or 'cpu'.")
     return torch.device(name)
 
 

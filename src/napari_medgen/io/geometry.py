@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from ..errors import UserError
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Geometry:
         self.origin = tuple(float(o) for o in self.origin)
         self.direction = np.asarray(self.direction, dtype=float).reshape(self.ndim, self.ndim)
         if len(self.origin) != self.ndim:
-            raise ValueError("Geometry origin and spacing must have the same number of axes.")
+            raise UserError("Geometry origin and spacing must have the same number of axes.")
 
     @property
     def ndim(self) -> int:

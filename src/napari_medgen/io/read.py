@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import Geometry
+from ..errors import UserError
 
 EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
@@ -18,7 +19,7 @@ LABEL_NAME = re.compile(r"(label|seg|mask|tissue)", re.IGNORECASE)
 MAX_LABELS = 64
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """A file or folder that cannot be read as a medical image."""
 
 

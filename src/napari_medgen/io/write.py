@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import Geometry
+from ..errors import UserError
 
 WRITE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -21,7 +22,7 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
     """
     p = Path(path)
     if not str(p).lower().endswith(WRITE_EXTENSIONS):
-        raise ValueError(f"Cannot write {p.name}: use one of {', '.join(WRITE_EXTENSIONS)}.")
+        raise UserError(f"Cannot write {p.name}: use one of {', '.join(WRITE_EXTENSIONS)}.")
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} already exists; not overwriting it.")
     arr = np.asarray(data)
@@ -31,7 +32,7 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
         arr = arr.astype(np.uint16 if arr.max() > 255 else np.uint8)
     geo = geometry or Geometry.identity(arr.ndim)
     if arr.ndim != geo.ndim:
-        raise ValueError(f"Cannot write a {arr.ndim}D array with {geo.ndim}D geometry.")
+        raise UserError(f"Cannot write a {arr.ndim}D array with {geo.ndim}D geometry.")
     img = sitk.GetImageFromArray(arr)
     geo.apply_to_sitk(img)
     name = p.name

@@ -1,12 +1,9 @@
-"""Models as MONAI networks plus a JSON config, in one safe checkpoint file.
+"""Models as MONAI networks plus a typed config, in one safe checkpoint file.
 
-A checkpoint is ``torch.save({"format": "napari-medgen", "version": 1,
+A checkpoint is ``torch.save({"format": "napari-medgen", "version": 2,
 "config": <json str>, "networks": {name: state_dict}})`` and is loaded with
 ``torch.load(weights_only=True)``, so a shared model file cannot run code.
-
-The config names every network as ``{"arch": <monai.networks.nets class>,
-"args": {...}}`` under ``config["networks"][name]``; the rest of the config
-(task, classes, normalisation, spacing, ...) belongs to the task that made it.
+The config is a :class:`~napari_medgen.models.config.ModelConfig`.
 """
 from __future__ import annotations
 
@@ -18,30 +15,44 @@ from pathlib import Path
 import torch
 from monai.networks import nets
 
+from ..errors import UserError
+from .config import CONFIG_VERSION, ModelConfig, NetSpec, Task
+
 FORMAT = "napari-medgen"
 SUFFIX = ".medgen.pt"
+MAX_PARAMETERS = 500_000_000  # a config asking for more is refused before anything is allocated
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserError):
     """A model file that cannot be used."""
 
 
-def build_network(spec: dict) -> torch.nn.Module:
-    """Instantiate a MONAI network from ``{"arch": name, "args": {...}}``."""
-    arch = spec["arch"]
-    cls = getattr(nets, arch, None)
-    if cls is None:
-        raise ModelFileError(f"Unknown network architecture '{arch}' (not in monai.networks.nets).")
-    return cls(**copy.deepcopy(spec.get("args", {})))  # some nets (SPADENet) edit their args
+# plain torch layers a config may name besides MONAI networks (the recurrent part of sequence models)
+TORCH_LAYERS = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "Linear": torch.nn.Linear}
+
+
+def build_network(spec: NetSpec) -> torch.nn.Module:
+    """Instantiate a MONAI network (or one of :data:`TORCH_LAYERS`) from its :class:`NetSpec`."""
+    cls = getattr(nets, spec.arch, None) or TORCH_LAYERS.get(spec.arch)
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
+        raise ModelFileError(f"Unknown network architecture '{spec.arch}' (not in monai.networks.nets).")
+    with torch.device("meta"):  # count parameters without allocating them
+        try:
+            n = sum(p.numel() for p in cls(**copy.deepcopy(spec.args)).parameters())
+        except Exception as err:  # noqa: BLE001 - any bad argument set is a bad config
+            raise ModelFileError(f"The arguments of the {spec.arch} network are invalid ({err}).") from None
+    if n > MAX_PARAMETERS:
+        raise ModelFileError(f"The {spec.arch} network would have {n:,} parameters; refusing to build it.")
+    return cls(**copy.deepcopy(spec.args))  # some nets (SPADENet) edit their args
 
 
 class Model:
     """Networks plus the config that says how to build and use them."""
 
-    def __init__(self, config: dict, networks: dict | None = None):
+    def __init__(self, config: ModelConfig, networks: dict | None = None):
         self.config = config
         self.networks = networks if networks is not None else {
-            name: build_network(spec) for name, spec in config["networks"].items()}
+            name: build_network(spec) for name, spec in config.networks.items()}
 
     @property
     def net(self) -> torch.nn.Module:
@@ -49,12 +60,17 @@ class Model:
         return self.networks["net"]
 
     @property
-    def task(self) -> str:
-        return self.config.get("task", "")
+    def task(self) -> Task:
+        return self.config.task
+
+    @property
+    def params(self):
+        """The task's own parameters (a dataclass of :mod:`napari_medgen.models.config`)."""
+        return self.config.params
 
     @property
     def name(self) -> str:
-        return self.config.get("name", self.task or "model")
+        return self.config.name
 
     def copy(self) -> "Model":
         """An independent copy (weights included), e.g. before fine-tuning."""
@@ -64,17 +80,20 @@ class Model:
         """Write the checkpoint atomically (temporary file, then rename)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": FORMAT, "version": 1, "config": json.dumps(self.config),
+        payload = {"format": FORMAT, "version": CONFIG_VERSION, "config": json.dumps(self.config.to_dict()),
                    "networks": {k: {n: t.detach().cpu() for n, t in v.state_dict().items()}
                                 for k, v in self.networks.items()}}
         tmp = p.with_name(p.name + ".partial")
-        torch.save(payload, tmp)
-        os.replace(tmp, p)
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
         return str(p)
 
     @classmethod
-    def load(cls, path: "str | os.PathLike", task: str | None = None) -> "Model":
-        """Load a napari-medgen checkpoint; ``task`` checks it is the right kind of model."""
+    def load(cls, path: "str | os.PathLike", expect: "Task | str | None" = None) -> "Model":
+        """Load a napari-medgen checkpoint; ``expect`` checks it is the right kind of model."""
         p = Path(path)
         if not p.is_file():
             raise ModelFileError(f"Model file {p} does not exist.")
@@ -82,16 +101,20 @@ class Model:
             payload = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file
             raise ModelFileError(f"{p.name} is not a napari-medgen model file ({type(err).__name__}).") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT or "config" not in payload:
             raise ModelFileError(f"{p.name} is not a napari-medgen model file.")
-        config = json.loads(payload["config"])
-        if task and config.get("task") != task:
-            raise ModelFileError(f"{p.name} is a {config.get('task')} model, not a {task} model.")
+        try:
+            raw = json.loads(payload["config"])
+        except (TypeError, ValueError):
+            raise ModelFileError(f"{p.name} has an unreadable model config.") from None
+        config = ModelConfig.from_dict({"version": payload.get("version", 1), **raw}, p.name)
+        if expect is not None and config.task != Task(expect):
+            raise ModelFileError(f"{p.name} is a {config.task} model, not a {Task(expect)} model.")
         model = cls(config)
         for name, net in model.networks.items():
             try:
                 net.load_state_dict(payload["networks"][name])
-            except (KeyError, RuntimeError):
+            except (KeyError, RuntimeError, TypeError):
                 raise ModelFileError(f"The weights in {p.name} do not fit its '{name}' network "
-                                     f"({config['networks'][name]['arch']}).") from None
+                                     f"({config.networks[name].arch}).") from None
         return model

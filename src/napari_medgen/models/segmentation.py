@@ -1,11 +1,11 @@
 """Segmentation models: the config of a fresh MONAI U-Net, built-in models, and loading any model file.
 
-A segmentation config is a :class:`~napari_medgen.models.checkpoint.Model` config with
-``task="segmentation"``, ``spatial_dims`` (2: applied slice by slice along ``axis``; 3: sliding
-window), ``in_channels``, ``classes`` (``[{"name", "color"}]``, index = label value),
-``normalization`` (a spec of :mod:`napari_medgen.data.normalize`), ``spacing`` (the training
-spacing in napari order; in-plane (y, x) for 2D models, or None) and ``patch_size`` (the
-sliding-window size of 3D models).
+A segmentation model's config has ``task=Task.SEGMENTATION`` and
+:class:`~napari_medgen.models.config.SegmentationParams`: ``spatial_dims`` (2: applied slice by
+slice along ``axis``; 3: sliding window of ``patch_size``), ``in_channels``, ``classes``
+(``[{"name", "color"}]``, index = label value), ``spacing`` (the training spacing in napari
+order; in-plane (y, x) for 2D models, or None); ``normalization`` is a spec of
+:mod:`napari_medgen.data.normalize`.
 
 :func:`load_segmentation_model` accepts a Model, a built-in name, a ``.medgen.pt`` file, a
 local MONAI bundle folder (``configs/`` + ``models/model.pt``) or a TorchScript file.
@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import SUFFIX, Model, ModelFileError, build_network
+from .config import ModelConfig, NetSpec, SegmentationParams, Task
+from ..errors import UserError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 BUILTIN = {"brain-tissue-2d": BUILTIN_DIR / f"brain-tissue-2d{SUFFIX}"}
@@ -41,36 +43,33 @@ def segmentation_config(name: str = "segmenter", classes: "list[str] | list[dict
                         channels: tuple = (16, 32, 64, 128), strides: tuple = (2, 2, 2),
                         num_res_units: int = 2, dropout: float = 0.0,
                         normalization: dict | None = None, spacing=None, axis: int = 0,
-                        patch_size=None, description: str = "") -> dict:
+                        patch_size=None, description: str = "") -> ModelConfig:
     """The config of a fresh MONAI ``UNet`` segmenter (``Model(config)`` builds it)."""
     if spatial_dims not in (2, 3):
-        raise ValueError("spatial_dims must be 2 or 3.")
+        raise UserError("spatial_dims must be 2 or 3.")
     if not (isinstance(classes, list) and classes and isinstance(classes[0], dict)):
         classes = default_classes(classes)
     if len(classes) < 2:
-        raise ValueError("A segmenter needs at least two classes (background and one more).")
+        raise UserError("A segmenter needs at least two classes (background and one more).")
     args = {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": len(classes),
             "channels": list(channels), "strides": list(strides), "num_res_units": num_res_units,
             "dropout": dropout}
-    config = {"task": "segmentation", "name": name, "description": description,
-              "networks": {"net": {"arch": "UNet", "args": args}},
-              "spatial_dims": spatial_dims, "in_channels": in_channels, "classes": classes,
-              "normalization": dict(normalization or {"kind": "percentile", "lower": 0.5, "upper": 99.5}),
-              "spacing": None if spacing is None else [float(s) for s in spacing]}
-    if spatial_dims == 2:
-        config["axis"] = int(axis)
-    else:
-        config["patch_size"] = list(patch_size or (96, 96, 96))
-    return config
+    params = SegmentationParams(classes=classes, spatial_dims=spatial_dims, in_channels=in_channels,
+                                spacing=None if spacing is None else [float(s) for s in spacing],
+                                axis=int(axis) if spatial_dims == 2 else 0,
+                                patch_size=list(patch_size or (96, 96, 96)) if spatial_dims == 3 else None)
+    return ModelConfig(Task.SEGMENTATION, name, {"net": NetSpec("UNet", args)}, params,
+                       normalization=dict(normalization or {"kind": "percentile", "lower": 0.5, "upper": 99.5}),
+                       description=description)
 
 
 def class_names(model: Model) -> list[str]:
-    return [c["name"] for c in model.config["classes"]]
+    return [c["name"] for c in model.params.classes]
 
 
 def class_colors(model: Model) -> dict:
     """``{label value: RGBA}`` for a napari Labels layer (``None`` = default colour)."""
-    out = {i: tuple(c["color"]) for i, c in enumerate(model.config["classes"]) if c.get("color")}
+    out = {i: tuple(c["color"]) for i, c in enumerate(model.params.classes) if c.get("color")}
     out[None] = (0.5, 0.5, 0.5, 1.0)
     return out
 
@@ -83,14 +82,14 @@ def builtin_models() -> list[str]:
 def load_segmentation_model(model: "Model | str | os.PathLike") -> Model:
     """A segmentation Model from a Model, a built-in name or a model file/folder (see module doc)."""
     if isinstance(model, Model):
-        if model.task != "segmentation":
+        if model.task != Task.SEGMENTATION:
             raise ModelFileError(f"'{model.name}' is a {model.task or 'untyped'} model, not a segmentation model.")
         return model
     key = str(model)
     if key in BUILTIN:
         if not BUILTIN[key].is_file():
             raise ModelFileError(f"The built-in model '{key}' is not installed (run scripts/train_builtin_segmenter.py).")
-        return Model.load(BUILTIN[key], task="segmentation")
+        return Model.load(BUILTIN[key], expect=Task.SEGMENTATION)
     p = Path(key).expanduser()
     if not p.exists():
         known = ", ".join(BUILTIN)
@@ -98,7 +97,7 @@ def load_segmentation_model(model: "Model | str | os.PathLike") -> Model:
     if p.is_dir():
         return _load_bundle(p)
     if p.name.endswith(SUFFIX):
-        return Model.load(p, task="segmentation")
+        return Model.load(p, expect=Task.SEGMENTATION)
     return _load_torchscript(p)
 
 
@@ -137,7 +136,7 @@ def _load_bundle(folder: Path) -> Model:
     if any(isinstance(v, str) and (v.startswith("$") or v.startswith("@")) for v in args.values()):
         raise ModelFileError(f"{folder.name}: the bundle's network arguments are code or references; "
                              "napari-medgen only loads literal arguments.")
-    spec = {"arch": arch, "args": args}
+    spec = NetSpec(arch, args)
     net = build_network(spec)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     state = state.get("model", state) if isinstance(state, dict) else state
@@ -155,7 +154,7 @@ def _load_bundle(folder: Path) -> Model:
                                  normalization=_bundle_normalization(cfg), spacing=_bundle_spacing(cfg),
                                  patch_size=_bundle_roi(cfg) if dims == 3 else None,
                                  description=meta.get("description", "MONAI bundle"))
-    config["networks"]["net"] = spec
+    config.networks["net"] = spec
     return Model(config, {"net": net})
 
 
@@ -206,19 +205,19 @@ def _load_torchscript(path: Path) -> Model:
                              f"(expected {SUFFIX}, a MONAI bundle folder or TorchScript).") from None
     net.eval()
     if extra["config.json"]:
-        config = json.loads(extra["config.json"])
-        if config.get("task") != "segmentation":
+        config = ModelConfig.from_dict(json.loads(extra["config.json"]), path.name)
+        if config.task != Task.SEGMENTATION:
             raise ModelFileError(f"{path.name} is not a segmentation model.")
     else:
         config = _probe(net, path.name)
         meta = json.loads(extra["metadata.json"]) if extra["metadata.json"] else {}
-        config["description"] = meta.get("description", "TorchScript model")
-    args = config.get("networks", {}).get("net", {}).get("args", {})
-    config["networks"] = {"net": {"arch": "TorchScript", "args": args}}  # args kept for padding rules
+        config.description = meta.get("description", "TorchScript model")
+    args = config.networks["net"].args if "net" in config.networks else {}
+    config.networks = {"net": NetSpec("TorchScript", args)}  # args kept for padding rules
     return Model(config, {"net": net})
 
 
-def _probe(net, name: str) -> dict:
+def _probe(net, name: str) -> ModelConfig:
     """Find spatial dims, input channels and class count by running tiny inputs."""
     for dims, ch in ((2, 1), (3, 1), (2, 3), (3, 2), (3, 4)):
         x = torch.zeros((1, ch) + (32,) * dims)

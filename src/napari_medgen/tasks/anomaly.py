@@ -27,6 +27,7 @@ from ..engine.device import select_device
 from ..engine.jobs import Job
 from ..models.checkpoint import Model
 from .vae import PERCENTILES, check_distribution, decode_mean, from_slices, prepare, require_vae, to_slices
+from ..errors import UserError
 
 METHODS = ("restoration", "samples", "residual")
 SIGNS = ("both", "positive", "negative")
@@ -100,7 +101,7 @@ def normal_estimate(model: Model, stack: np.ndarray, mask: np.ndarray | None, me
         return decode_mean(model, stack, samples=samples, device=device, job=job)
     if method == "restoration":
         return restore(model, stack, mask, device=device, job=job, **restore_kw)
-    raise ValueError(f"Unknown anomaly method '{method}'; use one of {', '.join(METHODS)}.")
+    raise UserError(f"Unknown anomaly method '{method}'; use one of {', '.join(METHODS)}.")
 
 
 def postprocess(residual: np.ndarray, sign: str = "both", mask: np.ndarray | None = None,
@@ -113,7 +114,7 @@ def postprocess(residual: np.ndarray, sign: str = "both", mask: np.ndarray | Non
     elif sign == "negative":
         score = np.clip(-residual, 0, None)
     else:
-        raise ValueError(f"Unknown sign '{sign}'; use one of {', '.join(SIGNS)}.")
+        raise UserError(f"Unknown sign '{sign}'; use one of {', '.join(SIGNS)}.")
     if mask is not None:
         score = score * mask
     if median and median > 1:
@@ -166,7 +167,7 @@ def normal_threshold(model: Model, method: str, sign: str, percentile: float) ->
     cal = model.config.get("thresholds", {})
     vals = cal.get("values", {}).get(f"{method}/{sign}")
     if vals is None:
-        raise ValueError(f"This model has no calibrated threshold for {method}/{sign}; give a threshold.")
+        raise UserError(f"This model has no calibrated threshold for {method}/{sign}; give a threshold.")
     return float(np.interp(percentile, cal["percentiles"], vals))
 
 
@@ -191,7 +192,7 @@ def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, si
              "min_size": min_size, "samples": samples}
     opts.update({k: v for k, v in given.items() if v is not None})
     if opts["method"] not in METHODS:
-        raise ValueError(f"Unknown anomaly method '{opts['method']}'; use one of {', '.join(METHODS)}.")
+        raise UserError(f"Unknown anomaly method '{opts['method']}'; use one of {', '.join(METHODS)}.")
     msgs = check_distribution(model, image, mask)
     axis = model.config.get("axis", 0)
     vol, m, normed, stack = prepare(model, image, mask)

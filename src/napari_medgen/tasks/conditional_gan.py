@@ -21,12 +21,13 @@ from ..io.geometry import Geometry
 from ..io.read import ImageData
 from ..models.checkpoint import Model, build_network
 from .gan import _to_intensity, check_count, ema_of, spectral_discriminator, training_slices
+from ..errors import UserError
 
 TASK = "gan-conditional"
 MAX_CLASSES = 32
 
 
-class UnknownLabelsError(ValueError):
+class UnknownLabelsError(UserError):
     """A label map with classes the model was not trained on."""
 
 
@@ -34,7 +35,7 @@ def conditional_config(size, n_classes: int, width: int = 16) -> dict:
     """Config of a fresh SPADENet generator for ``n_classes`` label values and ``size`` (multiples of 8)."""
     h, w = (int(s) for s in size)
     if h % 8 or w % 8:
-        raise ValueError("The conditional GAN image size must be a multiple of 8 in both axes.")
+        raise UserError("The conditional GAN image size must be a multiple of 8 in both axes.")
     args = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "label_nc": int(n_classes),
             "input_shape": [h, w], "channels": [width, 2 * width, 4 * width], "is_vae": False,
             "spade_intermediate_channels": 2 * width, "last_act": None}
@@ -62,11 +63,11 @@ def train_conditional_gan(images, labels, axis: int = 0, steps: int = 1000, batc
     """
     job = Job.of(progress, stop)
     if steps < 1:
-        raise ValueError("Training needs at least one step.")
+        raise UserError("Training needs at least one step.")
     data = training_slices(images, axis, labels=labels, downsample=downsample)
     labs = data["labels"]
     if labs.min() < 0 or labs.max() >= MAX_CLASSES:
-        raise ValueError(f"Label values must lie in 0..{MAX_CLASSES - 1}; is the label layer really a label map?")
+        raise UserError(f"Label values must lie in 0..{MAX_CLASSES - 1}; is the label layer really a label map?")
     n_classes = int(labs.max()) + 1
     config = conditional_config(data["size"], n_classes, width)
     config.update({k: data[k] for k in ("spacing", "native_shape", "intensity", "normalization")},
@@ -134,10 +135,10 @@ def check_labels(model: Model, labels: np.ndarray) -> np.ndarray:
     """Integer label map(s) the model knows; unseen classes are refused with one sentence."""
     arr = np.asarray(labels)
     if arr.ndim not in (2, 3) or min(arr.shape[-2:]) < 8:
-        raise ValueError("Give a 2D label map (H, W) or a stack of them (n, H, W).")
+        raise UserError("Give a 2D label map (H, W) or a stack of them (n, H, W).")
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.mod(arr, 1) == 0):
-            raise ValueError("The label map must hold integer class values.")
+            raise UserError("The label map must hold integer class values.")
         arr = arr.astype(np.int64)
     known = set(model.config.get("present_classes", range(model.config["classes"])))
     unseen = sorted(set(np.unique(arr).tolist()) - known)
@@ -155,7 +156,7 @@ def synthesize_from_labels(model: Model, labels, spacing=None, device="auto", pr
     output always lies on the label map's grid.
     """
     if model.task != TASK:
-        raise ValueError(f"This is a {model.task or 'unknown'} model, not a conditional GAN.")
+        raise UserError(f"This is a {model.task or 'unknown'} model, not a conditional GAN.")
     job = Job.of(progress, stop)
     arr = check_labels(model, labels)
     stack = arr[None] if arr.ndim == 2 else arr

@@ -32,13 +32,13 @@ def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, moda
                                      description="U-Net trained on painted slices by napari-medgen finetune.")
         return Model(config), True
     base = load_segmentation_model(model)
-    arch = base.config["networks"]["net"]["arch"]
+    arch = base.config.networks["net"].arch
     if arch == "TorchScript":
         raise ModelFileError("A TorchScript model cannot be fine-tuned; start from a napari-medgen model or a fresh network.")
-    if base.config.get("spatial_dims") != 2 or base.config.get("in_channels", 1) != 1:
+    if base.params.spatial_dims != 2 or base.params.in_channels != 1:
         raise ModelFileError(f"'{base.name}' is not a one-channel 2D segmenter; fine-tuning trains 2D models only.")
-    if n_classes > len(base.config["classes"]):
-        raise AnnotationError(f"'{base.name}' knows label values 0-{len(base.config['classes']) - 1} but label "
+    if n_classes > len(base.params.classes):
+        raise AnnotationError(f"'{base.name}' knows label values 0-{len(base.params.classes) - 1} but label "
                               f"{n_classes - 1} is painted; start from a fresh network.")
     return base.copy(), False
 
@@ -71,7 +71,7 @@ def finetune(model, image, labels, *, axis: int = 0, slices="auto", sparse: bool
     modality = modality or getattr(image, "metadata", {}).get("modality", "")
     t = make_targets(lab, axis=axis, slices=slices, sparse=sparse, background_label=background_label)
     net_model, fresh = start_model(model, max(t.classes) + 1, img, axis=axis, modality=modality, spacing=spacing)
-    spec = resolve(net_model.config.get("normalization"), img, modality)
+    spec = resolve(net_model.config.normalization, img, modality)
     stack = take_slices(normalize(img, spec), axis, t.indices)
 
     val = _held_out(t.targets) if validation else None
@@ -80,14 +80,14 @@ def finetune(model, image, labels, *, axis: int = 0, slices="auto", sparse: bool
         net_model.net, stack[train_idx], t.targets[train_idx],
         val_images=None if val is None else stack[[val]], val_targets=None if val is None else t.targets[[val]],
         steps=steps, lr=lr or (LR_FRESH if fresh else LR_FINETUNE), batch_size=batch_size,
-        patch_size=patch_size, device=device, seed=seed, progress=job)
+        patch_size=patch_size, keep_initial=not fresh, device=device, seed=seed, progress=job)
 
-    cfg = net_model.config
-    cfg["axis"] = int(axis)
+    cfg = net_model.params
+    cfg.axis = int(axis)
     if spacing is not None and img.ndim == 3:
-        cfg["spacing"] = [float(s) for i, s in enumerate(spacing) if i != axis]
-    rounds = cfg.get("finetune", {}).get("rounds", 0) + 1
-    cfg["finetune"] = {"rounds": rounds, "slices": [int(i) for i in t.indices], "sparse": bool(sparse),
+        cfg.spacing = [float(s) for i, s in enumerate(spacing) if i != axis]
+    rounds = (cfg.finetune or {}).get("rounds", 0) + 1
+    cfg.finetune = {"rounds": rounds, "slices": [int(i) for i in t.indices], "sparse": bool(sparse),
                        "background_label": background_label, "steps": len(history["step"])}
     history.update(slices=[int(i) for i in t.indices], train_slices=[int(t.indices[i]) for i in train_idx],
                    val_slice=None if val is None else int(t.indices[val]), fresh=fresh,

@@ -23,13 +23,14 @@ from ..engine.jobs import Job
 from ..io.geometry import Geometry
 from ..io.read import ImageData
 from ..models.checkpoint import Model, build_network
+from ..errors import UserError
 
 MIN_SLICES = 8
 MAX_SAMPLES = 10_000
 PREVIEW_SEEDS = 8
 
 
-class TooFewImagesError(ValueError):
+class TooFewImagesError(UserError):
     """Not enough training slices."""
 
 
@@ -64,13 +65,13 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
     items = _as_list(images)
     labs = None if labels is None else _as_list(labels)
     if labs is not None and [l.data.shape for l in labs] != [i.data.shape for i in items]:
-        raise ValueError("Each label map must have the same shape as its image.")
+        raise UserError("Each label map must have the same shape as its image.")
     spacings = {tuple(round(s, 3) for s in inplane_spacing(i, axis)) for i in items}
     if len(spacings) > 1:
-        raise ValueError(f"The training images have different pixel spacings {sorted(spacings)}; "
+        raise UserError(f"The training images have different pixel spacings {sorted(spacings)}; "
                          "resample them to one spacing first.")
     if int(downsample) < 1:
-        raise ValueError("downsample must be 1 (full resolution) or more.")
+        raise UserError("downsample must be 1 (full resolution) or more.")
     stacks, lab_stacks, lows, highs, specs = [], [], [], [], []
     for k, item in enumerate(items):
         vol = np.asarray(item.data, dtype=np.float32)
@@ -154,7 +155,7 @@ def gan_config(size, latent_dim: int = 64, width: int = 16) -> dict:
     """Config of a fresh MONAI Generator producing ``size`` (multiples of 8) images."""
     h, w = (int(s) for s in size)
     if h % 8 or w % 8:
-        raise ValueError("The GAN image size must be a multiple of 8 in both axes.")
+        raise UserError("The GAN image size must be a multiple of 8 in both axes.")
     args = {"latent_shape": [latent_dim], "start_shape": [8 * width, h // 8, w // 8],
             "channels": [4 * width, 2 * width, width, 1], "strides": [2, 2, 2, 1], "num_res_units": 0,
             "norm": "BATCH"}
@@ -173,7 +174,7 @@ def train_gan(images, axis: int = 0, steps: int = 2000, batch_size: int = 16, la
     """
     job = Job.of(progress, stop)
     if steps < 1:
-        raise ValueError("Training needs at least one step.")
+        raise UserError("Training needs at least one step.")
     data = training_slices(images, axis, downsample=downsample)
     config = gan_config(data["size"], latent_dim, width)
     config.update({k: data[k] for k in ("spacing", "native_shape", "intensity", "normalization")},
@@ -248,7 +249,7 @@ def _to_intensity(unit: np.ndarray, config: dict) -> np.ndarray:
 
 def check_count(n: int) -> int:
     if not 1 <= int(n) <= MAX_SAMPLES:
-        raise ValueError(f"Ask for between 1 and {MAX_SAMPLES} samples (got {n}).")
+        raise UserError(f"Ask for between 1 and {MAX_SAMPLES} samples (got {n}).")
     return int(n)
 
 
@@ -259,7 +260,7 @@ def sample_geometry(config: dict) -> Geometry:
 
 def _check_gan(model: Model) -> None:
     if model.task != "gan":
-        raise ValueError(f"This is a {model.task or 'unknown'} model, not an (unconditional) GAN.")
+        raise UserError(f"This is a {model.task or 'unknown'} model, not an (unconditional) GAN.")
 
 
 def synthesize(model: Model, n: int = 16, seed: int = 0, device="auto", progress=None, stop=None) -> ImageData:

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
+from ..errors import UserError
 
 
 def segmentation_metrics(pred: np.ndarray, reference: np.ndarray, spacing=None,
@@ -17,7 +18,7 @@ def segmentation_metrics(pred: np.ndarray, reference: np.ndarray, spacing=None,
     """
     pred, ref = np.asarray(pred), np.asarray(reference)
     if pred.shape != ref.shape:
-        raise ValueError(f"The labels {pred.shape} and the reference {ref.shape} have different shapes.")
+        raise UserError(f"The labels {pred.shape} and the reference {ref.shape} have different shapes.")
     values = sorted((set(np.unique(pred).tolist()) | set(np.unique(ref).tolist())) - {0})
     spacing = [float(s) for s in spacing][-pred.ndim:] if spacing is not None else None
     out = {}

@@ -9,9 +9,10 @@ from ..engine.inference import predict
 from ..engine.jobs import Job
 from ..io.read import ImageData
 from ..models.segmentation import load_segmentation_model
+from ..errors import UserError
 
 
-class ImageInputError(ValueError):
+class ImageInputError(UserError):
     """An image that a segmentation model cannot take."""
 
 
@@ -28,7 +29,7 @@ def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bo
     """
     job = Job.of(progress, stop)
     m = load_segmentation_model(model)
-    cfg = m.config
+    cfg = m.params
     modality, rgb = "", None
     if isinstance(image, ImageData):
         spacing = image.geometry.spacing if spacing is None else spacing
@@ -43,19 +44,19 @@ def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bo
         finite = None
     bad = "" if finite is None else f" ({int((~finite).sum())} NaN/Inf voxels are treated as background)"
     job.report(0, 1, "normalising" + bad)
-    norm = [normalize(c, cfg.get("normalization"), modality) for c in arr]
+    norm = [normalize(c, m.config.normalization, modality) for c in arr]
     x = norm[0][None] if len(norm) == 1 else np.stack(norm)
     del norm
 
-    dims = cfg["spatial_dims"]
+    dims = cfg.spatial_dims
     work_axis = axis if len(spatial) == 3 else 0
     grid = _model_grid(spatial, spacing, cfg, work_axis)
     if grid is not None:
         x = _resize_grid(x, grid, dims, work_axis)
     job.check()
-    args = cfg["networks"]["net"].get("args", {})
+    args = m.config.networks["net"].args
     divisor = int(np.prod(args["strides"])) if "strides" in args else 16  # U-Net input multiple
-    probs = predict(m.net, x, spatial_dims=dims, axis=work_axis, patch_size=cfg.get("patch_size"),
+    probs = predict(m.net, x, spatial_dims=dims, axis=work_axis, patch_size=cfg.patch_size,
                     device=device, tta=tta, batch_size=batch_size, divisor=divisor, progress=job)
     del x
     if grid is not None:
@@ -67,14 +68,14 @@ def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bo
     return (labels, probs) if return_probabilities else labels
 
 
-def check_image(image, cfg: dict, axis: int = 0, rgb: bool | None = None) -> np.ndarray:
+def check_image(image, cfg, axis: int = 0, rgb: bool | None = None) -> np.ndarray:
     """The image as (channels, *spatial) without copying, or an :class:`ImageInputError` sentence."""
     arr = np.asarray(image)
     if arr.dtype.kind not in "biuf":
         raise ImageInputError(f"The image has {arr.dtype} values; a numeric image is needed.")
     if arr.size == 0:
         raise ImageInputError(f"The image is empty (shape {arr.shape}).")
-    cin, dims = int(cfg.get("in_channels", 1)), int(cfg["spatial_dims"])
+    cin, dims = int(cfg.in_channels), int(cfg.spatial_dims)
     if rgb is None:
         rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8
     if rgb:
@@ -112,11 +113,11 @@ def _inplane(shape, axis: int) -> tuple:
 
 def _model_grid(spatial, spacing, cfg, axis):
     """The shape (spatial for 3D models, in-plane for 2D) at the model's spacing, or None if the same."""
-    train = cfg.get("spacing")
+    train = cfg.spacing
     if spacing is None or train is None:
         return None
     spacing = tuple(float(s) for s in spacing)[-len(spatial):]
-    if cfg["spatial_dims"] == 2:
+    if cfg.spatial_dims == 2:
         have, shape = (inplane_spacing(spacing, axis) if len(spatial) == 3 else spacing), _inplane(spatial, axis)
     else:
         have, shape = spacing, spatial

@@ -22,6 +22,7 @@ from monai.metrics import FIDMetric, MMDMetric, MultiScaleSSIMMetric, SSIMMetric
 from ..data.slices import fit_to_size
 from ..engine.jobs import Job
 from ..models.checkpoint import SUFFIX, Model
+from ..errors import UserError
 
 FEATURES_PATH = Path(__file__).resolve().parents[1] / "models" / "builtin" / f"fd-medgen{SUFFIX}"
 FD_NAME = "FD-medgen"
@@ -103,7 +104,7 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
     job = Job.of(progress, stop)
     samples, reference = np.asarray(samples), np.asarray(reference)
     if samples.ndim != 3 or reference.ndim != 3 or len(samples) < 2 or len(reference) < 2:
-        raise ValueError("A synthesis report needs at least two samples and two reference images, as (n, H, W) stacks.")
+        raise UserError("A synthesis report needs at least two samples and two reference images, as (n, H, W) stacks.")
     window = window or reference_window(reference)
     size = reference.shape[-2:]
     x = to_unit(fit_to_size(samples, size), window)

@@ -15,6 +15,7 @@ from ..data.annotations import annotated_slices
 from ..data.slices import informative_slices
 from ..engine.jobs import Job
 from .segment import segment
+from ..errors import UserError
 
 
 def rank_slices(model, image, labels=None, *, axis: int = 0, spacing=None, max_candidates: int = 64,
@@ -29,7 +30,7 @@ def rank_slices(model, image, labels=None, *, axis: int = 0, spacing=None, max_c
     img = np.asarray(getattr(image, "data", image))
     spacing = spacing or getattr(getattr(image, "geometry", None), "spacing", None)
     if img.ndim != 3:
-        raise ValueError("Suggesting a slice needs a 3D volume.")
+        raise UserError("Suggesting a slice needs a 3D volume.")
     painted = annotated_slices(np.asarray(labels), axis) if labels is not None else np.array([], int)
     candidates = np.setdiff1d(informative_slices(img, axis), painted)
     if candidates.size == 0:

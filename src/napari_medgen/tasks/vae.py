@@ -20,6 +20,7 @@ from ..data.slices import fit_to_size, informative_slices, put_slices, take_slic
 from ..engine.device import select_device
 from ..engine.jobs import Job
 from ..models.checkpoint import Model
+from ..errors import UserError
 
 MIN_SLICES = 8
 PERCENTILES = [50.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.9]
@@ -29,7 +30,7 @@ class OutOfDistributionWarning(UserWarning):
     """The image differs strongly from what the model was trained on."""
 
 
-class NoModelError(ValueError):
+class NoModelError(UserError):
     """Scoring or sampling was asked for without a trained VAE."""
 
 
@@ -37,7 +38,7 @@ class NoModelError(ValueError):
 def _as_volume(image) -> np.ndarray:
     arr = np.asarray(getattr(image, "data", image))
     if arr.ndim not in (2, 3):
-        raise ValueError(f"The VAE works on single-channel 2D or 3D images; this one has shape {arr.shape}.")
+        raise UserError(f"The VAE works on single-channel 2D or 3D images; this one has shape {arr.shape}.")
     return arr
 
 
@@ -46,7 +47,7 @@ def _check_mask(mask, shape) -> np.ndarray | None:
         return None
     m = np.asarray(getattr(mask, "data", mask)) > 0
     if m.shape != tuple(shape):
-        raise ValueError(f"The mask shape {m.shape} differs from the image shape {tuple(shape)}.")
+        raise UserError(f"The mask shape {m.shape} differs from the image shape {tuple(shape)}.")
     return m
 
 
@@ -118,7 +119,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     size = tuple(int(math.ceil(s / 2 ** len(channels)) * 2 ** len(channels)) for s in slice_shape)
     data = _slice_stack(vols, mask_list, spec, size, axis)
     if len(data) < MIN_SLICES:
-        raise ValueError(f"Training needs at least {MIN_SLICES} slices with foreground; these images give {len(data)}.")
+        raise UserError(f"Training needs at least {MIN_SLICES} slices with foreground; these images give {len(data)}.")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     if val_images is not None:
@@ -188,7 +189,7 @@ def _volumes_and_masks(images, masks):
     vols = [_as_volume(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
     mask_list = masks if isinstance(masks, (list, tuple)) else [masks] * len(vols)
     if len(mask_list) != len(vols):
-        raise ValueError(f"Got {len(mask_list)} masks for {len(vols)} images; give one mask per image or none.")
+        raise UserError(f"Got {len(mask_list)} masks for {len(vols)} images; give one mask per image or none.")
     return vols, [_check_mask(m, v.shape) for m, v in zip(mask_list, vols)]
 
 
@@ -219,7 +220,7 @@ def check_distribution(model: Model, image, mask=None) -> list[str]:
     """Out-of-distribution messages (also emitted as :class:`OutOfDistributionWarning`)."""
     arr = np.asarray(getattr(image, "data", image))
     if arr.ndim not in (2, 3):
-        raise ValueError(f"The model was trained on single-channel images; this image has shape {arr.shape} "
+        raise UserError(f"The model was trained on single-channel images; this image has shape {arr.shape} "
                          "(several channels?). Pick one channel.")
     msgs = []
     stats = model.config.get("training_stats")
@@ -300,7 +301,7 @@ def sample_vae(model: Model, n: int = 8, *, seed: int = 0, temperature: float = 
     job = Job.of(progress, stop)
     require_vae(model)
     if n < 1:
-        raise ValueError("Ask for at least one sample.")
+        raise UserError("Ask for at least one sample.")
     gen = torch.Generator().manual_seed(int(seed))
     latent = model.config["networks"]["net"]["args"]["latent_size"]
     z = torch.randn((n, latent), generator=gen) * float(temperature)
@@ -320,7 +321,7 @@ def interpolate(model: Model, image, index_a: int, index_b: int, steps: int = 8,
     n = len(stack)
     for idx in (index_a, index_b):
         if not 0 <= idx < n:
-            raise ValueError(f"Slice {idx} is outside the image (0..{n - 1}).")
+            raise UserError(f"Slice {idx} is outside the image (0..{n - 1}).")
     job.check()
     net = model.net.cpu().eval()
     with torch.no_grad():

@@ -1,0 +1,277 @@
+"""THE training loop: every trainer in napari-medgen is a :class:`TrainTask` run by :func:`fit`.
+
+A task owns its networks, optimisers, data and loss: ``train_step()`` does one
+forward/backward/optimiser step and returns its losses (``"loss"`` first);
+``validate()`` returns one number (``metric_mode`` says whether higher is better).
+The loop owns everything else, so every trainer behaves alike:
+
+- budget in steps and/or seconds, learning-rate warm-up and cosine decay by the
+  fraction of the budget used, validation cadence, early stopping (``patience``);
+- the best weights by the validation metric; the untrained start is never a
+  candidate unless ``keep_initial`` (continuing from a trained model);
+- two kinds of stop: a stop request keeps the best weights (``stopped`` in the
+  history), a cancel restores the starting weights and raises :class:`Cancelled`;
+- device placement, bf16 autocast on CUDA, out-of-memory fallback (the task may
+  shrink its batch, else the run moves to the CPU), a non-finite loss caught at
+  once (best weights restored, learning rate lowered, and said in the history);
+- DistributedDataParallel when launched by torchrun (gradients averaged, rank 0 reports);
+- one history with named keys (:data:`HISTORY_KEYS`) and progress events whose
+  metrics the widgets plot.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import NothingLearnedError, UserError
+from .device import select_device
+from .distributed import any_rank, is_main_process, world_size, wrap_ddp
+from .jobs import Cancelled, Job
+
+HISTORY_KEYS = ("step", "loss", "val_step", "val_metric", "best_step", "best_metric", "returned",
+                "stopped", "stop_reason", "seconds", "world_size", "device", "events")
+
+
+class TrainingMemoryError(UserError):
+    """Training did not fit in memory, even after the fallbacks."""
+
+
+@dataclass
+class Budget:
+    """How long to train: ``steps`` and/or ``seconds`` (whichever ends first)."""
+
+    steps: Optional[int] = None
+    seconds: Optional[float] = None
+
+    def __post_init__(self):
+        if self.steps is None and self.seconds is None:
+            raise UserError("Give a training budget in steps or seconds.")
+        if self.steps is not None and int(self.steps) < 1:
+            raise UserError(f"The training budget must be at least one step (got {self.steps}).")
+        if self.seconds is not None and not float(self.seconds) > 0:
+            raise UserError(f"The training budget must be more than 0 seconds (got {self.seconds}).")
+
+    def fraction(self, step: int, elapsed: float) -> float:
+        parts = []
+        if self.steps:
+            parts.append(step / self.steps)
+        if self.seconds:
+            parts.append(elapsed / self.seconds)
+        return min(1.0, max(parts))
+
+    def total_steps(self) -> int:
+        """Steps to show in a progress bar (percent when only seconds are given)."""
+        return int(self.steps) if self.steps else 100
+
+
+class TrainTask:
+    """What a trainer supplies to :func:`fit`; subclass and fill in."""
+
+    networks: dict  # name -> nn.Module; all are moved, checkpointed and restored by the loop
+    optimizers: list  # their learning rates follow the loop's schedule
+    metric_mode: str = "max"  # "max": higher validation metric is better; "min": lower
+    ddp_networks: tuple = ()  # names of networks to wrap in DistributedDataParallel under torchrun
+
+    def model(self, name: str = "net") -> torch.nn.Module:
+        """The network to call in ``train_step`` (its DDP wrapper under torchrun)."""
+        return getattr(self, "wrapped", {}).get(name) or self.networks[name]
+
+    def to(self, device: torch.device) -> None:
+        """Move data the task holds (e.g. validation tensors); networks are moved by the loop."""
+
+    def train_step(self, step: int) -> dict:
+        """One optimisation step; return floats or scalar tensors, ``"loss"`` included."""
+        raise NotImplementedError
+
+    def validate(self) -> Optional[float]:
+        """The validation metric of the current weights (None: no validation, keep the last)."""
+        return None
+
+    def shrink(self) -> bool:
+        """Use less memory after an out-of-memory error (e.g. halve the batch); False if it cannot."""
+        return False
+
+    def nothing_learned(self, best_metric: Optional[float]) -> Optional[str]:
+        """A sentence when the best weights learned nothing useful (the loop then raises); else None."""
+        return None
+
+
+def warmup_cosine(frac: float, warmup: float = 0.05, floor: float = 0.02) -> float:
+    """Learning-rate factor at ``frac`` of the budget: linear warm-up, then cosine down to ``floor``."""
+    if frac < warmup:
+        return 0.1 + 0.9 * frac / warmup
+    t = (frac - warmup) / max(1e-9, 1 - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _state(networks: dict) -> dict:
+    return {k: {n: t.detach().to("cpu", copy=True) for n, t in net.state_dict().items()}
+            for k, net in networks.items()}
+
+
+def _load(networks: dict, state: dict) -> None:
+    for k, net in networks.items():
+        net.load_state_dict(state[k])
+
+
+def _value(v) -> float:
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[int] = None,
+        val_seconds: float = 15.0, patience: Optional[int] = None, min_delta: float = 0.0,
+        keep_initial: bool = False, schedule: Optional[Callable[[float], float]] = warmup_cosine,
+        max_nonfinite: int = 3, progress=None, stop=None, cancel=None, message: str = "training") -> dict:
+    """Train ``task`` within ``budget``; the best weights end up in its networks, on the CPU.
+
+    Validation runs every ``val_every`` steps or ``val_seconds`` seconds, whichever comes
+    first, and once at the end.  ``patience`` validations without an improvement of more
+    than ``min_delta`` stop the run early.  Returns the history (keys :data:`HISTORY_KEYS`
+    plus one list per loss the task returns and ``val_<name>``-free extras it adds).
+    """
+    job = Job.of(progress, stop, cancel)
+    dev = select_device(device)
+    main = is_main_process()
+    history = {"step": [], "loss": [], "val_step": [], "val_metric": [], "best_step": None,
+               "best_metric": None, "returned": "", "stopped": False, "stop_reason": "", "seconds": 0.0,
+               "world_size": world_size(), "device": str(dev), "events": []}
+    initial = _state(task.networks)
+    better = (lambda a, b: a > b + min_delta) if task.metric_mode == "max" else (lambda a, b: a < b - min_delta)
+    best_state = initial if keep_initial else None
+    since_best = 0
+    lr0 = [[g["lr"] for g in opt.param_groups] for opt in task.optimizers]
+    lr_scale = 1.0
+    nonfinite = 0
+
+    def move(to: torch.device) -> None:
+        for net in task.networks.values():
+            net.to(to)
+        for opt in task.optimizers:
+            for st in opt.state.values():
+                for k, v in st.items():
+                    if isinstance(v, torch.Tensor):
+                        st[k] = v.to(to)
+        task.to(to)
+
+    def evaluate(step: int) -> None:
+        nonlocal best_state, since_best
+        for net in task.networks.values():
+            net.eval()
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            metric = task.validate()
+        if metric is None:
+            return
+        metric = float(metric)
+        history["val_step"].append(step)
+        history["val_metric"].append(metric)
+        if math.isfinite(metric) and (history["best_metric"] is None or better(metric, history["best_metric"])):
+            history["best_metric"], history["best_step"] = metric, step
+            best_state, since_best = _state(task.networks), 0
+        else:
+            since_best += 1
+
+    move(dev)
+    restore_ddp = wrap_ddp(task, dev)
+    t0 = time.monotonic()
+    last_val = t0
+    total = budget.total_steps()
+    step = 0
+    try:
+        if keep_initial:
+            evaluate(0)
+        while True:
+            frac = budget.fraction(step, time.monotonic() - t0)
+            done, cancelled, stopped = any_rank(frac >= 1.0, job.cancelled(), job.should_stop())
+            if cancelled:
+                raise Cancelled("Training cancelled; the model and your inputs are unchanged.")
+            if done or stopped:
+                history["stopped"] = stopped and not done
+                history["stop_reason"] = "budget" if done else "stopped by the user"
+                break
+            if schedule is not None:
+                for opt, lrs in zip(task.optimizers, lr0):
+                    for g, lr in zip(opt.param_groups, lrs):
+                        g["lr"] = lr * schedule(frac) * lr_scale
+            for net in task.networks.values():
+                net.train()
+            try:
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    losses = {k: _value(v) for k, v in task.train_step(step + 1).items()}
+            except torch.OutOfMemoryError:
+                if dev.type != "cuda":
+                    raise TrainingMemoryError("Training ran out of memory; use smaller images, batch or "
+                                              "network. The model and your inputs are unchanged.") from None
+                torch.cuda.empty_cache()
+                shrunk = task.shrink()
+                history["events"].append(f"step {step + 1}: out of GPU memory; "
+                                         + ("batch reduced" if shrunk else "moved to the CPU"))
+                if not shrunk:
+                    restore_ddp()
+                    dev = torch.device("cpu")
+                    history["device"] = "cpu"
+                    move(dev)
+                    restore_ddp = wrap_ddp(task, dev)
+                continue
+            step += 1
+            loss = losses.get("loss", next(iter(losses.values()), float("nan")))
+            if not math.isfinite(loss):
+                nonfinite += 1
+                _load(task.networks, best_state or initial)
+                for opt in task.optimizers:
+                    opt.state.clear()
+                lr_scale *= 0.1
+                history["events"].append(f"step {step}: the loss became non-finite; weights restored to the "
+                                         "best so far and the learning rate lowered tenfold")
+                if nonfinite >= max_nonfinite:
+                    history["stop_reason"] = "the loss kept becoming non-finite"
+                    break
+                continue
+            history["step"].append(step)
+            for k, v in losses.items():
+                history.setdefault(k, []).append(v)
+            metrics = dict(losses)
+            now = time.monotonic()
+            (due,) = any_rank(bool(val_every and step % val_every == 0) or now - last_val >= val_seconds)
+            if due:
+                evaluate(step)
+                last_val = time.monotonic()
+                if history["val_step"] and history["val_step"][-1] == step:
+                    metrics["val_metric"] = history["val_metric"][-1]
+                if patience is not None and since_best >= patience:
+                    history["stop_reason"] = f"no improvement in {patience} validations"
+                    break
+            if main:
+                shown = step if budget.steps else int(100 * budget.fraction(step, now - t0))
+                job.report(shown, total, message, **metrics)
+        if step and (not history["val_step"] or history["val_step"][-1] != step):
+            evaluate(step)
+    except BaseException:  # cancel, error or interrupt: the task's networks go back to the start
+        restore_ddp()
+        _load(task.networks, initial)
+        move(torch.device("cpu"))
+        raise
+    restore_ddp()
+    if not step:
+        _load(task.networks, initial)
+        move(torch.device("cpu"))
+        raise Cancelled("Stopped before the first training step; nothing was trained and the model is unchanged.")
+    if best_state is not None:
+        _load(task.networks, best_state)
+        history["returned"] = ("the starting weights (no validation beat them)" if best_state is initial
+                               else f"the best by validation, step {history['best_step']}")
+    else:
+        history["returned"] = f"the last weights, step {step} (no validation metric)"
+    move(torch.device("cpu"))
+    history["seconds"] = time.monotonic() - t0
+    reason = task.nothing_learned(history["best_metric"])
+    if reason:
+        raise NothingLearnedError(reason)
+    if main:
+        job.report(total, total, "done", **({"best_metric": history["best_metric"]}
+                                            if history["best_metric"] is not None else {}))
+    return history

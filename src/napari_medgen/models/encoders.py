@@ -1,0 +1,168 @@
+"""Classifier networks and transfer learning: a dense U-Net body whose per-voxel class evidence is pooled.
+
+The classifier is a MONAI ``UNet`` (the body, ``F`` feature channels at full resolution) and
+a per-voxel linear head (MONAI ``FullyConnectedNet`` without hidden layers), so its last map
+keeps the input's resolution: a class score is the log-sum-exp pool of that class's evidence
+map, and Grad-CAM on the body's output points at the few voxels that drove the decision.
+
+Transfer: the body can start from a network that already knows medical images:
+
+- a segmentation U-Net (the built-in ``brain-tissue-2d``, a ``.medgen.pt`` file, a MONAI bundle
+  folder): every layer whose name and shape fit (encoder and all but the output decoder level);
+- the encoder of a napari-medgen VAE (``VarAutoEncoder``), trained e.g. on the user's own
+  unlabelled scans: its down-sampling units in order onto the U-Net's;
+- a state dict of a MONAI ``UNet`` (``.pt``/``.pth``, loaded with ``weights_only``), with the
+  architecture read from its shapes.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .config import NetSpec
+
+FEATURES = 16  # channels of the body's output map
+DEFAULT_BODY = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
+_DECODER = re.compile(r"(^|\.)(model|submodule)\.2\.")
+
+
+class EvidenceClassifier(nn.Module):
+    """``body`` (dense features) -> per-voxel ``head`` (class evidence) -> log-sum-exp pool (class logits)."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, sharpness: float = 5.0):
+        super().__init__()
+        self.body, self.head, self.sharpness = body, head, float(sharpness)
+
+    def evidence(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-voxel class evidence (B, C, *spatial)."""
+        f = self.body(x)
+        flat = torch.movedim(f, 1, -1)
+        e = self.head(flat.reshape(-1, flat.shape[-1])).reshape(*flat.shape[:-1], -1)
+        return torch.movedim(e, -1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.evidence(x).flatten(2).float()
+        r = self.sharpness
+        return (torch.logsumexp(r * e, dim=2) - math.log(e.shape[2])) / r
+
+
+HEATMAP_LAYER = "body"  # Grad-CAM target: the body's full-resolution output
+
+
+def classifier_specs(n_classes: int, spatial_dims: int, body: dict | None = None) -> dict:
+    """``{"net": UNet body, "head": per-voxel linear head}`` as :class:`NetSpec` s."""
+    b = {**DEFAULT_BODY, **(body or {})}
+    args = {"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": FEATURES,
+            "channels": list(b["channels"]), "strides": list(b["strides"]),
+            "num_res_units": int(b["num_res_units"])}
+    return {"net": NetSpec("UNet", args),
+            "head": NetSpec("FullyConnectedNet", {"in_channels": FEATURES, "out_channels": n_classes,
+                                                  "hidden_channels": []})}
+
+
+def is_encoder(name: str) -> bool:
+    """True for a U-Net parameter on the down-sampling path (not an up-sampling level)."""
+    return not _DECODER.search(name)
+
+
+def size_multiple(body: dict) -> int:
+    """Input sizes must be a multiple of this for the U-Net's skip connections to line up."""
+    return int(math.prod(body["strides"]))
+
+
+# --- pretrained sources --------------------------------------------------------------------------
+def pretrained_source(source, spatial_dims: int) -> tuple[dict, dict, str]:
+    """``(body args, state dict, description)`` of a pretrained network named by ``source``."""
+    from .checkpoint import Model
+
+    if isinstance(source, Model):
+        model, name = source, source.name
+    else:
+        name = str(source)
+        model = _load_model(name)
+    if model is None:
+        return _state_dict_file(Path(name), spatial_dims)
+    net = model.net
+    spec = model.config.networks["net"]
+    args = spec.args
+    if int(args.get("spatial_dims", 2)) != spatial_dims:
+        raise UserError(f"{Path(name).name} is a {args.get('spatial_dims')}D network; these images need a "
+                        f"{spatial_dims}D one.")
+    channels = list(args["channels"])
+    body = {"channels": channels, "strides": list(args["strides"])[:len(channels) - 1],
+            "num_res_units": int(args.get("num_res_units", 0))}
+    if spec.arch == "UNet":
+        return body, net.state_dict(), f"U-Net of {model.name}"
+    if spec.arch == "VarAutoEncoder":
+        return body, _vae_encoder_as_unet(net, body, spatial_dims), f"VAE encoder of {model.name}"
+    raise UserError(f"Only U-Net and VAE networks can be transferred; {model.name} is a {spec.arch}.")
+
+
+def _load_model(name: str):
+    from .checkpoint import SUFFIX, Model, ModelFileError
+    from .segmentation import BUILTIN, load_segmentation_model
+
+    p = Path(name)
+    if name in BUILTIN or p.is_dir():
+        return load_segmentation_model(name)
+    if name.endswith(SUFFIX):
+        return Model.load(p)
+    if not p.is_file():
+        raise ModelFileError(f"Pretrained network {name} is neither a built-in model nor a file.")
+    return None
+
+
+def _state_dict_file(path: Path, spatial_dims: int) -> tuple[dict, dict, str]:
+    """A MONAI UNet state dict saved with ``torch.save(net.state_dict())``; the architecture from its shapes."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file
+        raise UserError(f"{path.name} is not a weights file ({type(err).__name__}).") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    enc = [k for k in (sd if isinstance(sd, dict) else {}) if k.endswith("conv.unit0.conv.weight")
+           and k.startswith("model.") and is_encoder(k)]
+    if not enc:
+        raise UserError(f"{path.name} is not the state dict of a MONAI U-Net.")
+    enc.sort(key=len)
+    w = [sd[k] for k in enc]
+    if w[0].ndim - 2 != spatial_dims:
+        raise UserError(f"{path.name} holds a {w[0].ndim - 2}D network; these images need a {spatial_dims}D one.")
+    units = max(int(k.split("conv.unit")[1].split(".")[0]) for k in sd if "conv.unit" in k) + 1
+    body = {"channels": [int(t.shape[0]) for t in w], "strides": [2] * (len(w) - 1), "num_res_units": units}
+    return body, sd, f"U-Net weights {path.name}"
+
+
+def _vae_encoder_as_unet(vae: nn.Module, body: dict, spatial_dims: int) -> dict:
+    """The VAE's down-sampling units, in order, renamed onto a U-Net's encoder of the same channels."""
+    from .checkpoint import build_network
+
+    unet = build_network(classifier_specs(2, spatial_dims, body)["net"])
+    target = [k for k in unet.state_dict() if is_encoder(k)]
+    source = [(k, v) for k, v in vae.state_dict().items() if k.startswith("encode.")]
+    out, i = {}, 0
+    for k in target:
+        shape = unet.state_dict()[k].shape
+        while i < len(source) and source[i][1].shape != shape:
+            i += 1
+        if i == len(source):
+            break
+        out[k] = source[i][1]
+        i += 1
+    return out
+
+
+def transfer(body: nn.Module, state: dict) -> list[str]:
+    """Copy every tensor of ``state`` whose name and shape fit ``body``; returns the parameter names copied."""
+    own = body.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not any(k.endswith("weight") and own[k].ndim > 2 for k in fits):
+        raise UserError("The pretrained network has no layer that fits the classifier.")
+    body.load_state_dict(fits, strict=False)
+    params = {n for n, _ in body.named_parameters()}
+    return sorted(k for k in fits if k in params)
