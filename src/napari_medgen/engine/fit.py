@@ -193,10 +193,10 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
                 history["stopped"] = stopped and not done
                 history["stop_reason"] = "budget" if done else "stopped by the user"
                 break
-            if schedule is not None:
-                for opt, lrs in zip(task.optimizers, lr0):
-                    for g, lr in zip(opt.param_groups, lrs):
-                        g["lr"] = lr * schedule(frac) * lr_scale
+            factor = (schedule(frac) if schedule is not None else 1.0) * lr_scale
+            for opt, lrs in zip(task.optimizers, lr0):
+                for g, lr in zip(opt.param_groups, lrs):
+                    g["lr"] = lr * factor
             for net in task.networks.values():
                 net.train()
             try:
@@ -262,7 +262,7 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
         raise Cancelled("Stopped before the first training step; nothing was trained and the model is unchanged.")
     if best_state is not None:
         _load(task.networks, best_state)
-        history["returned"] = ("the starting weights (no validation beat them)" if best_state is initial
+        history["returned"] = ("the starting weights (no validation beat them)" if history["best_step"] in (0, None)
                                else f"the best by validation, step {history['best_step']}")
     else:
         history["returned"] = f"the last weights, step {step} (no validation metric)"

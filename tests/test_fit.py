@@ -1,0 +1,129 @@
+"""The one training loop: budget, best weights, both stops, non-finite losses, learned-nothing."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from napari_medgen.engine.fit import HISTORY_KEYS, Budget, TrainTask, fit
+from napari_medgen.engine.jobs import Cancelled, JobState, Status
+from napari_medgen.errors import NothingLearnedError, UserError
+
+
+class Line(TrainTask):
+    """Fit y = 3x with one weight; validation metric = -|w - 3| (higher is better)."""
+
+    def __init__(self, w0=0.0, lr=0.1, poison_at=(), score=None):
+        self.net = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            self.net.weight.fill_(w0)
+        self.networks = {"net": self.net}
+        self.optimizers = [torch.optim.SGD(self.net.parameters(), lr=lr)]
+        self.poison_at, self.score = set(poison_at), score
+        self.x = torch.linspace(-1, 1, 16)[:, None]
+
+    def train_step(self, step):
+        loss = ((self.model()(self.x) - 3 * self.x) ** 2).mean()
+        if step in self.poison_at:
+            loss = loss * float("nan")
+        self.optimizers[0].zero_grad()
+        loss.backward()
+        self.optimizers[0].step()
+        return {"loss": loss}
+
+    def validate(self):
+        return self.score(self.w) if self.score else -abs(self.w - 3.0)
+
+    @property
+    def w(self):
+        return float(self.net.weight.detach())
+
+
+def test_steps_budget_best_weights_and_history_keys():
+    task = Line()
+    seen = []
+    h = fit(task, Budget(steps=60), val_every=5, progress=seen.append, schedule=None)
+    assert set(HISTORY_KEYS) <= set(h) and len(h["step"]) == 60 and h["stop_reason"] == "budget"
+    assert h["best_metric"] == max(h["val_metric"]) and abs(task.w - 3) < 0.05
+    assert "best by validation" in h["returned"] and h["device"] == "cpu" and h["world_size"] == 1
+    assert seen[-1].message == "done" and any("loss" in e.metrics for e in seen)
+
+
+def test_seconds_budget_is_respected():
+    t0 = time.monotonic()
+    h = fit(Line(lr=1e-4), Budget(seconds=0.5), val_seconds=0.1)
+    assert 0.4 < time.monotonic() - t0 < 2.0 and len(h["step"]) > 10
+
+
+def test_untrained_start_is_never_returned():
+    # validation prefers the starting weight (0), but a fresh net's start is no candidate
+    task = Line(score=lambda w: -abs(w))
+    h = fit(task, Budget(steps=10), val_every=2)
+    assert h["best_step"] > 0 and task.w != 0.0
+    # continuing from a trained model keeps the start when nothing beats it
+    task = Line(score=lambda w: -abs(w))
+    h = fit(task, Budget(steps=10), val_every=2, keep_initial=True)
+    assert h["best_step"] == 0 and task.w == 0.0 and "starting weights" in h["returned"]
+
+
+def test_stop_keeps_best_and_cancel_restores_start():
+    task, steps = Line(), []
+    h = fit(task, Budget(steps=1000), val_every=1, stop=lambda: len(steps) >= 20,
+            progress=lambda ev: steps.append(ev.step))
+    assert h["stopped"] and h["stop_reason"] == "stopped by the user" and len(h["step"]) == 20
+    task = Line()
+    calls = []
+    with pytest.raises(Cancelled):
+        fit(task, Budget(steps=1000), progress=calls.append, cancel=lambda: len(calls) >= 5)
+    assert task.w == 0.0  # back to the start
+    with pytest.raises(Cancelled, match="nothing was trained"):
+        fit(Line(), Budget(steps=10), stop=lambda: True)
+
+
+def test_nonfinite_loss_restores_best_and_lowers_rate():
+    task = Line(poison_at={15})
+    h = fit(task, Budget(steps=40), val_every=5, schedule=None)
+    assert any("non-finite" in e for e in h["events"]) and task.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01)
+    assert all(v == v for v in h["loss"]) and 1.0 < task.w < 3.5  # kept learning after the restore
+    task = Line(poison_at=set(range(5, 100)))
+    h = fit(task, Budget(steps=100), val_every=2)
+    assert h["stop_reason"] == "the loss kept becoming non-finite" and len(h["step"]) == 4
+
+
+def test_patience_stops_early_and_nothing_learned_raises():
+    h = fit(Line(score=lambda w: 0.0), Budget(steps=500), val_every=1, patience=3)
+    assert "no improvement" in h["stop_reason"] and len(h["step"]) < 10
+
+    class Lazy(Line):
+        def nothing_learned(self, best):
+            return "The model never predicted the painted structure; paint more or train longer."
+
+    with pytest.raises(NothingLearnedError, match="never predicted"):
+        fit(Lazy(), Budget(steps=5))
+
+
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(seconds=0), dict()])
+def test_bad_budget_is_one_sentence(bad):
+    with pytest.raises(UserError):
+        Budget(**bad)
+
+
+def test_job_state_tracks_a_run_without_qt():
+    state = JobState("train")
+    seen = []
+    state.changed.connect(lambda s: seen.append(s.status))
+    job = state.begin()
+    with pytest.raises(RuntimeError):
+        state.begin()
+    state.changed.connect(lambda s: s.step >= 5 and s.request_stop())
+    h = fit(Line(), Budget(steps=50), progress=job)
+    assert state.status == Status.STOPPING and job.should_stop() and not job.cancelled() and h["stopped"]
+    state.finish()
+    assert state.status == Status.DONE and seen[0] == Status.RUNNING and len(h["step"]) == 5
+    job = state.begin()
+    state.cancel()
+    with pytest.raises(Cancelled):
+        fit(Line(), Budget(steps=50), progress=job)
+    state.finish(Cancelled())
+    assert state.status == Status.CANCELLED and state.error is None
