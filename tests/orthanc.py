@@ -20,8 +20,6 @@ import requests
 ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/bin")
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 USER, PASSWORD = "radiologist", "c0rrect-h0rse"
-needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc "
-                                                         "orthanc-dicomweb; .ci/run does it)")
 
 
 def _dicomweb_plugin() -> str | None:
@@ -67,7 +65,8 @@ class OrthancServer:
 def start_orthanc(folder: Path) -> OrthancServer:
     plugin = _dicomweb_plugin()
     if ORTHANC is None or plugin is None:
-        pytest.skip("Orthanc or its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+        pytest.skip("Orthanc or its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb; "
+                    ".ci/run does it)")
     folder.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     config = {
@@ -79,8 +78,8 @@ def start_orthanc(folder: Path) -> OrthancServer:
     }
     cfg = folder / "orthanc.json"
     cfg.write_text(json.dumps(config))
-    log = open(folder / "orthanc.log", "wb")
-    proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    with open(folder / "orthanc.log", "wb") as log:
+        proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
     server = OrthancServer(proc, port)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

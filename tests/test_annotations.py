@@ -1,11 +1,14 @@
-"""Training targets from painted slices: which slices count, dense vs sparse, and bad annotations."""
+"""Training targets from painted slices: which slices count (along any axis), dense vs sparse, bad annotations,
+interpolation between painted slices, CT recognised by its values."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_medgen.data.annotations import IGNORE, AnnotationError, annotated_slices, make_targets
+from napari_medgen.data.annotations import IGNORE, AnnotationError, annotated_slices, make_targets, painted_planes
 from napari_medgen.data.augment import augment_batch, few_shot_transform
+from napari_medgen.data.interpolate import interpolate_labels
+from napari_medgen.data.normalize import resolve
 from napari_medgen.data.sampling import PatchSampler
 
 
@@ -73,12 +76,55 @@ def test_bad_annotations_are_one_sentence(tissue, make, message):
         make_targets(ann)
 
 
-def test_labels_painted_along_another_axis_are_refused(tissue):
+def test_slices_painted_along_another_axis_become_known_rows(tissue):
     ann = np.zeros_like(tissue.data)
     ann[:, :, [40, 50]] = tissue.data[:, :, [40, 50]]  # sagittal painting
-    with pytest.raises(AnnotationError, match="axis 2"):
-        make_targets(ann, axis=0)
-    assert list(make_targets(ann, axis=2).indices) == [40, 50]
+    t = make_targets(ann, axis=0)  # trained along axis 0: each axial slice knows two columns
+    assert t.planes.keys() == {2} and list(t.planes[2]) == [40, 50]
+    known = t.targets != IGNORE
+    assert known[:, :, [40, 50]].all() and not np.delete(known, [40, 50], axis=2).any()
+    assert list(make_targets(ann).indices) == [40, 50] and make_targets(ann).axis == 2  # auto: the painted axis
+
+
+def test_axial_coronal_and_sagittal_slices_in_one_layer_all_count(tissue):
+    ann = np.zeros_like(tissue.data)
+    ann[30], ann[:, 60], ann[:, :, 45] = tissue.data[30], tissue.data[:, 60], tissue.data[:, :, 45]
+    planes = painted_planes(ann)
+    assert {a: list(i) for a, i in planes.items()} == {0: [30], 1: [60], 2: [45]}
+    t = make_targets(ann)
+    moved = t.targets  # slices along t.axis
+    assert t.known_pixels == int(sum(np.prod([s for i, s in enumerate(ann.shape) if i != a]) for a in range(3))
+                                 - sum(ann.shape[a] for a in range(3)) + 1)  # three planes, overlaps counted once
+    assert set(np.unique(moved)) == {IGNORE, 0, 1, 2, 3}
+
+
+def test_interpolation_fills_between_painted_slices_only(tissue):
+    brain = (tissue.data > 0).astype(np.uint8)
+    ann = np.zeros_like(brain)
+    ann[[30, 50]] = brain[[30, 50]]
+    filled = interpolate_labels(ann, spacing=(2, 2, 2))
+    np.testing.assert_array_equal(filled[[30, 50]], brain[[30, 50]])  # painted slices kept
+    assert not filled[:30].any() and not filled[51:].any()  # nothing extrapolated
+    between = slice(31, 50)
+    dice = 2 * (filled[between] & brain[between]).sum() / (filled[between].sum() + brain[between].sum())
+    assert dice > 0.9
+    blob = np.zeros((11, 20, 20), np.uint8)
+    blob[0, 5:15, 5:15] = 1
+    blob[10, 2, 2] = 2  # the other end shows another label: label 1 tapers off towards slice 10
+    area = interpolate_labels(blob)[:, :, :].__eq__(1).sum((1, 2))
+    assert area[1] > area[5] > area[9] >= 0 and area[5] > 0
+
+
+def test_ct_is_recognised_by_hounsfield_values_whatever_the_dtype():
+    rng = np.random.default_rng(0)
+    ct = np.full((8, 64, 64), -1000.0, np.float32)  # air around a body
+    ct[:, 16:48, 16:48] = rng.normal(40, 10, (8, 32, 32))
+    ct[:, 30:34, 30:34] = 900  # bone
+    for arr in (ct, ct.astype(np.int16), ct.astype(np.float64)):
+        assert resolve(None, arr)["kind"] == "window"
+    assert resolve(None, (ct + 1024) / 2000)["kind"] == "percentile"  # an MRI-like float image
+    assert resolve(None, ct - 3000)["kind"] == "percentile"  # not HU
+    assert resolve(None, np.zeros((4, 4)), "CT")["kind"] == "window"  # the metadata says CT
 
 
 def test_full_label_map_is_accepted_on_every_axis(tissue):
@@ -88,11 +134,11 @@ def test_full_label_map_is_accepted_on_every_axis(tissue):
 
 def test_patches_centre_on_painted_pixels_and_augmentation_keeps_unknown_unknown(painted, brain):
     t = make_targets(np.where(painted > 0, painted + 1, 0), sparse=True, background_label=None)
-    img = brain.data[t.indices].astype(np.float32) / 1000
-    sampler = PatchSampler(img, t.targets, (48, 48), seed=0)
+    vol = brain.data.astype(np.float32) / 1000
+    sampler = PatchSampler(vol, t.targets, t.indices, (48, 48), context=1, seed=0)
     x, y = sampler.sample(32)
-    assert x.shape == (32, 1, 48, 48) and y.shape == (32, 1, 48, 48)
+    assert x.shape == (32, 3, 48, 48) and y.shape == (32, 1, 48, 48)  # the slice and one neighbour on each side
     assert all((yy != IGNORE).any() for yy in y)  # every patch holds painted pixels
-    xa, ya = augment_batch(few_shot_transform(0), x, y)
+    xa, ya = augment_batch(few_shot_transform(0), x, y, np.random.default_rng(0))
     assert xa.shape == x.shape and ya.dtype == np.int64
     assert set(np.unique(ya)) <= {IGNORE, 2, 3, 4}  # unknown never turns into background 0

@@ -48,3 +48,24 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert len(blocks) >= 2
     assert blocks[1].strip() in (ROOT / ".ci" / "run").read_text()
     assert "napari-medgen demo" in blocks[0]
+
+
+def test_help_and_version_are_instant_and_import_no_torch():
+    # printing help used to import torch and MONAI (8 s); the parser is now built from light modules
+    code = ("import sys; from napari_medgen.cli import main; "
+            "codes = [main(['--help']), main(['segment', '--help']), main(['--version'])]; "
+            "print(codes, [m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip().splitlines()[-1] == "[0, 0, 0] []", res.stdout + res.stderr
+    assert "napari-medgen 0.1.0" in res.stdout and "--allow-torchscript" in res.stdout
+
+
+def test_every_option_of_info_and_segment_has_help():
+    import argparse
+
+    from napari_medgen.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for verb in ("info", "segment"):
+        for action in sub.choices[verb]._actions:
+            assert action.help, (verb, action.dest)

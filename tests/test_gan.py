@@ -8,7 +8,10 @@ from scipy.ndimage import gaussian_filter
 from napari_medgen.data.slices import fit_to_size
 from napari_medgen.io import Geometry
 from napari_medgen.io.read import ImageData
+from napari_medgen.errors import UserError
 from napari_medgen.models.checkpoint import Model
+from napari_medgen.models.config import Task
+from napari_medgen.tasks.volume_input import NonFiniteWarning
 from napari_medgen.tasks.gan import (TooFewImagesError, interpolate_seeds, synthesize, train_gan,
                                      training_slices)
 from napari_medgen.tasks.synthesis_report import format_report, side_by_side, synthesis_report
@@ -74,7 +77,7 @@ def test_seeds_reproduce_in_training_units_and_spacing(trained, split, tmp_path)
     assert a.geometry.spacing == (1.0, 2.0 * DS, 2.0 * DS)
     assert lo - 1 <= a.data.min() and a.data.max() <= hi + 1 and a.data.max() > 0.5 * hi
     path = model.save(tmp_path / "gan.medgen.pt")
-    again = synthesize(Model.load(path, task="gan"), 4, seed=7)
+    again = synthesize(Model.load(path, expect=Task.GAN), 4, seed=7)
     assert np.array_equal(a.data, again.data)
     walk = interpolate_seeds(model, 7, 9, steps=5)
     assert walk.data.shape[0] == 5
@@ -86,8 +89,8 @@ def test_progress_preview_losses_and_stop(trained, split):
     _, history, events = trained
     previews = [e.preview for e in events if e.preview is not None]
     assert previews and previews[-1].shape == (8, *split[0].shape[1:])
-    assert {"d_loss", "g_loss"} <= set(events[-1].metrics)
-    assert history["steps"] == 600 and not history["stopped"]
+    assert {"d_loss", "g_loss"} <= set(events[-2].metrics) and "best_metric" in events[-1].metrics
+    assert history["step"][-1] == 600 and not history["stopped"] and history["best_step"] > 0
     stop = threading.Event()
 
     def stop_at_5(ev):
@@ -96,7 +99,7 @@ def test_progress_preview_losses_and_stop(trained, split):
 
     model, hist = train_gan(ImageData(split[0], Geometry((1.0, 8.0, 8.0))), steps=1000, progress=stop_at_5,
                             stop=stop, **FAST)
-    assert hist["stopped"] and hist["steps"] == 5
+    assert hist["stopped"] and hist["step"][-1] == 5 and hist["best_step"] == 5
     assert synthesize(model, 2, seed=0).data.shape[0] == 2  # the EMA weights so far are usable
 
 
@@ -110,6 +113,14 @@ def test_bad_input_is_refused_clearly(trained, brain):
     other = ImageData(brain.data, Geometry((2.0, 1.0, 1.0)))
     with pytest.raises(ValueError, match="different pixel spacings"):
         train_gan([brain, other], steps=1, **FAST)
+    with pytest.raises(UserError, match="4 dimensions.*pick one channel or time point"):
+        train_gan(np.stack([brain.data, brain.data], -1), steps=1, **FAST)
+    with pytest.raises(UserError, match="empty"):
+        train_gan(np.zeros((0, 32, 32)), steps=1, **FAST)
+    with pytest.raises(UserError, match="batch size"):
+        train_gan(brain, steps=1, batch_size=0, **FAST)
+    with pytest.raises(UserError, match="between 1 and"):
+        interpolate_seeds(model, 1, 2, steps=100_000_000)
     cropped = ImageData(brain.data[:, 10:-10, 5:], brain.geometry)  # mixed sizes: padded to a common grid
     data = training_slices([brain, cropped], downsample=DS)
     assert data["images"].shape[1:] == (32, 32) and data["native_shape"] == [30, 25]
@@ -119,3 +130,11 @@ def test_ct_slices_use_a_hounsfield_window_mri_percentiles(brain):
     ct = ImageData((brain.data.astype(np.int16) * 2 - 1000), brain.geometry, metadata={"modality": "CT"})
     assert training_slices(ct, downsample=4)["normalization"]["kind"] == "window"
     assert training_slices(brain, downsample=4)["normalization"]["kind"] == "percentile"
+
+
+def test_nan_voxels_are_ignored_with_a_warning(brain):
+    bad = brain.data.astype(np.float32).copy()
+    bad[40, :4, :4] = np.nan  # 16 NaN voxels
+    with pytest.warns(NonFiniteWarning, match="16 NaN"):
+        data = training_slices(ImageData(bad, brain.geometry), downsample=DS)
+    assert len(data["images"]) > 50 and np.isfinite(data["images"]).all()

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from napari_medgen.io import Geometry, read_image, read_path, write_image
-from napari_medgen.io.read import ImageReadError
+from napari_medgen.io.read import ImageReadError, ImageReadWarning
 
 CORNERS = [(0, 0, 0), (3, 5, 7), (10, 20, 30)]
 
@@ -100,15 +100,23 @@ def test_dicom_folder_with_several_series_gives_one_layer_each(dicomdir_tests):
     assert xray.data.ndim == 2 and xray.geometry.ndim == 2
 
 
-def test_oblique_dicom_series_geometry_matches_simpleitk(dicomdir_tests):
-    folder = dicomdir_tests / "98892003" / "MR700"
-    (item,) = [i for i in read_path(folder) if i.data.ndim == 3]
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), item.metadata["series_uid"]))
-    ref = reader.Execute()
+def test_oblique_dicom_series_geometry_matches_simpleitk(tmp_path, dicom_writer):
+    src = oblique_image()
+    dicom_writer(src, tmp_path / "oblique")
+    (item,) = read_path(tmp_path / "oblique")
     assert not np.allclose(np.abs(item.geometry.direction), np.eye(3))  # really oblique
-    for idx in [(0, 0, 0), (item.data.shape[0] - 1, 15, 3)]:
-        np.testing.assert_allclose(item.geometry.index_to_world(idx), sitk_world(ref, idx), atol=1e-3)
+    np.testing.assert_array_equal(item.data, sitk.GetArrayFromImage(src))
+    for idx in [(0, 0, 0), (item.data.shape[0] - 1, 13, 3)]:
+        np.testing.assert_allclose(item.geometry.index_to_world(idx), sitk_world(src, idx), atol=1e-3)
+
+
+def test_images_of_different_orientations_are_a_2d_stack(dicomdir_tests):
+    # rotating angiography projections: one series, seven orientations, not a volume
+    with pytest.warns(ImageReadWarning, match="different orientations"):
+        items = read_path(dicomdir_tests / "98892003" / "MR700")
+    proj = next(i for i in items if i.name.startswith("ANGIO Projected"))
+    assert proj.data.shape == (7, 16, 16) and proj.geometry.ndim == 2
+    assert len(proj.layer_data()[1]["scale"]) == 3  # the leading axis is a slider
 
 
 def test_label_files_open_as_labels(tmp_path, tissue, brain):
@@ -151,3 +159,17 @@ def test_gzip_garbage_is_not_a_crash(tmp_path):
     bad.write_bytes(gzip.compress(b"garbage" * 100))
     with pytest.raises(ImageReadError):
         read_image(bad)
+
+
+def test_napari_reader_shows_what_it_changed(tmp_path, dicom_writer, monkeypatch):
+    import napari_medgen._reader as reader
+
+    shown = []
+    monkeypatch.setattr(reader, "show_warning", shown.append)
+    vol = sitk.GetImageFromArray(np.arange(8 * 6 * 5, dtype=np.int16).reshape(8, 6, 5))
+    vol.SetSpacing((1.0, 1.0, 3.0))
+    files = dicom_writer(vol, tmp_path / "gap", reverse_names=False)
+    files[4].unlink()
+    (layer,) = reader.read_layers(str(tmp_path / "gap"))
+    assert layer[0].shape == (8, 6, 5) and layer[1]["scale"][0] == pytest.approx(3.0)
+    assert len(shown) == 1 and "not evenly spaced" in shown[0]

@@ -166,11 +166,13 @@ def test_torchscript_with_and_without_config(tmp_path, builtin, slice50, brain):
     scripted = torch.jit.trace(builtin.net.eval(), torch.zeros(1, 1, 128, 112))
     with_cfg = tmp_path / "seg.ts"
     torch.jit.save(scripted, str(with_cfg), _extra_files={"config.json": json.dumps(builtin.config.to_dict())})
-    assert np.array_equal(segment(brain.data[50], with_cfg), slice50)
+    assert np.array_equal(segment(brain.data[50], with_cfg, allow_code=True), slice50)
+    with pytest.raises(ModelFileError, match="allow_code=True"):  # TorchScript is code: only with consent
+        segment(brain.data[50], with_cfg)
     bare = tmp_path / "bare.pt"
     torch.jit.save(scripted, str(bare))
-    model = load_segmentation_model(bare)
-    assert model.params.spatial_dims == 2 and len(model.params.classes) == 4
+    with pytest.raises(ModelFileError, match="without an embedded config.json"):  # never probed to guess
+        load_segmentation_model(bare, allow_code=True)
 
 
 def _bundle(folder, builtin, state):

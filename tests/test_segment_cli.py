@@ -1,4 +1,6 @@
 """``napari-medgen segment``: NIfTI and DICOM round trips keep geometry; batch goes on past bad cases."""
+import csv
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -51,15 +53,47 @@ def test_batch_continues_past_bad_cases(slab, tmp_path, capsys):
     sitk.WriteImage(rgb, str(folder / "photo.mha"))
     out = tmp_path / "out"
     assert main(["segment", str(folder), str(out), "-q"]) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["a_seg.nii.gz", "b_seg.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_seg.nii.gz", "b_seg.nii.gz", "segment_summary.csv"]
     err = capsys.readouterr().err
     assert "2 of 4 inputs failed" in err and "broken.nii.gz" in err and "RGB" in err
     # a glob picks the same files
     assert main(["segment", str(folder / "[ab].nii.gz"), str(tmp_path / "g"), "-q"]) == 0
-    assert len(list((tmp_path / "g").iterdir())) == 2
+    assert len(list((tmp_path / "g").glob("*_seg.nii.gz"))) == 2
 
 
 def test_unknown_model_is_one_line(slab, tmp_path, capsys):
     assert main(["segment", str(slab), str(tmp_path / "x.nii.gz"), "--model", "nope.medgen.pt"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "neither a built-in model" in err[0]
+
+
+def test_output_of_the_wrong_kind_is_refused(slab, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert main(["segment", str(slab), str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Cannot write the labels to out.png" in err[0]
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_batch_skips_label_files_resumes_and_splits_into_parts(slab, tmp_path, capsys):
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz", "a_mask.nii.gz", "b_seg.nii.gz", "Labels01.nii.gz"):
+        (folder / name).write_bytes(slab.read_bytes())
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), str(out), "-q", "--num-parts", "2", "--part-id", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "skipping 3 label files" in err and "a_mask.nii.gz" in err
+    assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == ["b_seg.nii.gz"]  # part 1 of 2: the 2nd file
+    first = (out / "b_seg.nii.gz").stat().st_mtime_ns
+    # the whole batch again: the finished output is kept, the rest is done, each input once in the summary
+    assert main(["segment", str(folder), str(out), "-q"]) == 0
+    assert "1 outputs already existed" in capsys.readouterr().err
+    assert (out / "b_seg.nii.gz").stat().st_mtime_ns == first
+    with open(out / "segment_summary.csv") as fh:
+        rows = {r["input"]: r["status"] for r in csv.DictReader(fh)}
+    assert rows == {str(folder / "a.nii.gz"): "written", str(folder / "b.nii.gz"): "exists",
+                    str(folder / "c.nii.gz"): "written"}
+    assert (out / "segment_summary.part1of2.csv").is_file()
+    assert main(["segment", str(folder), str(out), "--num-parts", "2", "--part-id", "2"]) == 2
+    assert "--part-id must be between 0 and 1" in capsys.readouterr().err

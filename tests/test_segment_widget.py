@@ -1,17 +1,24 @@
-"""The Segment dock widget: run, metrics, rerun replaces, cancel, errors, input untouched."""
+"""The Segment dock widget: run, volumes and metrics, mapping, CSV, warnings, rerun replaces, cancel, errors."""
+import csv
+
 import numpy as np
 import pytest
 
-from napari_medgen._widgets.segment_widget import SegmentWidget
+from napari_medgen._widgets.segment_widget import SegmentWidget, map_reference
+
+DOCK = 1
+CLASSES = ["CSF", "grey matter", "white matter"]
 
 
 @pytest.fixture
 def setup(make_napari_viewer, brain, tissue):
     viewer = make_napari_viewer()
     sub = slice(40, 56)  # a slab keeps the test quick
-    image = viewer.add_image(brain.data[sub], name="T1", **brain.geometry.layer_kwargs())
+    image = viewer.add_image(brain.data[sub], name="T1", metadata={"modality": "MR"},
+                             **brain.geometry.layer_kwargs())
     ref = viewer.add_labels(tissue.data[sub], name="tissue", **brain.geometry.layer_kwargs())
     widget = SegmentWidget(viewer)
+    DOCK and viewer.window.add_dock_widget(widget, name="Segment")
     widget.image.value = image
     return viewer, widget, image, ref
 
@@ -24,30 +31,78 @@ def _run(qtbot, widget):
     return states[-1]
 
 
-def test_run_gives_labels_on_the_image_geometry(qtbot, setup):
+def _table(widget) -> dict:
+    t = widget.results
+    return {t.item(i, 0).text(): [t.item(i, j).text() for j in range(1, 4)] for i in range(t.rowCount())}
+
+
+def test_run_gives_labels_volumes_metrics_and_csv(qtbot, setup, tmp_path):
     viewer, widget, image, ref = setup
-    before = image.data.copy()
+    before, ref_before = image.data.copy(), ref.data.copy()
     widget.reference.value = ref
+    assert widget.mapping() == {1: 1, 2: 2, 3: 3}  # same numbering as the model: identity by default
     assert _run(qtbot, widget) == "finished"
     out = viewer.layers["T1 brain-tissue-2d"]
     assert out.data.shape == image.data.shape
     np.testing.assert_allclose(out.scale, image.scale)
     np.testing.assert_allclose(out.translate, image.translate)
     np.testing.assert_allclose(out.affine.affine_matrix, image.affine.affine_matrix)
-    assert list(out.features["class"]) == ["background", "CSF", "grey matter", "white matter"]
-    assert np.array_equal(image.data, before) and np.array_equal(ref.data, viewer.layers["tissue"].data)
+    assert list(out.features["class"]) == ["background", *CLASSES]
+    assert np.array_equal(image.data, before) and np.array_equal(ref.data, ref_before)
     assert widget.last_metrics["white matter"]["dice"] > 0.8
-    assert "grey matter: Dice" in widget.metrics_label.text()
-    # rerun (with TTA) replaces the output layer instead of adding one
+    rows = _table(widget)
+    assert list(rows) == CLASSES and float(rows["grey matter"][1]) > 0.8
+    voxel_ml = np.prod(image.scale) / 1000
+    assert float(rows["white matter"][0]) == pytest.approx((out.data == 3).sum() * voxel_ml, abs=0.06)
+    assert widget.warnings_label.text() == ""  # an MR brain into the MR brain model: no doubts
+    # CSV export: one row per class, volumes and metrics; an existing file is not replaced silently
+    path = widget.save_csv(str(tmp_path / "seg.csv"))
+    table = list(csv.DictReader(open(path, encoding="utf-8")))
+    assert [r["class"] for r in table] == CLASSES and float(table[2]["dice"]) > 0.8
+    assert float(table[2]["volume_ml"]) == pytest.approx(float(rows["white matter"][0]), abs=0.06)
+    assert widget.save_csv(path) is None
+    # rerun (with TTA) replaces the output layer instead of adding one, even after a rename
+    out.name = "my labels"
     widget.tta.setChecked(True)
     assert _run(qtbot, widget) == "finished"
-    assert [layer.name for layer in viewer.layers].count("T1 brain-tissue-2d") == 1
-    assert len(viewer.layers) == 3
+    assert viewer.layers["my labels"] is out and len(viewer.layers) == 3
 
 
-def test_labels_are_not_offered_as_input(setup):
+def test_reference_values_map_to_model_classes(qtbot, setup):
+    viewer, widget, image, ref = setup
+    other = viewer.add_labels(ref.data * 10, name="tissue x10", **{k: getattr(ref, k) for k in ("scale", "translate")})
+    widget.reference.value = other
+    assert widget.mapping() == {10: None, 20: None, 30: None}  # not the model's classes: ignored by default
+    assert "[10, 20, 30]" in widget.mapping_note.text()
+    assert widget.sections["Reference values -> model classes"].isExpanded()
+    widget.set_mapping({10: 1, 20: 2, 30: 3})
+    assert _run(qtbot, widget) == "finished"
+    assert widget.last_metrics["white matter"]["dice"] > 0.8
+    np.testing.assert_array_equal(map_reference(other.data, widget.mapping()), ref.data)
+
+
+def test_mismatch_warning_is_shown(qtbot, setup):
+    viewer, widget, image, _ref = setup
+    ct = viewer.add_image(image.data, name="CT", metadata={"modality": "CT"}, scale=image.scale)
+    widget.image.value = ct
+    assert _run(qtbot, widget) == "finished"
+    assert "trained on MR" in widget.warnings_label.text()
+
+
+def test_code_is_not_allowed_by_default(setup):
     _viewer, widget, image, ref = setup
-    assert image in widget.image.choices and ref not in widget.image.choices
+    assert not widget.allow_code.isChecked() and not widget.code_warning.isVisibleTo(widget)
+    widget.allow_code.setChecked(True)
+    assert widget.code_warning.isVisibleTo(widget)
+    assert image in widget.image.choices and ref not in widget.image.choices  # labels are not offered
+
+
+def test_layer_choices_follow_the_layer_list(setup):
+    viewer, widget, _image, _ref = setup
+    new = viewer.add_image(np.zeros((4, 8, 8)), name="another image")
+    assert new in widget.image.choices  # napari calls the panel's reset_choices
+    viewer.layers.remove(new)
+    assert new not in widget.image.choices
 
 
 def test_cancel_adds_nothing(qtbot, setup):
@@ -64,6 +119,7 @@ def test_cancel_adds_nothing(qtbot, setup):
 def test_bad_model_is_a_notification_not_a_crash(qtbot, setup, tmp_path):
     viewer, widget, _image, _ref = setup
     widget.model.setCurrentText(str(tmp_path / "missing.medgen.pt"))
+    assert "neither a built-in model" in widget.description.text()
     assert _run(qtbot, widget) == "failed"
     assert "neither a built-in model" in str(widget.runner.last_error)
     assert len(viewer.layers) == 2

@@ -1,4 +1,5 @@
 """VAE on the sample brain: lesion heatmaps rank lesions first, outputs keep shape, bad input is refused."""
+import json
 import threading
 import warnings
 
@@ -9,10 +10,15 @@ from monai.metrics import compute_roc_auc
 
 from napari_medgen.data.lesions import inject_lesions
 from napari_medgen.engine.jobs import Cancelled
-from napari_medgen.models.checkpoint import Model
+from napari_medgen.errors import UserError
+from napari_medgen.io import Geometry, ImageData
+from napari_medgen.models.checkpoint import FORMAT, Model
+from napari_medgen.models.config import Task
 from napari_medgen.tasks.anomaly import anomaly_map
-from napari_medgen.tasks.vae import (NoModelError, OutOfDistributionWarning, interpolate, reconstruct,
-                                     sample_vae, train_vae)
+from napari_medgen.tasks.vae import (LOGVAR_LIMIT, NoModelError, OutOfDistributionWarning, interpolate_slices,
+                                     reconstruct, synthesize_vae)
+from napari_medgen.tasks.vae_training import train_vae
+from napari_medgen.tasks.volume_input import NonFiniteWarning
 
 HELD_OUT = (40, 56)  # axial slices never seen in training; lesions go here
 # the sample brain at 4 mm in-plane keeps training in the test suite to ~20 s on one CPU thread
@@ -28,9 +34,11 @@ def data(brain, tissue):
 def model(data):
     vol, mask = data
     a, b = HELD_OUT
-    m, hist = train_vae([vol[:a], vol[b:]], [mask[:a], mask[b:]], steps=600, val_every=100, seed=0, device="cpu",
-                        **TINY)
+    geo = Geometry((2.0, 4.0, 4.0))
+    m, hist = train_vae([ImageData(vol[:a], geo), ImageData(vol[b:], geo)], [mask[:a], mask[b:]], steps=600,
+                        val_every=100, seed=0, device="cpu", **TINY)
     assert hist["reconstruction"][-1] < hist["reconstruction"][0]
+    assert hist["best_step"] > 0 and not hist["events"]  # never the untrained start; no NaN on the way
     return m
 
 
@@ -41,22 +49,24 @@ def auroc(score, truth):
 RADII = (1.5, 2.5, 3.5)
 
 
-@pytest.mark.parametrize("polarity,sign,expected", [("dark", "negative", 0.8), ("bright", "positive", 0.65)])
-def test_heatmap_ranks_lesions_above_normal_brain(model, data, polarity, sign, expected):
+@pytest.mark.parametrize("polarity,sign,method,expected", [
+    ("dark", "negative", "residual", 0.8), ("bright", "positive", "residual", 0.65),
+    ("bright", "positive", "combined", 0.9), ("dark", "negative", "combined", 0.8)])
+def test_heatmap_ranks_lesions_above_normal_brain(model, data, polarity, sign, method, expected):
     vol, mask = data
     img, lesions = inject_lesions(vol, mask, n=6, radii=RADII, polarity=polarity, contrast=0.6,
                                   slices=range(44, 52), seed=0)
-    res = anomaly_map(model, img, mask, method="residual", sign=sign, device="cpu")
+    res = anomaly_map(model, img, mask, method=method, sign=sign, device="cpu")
     assert res.score.shape == vol.shape and res.mask.shape == vol.shape and res.score.dtype == np.float32
     block = slice(*HELD_OUT)
     fg = mask[block]
     value = auroc(res.score[block][fg], lesions[block][fg])
     assert value > expected, value
     assert not res.score[~mask].any() and not res.mask[~mask].any()  # restricted to the foreground
-    # the most anomalous slice holds a lesion, and most flagged voxels are lesion voxels' neighbours
-    top = int(np.argmax(res.slice_scores))
-    assert polarity == "bright" or lesions[top].any()
     assert len(res.slice_scores) == vol.shape[0]
+    assert res.explanation.startswith(method if method != "residual" else "plain VAE")
+    if method == "combined":  # the most anomalous slice holds a lesion
+        assert lesions[int(np.argmax(res.slice_scores))].any()
 
 
 def test_sign_selects_polarity(model, data):
@@ -93,9 +103,9 @@ def test_restoration_scores_lesions(model, data):
 def test_save_load_gives_same_scores(model, data, tmp_path):
     vol, mask = data
     path = model.save(tmp_path / "vae.medgen.pt")
-    loaded = Model.load(path, task="vae")
-    assert loaded.config["thresholds"] == model.config["thresholds"]
-    assert loaded.config["normalization"] == model.config["normalization"]
+    loaded = Model.load(path, expect=Task.VAE)
+    assert loaded.params == model.params
+    assert loaded.config.normalization == model.config.normalization
     a = anomaly_map(model, vol[40:50], mask[40:50], method="residual", device="cpu").score
     b = anomaly_map(loaded, vol[40:50], mask[40:50], method="residual", device="cpu").score
     np.testing.assert_allclose(a, b, atol=1e-5)
@@ -109,16 +119,19 @@ def test_reconstruction_in_image_units(model, data):
     assert rel < 0.25
 
 
-def test_sampling_is_seeded_and_interpolation_walks(model, data):
+def test_sampling_is_seeded_in_training_units_and_interpolation_walks(model, data):
     vol, mask = data
-    a, b = sample_vae(model, 4, seed=7), sample_vae(model, 4, seed=7)
-    assert a.shape == (4, *vol.shape[1:]) and np.array_equal(a, b)
-    assert not np.array_equal(a, sample_vae(model, 4, seed=8))
-    path = interpolate(model, vol, 30, 70, steps=5, mask=mask)
+    a, b = synthesize_vae(model, 4, seed=7), synthesize_vae(model, 4, seed=7)
+    assert a.data.shape == (4, *vol.shape[1:]) and np.array_equal(a.data, b.data)
+    assert not np.array_equal(a.data, synthesize_vae(model, 4, seed=8).data)
+    assert a.data.max() > 0.3 * vol.max()  # the training intensity scale, not [0, 1]
+    path = interpolate_slices(model, vol, 30, 70, steps=5, mask=mask)
     assert path.shape == (5, *vol.shape[1:])
     # the walk leaves slice 30 and approaches slice 70
     d = lambda x, z: np.abs(x - vol[z]).mean()  # noqa: E731
     assert d(path[0], 30) < d(path[-1], 30) and d(path[-1], 70) < d(path[0], 70)
+    with pytest.raises(UserError, match="between 1 and"):
+        synthesize_vae(model, 100_000_000)
 
 
 def test_bad_input_is_refused_clearly(model, data):
@@ -129,7 +142,7 @@ def test_bad_input_is_refused_clearly(model, data):
         anomaly_map(model, vol, mask[:-1])
     with pytest.raises(ValueError, match="single-channel"):
         anomaly_map(model, np.stack([vol, vol, vol], -1), None)
-    with pytest.raises(ValueError, match="at least 8 slices"):
+    with pytest.raises(UserError, match="at least 8 slices"):
         train_vae(vol[40:45], mask[40:45], steps=2)
     with pytest.warns(OutOfDistributionWarning, match="Out of distribution"):
         res = anomaly_map(model, vol[40:44] * 50.0 - 3000, mask[40:44], method="residual", device="cpu")
@@ -148,10 +161,94 @@ def test_stop_keeps_best_weights_and_cancels_scoring(model, data):
 
     m, hist = train_vae(vol, mask, steps=1000, stop=stop, device="cpu", **TINY)
     assert hist["stopped"] and len(hist["step"]) < 10
-    assert m.config["thresholds"]["values"]  # still calibrated and usable
+    assert m.params.thresholds["values"]  # still calibrated and usable
     ev = threading.Event()
     ev.set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(Cancelled):
             anomaly_map(model, vol, mask, stop=ev)
+
+
+def test_cancel_during_calibration_after_stop_returns_nothing(data):
+    vol, mask = data
+    seen = {"steps": 0, "calibrating": False}
+
+    def progress(ev):
+        seen["steps"] += ev.message == "training"
+        seen["calibrating"] |= ev.message == "calibrating thresholds"
+
+    with pytest.raises(Cancelled):
+        train_vae(vol, mask, steps=1000, progress=progress, stop=lambda: seen["steps"] >= 3,
+                  cancel=lambda: seen["calibrating"], device="cpu", **TINY)
+    assert seen["steps"] >= 3 and seen["calibrating"]  # stopped training, then cancelled calibration
+
+
+def test_nan_voxels_are_ignored_with_a_warning(data):
+    vol, mask = data
+    bad = vol.astype(np.float32).copy()
+    bad[50, :4, :4] = np.nan  # 16 NaN voxels
+    with pytest.warns(NonFiniteWarning, match="16 NaN"):
+        m, hist = train_vae(bad, mask, steps=3, device="cpu", **TINY)
+    assert all(np.isfinite(hist["loss"]))
+    with pytest.warns(NonFiniteWarning):
+        res = anomaly_map(m, bad[45:55], mask[45:55], method="residual", device="cpu")
+    assert np.isfinite(res.score).all()
+
+
+def test_logvar_is_clamped(model):
+    net = model.net
+    with torch.no_grad():
+        net.logvar.bias.add_(1e4)
+        try:
+            _, logvar = net.encode_forward(torch.zeros(1, 1, *model.params.size))
+        finally:
+            net.logvar.bias.sub_(1e4)
+    assert float(logvar.max()) <= LOGVAR_LIMIT
+
+
+def test_larger_slices_than_the_field_of_view_are_refused_or_resampled(model, data):
+    vol, mask = data
+    big = np.pad(vol[40:44], ((0, 0), (40, 40), (40, 40)))
+    with pytest.raises(UserError, match="larger than the VAE's field of view"):
+        anomaly_map(model, big, None, method="residual", device="cpu")
+    # the same anatomy at half the pixel size is resampled to the training spacing and back
+    fine = np.repeat(np.repeat(vol[40:50], 2, 1), 2, 2)
+    fine_mask = np.repeat(np.repeat(mask[40:50], 2, 1), 2, 2)
+    half = [s / 2 for s in model.params.spacing]
+    res = anomaly_map(model, ImageData(fine, Geometry((2.0, *half))), fine_mask, method="residual", device="cpu")
+    direct = anomaly_map(model, ImageData(vol[40:50], Geometry((2.0, *model.params.spacing))), mask[40:50],
+                         method="residual", device="cpu")
+    assert res.score.shape == fine.shape
+    assert res.mask.mean() < 3 * direct.mask.mean() + 0.01  # not half the image flagged
+
+
+@pytest.mark.parametrize("bad,match", [(np.zeros((0, 10, 10)), "empty"), (np.arange(50.0), "1 dimension"),
+                                       (np.zeros((2, 3, 40, 40)), "4 dimensions")])
+def test_unusable_arrays_give_one_sentence(bad, match):
+    with pytest.raises(UserError, match=match):
+        train_vae(bad, steps=2, device="cpu")
+
+
+def test_batch_size_zero_is_refused(data):
+    with pytest.raises(UserError, match="batch size"):
+        train_vae(data[0], steps=2, batch_size=0, device="cpu")
+
+
+def test_version_1_file_still_loads(model, data, tmp_path):
+    """A VAE written by napari-medgen 0.1 (flat dict config, version 1) loads and scores."""
+    v2 = model.config.to_dict()
+    flat = {"task": "vae", "name": "old", "networks": v2["networks"], "normalization": v2["normalization"],
+            "channels": 1, "history": {"val_step": [100]}, "bench_train_s": 3.0,
+            **{k: v2["params"][k] for k in ("axis", "size", "slice_shape", "masked", "beta", "training_stats",
+                                             "thresholds")}}
+    path = tmp_path / "old.medgen.pt"
+    torch.save({"format": FORMAT, "version": 1, "config": json.dumps(flat),
+                "networks": {"net": model.net.state_dict()}}, path)
+    old = Model.load(path, expect=Task.VAE)
+    assert old.params.size == model.params.size and old.config.training["history"] == {"val_step": [100]}
+    vol, mask = data
+    res = anomaly_map(old, vol[40:50], mask[40:50], method="residual", device="cpu")
+    assert res.score.shape == (10, *vol.shape[1:])
+    with pytest.raises(UserError, match="no intensity model"):
+        anomaly_map(old, vol[40:50], mask[40:50], method="combined", device="cpu")

@@ -32,7 +32,8 @@ def test_sample_and_interpolate(files):
     d, t1, _ = files
     assert main(["vae-sample", "--model", str(d / "vae.medgen.pt"), "-n", "3", "--out", str(d / "s.nii.gz"),
                  "--quiet"]) == 0
-    assert read_image(d / "s.nii.gz").data.shape == (3, 117, 99)
+    samples = read_image(d / "s.nii.gz")
+    assert samples.data.shape == (3, 117, 99) and samples.geometry.spacing[1:] == (2.0, 2.0)
     assert main(["vae-sample", "--model", str(d / "vae.medgen.pt"), "-n", "4", "--between", t1, "30", "60",
                  "--out", str(d / "i.nii.gz"), "--quiet"]) == 0
     assert read_image(d / "i.nii.gz").data.shape == (4, 117, 99)
@@ -44,3 +45,7 @@ def test_user_errors_are_one_line(files, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["vae-sample", "--model", str(d / "vae.medgen.pt"), "--out", t1]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert main(["vae-sample", "--model", str(d / "missing.medgen.pt"), "-n", "100000000",
+                 "--out", str(d / "many.nii.gz")]) == 2  # refused before the model is even read
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "between 1 and 10000 samples" in err

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from napari_medgen._widgets.vae_widget import VAEWidget
+from napari_medgen.models.config import Task
 from napari_medgen.tasks.vae import NoModelError
 
 WAIT = 120_000
@@ -37,14 +38,16 @@ def test_train_score_threshold_jump(setup, qtbot):
     w.steps.setValue(25)
     w.train()
     _wait(qtbot, w)
-    assert w.model is not None and w.model.task == "vae"
+    assert w.model is not None and w.model.task == Task.VAE
     assert len(w.loss_plot.series["reconstruction"][0]) == 25 and "KL" in w.loss_plot.series
+    assert w.model.params.spacing == list(img.scale[1:])  # the layer's geometry travelled with it
 
     w.mask.value = mask
     w.method.setCurrentText("residual")
     w.score()
     _wait(qtbot, w)
     heat, labels = viewer.layers["T1 VAE heatmap"], viewer.layers["T1 VAE anomalies"]
+    assert w.explanation.text().startswith("Method: plain VAE reconstruction residual")
     assert heat.data.shape == img.data.shape and labels.data.shape == img.data.shape
     assert heat.colormap.name == "inferno" and heat.blending == "additive"
     np.testing.assert_allclose(heat.scale, img.scale)
@@ -67,8 +70,30 @@ def test_train_score_threshold_jump(setup, qtbot):
     assert len(viewer.layers) == n_layers + 2
     w.sample()
     _wait(qtbot, w)
-    assert viewer.layers["VAE samples"].data.shape == (8, 117, 99)
+    samples = viewer.layers["VAE samples"]
+    assert samples.data.shape == (8, 117, 99) and tuple(samples.scale) == (1.0, *img.scale[1:])
     np.testing.assert_array_equal(img.data, original)  # the user's layer is untouched
+
+    # a run refused because another is busy leaves the shown result tied to its own layer
+    other = viewer.add_image(img.data[::-1].copy(), name="other", **{k: getattr(img, k) for k in ("scale",)})
+    w.steps.setValue(100_000)
+    w.train()
+    w.image.value = other
+    w.score()  # refused: the VAE is busy
+    w.runner.cancel()
+    _wait(qtbot, w)
+    w.go_to_slice(index)
+    assert np.isclose(viewer.dims.point[0], img.data_to_world([index, 0, 0])[0])  # T1's slice, not other's
+    assert "other VAE heatmap" not in viewer.layers
+    w.set_threshold(w.result.threshold)  # still updates T1's mask layer
+    assert labels in viewer.layers and labels.data.shape == img.data.shape
+
+
+def test_fits_a_laptop_screen(setup):
+    viewer, w, _img, _mask = setup
+    viewer.window.resize(1366, 768)
+    assert w.minimumSizeHint().height() < 600  # scrolls instead of growing past the screen
+    assert not w.train_advanced.isExpanded() and not w.generate_section.isExpanded()
 
 
 def test_cancel_training_keeps_best_and_cancel_scoring_adds_nothing(setup, qtbot):

@@ -1,9 +1,11 @@
 """npe2 reader: NIfTI, NRRD, MetaImage, DICOM files and DICOM series folders."""
 from __future__ import annotations
 
+import warnings
+
 from napari.utils.notifications import show_warning
 
-from .io.read import ImageReadError, is_supported, read_path
+from .io.read import ImageReadError, ImageReadWarning, is_supported, read_path
 
 
 def get_reader(path):
@@ -21,9 +23,16 @@ def read_layers(path) -> list:
     paths = path if isinstance(path, list) else [path]
     layers = []
     for p in paths:
-        items = read_path(p)
+        with warnings.catch_warnings(record=True) as caught:  # skipped series, regularised slices
+            warnings.simplefilter("always", ImageReadWarning)
+            items = read_path(p)
+        for w in caught:
+            if issubclass(w.category, ImageReadWarning):
+                show_warning(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         for item in items:
-            if item.data.ndim > item.geometry.ndim + (1 if item.rgb else 0):
+            if item.data.ndim > item.geometry.ndim + (1 if item.rgb else 0) and "time_step" not in item.metadata:
                 show_warning(f"{item.name}: {item.data.ndim}D data, the leading axis is shown as a slider.")
             layers.append(item.layer_data())
     return layers

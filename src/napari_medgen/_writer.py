@@ -4,15 +4,20 @@ from __future__ import annotations
 import numpy as np
 
 from .io.geometry import Geometry
+from .io.timeseries import is_time_series, time_step, write_time_series
 from .io.write import write_image
 
 
 def write_single(path: str, data, meta: dict) -> list[str]:
     """Write one layer; napari has already asked the user before overwriting."""
     data = np.asarray(data)
-    n = min(data.ndim, 3)
     aff = meta.get("affine")
     matrix = getattr(aff, "affine_matrix", aff)
+    if is_time_series(meta.get("metadata"), meta.get("axis_labels")):  # (t, ...): time as the 4th axis
+        geo = Geometry.from_transform(meta.get("scale", (1.0,) * data.ndim), meta.get("translate", (0.0,) * data.ndim),
+                                      matrix, ndim=data.ndim - 1)
+        return [write_time_series(path, data, geo, time_step(meta.get("metadata"))[0], overwrite=True)]
+    n = min(data.ndim, 3)
     geo = Geometry.from_transform(meta.get("scale", (1.0,) * data.ndim),
                                   meta.get("translate", (0.0,) * data.ndim), matrix, ndim=n)
     return [write_image(path, data, geo, overwrite=True)]

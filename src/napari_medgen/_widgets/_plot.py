@@ -1,12 +1,19 @@
-"""A small live line plot (matplotlib in Qt) for loss curves and validation metrics."""
+"""A small live line plot (matplotlib in Qt) for loss curves and validation metrics.
+
+Points are appended cheaply; the figure is redrawn at most :data:`REDRAW_MS` apart, when
+the event loop is idle, however many points arrive, so a plot never stalls the viewer.
+"""
 from __future__ import annotations
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from qtpy.QtCore import QTimer
+
+REDRAW_MS = 500
 
 
 class LivePlot(FigureCanvasQTAgg):
-    """Named series of (x, y) points; ``add`` appends and redraws cheaply."""
+    """Named series of (x, y) points; ``add`` appends and schedules a (throttled) redraw."""
 
     def __init__(self, title: str = "", xlabel: str = "step", height: float = 2.2):
         fig = Figure(figsize=(4, height), tight_layout=True)
@@ -17,6 +24,10 @@ class LivePlot(FigureCanvasQTAgg):
         self.series: dict[str, tuple[list, list]] = {}
         self._lines = {}
         self.setMinimumHeight(int(height * 70))
+        self._redraw = QTimer(self)
+        self._redraw.setSingleShot(True)
+        self._redraw.setInterval(REDRAW_MS)
+        self._redraw.timeout.connect(self.refresh)
 
     def _style(self, title: str, xlabel: str) -> None:
         ax = self.ax
@@ -28,19 +39,26 @@ class LivePlot(FigureCanvasQTAgg):
             spine.set_color("#888")
 
     def add(self, name: str, x: float, y: float, draw: bool = True) -> None:
+        """Append a point to series ``name``; ``draw`` asks for a redraw soon (coalesced)."""
         xs, ys = self.series.setdefault(name, ([], []))
         xs.append(x)
         ys.append(y)
         if name not in self._lines:
-            (self._lines[name],) = self.ax.plot(xs, ys, label=name, lw=1.2)
+            (self._lines[name],) = self.ax.plot([], [], label=name, lw=1.2)
             self.ax.legend(fontsize=7, facecolor="#262930", labelcolor="w", edgecolor="#888")
-        self._lines[name].set_data(xs, ys)
-        if draw:
-            self.ax.relim()
-            self.ax.autoscale_view()
-            self.draw_idle()
+        if draw and not self._redraw.isActive():
+            self._redraw.start()
+
+    def refresh(self) -> None:
+        """Push the series into the lines and redraw once the event loop is idle."""
+        for name, line in self._lines.items():
+            line.set_data(*self.series[name])
+        self.ax.relim()
+        self.ax.autoscale_view()
+        self.draw_idle()
 
     def clear(self) -> None:
+        self._redraw.stop()
         for line in self._lines.values():
             line.remove()
         self._lines.clear()

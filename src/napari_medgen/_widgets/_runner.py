@@ -1,62 +1,99 @@
-"""napari adapter of the job mechanism: run a task in a thread worker with progress and Cancel.
+"""napari adapter of the job mechanism: a task in a thread worker, bound to a Qt-free :class:`JobState`.
 
 A dock widget needs only::
 
-    self.runner = JobRunner("Segment")
-    self.runner.start(napari_medgen.segment, image, model, on_result=self._show)
+    self.runner = JobRunner("Segment")                      # or JobRunner("VAE", trains=True)
+    self.runner.start(segment, image, model, on_result=self._show)
+    self.runner.start(train, data, stoppable=True, on_result=..., on_progress=self._plot)
 
-The task gets ``progress=`` and ``stop=``; its events drive an inline progress
-bar and a napari progress bar (activity dock), Cancel sets the stop request,
-and errors become one-line napari notifications.
+The task gets ``progress=`` (a :class:`Job` carrying both stop requests) and runs in a
+worker thread.  The worker never touches Qt: it records events in ``runner.state`` and a
+queue that the GUI thread drains at most ten times a second, so a chatty task cannot
+flood the event loop.  ``on_progress`` still sees every event, in order; only the newest
+event of each batch keeps its ``preview`` (heavy live views update at <= 10 Hz).
+"Stop" (training jobs) keeps the best so far, "Cancel" discards the run.  User errors
+(:class:`UserError`, missing/existing files, out of memory) become one sentence; anything
+else is a bug: its traceback goes to the log and the notification says so.  Closing the
+viewer (or quitting) cancels a running job and waits for its worker, so nothing runs on
+while Qt and Python tear down.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import traceback
+import weakref
+from collections import deque
+from dataclasses import replace
+from functools import partial
 from typing import Callable, Optional
 
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QObject, QThreadPool, QTimer, Signal
+from qtpy.QtWidgets import (QApplication, QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout,
+                            QWidget)
 from superqt.utils import create_worker
 
 from ..engine.device import available_devices, describe_device
-from ..engine.jobs import Cancelled, ProgressEvent
+from ..engine.jobs import Cancelled, Job, JobState, ProgressEvent, Status
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, MemoryError)
+RELAY_MS = 100  # progress reaches the GUI at most this often
+CLOSE_WAIT_S = 10.0  # how long closing the viewer waits for a cancelled job to return
+_LIVE: "weakref.WeakSet[JobRunner]" = weakref.WeakSet()  # runners with a job in flight
 
-class _Relay(QObject):
-    """Carries progress events from the worker thread to the GUI thread (queued signal)."""
 
-    event = Signal(object)
+def user_message(err: BaseException) -> str:
+    """The one sentence shown for an expected error."""
+    if isinstance(err, MemoryError):
+        return "Out of memory: try a smaller image, fewer steps or another device."
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}."
+    return str(err) or type(err).__name__
 
 
 class JobRunner(QWidget):
-    """Progress bar, status line and Cancel button for one task at a time."""
+    """Progress bar, status line, Stop and Cancel for one task at a time."""
 
     started = Signal()
-    done = Signal(str)  # "finished", "cancelled" or "failed"
+    done = Signal(str)  # "finished" (also after Stop: the best so far is kept), "cancelled" or "failed"
 
-    def __init__(self, label: str = "job", parent: Optional[QWidget] = None):
+    def __init__(self, label: str = "job", parent: Optional[QWidget] = None, trains: bool = False):
         super().__init__(parent)
-        self.label = label
+        self.state = JobState(label)
         self.worker = None
         self.last_error: Optional[BaseException] = None
-        self._stop = threading.Event()
+        self._events: deque = deque()
+        self._finished = threading.Event()
+        self._on_result = self._on_progress = None
         self._pbar = None
+        self._window = None
+        self._relay = QTimer(self)
+        self._relay.setInterval(RELAY_MS)
+        self._relay.timeout.connect(self._drain)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1)
         self.bar.setValue(0)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Finish early and keep the best result so far.")
+        self.stop_button.clicked.connect(self.request_stop)
+        self.stop_button.setVisible(trains)
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("Abandon the run; nothing is changed.")
         self.cancel_button.clicked.connect(self.cancel)
+        for b in (self.stop_button, self.cancel_button):
+            b.setEnabled(False)
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
         row = QHBoxLayout()
-        row.addWidget(self.bar)
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.stop_button)
         row.addWidget(self.cancel_button)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -64,82 +101,209 @@ class JobRunner(QWidget):
         lay.addWidget(self.status)
 
     @property
+    def label(self) -> str:
+        return self.state.label
+
+    @property
     def running(self) -> bool:
         return self.worker is not None
 
+    # --- starting and stopping -------------------------------------------------------------
     def start(self, fn: Callable, *args, on_result: Optional[Callable] = None,
-              on_progress: Optional[Callable[[ProgressEvent], None]] = None, **kwargs):
-        """Run ``fn(*args, progress=..., stop=..., **kwargs)`` in a thread; returns the worker."""
+              on_progress: Optional[Callable[[ProgressEvent], None]] = None, stoppable: bool = False, **kwargs):
+        """Run ``fn(*args, progress=<Job>, **kwargs)`` in a worker thread; returns the worker (None if busy).
+
+        ``stoppable`` shows Stop (finish early, keep the best so far) next to Cancel: for training.
+        ``on_result`` gets the return value in the GUI thread, ``on_progress`` each progress event.
+        """
         if self.running:
             show_info(f"{self.label} is already running; cancel it first.")
             return None
-        self._stop = threading.Event()
-        self.last_error = None
-        self._relay = _Relay()
-        self._relay.event.connect(self._on_event)
-        if on_progress is not None:
-            self._relay.event.connect(on_progress)
+        self.state.begin()
+        state = self.state
+        job = Job(self._post, stop=lambda: state.status is Status.STOPPING,
+                  cancel=lambda: state.status is Status.CANCELLING)
+        self.last_error, self._on_result, self._on_progress = None, on_result, on_progress
+        self._events.clear()
+        finished = self._finished = threading.Event()
+
+        def call():  # worker thread
+            try:
+                return fn(*args, progress=job, **kwargs)
+            finally:
+                finished.set()
+
+        self.worker = worker = create_worker(call, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(partial(self._returned, worker))
+        worker.errored.connect(partial(self._errored, worker))
         self._pbar = napari_progress(total=0, desc=self.label)
-        self.worker = create_worker(fn, *args, progress=self._relay.event.emit, stop=self._stop,
-                                    _start_thread=False, _ignore_errors=True, **kwargs)
-        if on_result is not None:
-            self.worker.returned.connect(on_result)
-        self.worker.returned.connect(lambda _r: self._finish("finished"))
-        self.worker.errored.connect(self._on_error)
         self.bar.setRange(0, 0)
+        self.stop_button.setVisible(stoppable)
+        self.stop_button.setEnabled(stoppable)
         self.cancel_button.setEnabled(True)
         self.status.setText(f"{self.label}: starting...")
+        self.status.setToolTip("")
         self._t0 = time.monotonic()
+        self._watch_window()
+        _LIVE.add(self)
+        _hook_quit()
+        self._relay.start()
         self.started.emit()
-        self.worker.start()
-        return self.worker
+        worker.start()
+        return worker
+
+    def request_stop(self) -> None:
+        """Finish early and keep the best result so far (training); inference treats it as Cancel."""
+        if self.state.status is Status.RUNNING:
+            self.state.request_stop()
+            self.stop_button.setEnabled(False)
+            self.status.setText(f"{self.label}: stopping, keeping the best so far...")
 
     def cancel(self) -> None:
-        """Ask the running task to stop after its current step."""
-        if self.running:
-            self._stop.set()
-            self.status.setText(f"{self.label}: stopping...")
+        """Abandon the run after its current step; nothing is changed."""
+        if self.state.active and self.state.status is not Status.CANCELLING:
+            self.state.cancel()
+            self.stop_button.setEnabled(False)
             self.cancel_button.setEnabled(False)
+            self.status.setText(f"{self.label}: cancelling...")
 
-    def _on_event(self, ev: ProgressEvent) -> None:
-        pbar = self._pbar
-        if pbar is None:
+    def shutdown(self, timeout: float = CLOSE_WAIT_S) -> bool:
+        """Cancel the running job and wait (at most ``timeout`` s) until its worker has returned."""
+        if self.worker is None:
+            return True
+        self.state.cancel()
+        ok = self._finished.wait(timeout)
+        if not ok:
+            log.warning("%s did not return within %.0f s of being cancelled", self.label, timeout)
+        pool, t_end = QThreadPool.globalInstance(), time.monotonic() + 2.0
+        while ok and pool.activeThreadCount() and time.monotonic() < t_end:  # superqt's last emits
+            time.sleep(0.01)
+        self._close("cancelled", error=Cancelled())
+        return ok
+
+    # --- worker -> GUI ----------------------------------------------------------------------
+    def _post(self, ev: ProgressEvent) -> None:  # worker thread: no Qt here
+        self.state.update(ev)
+        self._events.append(ev)
+
+    def _drain(self) -> None:
+        events = []
+        while self._events:
+            events.append(self._events.popleft())
+        if not events:
             return
+        last = events[-1]
+        if self._on_progress is not None:
+            for ev in events:
+                self._on_progress(ev if ev is last or ev.preview is None else replace(ev, preview=None))
+        self._show_progress(last)
+
+    def _show_progress(self, ev: ProgressEvent) -> None:
         total = max(int(ev.total), 1)
         self.bar.setRange(0, total)
         self.bar.setValue(min(int(ev.step), total))
-        metrics = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in ev.metrics.items())
-        self.status.setText(f"{self.label}: {ev.message} {metrics}".strip())
-        # napari's progress bar may process pending events (even our own _finish): touch it last
-        if pbar.total != total:
-            pbar.total = total
-        pbar.n = min(int(ev.step), total)
-        desc = f"{self.label}: {ev.message}" if ev.message else self.label
-        if pbar.desc != desc:
-            pbar.set_description(desc)
+        metrics = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in self.state.metrics.items())
+        if self.state.status is Status.RUNNING:
+            self.status.setText(f"{self.label}: {ev.message} {metrics}".strip())
+        pbar = self._pbar  # napari's bar may process pending events (even our own finish): touch it last
+        if pbar is not None:
+            if pbar.total != total:
+                pbar.total = total
+            pbar.n = min(int(ev.step), total)
+            desc = f"{self.label}: {ev.message}" if ev.message else self.label
+            if pbar.desc != desc:
+                pbar.set_description(desc)
 
-    def _on_error(self, err: BaseException) -> None:
+    def _returned(self, worker, result) -> None:
+        if worker is not self.worker:
+            return
+        self._drain()
+        if self.state.status is Status.CANCELLING:  # cancelled after its last check: discard
+            self._errored(worker, Cancelled())
+            return
+        stopped = self.state.status is Status.STOPPING
+        try:
+            if self._on_result is not None:
+                self._on_result(result)
+        except Exception as err:  # noqa: BLE001 - a bug in showing the result is reported like any other
+            self._errored(worker, err)
+            return
+        self._close("finished", note=", stopped early (kept the best so far)" if stopped else "")
+
+    def _errored(self, worker, err: BaseException) -> None:
+        if worker is not self.worker:
+            return
+        self._drain()
         if isinstance(err, Cancelled):
             show_info(f"{self.label} cancelled; nothing was changed.")
-            self._finish("cancelled")
+            self._close("cancelled", error=err)
             return
         self.last_error = err
-        if not isinstance(err, (ValueError, FileNotFoundError, FileExistsError, MemoryError)):
-            log.error("%s failed", self.label, exc_info=err)
-        show_error(f"{self.label} failed: {err}")
-        self._finish("failed")
+        if isinstance(err, USER_ERRORS):
+            show_error(f"{self.label} failed: {user_message(err)}")
+        else:
+            tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            log.error("%s failed with an unexpected error (a bug):\n%s", self.label, tb)
+            self.status.setToolTip(tb)
+            show_error(f"{self.label} failed with an unexpected error ({type(err).__name__}); see the log.")
+        self._close("failed", error=err)
 
-    def _finish(self, state: str) -> None:
-        self._relay.event.disconnect()  # late progress events must not overwrite the final state
+    def _close(self, outcome: str, error: Optional[BaseException] = None, note: str = "") -> None:
+        self._relay.stop()
+        self._events.clear()
+        _LIVE.discard(self)
+        self._watch_window(False)
+        if self.state.active:
+            self.state.finish(error)
         pbar, self._pbar, self.worker = self._pbar, None, None
+        self._on_result = self._on_progress = None
         if pbar is not None:
             pbar.close()
         elapsed = time.monotonic() - self._t0
         self.bar.setRange(0, 1)
-        self.bar.setValue(1 if state == "finished" else 0)
+        self.bar.setValue(1 if outcome == "finished" else 0)
+        self.stop_button.setEnabled(False)
         self.cancel_button.setEnabled(False)
-        self.status.setText(f"{self.label}: {state} in {elapsed:.1f} s")
-        self.done.emit(state)
+        self.status.setText(f"{self.label}: {outcome}{note} in {elapsed:.1f} s")
+        self.done.emit(outcome)
+
+    # --- closing the viewer mid-job ----------------------------------------------------------
+    def _watch_window(self, watch: bool = True) -> None:
+        """Watch the top-level window while a job runs (and only then: no reference to it outlives the job)."""
+        if self._window is not None:
+            self._window.removeEventFilter(self)
+            self._window = None
+        window = self.window()
+        if watch and window is not self:
+            window.installEventFilter(self)
+            self._window = window
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        kind = event.type()
+        closing = ((kind == QEvent.Type.Hide and not event.spontaneous())
+                   or (kind == QEvent.Type.Close and not obj.isVisible()))
+        if closing and obj is self._window and self.running:
+            self.shutdown()
+        return False
+
+
+def _shutdown_all() -> None:
+    for runner in list(_LIVE):
+        try:
+            runner.shutdown()
+        except RuntimeError:  # its Qt side is already gone; the state's cancel still reached the worker
+            pass
+
+
+atexit.register(_shutdown_all)
+
+
+def _hook_quit() -> None:
+    app = QApplication.instance()
+    if app is not None and not getattr(app, "_medgen_hooked", False):
+        app.aboutToQuit.connect(_shutdown_all)
+        app._medgen_hooked = True
 
 
 def device_label(device: str = "auto") -> str:

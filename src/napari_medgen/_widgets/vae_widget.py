@@ -8,20 +8,30 @@ import numpy as np
 from magicgui.widgets import create_widget
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
-                            QLabel, QListWidget, QListWidgetItem, QPushButton, QSlider, QSpinBox,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QListWidget,
+                            QListWidgetItem, QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
+from superqt import QCollapsible
 
 from ..io import Geometry
 from ..models.checkpoint import SUFFIX, Model
-from ..tasks.anomaly import DEFAULTS, METHODS, SIGNS, anomaly_map, normal_threshold
-from ..tasks.vae import interpolate, reconstruct, sample_vae, train_vae
-from ._plot import LivePlot
+from ..models.config import Task
+from ..tasks.anomaly import DEFAULTS, EXPLAIN, METHODS, SIGNS, anomaly_map, normal_threshold
+from ..tasks.vae import interpolate_slices, reconstruct, synthesize_vae
+from ..tasks.vae_training import train_vae
+from ._layers import layer_array, layer_image, row
 from ._model_files import save_model_file
-from ._layers import layer_array, row
+from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
 SLIDER_STEPS = 1000
+
+
+def _spin(lo: int, hi: int, value: int, tip: str = "") -> QSpinBox:
+    s = QSpinBox()
+    s.setRange(lo, hi)
+    s.setValue(value)
+    s.setToolTip(tip)
+    return s
 
 
 class VAEWidget(QWidget):
@@ -33,20 +43,19 @@ class VAEWidget(QWidget):
         self.model: Optional[Model] = None
         self.result = None
         self._outputs: dict = {}
-        self._source = None
+        self._source = None  # the layer the shown result belongs to (set when a result arrives)
+        self._mask_layer = None
+        self._score_top = 1.0
 
         # --- training ---
         self.normals = create_widget(annotation=list[napari.layers.Image], label="normal images",
                                      widget_type="Select", options={"choices": self._image_choices})
-        self.normals.native.setMaximumHeight(80)
+        self.normals.native.setMaximumHeight(70)
         self.train_mask = create_widget(annotation=Optional[napari.layers.Labels], label="mask",
                                         options={"nullable": True})
-        self.steps = QSpinBox()
-        self.steps.setRange(2, 100_000)
-        self.steps.setValue(1500)
-        self.latent = QSpinBox()
-        self.latent.setRange(2, 1024)
-        self.latent.setValue(64)
+        self.seconds = _spin(5, 86_400, 120, "Training budget in seconds (the best weights so far are kept)")
+        self.steps = _spin(0, 1_000_000, 0, "Optional budget in steps (0: seconds only); whichever ends first")
+        self.latent = _spin(2, 1024, 64, "Size of the VAE's latent code")
         self.device, self.device_line = device_chooser()
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
@@ -55,7 +64,7 @@ class VAEWidget(QWidget):
         save.clicked.connect(lambda: self.save_model())
         self.model_line = QLabel("No model: train one or load a .medgen.pt VAE.")
         self.model_line.setWordWrap(True)
-        self.loss_plot = LivePlot("training loss", "step")
+        self.loss_plot = LivePlot("training loss", "step", height=1.6)
 
         # --- scoring ---
         self.image = create_widget(annotation=napari.layers.Image, label="image")
@@ -63,8 +72,7 @@ class VAEWidget(QWidget):
         self.method = QComboBox()
         self.method.addItems(METHODS)
         self.method.setCurrentText(DEFAULTS["method"])
-        self.method.setToolTip("restoration: MAP restoration (best, slower); samples: mean of posterior "
-                               "samples; residual: plain reconstruction residual")
+        self.method.setToolTip("\n".join(f"{m}: {EXPLAIN[m]}" for m in METHODS))
         self.sign = QComboBox()
         self.sign.addItems(SIGNS)
         self.sign.setToolTip("positive: brighter than normal (e.g. FLAIR lesions); negative: darker; both")
@@ -81,20 +89,16 @@ class VAEWidget(QWidget):
         self.slider.setEnabled(False)
         self.slider.valueChanged.connect(self._threshold_moved)
         self.threshold_line = QLabel("threshold: -")
+        self.explanation = QLabel("")
+        self.explanation.setWordWrap(True)
         self.slices = QListWidget()
-        self.slices.setMaximumHeight(120)
+        self.slices.setMaximumHeight(90)
         self.slices.itemClicked.connect(self._jump)
 
         # --- generation ---
-        self.n_samples = QSpinBox()
-        self.n_samples.setRange(1, 256)
-        self.n_samples.setValue(8)
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
-        self.slice_a, self.slice_b = QSpinBox(), QSpinBox()
-        for s in (self.slice_a, self.slice_b):
-            s.setRange(0, 10_000)
-        self.slice_b.setValue(10)
+        self.n_samples = _spin(1, 256, 8)
+        self.seed = _spin(0, 2**31 - 1, 0)
+        self.slice_a, self.slice_b = _spin(0, 10_000, 0), _spin(0, 10_000, 10)
         sample_button, interp_button = QPushButton("Sample N"), QPushButton("Interpolate A→B")
         sample_button.clicked.connect(self.sample)
         interp_button.clicked.connect(self.interpolate)
@@ -107,8 +111,14 @@ class VAEWidget(QWidget):
         form = QFormLayout(train_box)
         form.addRow("normal images", self.normals.native)
         form.addRow("mask", self.train_mask.native)
-        form.addRow("steps", self.steps)
-        form.addRow("latent size", self.latent)
+        form.addRow("budget (s)", self.seconds)
+        self.train_advanced = QCollapsible("Advanced training options")
+        adv = QWidget()
+        adv_form = QFormLayout(adv)
+        adv_form.addRow("steps (0: none)", self.steps)
+        adv_form.addRow("latent size", self.latent)
+        self.train_advanced.addWidget(adv)
+        form.addRow(self.train_advanced)
         form.addRow(self.train_button)
         form.addRow(self.loss_plot)
         form.addRow(row(load, save))
@@ -119,27 +129,41 @@ class VAEWidget(QWidget):
         form.addRow("mask", self.mask.native)
         form.addRow("method", self.method)
         form.addRow("sign", self.sign)
-        form.addRow("percentile", self.percentile)
+        self.score_advanced = QCollapsible("Advanced scoring options")
+        adv = QWidget()
+        adv_form = QFormLayout(adv)
+        adv_form.addRow("percentile", self.percentile)
+        self.score_advanced.addWidget(adv)
+        form.addRow(self.score_advanced)
         form.addRow(row(recon_button, anomaly_button))
         form.addRow(self.threshold_line, self.slider)
+        form.addRow(self.explanation)
         form.addRow(QLabel("slices by anomalous area (click to go):"))
         form.addRow(self.slices)
-        gen_box = QGroupBox("Generate")
-        form = QFormLayout(gen_box)
+        self.generate_section = QCollapsible("Generate (samples, interpolation)")
+        gen = QWidget()
+        form = QFormLayout(gen)
         form.addRow("N, seed", row(self.n_samples, self.seed))
         form.addRow(sample_button)
         form.addRow("slices A, B", row(self.slice_a, self.slice_b))
         form.addRow(interp_button)
+        self.generate_section.addWidget(gen)
+        content = QWidget()
+        lay = QVBoxLayout(content)
+        for w in (train_box, score_box, self.generate_section):
+            lay.addWidget(w)
         dev = QFormLayout()
         dev.addRow("device", self.device)
-        lay = QVBoxLayout(self)
-        lay.addWidget(train_box)
-        lay.addWidget(score_box)
-        lay.addWidget(gen_box)
         lay.addLayout(dev)
         lay.addWidget(self.device_line)
-        lay.addWidget(self.runner)
         lay.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll, 1)
+        outer.addWidget(self.runner)  # progress and Cancel stay visible whatever is scrolled
         for w in (self.normals, self.train_mask, self.image, self.mask):
             self.viewer.layers.events.inserted.connect(w.reset_choices)
             self.viewer.layers.events.removed.connect(w.reset_choices)
@@ -159,16 +183,16 @@ class VAEWidget(QWidget):
             show_error("The VAE works on single-channel images; choose grey-value layers, not RGB.")
             return
         mask = self.train_mask.value
-        images = [layer_array(layer) for layer in layers]
+        images = [layer_image(layer) for layer in layers]
         masks = [layer_array(mask)] * len(images) if mask is not None else None
-        if masks is not None and any(m.shape != im.shape for m, im in zip(masks, images)):
+        if masks is not None and any(m.shape != im.data.shape for m, im in zip(masks, images)):
             show_error(f"The mask '{mask.name}' {masks[0].shape} does not match every training image; "
                        "choose a mask of the same shape.")
             return
         self.loss_plot.clear()
-        self.runner.start(train_vae, images, masks, steps=self.steps.value(), latent_size=self.latent.value(),
-                          device=self.device.currentText(), name=f"vae {layers[0].name}",
-                          on_result=self._trained, on_progress=self._on_progress)
+        self.runner.start(train_vae, images, masks, steps=self.steps.value() or None, seconds=self.seconds.value(),
+                          latent_size=self.latent.value(), device=self.device.currentText(),
+                          name=f"vae {layers[0].name}", on_result=self._trained, on_progress=self._on_progress)
 
     def _on_progress(self, ev) -> None:
         if "reconstruction" in ev.metrics:
@@ -179,13 +203,13 @@ class VAEWidget(QWidget):
     def _trained(self, result) -> None:
         self.model, history = result
         note = " (stopped early: best weights so far)" if history["stopped"] else ""
-        self._describe(f"Trained{note}")
+        self._describe(f"Trained{note} in {history['seconds']:.0f} s, kept {history['returned']}")
 
     def _describe(self, what: str) -> None:
-        cfg = self.model.config
-        args = cfg["networks"]["net"]["args"]
-        self.model_line.setText(f"{what}: {cfg.get('name', 'vae')}, slices {tuple(cfg['size'])}, "
-                                f"latent {args['latent_size']}{', masked' if cfg.get('masked') else ''}.")
+        p = self.model.params
+        latent = self.model.config.networks["net"].args["latent_size"]
+        self.model_line.setText(f"{what}: {self.model.name}, slices {tuple(p.size)}, "
+                                f"latent {latent}{', masked' if p.masked else ''}.")
 
     def load_model(self, path: Optional[str] = None) -> None:
         if path is None:
@@ -193,7 +217,7 @@ class VAEWidget(QWidget):
             if not path:
                 return
         try:
-            self.model = Model.load(path, task="vae")
+            self.model = Model.load(path, expect=Task.VAE)
         except ValueError as err:
             show_error(str(err))
             return
@@ -204,6 +228,7 @@ class VAEWidget(QWidget):
 
     # --- scoring ---
     def _inputs(self):
+        """(layer, mask array) to score, or None after saying why; nothing is changed here."""
         layer = self.image.value
         if layer is None:
             show_error("Choose an image layer to score.")
@@ -217,23 +242,22 @@ class VAEWidget(QWidget):
             show_error(f"The mask '{mask_layer.name}' {mask.shape} is not on the grid of '{layer.name}' "
                        f"{layer_array(layer).shape}; choose another mask.")
             return None
-        self._source = layer
         return layer, mask
 
     def reconstruct(self) -> None:
         got = self._inputs()
         if got is not None:
             layer, mask = got
-            self.runner.start(reconstruct, self.model, layer_array(layer), mask, device=self.device.currentText(),
-                              on_result=self._show_reconstruction)
+            self.runner.start(reconstruct, self.model, layer_image(layer), mask, device=self.device.currentText(),
+                              on_result=lambda rec: self._show_reconstruction(rec, layer))
 
     def score(self) -> None:
         got = self._inputs()
         if got is not None:
             layer, mask = got
-            self.runner.start(anomaly_map, self.model, layer_array(layer), mask, method=self.method.currentText(),
+            self.runner.start(anomaly_map, self.model, layer_image(layer), mask, method=self.method.currentText(),
                               sign=self.sign.currentText(), percentile=self.percentile.value(),
-                              device=self.device.currentText(), on_result=self._show_anomaly)
+                              device=self.device.currentText(), on_result=lambda res: self._show_anomaly(res, layer))
 
     def _put(self, name: str, data, kind: str = "image", **kwargs):
         """Add or replace this widget's own output layer ``name`` on the source layer's grid."""
@@ -251,19 +275,18 @@ class VAEWidget(QWidget):
         self._outputs[name] = layer
         return layer
 
-    def _show_reconstruction(self, rec) -> None:
-        src = self._source
+    def _show_reconstruction(self, rec, src) -> None:
+        self._source = src
         self._put(f"{src.name} VAE reconstruction", rec, contrast_limits=tuple(src.contrast_limits),
                   colormap="gray")
 
-    def _show_anomaly(self, result) -> None:
-        self.result = result
+    def _show_anomaly(self, result, src) -> None:
+        self.result, self._source = result, src
         for msg in result.warnings:
             show_warning(msg)
-        src = self._source
         top = float(max(result.score.max(), result.threshold * 2, 1e-6))
-        self._heatmap = self._put(f"{src.name} VAE heatmap", result.score, colormap="inferno",
-                                  blending="additive", contrast_limits=(0.5 * result.threshold, top))
+        self._put(f"{src.name} VAE heatmap", result.score, colormap="inferno", blending="additive",
+                  contrast_limits=(0.5 * result.threshold, top))
         self._mask_layer = self._put(f"{src.name} VAE anomalies", result.mask.astype(np.uint8), kind="labels",
                                      opacity=0.9)
         self._mask_layer.contour = 1  # outlines, so the heatmap stays visible underneath
@@ -272,6 +295,7 @@ class VAEWidget(QWidget):
         self.slider.setValue(int(round(result.threshold / top * SLIDER_STEPS)))
         self.slider.blockSignals(False)
         self.slider.setEnabled(True)
+        self.explanation.setText(f"Method: {result.explanation}")
         self._update_threshold_line()
         self._fill_slices()
 
@@ -281,7 +305,7 @@ class VAEWidget(QWidget):
         if res is None:
             return
         res.rethreshold(value)
-        if getattr(self, "_mask_layer", None) is not None and self._mask_layer in self.viewer.layers:
+        if self._mask_layer is not None and self._mask_layer in self.viewer.layers:
             self._mask_layer.data = res.mask.astype(np.uint8)
         self._update_threshold_line()
         self._fill_slices()
@@ -294,11 +318,10 @@ class VAEWidget(QWidget):
         pct = ""
         if self.model is not None:
             try:
-                table = [normal_threshold(self.model, res.method, res.sign, p)
-                         for p in self.model.config["thresholds"]["percentiles"]]
-                pct = f" (~{np.interp(res.threshold, table, self.model.config['thresholds']['percentiles']):.1f}th " \
-                      "normal pct)"
-            except (KeyError, ValueError):
+                pcts = self.model.params.thresholds["percentiles"]
+                table = [normal_threshold(self.model, res.method, res.sign, p) for p in pcts]
+                pct = f" (~{np.interp(res.threshold, table, pcts):.1f}th normal pct)"
+            except (KeyError, TypeError, ValueError):
                 pct = ""
         self.threshold_line.setText(f"threshold {res.threshold:.3g}{pct}")
 
@@ -327,23 +350,24 @@ class VAEWidget(QWidget):
 
     # --- generation ---
     def sample(self) -> None:
-        self.runner.start(sample_vae, self.model, self.n_samples.value(), seed=self.seed.value(),
-                          on_result=lambda s: self._put_plain("VAE samples", s))
+        self.runner.start(synthesize_vae, self.model, self.n_samples.value(), seed=self.seed.value(),
+                          on_result=lambda item: self._put_plain("VAE samples", item.data, item.geometry))
 
     def interpolate(self) -> None:
         got = self._inputs()
         if got is not None:
             layer, mask = got
-            self.runner.start(interpolate, self.model, layer_array(layer), self.slice_a.value(), self.slice_b.value(),
-                              mask=mask, on_result=lambda s: self._put_plain("VAE interpolation", s))
+            self.runner.start(interpolate_slices, self.model, layer_image(layer), self.slice_a.value(),
+                              self.slice_b.value(), mask=mask,
+                              on_result=lambda s: self._put_plain("VAE interpolation", s, None))
 
-    def _put_plain(self, name: str, stack) -> None:
+    def _put_plain(self, name: str, stack, geometry: Optional[Geometry]) -> None:
         layer = self._outputs.get(name)
         if layer is not None and layer in self.viewer.layers:
             self.viewer.layers.remove(layer)
-        self._outputs[name] = self.viewer.add_image(stack, name=name, colormap="gray")
+        kw = geometry.layer_kwargs(stack.ndim) if geometry is not None else {}
+        self._outputs[name] = self.viewer.add_image(stack, name=name, colormap="gray", **kw)
 
     def reset_choices(self, *_args) -> None:
         for w in (self.normals, self.train_mask, self.image, self.mask):
             w.reset_choices()
-

@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
     p.add_argument("images", nargs="+", help="image files (same pixel spacing)")
     p.add_argument("--labels", nargs="*", default=None, help="label map per image: train mask-to-image synthesis")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=180.0, help="training budget in seconds (default 180)")
+    p.add_argument("--steps", type=int, default=None, help="training budget in steps (whichever ends first)")
     p.add_argument("--downsample", type=int, default=2, help="train on slices reduced by this factor")
     p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
     add_common(p)
@@ -43,12 +44,10 @@ def add_parser(sub) -> None:
 
 def _load(path):
     from ..models.checkpoint import Model, ModelFileError
-    from ..tasks.conditional_gan import TASK, load_conditional
+    from ..models.config import Task
 
     model = Model.load(path)
-    if model.task == TASK:
-        return load_conditional(path)
-    if model.task != "gan":
+    if model.task not in (Task.GAN, Task.CONDITIONAL_GAN):
         raise ModelFileError(f"{Path(path).name} is a {model.task} model, not a GAN.")
     return model
 
@@ -62,7 +61,7 @@ def run_train(args) -> int:
     if args.labels is not None and len(args.labels) != len(args.images):
         raise UserError(f"Got {len(args.labels)} label maps for {len(args.images)} images; give one per image.")
     images = [read_image(p) for p in args.images]
-    kw = dict(axis=args.axis, steps=args.steps, downsample=args.downsample, device=args.device)
+    kw = dict(axis=args.axis, steps=args.steps, seconds=args.seconds, downsample=args.downsample, device=args.device)
     with terminal_job("gan-train", args.quiet) as job:
         if args.labels:
             model, history = train_conditional_gan(images, [read_image(p) for p in args.labels], progress=job, **kw)
@@ -70,7 +69,8 @@ def run_train(args) -> int:
             model, history = train_gan(images, progress=job, **kw)
     model.save(args.out)
     note = " (stopped early: EMA weights so far)" if history["stopped"] else ""
-    print(f"Trained {history['steps']} steps in {history['seconds']:.0f} s{note}; wrote {args.out}")
+    print(f"Trained {history['step'][-1] if history['step'] else 0} steps in {history['seconds']:.0f} s{note}; "
+          f"kept {history['returned']}; wrote {args.out}")
     return 0
 
 
@@ -78,13 +78,16 @@ def run_synthesize(args) -> int:
     from ..io import read_image, write_image
     from ..tasks.conditional_gan import synthesize_from_labels
     from ..tasks.gan import interpolate_seeds, synthesize
+    from ..tasks.volume_input import check_count
 
+    if not args.labels:
+        check_count(args.n, "samples")  # before anything is loaded
     check_output(args.out, args.overwrite)
     model = _load(args.model)
     with terminal_job("gan-synthesize", args.quiet) as job:
         if args.labels:
             labels = read_image(args.labels)
-            axis = model.config.get("axis", 0)
+            axis = model.params.axis
             data = labels.data if labels.data.ndim == 2 else labels.data.swapaxes(0, axis)
             spacing = [s for k, s in enumerate(labels.geometry.spacing) if labels.data.ndim == 2 or k != axis]
             item = synthesize_from_labels(model, data, spacing=spacing, device=args.device, progress=job)
@@ -108,7 +111,7 @@ def run_report(args) -> int:
     if model.task != "gan":
         raise UserError("gan-report compares samples of an unconditional GAN; this is a mask-to-image model.")
     samples = read_image(args.samples).data
-    real = real_slices(read_image(args.real), model.config)
+    real = real_slices(read_image(args.real), model.params)
     with terminal_job("gan-report", args.quiet) as job:
         report = synthesis_report(samples, real, training=real, progress=job)
     print(format_report(report))

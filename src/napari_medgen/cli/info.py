@@ -3,8 +3,11 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("info", help="show versions and the compute device")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p = sub.add_parser("info", help="show versions and the compute device",
+                       description="Print the versions of napari-medgen, torch, MONAI and SimpleITK and the device "
+                                   "that --device would use.")
+    p.add_argument("--device", default="auto",
+                   help="device to describe: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.set_defaults(func=run)
 
 

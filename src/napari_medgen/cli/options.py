@@ -7,12 +7,21 @@ from pathlib import Path
 
 def add_common(p) -> None:
     """``--device``, ``--overwrite`` and ``--quiet`` for a verb's parser."""
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default="auto",
+                   help="compute device: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
 
 
 def check_output(path: "str | os.PathLike", overwrite: bool) -> None:
-    """Refuse to replace an existing file unless ``--overwrite`` was given."""
-    if Path(path).exists() and not overwrite:
+    """Before any computation: refuse to replace an existing file unless ``--overwrite`` was given,
+    and refuse an output that cannot be written (a read-only folder, a file in the way)."""
+    from ..io.write import check_writable
+
+    p = Path(path)
+    if p.is_dir():  # an output folder
+        check_writable(p / ".napari-medgen-check", overwrite=True)
+        return
+    if p.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; use --overwrite to replace it.")
+    check_writable(p, overwrite=True)

@@ -1,38 +1,55 @@
-"""``napari-medgen segment INPUT OUTPUT --model M``: one image, a DICOM folder, a folder of files or a glob."""
+"""``napari-medgen segment INPUT OUTPUT --model M``: one image, a DICOM folder, a folder of files or a glob.
+
+A batch (folder or glob) can be split: under ``torchrun --nproc_per_node=N`` each rank segments
+its share of the files, and ``--num-parts K --part-id I`` splits the files between independent
+jobs (nnU-Net's convention); every file is segmented exactly once.  A batch skips outputs that
+already exist (so an interrupted run resumes) and writes ``segment_summary.csv`` to OUTPUT.
+"""
 from __future__ import annotations
 
 import glob
 import re
 import sys
+import time
 from pathlib import Path
 
 from .options import add_common, check_output
+from ..errors import UserError
+
+LABEL_FILE = re.compile(r"label|mask|seg", re.IGNORECASE)  # label maps, masks and our own outputs
+SUMMARY_FIELDS = ("input", "output", "status", "seconds", "rank", "message")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("segment", help="segment images with a U-Net; labels keep the input's geometry",
                        description="Segment one image (file or DICOM series folder), every image in a folder, "
                                    "or a glob such as 'scans/*.nii.gz'. OUTPUT is a file for one image, "
-                                   "else a folder that receives <name>_seg.nii.gz per image.")
+                                   "else a folder that receives <name>_seg.nii.gz per image. In a folder or "
+                                   "glob, files whose names contain label, mask or seg are skipped.")
     p.add_argument("input", help="image file, DICOM folder, folder of images, or a quoted glob")
     p.add_argument("output", help="output file (one image) or folder")
     p.add_argument("--model", "-m", default="brain-tissue-2d",
                    help="built-in name, .medgen.pt file, MONAI bundle folder or TorchScript file")
     p.add_argument("--axis", type=int, default=0, help="slicing axis of 2D models (napari order; default 0)")
     p.add_argument("--tta", action="store_true", help="average over flipped copies (slower, smoother)")
+    p.add_argument("--allow-torchscript", action="store_true",
+                   help="allow a TorchScript --model: it is code that runs on this computer; only for files you trust")
+    p.add_argument("--num-parts", type=int, default=1, help="split a batch into this many independent jobs")
+    p.add_argument("--part-id", type=int, default=0, help="which part this job segments (0 .. num-parts - 1)")
     add_common(p)
     p.set_defaults(func=run)
 
 
-def find_cases(spec: str) -> list[Path]:
-    """The inputs named by a file, a DICOM folder, a folder of image files, or a glob."""
+def find_cases(spec: str) -> tuple[list[Path], list[Path]]:
+    """The inputs named by a file, a DICOM folder, a folder of image files, or a glob; and the
+    label-like files (names with label/mask/seg) a folder or glob held, which are left out."""
     from ..io.read import EXTENSIONS, is_supported
 
     if any(c in spec for c in "*?["):
         paths = [Path(p) for p in sorted(glob.glob(spec))]
         if not paths:
             raise FileNotFoundError(f"No files match {spec}.")
-        return paths
+        return _without_labels(paths, spec)
     p = Path(spec)
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist.")
@@ -40,11 +57,42 @@ def find_cases(spec: str) -> list[Path]:
         files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(EXTENSIONS)
                        and not f.name.lower().endswith(".dcm"))
         if files:
-            return files
+            return _without_labels(files, spec)
         if is_supported(p):
-            return [p]
+            return [p], []
         raise FileNotFoundError(f"{p} holds no image files and no DICOM series.")
-    return [p]
+    return [p], []
+
+
+def _without_labels(paths: list[Path], spec: str) -> tuple[list[Path], list[Path]]:
+    labels = [p for p in paths if LABEL_FILE.search(p.name)]
+    images = [p for p in paths if p not in labels]
+    if not images:
+        raise FileNotFoundError(f"{spec} holds only label files (names with label, mask or seg); "
+                                "name an image file or a folder of images.")
+    return images, labels
+
+
+def check_output_name(out: Path, n_cases: int) -> None:
+    """Refuse an OUTPUT that names a file of the wrong kind, before anything is created."""
+    from ..io.write import WRITE_EXTENSIONS
+
+    if out.is_dir():
+        return
+    is_image = out.name.lower().endswith(WRITE_EXTENSIONS)
+    if n_cases == 1 and not is_image and re.search(r"\.[A-Za-z][A-Za-z0-9]{1,4}$", out.name):
+        raise UserError(f"Cannot write the labels to {out.name}: name a {', '.join(WRITE_EXTENSIONS)} "
+                        "file or a folder.")
+    if n_cases > 1 and (is_image or out.is_file()):
+        raise UserError(f"{out.name} names a file, but {n_cases} images give {n_cases} label files; "
+                        "name a folder as OUTPUT.")
+
+
+def _case_name(path: Path) -> str:
+    from ..io.read import EXTENSIONS
+
+    return next((path.name[: -len(e)] for e in sorted(EXTENSIONS, key=len, reverse=True)
+                 if path.name.lower().endswith(e)), path.name)
 
 
 def _output_path(out: Path, name: str, single: bool) -> Path:
@@ -56,43 +104,95 @@ def _output_path(out: Path, name: str, single: bool) -> Path:
     return out / f"{safe}_seg.nii.gz"
 
 
-def run(args) -> int:
-    from .. import Cancelled
+def _segment_case(case: Path, out: Path, model, args, single: bool, label: str, quiet: bool) -> list[dict]:
+    """Segment one input (several series for a DICOM folder); one summary row per output."""
     from ..io import read_path, write_image
-    from ..models.segmentation import load_segmentation_model
     from ..tasks.segment import segment
-    from . import USER_ERRORS
     from .progress import terminal_job
 
-    model = load_segmentation_model(args.model)
-    cases = find_cases(args.input)
-    out = Path(args.output)
-    single = len(cases) == 1
-    failed, written = [], []
-    for i, case in enumerate(cases, 1):
-        try:
-            images = read_path(case)
-            for img in images:
-                name = img.name if case.is_file() else case.name + (f"_{img.name}" if len(images) > 1 else "")
-                target = _output_path(out, name, single and len(images) == 1)
-                check_output(target, args.overwrite)
-                with terminal_job(f"[{i}/{len(cases)}] {case.name}", quiet=args.quiet) as job:
-                    labels = segment(img, model, axis=args.axis, device=args.device, tta=args.tta, progress=job)
-                written.append(write_image(target, labels, img.geometry, overwrite=args.overwrite))
-        except Cancelled:
-            print("napari-medgen: stopped; outputs written so far are complete.", file=sys.stderr)
-            return 130
-        except USER_ERRORS as err:
-            if single:
-                raise
-            failed.append(f"{case}: {err}")
-            print(f"napari-medgen: skipping {case.name}: {err}", file=sys.stderr)
-    for path in written:
-        print(path)
-    if failed:
-        print(f"napari-medgen: {len(failed)} of {len(cases)} inputs failed:", file=sys.stderr)
-        for line in failed:
-            print(f"  {line}", file=sys.stderr)
-        return 1
-    return 0
+    if not single and case.is_file():
+        target = _output_path(out, _case_name(case), False)
+        if target.exists() and not args.overwrite:
+            return [{"input": str(case), "output": str(target), "status": "exists"}]
+    rows = []
+    images = read_path(case)
+    for img in images:
+        t0 = time.monotonic()
+        name = img.name if case.is_file() else case.name + (f"_{img.name}" if len(images) > 1 else "")
+        target = _output_path(out, name, single and len(images) == 1)
+        if not single and target.exists() and not args.overwrite:
+            rows.append({"input": str(case), "output": str(target), "status": "exists"})
+            continue
+        check_output(target, args.overwrite)
+        with terminal_job(label, quiet=quiet) as job:
+            labels = segment(img, model, axis=args.axis, device=args.device, tta=args.tta, progress=job)
+        write_image(target, labels, img.geometry, overwrite=args.overwrite)
+        rows.append({"input": str(case), "output": str(target), "status": "written",
+                     "seconds": f"{time.monotonic() - t0:.2f}"})
+    return rows
 
+
+def run(args) -> int:
+    from .. import Cancelled
+    from ..engine import distributed as dist
+    from ..models.segmentation import load_segmentation_model
+    from . import USER_ERRORS
+
+    out = Path(args.output)
+    cases, label_files = find_cases(args.input)
+    check_output_name(out, len(cases))
+    single = len(cases) == 1
+    model = load_segmentation_model(args.model, allow_code=args.allow_torchscript)
+    with dist.session(args.device) as device:
+        args.device = device
+        if label_files:
+            dist.say(f"napari-medgen: skipping {len(label_files)} label files (names with label, mask or seg): "
+                     + ", ".join(p.name for p in label_files[:5]) + (" ..." if len(label_files) > 5 else ""),
+                     file=sys.stderr)
+        mine = dist.shard(cases, args.num_parts, args.part_id)
+        quiet = args.quiet or not dist.is_main_process()
+        rows = []
+        for i, case in enumerate(mine, 1):
+            try:
+                rows += _segment_case(case, out, model, args, single, f"[{i}/{len(mine)}] {case.name}", quiet)
+            except Cancelled:
+                print("napari-medgen: stopped; outputs written so far are complete.", file=sys.stderr)
+                return 130
+            except dist.RankFailed:
+                raise
+            except USER_ERRORS as err:
+                if single:
+                    raise
+                rows.append({"input": str(case), "status": "failed", "message": str(err)})
+                print(f"napari-medgen: skipping {case.name}: {err}", file=sys.stderr)
+        for row in rows:
+            row["rank"] = dist.rank()
+        if single:
+            for row in rows:
+                print(row["output"])
+            return 0
+        name = "segment_summary.csv" if args.num_parts == 1 else \
+            f"segment_summary.part{args.part_id}of{args.num_parts}.csv"
+        rows = dist.merge_summary(rows, out / name, SUMMARY_FIELDS)
+        return _report(rows, out / name, dist.is_main_process())
+
+
+def _report(rows: list[dict], summary: Path, main: bool) -> int:
+    """Print the outputs and failures of the whole run (rank 0); exit status 1 if any input failed."""
+    failed = [r for r in rows if r["status"] == "failed"]
+    if main:
+        for row in rows:
+            if row["status"] == "written":
+                print(row["output"])
+        done = sum(r["status"] == "exists" for r in rows)
+        if done:
+            print(f"napari-medgen: {done} outputs already existed and were kept (use --overwrite to redo them).",
+                  file=sys.stderr)
+        if failed:
+            n_inputs = len({r["input"] for r in rows})
+            print(f"napari-medgen: {len(failed)} of {n_inputs} inputs failed:", file=sys.stderr)
+            for row in failed:
+                print(f"  {row['input']}: {row['message']}", file=sys.stderr)
+        if summary.exists():
+            print(f"napari-medgen: summary in {summary}", file=sys.stderr)
+    return 1 if failed else 0

@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
     p.add_argument("images", nargs="+", help="normal image files")
     p.add_argument("--mask", nargs="*", default=None, help="foreground mask per image (same order)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seconds", type=float, default=120.0, help="training budget in seconds (default 120)")
+    p.add_argument("--steps", type=int, default=None, help="training budget in steps (whichever ends first)")
     p.add_argument("--latent", type=int, default=64, help="latent size")
     p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
     add_common(p)
@@ -25,8 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--mask", help="foreground mask (restricts scoring)")
     p.add_argument("--out", required=True, help="heatmap file (e.g. heatmap.nii.gz)")
     p.add_argument("--mask-out", help="anomaly mask file")
-    p.add_argument("--method", choices=["restoration", "samples", "residual"],
-                   help="restoration (default; MAP restoration), samples (mean of posterior samples), residual")
+    p.add_argument("--method", choices=["combined", "restoration", "samples", "residual", "intensity"],
+                   help="combined (default: intensity outlier or VAE restoration residual, whichever is larger "
+                        "relative to normal), restoration (MAP restoration), samples, residual, intensity")
     p.add_argument("--sign", choices=["both", "positive", "negative"],
                    help="positive: brighter than normal, negative: darker, both (default)")
     p.add_argument("--percentile", type=float, help="threshold as a percentile of normal scores (default 99)")
@@ -61,20 +63,22 @@ def _read(path):
 
 def _load(path):
     from ..models.checkpoint import Model
-    return Model.load(path, task="vae")
+    from ..models.config import Task
+    return Model.load(path, expect=Task.VAE)
 
 
 def run_train(args) -> int:
-    from ..tasks.vae import train_vae
+    from ..tasks.vae_training import train_vae
 
     check_output(args.out, args.overwrite)
     if args.mask and len(args.mask) != len(args.images):
         raise UserError(f"Got {len(args.mask)} masks for {len(args.images)} images; give one per image.")
-    images = [_read(p).data for p in args.images]
+    images = [_read(p) for p in args.images]
     masks = [_read(p).data for p in args.mask] if args.mask else None
     with terminal_job("vae-train", args.quiet) as job:
-        model, hist = train_vae(images, masks, steps=args.steps, latent_size=args.latent, axis=args.axis,
-                                device=args.device, name=Path(args.out).name.split(".")[0], progress=job)
+        model, hist = train_vae(images, masks, steps=args.steps, seconds=args.seconds, latent_size=args.latent,
+                                axis=args.axis, device=args.device, name=Path(args.out).name.split(".")[0],
+                                progress=job)
     model.save(args.out)
     note = " (stopped early; best weights so far)" if hist["stopped"] else ""
     print(f"saved {args.out}{note}")
@@ -91,7 +95,7 @@ def run_anomaly(args) -> int:
     img = _read(args.image)
     mask = _read(args.mask).data if args.mask else None
     with terminal_job("vae-anomaly", args.quiet) as job:
-        res = anomaly_map(_load(args.model), img.data, mask, method=args.method, sign=args.sign,
+        res = anomaly_map(_load(args.model), img, mask, method=args.method, sign=args.sign,
                           percentile=args.percentile, threshold=args.threshold, device=args.device, progress=job)
     for msg in res.warnings:
         print(f"warning: {msg}")
@@ -99,6 +103,7 @@ def run_anomaly(args) -> int:
     if args.mask_out:
         write_image(args.mask_out, res.mask.astype("uint8"), img.geometry, overwrite=args.overwrite)
     order = [i for i in res.slice_scores.argsort()[::-1][: args.top] if res.slice_scores[i] > 0]
+    print(f"method: {res.explanation}")
     print(f"threshold {res.threshold:.4g}; {int(res.mask.sum())} anomalous voxels")
     print("most anomalous slices: " + (", ".join(f"{i} ({res.slice_scores[i]} voxels)" for i in order) or "none"))
     return 0
@@ -112,7 +117,7 @@ def run_reconstruct(args) -> int:
     img = _read(args.image)
     mask = _read(args.mask).data if args.mask else None
     with terminal_job("vae-reconstruct", args.quiet) as job:
-        rec = reconstruct(_load(args.model), img.data, mask, device=args.device, progress=job)
+        rec = reconstruct(_load(args.model), img, mask, device=args.device, progress=job)
     write_image(args.out, rec, img.geometry, overwrite=args.overwrite)
     print(f"saved {args.out}")
     return 0
@@ -120,16 +125,20 @@ def run_reconstruct(args) -> int:
 
 def run_sample(args) -> int:
     from ..io import write_image
-    from ..tasks.vae import interpolate, sample_vae
+    from ..tasks.vae import interpolate_slices, synthesize_vae
+    from ..tasks.volume_input import check_count
 
+    check_count(args.n, "interpolation steps" if args.between else "samples")  # before anything is loaded
     check_output(args.out, args.overwrite)
     model = _load(args.model)
     with terminal_job("vae-sample", args.quiet) as job:
         if args.between:
             path, a, b = args.between
-            stack = interpolate(model, _read(path).data, int(a), int(b), steps=args.n, progress=job)
+            stack = interpolate_slices(model, _read(path), int(a), int(b), steps=args.n, progress=job)
+            write_image(args.out, stack, overwrite=args.overwrite)
         else:
-            stack = sample_vae(model, args.n, seed=args.seed, progress=job)
-    write_image(args.out, stack, overwrite=args.overwrite)
+            item = synthesize_vae(model, args.n, seed=args.seed, progress=job)
+            stack = item.data
+            write_image(args.out, stack, item.geometry, overwrite=args.overwrite)
     print(f"saved {args.out} ({len(stack)} slices)")
     return 0

@@ -1,7 +1,8 @@
 """Augmentation for learning from a few painted slices (MONAI dictionary transforms).
 
 Flips, a small rotation/scale, a mild elastic deformation and intensity jitter
-(scale, shift, gamma, noise).  Labels are resampled nearest-neighbour and shifted
+(scale, shift, gamma, noise); with neighbouring slices as channels (2.5D), the slice
+order is reversed at random (a flip across the slice axis).  Labels are resampled nearest-neighbour and shifted
 by one while transformed, so pixels that come from outside the patch become
 ``IGNORE`` (unknown), never background.
 """
@@ -31,10 +32,14 @@ def few_shot_transform(seed: int | None = None) -> mt.Compose:
     return t
 
 
-def augment_batch(transform: mt.Compose, images: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ``transform`` to each sample of a (B, 1, h, w) batch; returns new arrays."""
+def augment_batch(transform: mt.Compose, images: np.ndarray, targets: np.ndarray,
+                  rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``transform`` to each sample of a (B, C, h, w) batch (C: the slice and its neighbours);
+    returns new arrays."""
     xs, ys = [], []
     for x, y in zip(images, targets):
+        if rng is not None and len(x) > 1 and rng.random() < 0.5:
+            x = x[::-1].copy()
         out = transform({"image": x, "label": (y - IGNORE).astype(np.float32)})
         xs.append(np.asarray(out["image"], np.float32))
         ys.append(np.rint(np.asarray(out["label"])).astype(np.int64) + IGNORE)

@@ -18,7 +18,8 @@ MRI_DEFAULT = {"kind": "percentile", "lower": 0.5, "upper": 99.5}
 
 
 def resolve(spec: dict | None, image: np.ndarray | None = None, modality: str = "") -> dict:
-    """Turn ``auto`` (or None) into a concrete spec: a CT window for CT, percentiles otherwise."""
+    """Turn ``auto`` (or None) into a concrete spec: a CT window for CT (named by ``modality`` or
+    recognised by its Hounsfield value range, whatever the dtype), percentiles otherwise."""
     spec = dict(spec or {"kind": "auto"})
     if spec["kind"] != "auto":
         return spec
@@ -57,6 +58,41 @@ def intensity_window(image: np.ndarray, spec: dict) -> tuple[float, float]:
     raise UserError(f"Unknown normalisation '{kind}'.")
 
 
+def structure_window(image: np.ndarray, mask: np.ndarray, ring: int = 5, min_width: float = 100.0) -> dict:
+    """A fixed ``window`` spec that spans a painted structure (``mask``) and its surroundings (a ring of
+    ``ring`` voxels), widened by a quarter on each side: a CT soft-tissue lesion gets a soft-tissue
+    window instead of -1000..1000 HU, where its contrast would be a few hundredths."""
+    from scipy import ndimage
+
+    img = np.asarray(image)
+    inside = np.asarray(mask, bool)
+    around = ndimage.binary_dilation(inside, iterations=ring) & ~inside
+    values = [img[m] for m in (inside, around) if m.any()]
+    lo = min(float(np.percentile(v, 2)) for v in values)
+    hi = max(float(np.percentile(v, 98)) for v in values)
+    pad = max(0.25 * (hi - lo), (min_width - (hi - lo)) / 2)
+    return {"kind": "window", "low": lo - pad, "high": hi + pad}
+
+
+def modality_of(image) -> str:
+    """The modality an image's metadata names (napari layer or ImageData ``metadata``, DICOM tag 0008|0060), else ""."""
+    meta = getattr(image, "metadata", None) or {}
+    for key in ("modality", "Modality", "0008|0060"):
+        if isinstance(meta.get(key), str) and meta[key].strip():
+            return meta[key].strip().upper()
+    return ""
+
+
 def _looks_like_hounsfield(image: np.ndarray) -> bool:
-    sample = np.asarray(image).ravel()[:: max(1, np.asarray(image).size // 200_000)]
-    return np.issubdtype(sample.dtype, np.signedinteger) and np.percentile(sample, 1) <= -500
+    """CT in Hounsfield units, whatever the dtype: air near -1000 HU, nothing far below it except
+    padding (-1024/-2048/-3024/-32768), bone and metal below a few thousand."""
+    arr = np.asarray(image)
+    if arr.dtype.kind not in "if" or arr.size == 0:
+        return False
+    sample = arr.ravel()[:: max(1, arr.size // 200_000)].astype(np.float32)
+    sample = sample[np.isfinite(sample) & (sample > -3100)]  # outside-the-scan padding set aside
+    if sample.size < 100:
+        return False
+    p1, p99 = np.percentile(sample, [1, 99])
+    air = float(np.mean((sample > -1100) & (sample < -850)))
+    return bool(-1100 <= p1 <= -500 and -200 < p99 < 4000 and air >= 0.01)

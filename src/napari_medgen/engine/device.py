@@ -19,6 +19,8 @@ def select_device(device: "str | torch.device" = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("CUDA was requested but no CUDA GPU is available; use device 'auto' or 'cpu'.")
+    if name not in available_devices() and name != "cuda":
+        raise UserError(f"Unknown or unavailable device '{device}'; use one of: {', '.join(available_devices())}.")
     return torch.device(name)
 
 

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import NothingLearnedError, UserError
 from .device import select_device
-from .distributed import any_rank, is_main_process, world_size, wrap_ddp
+from .distributed import any_rank, is_main_process, max_over_ranks, world_size, wrap_ddp
 from .jobs import Cancelled, Job
 
 HISTORY_KEYS = ("step", "loss", "val_step", "val_metric", "best_step", "best_metric", "returned",
@@ -185,8 +185,11 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
         if keep_initial:
             evaluate(0)
         while True:
-            frac = budget.fraction(step, time.monotonic() - t0)
-            done, cancelled, stopped = any_rank(frac >= 1.0, job.cancelled(), job.should_stop())
+            # under torchrun all ranks share rank-wise maxima: one schedule (a seconds budget reads
+            # each rank's clock) and one decision to stop
+            frac, cancelled, stopped = max_over_ranks(budget.fraction(step, time.monotonic() - t0),
+                                                      job.cancelled(), job.should_stop())
+            done, cancelled, stopped = frac >= 1.0, cancelled > 0, stopped > 0
             if cancelled:
                 raise Cancelled("Training cancelled; the model and your inputs are unchanged.")
             if done or stopped:
@@ -203,7 +206,7 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                     losses = {k: _value(v) for k, v in task.train_step(step + 1).items()}
             except torch.OutOfMemoryError:
-                if dev.type != "cuda":
+                if dev.type != "cuda" or world_size() > 1:  # DDP ranks cannot shrink or move alone
                     raise TrainingMemoryError("Training ran out of memory; use smaller images, batch or "
                                               "network. The model and your inputs are unchanged.") from None
                 torch.cuda.empty_cache()
@@ -219,7 +222,8 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
                 continue
             step += 1
             loss = losses.get("loss", next(iter(losses.values()), float("nan")))
-            if not math.isfinite(loss):
+            (nonfinite_loss,) = any_rank(not math.isfinite(loss))
+            if nonfinite_loss:
                 nonfinite += 1
                 _load(task.networks, best_state or initial)
                 for opt in task.optimizers:
@@ -242,7 +246,8 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
                 last_val = time.monotonic()
                 if history["val_step"] and history["val_step"][-1] == step:
                     metrics["val_metric"] = history["val_metric"][-1]
-                if patience is not None and since_best >= patience:
+                (patience_out,) = any_rank(patience is not None and since_best >= patience)
+                if patience_out:
                     history["stop_reason"] = f"no improvement in {patience} validations"
                     break
             if main:

@@ -24,13 +24,16 @@ BYTES_PER_VOXEL = 4 * 160  # rough activation memory of a small U-Net per input 
 
 def predict(net: torch.nn.Module, image: np.ndarray, *, spatial_dims: int, axis: int = 0,
             patch_size=None, device="auto", tta: bool = False, batch_size: int | None = None,
-            divisor: int = 16, progress=None, stop=None) -> np.ndarray:
-    """Class probabilities (Cout, *spatial) float32 for a normalised (Cin, *spatial) image."""
+            divisor: int = 16, context: int = 0, progress=None, stop=None) -> np.ndarray:
+    """Class probabilities (Cout, *spatial) float32 for a normalised (Cin, *spatial) image.
+
+    ``context``: a 2.5D model's neighbouring slices on each side, given as extra channels
+    (slice order within each input channel; the volume's edge slices repeated)."""
     job = Job.of(progress, stop)
     dev = select_device(device)
     net.eval()
     if spatial_dims == 2:
-        return _predict_2d(net, image, axis, dev, tta, batch_size, divisor, job)
+        return _predict_2d(net, image, axis, dev, tta, batch_size, divisor, job, context)
     return _predict_3d(net, image, tuple(patch_size or (96, 96, 96)), dev, tta, batch_size, job)
 
 
@@ -90,7 +93,17 @@ def _fallback(job: Job, device: torch.device, batch: int, net) -> tuple:
     return torch.device("cpu"), 1
 
 
-def _predict_2d(net, image, axis, device, tta, batch_size, divisor, job) -> np.ndarray:
+def _with_context(vol: np.ndarray, start: int, stop: int, context: int) -> np.ndarray:
+    """Slices start..stop of (Cin, n, H, W) as a batch (b, Cin * (2c+1), H, W): each slice with its neighbours."""
+    if not context:
+        return np.ascontiguousarray(vol[:, start:stop].transpose(1, 0, 2, 3))
+    n = vol.shape[1]
+    idx = np.clip(np.arange(start, stop)[:, None] + np.arange(-context, context + 1)[None], 0, n - 1)  # (b, 2c+1)
+    x = vol[:, idx]  # (Cin, b, 2c+1, H, W)
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3, 4).reshape(idx.shape[0], -1, *vol.shape[2:]))
+
+
+def _predict_2d(net, image, axis, device, tta, batch_size, divisor, job, context=0) -> np.ndarray:
     vol = image[:, None] if image.ndim == 3 else np.moveaxis(image, 1 + axis, 1)  # (Cin, n, H, W)
     n, (h, w) = vol.shape[1], vol.shape[-2:]
     net.to(device)
@@ -101,7 +114,7 @@ def _predict_2d(net, image, axis, device, tta, batch_size, divisor, job) -> np.n
         while i < n:
             job.check()
             b = min(batch, n - i)
-            x = torch.from_numpy(np.ascontiguousarray(vol[:, i:i + b])).transpose(0, 1).to(device)
+            x = torch.from_numpy(_with_context(vol, i, i + b, context)).to(device)
             try:
                 xp, (t, l) = _pad_to(x, divisor)
                 p = _forward(net, xp, tta, device)[..., t:t + h, l:l + w].cpu().numpy()

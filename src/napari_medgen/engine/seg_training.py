@@ -1,10 +1,16 @@
-"""2D segmentation training as a :class:`~napari_medgen.engine.fit.TrainTask`.
+"""2D / 2.5D segmentation training from sparse annotations, as a :class:`~napari_medgen.engine.fit.TrainTask`.
 
-Patches around painted pixels, few-shot augmentation, Dice + cross-entropy that
-skip unknown pixels, and validation Dice on held-out slices; the loop, budget,
-best weights and stops are :func:`~napari_medgen.engine.fit.fit`'s.
+Patches around painted pixels (with neighbouring slices as context channels), few-shot
+augmentation, Dice + cross-entropy that skip unknown pixels, and optional pseudo-labels
+(e.g. interpolated slices between painted ones) with a lower weight.  Every painted slice
+is trained on; the weights are selected by the Dice on the painted slices (no augmentation,
+whole region of interest) averaged with the agreement with the pseudo-labels, so no slice
+is sacrificed to validation.  The loop, budget, best weights and stops are
+:func:`~napari_medgen.engine.fit.fit`'s.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -15,29 +21,34 @@ from monai.networks.utils import one_hot
 
 from ..data.annotations import IGNORE
 from ..data.augment import augment_batch, few_shot_transform
-from ..data.sampling import PatchSampler, patch_size_for
+from ..data.sampling import PatchSampler, context_stack, patch_size_for
 from .fit import Budget, TrainTask, fit
-
+from .jobs import Job
 
 _DICE = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=IGNORE, batch=True)
+MIN_LEARNED_DICE = 0.1  # below this on the painted slices, the network has not learned the structure
 
 
 def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Dice + cross-entropy on known pixels only; ``targets`` (B, 1, H, W) holds IGNORE where unknown."""
+    if not bool((targets != IGNORE).any()):
+        return logits.sum() * 0.0
     return _DICE(logits, targets) + F.cross_entropy(logits, targets[:, 0], ignore_index=IGNORE)
 
 
-def predict_logits(net: torch.nn.Module, images: np.ndarray, device: torch.device, multiple: int = 16,
-                   batch_size: int = 8) -> torch.Tensor:
-    """Class scores (n, C, H, W) on the CPU for (n, H, W) slices, padded to a size the U-Net accepts."""
-    h, w = images.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+def predict_logits(net: torch.nn.Module, volume: np.ndarray, indices, device: torch.device, *, context: int = 0,
+                   box: tuple | None = None, multiple: int = 16, batch_size: int = 8) -> torch.Tensor:
+    """Class scores (n, C, h, w) on the CPU for slices ``indices`` of a (N, H, W) volume (inside the in-plane
+    ``box`` (y0, y1, x0, x1) if given), padded to a size the U-Net accepts."""
+    y0, y1, x0, x1 = box or (0, volume.shape[1], 0, volume.shape[2])
+    h, w = y1 - y0, x1 - x0
+    ph, pw = max(multiple * 2, h + (-h) % multiple) - h, max(multiple * 2, w + (-w) % multiple) - w
     out = []
     net.eval()
     with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = torch.as_tensor(np.asarray(images[i:i + batch_size], np.float32))[:, None].to(device)
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        for i in range(0, len(indices), batch_size):
+            x = np.stack([context_stack(volume, k, context)[:, y0:y1, x0:x1] for k in indices[i:i + batch_size]])
+            x = F.pad(torch.as_tensor(x, dtype=torch.float32).to(device), (0, pw, 0, ph), mode="replicate")
             out.append(net(x)[..., :h, :w].float().cpu())
     return torch.cat(out)
 
@@ -49,8 +60,7 @@ def masked_dice(logits: torch.Tensor, targets: np.ndarray) -> float:
     known = (t != IGNORE).float()
     pred = one_hot(logits.argmax(1, keepdim=True), n_cls) * known
     ref = one_hot(t.clamp(min=0), n_cls) * known
-    # slices side by side: one Dice per class over all held-out pixels
-    pred, ref = torch.cat(list(pred), -1)[None], torch.cat(list(ref), -1)[None]
+    pred, ref = torch.cat(list(pred), -1)[None], torch.cat(list(ref), -1)[None]  # one Dice over all slices
     present = [c for c in range(1, n_cls) if bool(ref[0, c].any())]
     if not present:
         return float("nan")
@@ -59,38 +69,93 @@ def masked_dice(logits: torch.Tensor, targets: np.ndarray) -> float:
 
 
 class SegmentationTask(TrainTask):
-    """2D segmentation on patches around painted pixels, with few-shot augmentation."""
+    """2D/2.5D segmentation on patches around painted pixels, pseudo-labels optional.
 
-    def __init__(self, net, images, targets, *, val_images=None, val_targets=None, lr=1e-3,
-                 batch_size=8, patch_size=None, augment=True, seed=0):
+    ``volume`` (N, H, W) normalised, slices along the training axis; ``painted`` and ``pseudo``
+    are ``(indices, targets (n, H, W))`` with IGNORE where unknown.  ``box`` (y0, y1, x0, x1) is
+    the in-plane region of interest that patches prefer and validation looks at.
+    """
+
+    def __init__(self, net, volume, painted, *, pseudo=None, pseudo_weight=0.5, context=0, lr=1e-3,
+                 batch_size=8, patch_size=None, augment=True, box=None, preview=None, seed=0):
         torch.manual_seed(seed)
         self.networks = {"net": net}
         self.optimizers = [torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)]
-        self.sampler = PatchSampler(images, targets, patch_size or patch_size_for(images.shape[1:]), seed=seed)
+        self.volume, self.context, self.box = volume, int(context), box
+        patch = tuple(patch_size or patch_size_for(volume.shape[1:]))
+        self.painted = painted
+        self.sampler = PatchSampler(volume, painted[1], painted[0], patch, context=context, roi=box, seed=seed)
+        self.pseudo = None
+        if pseudo is not None and len(pseudo[0]) and (np.asarray(pseudo[1]) != IGNORE).any():
+            self.pseudo = pseudo
+            self.pseudo_sampler = PatchSampler(volume, pseudo[1], pseudo[0], patch, context=context, roi=box,
+                                               boundary_share=0.0, seed=seed + 1)
+        self.pseudo_weight = float(pseudo_weight)
         self.transform = few_shot_transform(seed) if augment else None
+        self.rng = np.random.default_rng(seed)
         self.batch_size = batch_size
-        self.val = (val_images, val_targets) if val_images is not None and len(val_images) else None
         self.device = torch.device("cpu")
+        self.preview = preview  # (callable(labels of the box), seconds between calls) or None
+        self._last_preview = None
+        self.painted_scores = []  # Dice on the painted slices at each validation
 
     def to(self, device):
         self.device = device
 
-    def train_step(self, step):
-        x, y = self.sampler.sample(self.batch_size)
+    def _batch(self, sampler, n):
+        x, y = sampler.sample(n)
         if self.transform is not None:
-            x, y = augment_batch(self.transform, x, y)
-        x, y = torch.as_tensor(x).to(self.device), torch.as_tensor(y).to(self.device)
+            x, y = augment_batch(self.transform, x, y, self.rng)
+        return torch.as_tensor(x).to(self.device), torch.as_tensor(y).to(self.device)
+
+    def train_step(self, step):
+        n_pseudo = self.batch_size // 4 if self.pseudo is not None and self.batch_size >= 2 else 0
+        x, y = self._batch(self.sampler, self.batch_size - n_pseudo)
         loss = segmentation_loss(self.model()(x).float(), y)
+        losses = {"loss": loss}
+        if n_pseudo:
+            xp, yp = self._batch(self.pseudo_sampler, n_pseudo)
+            pseudo = segmentation_loss(self.model()(xp).float(), yp)
+            loss = loss + self.pseudo_weight * pseudo
+            losses["pseudo_loss"] = pseudo
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": loss}
+        return losses
+
+    def _dice(self, indices, targets) -> float:
+        box = self.box or (0, self.volume.shape[1], 0, self.volume.shape[2])
+        logits = predict_logits(self.networks["net"], self.volume, indices, self.device, context=self.context, box=box)
+        return masked_dice(logits, np.asarray(targets)[:, box[0]:box[1], box[2]:box[3]])
 
     def validate(self):
-        if self.val is None:
-            return None
-        return masked_dice(predict_logits(self.networks["net"], self.val[0], self.device), self.val[1])
+        scores = [self._dice(*self.painted)]
+        self.painted_scores.append(scores[0])
+        if self.pseudo is not None:
+            idx, tgt = self.pseudo
+            pick = np.unique(np.linspace(0, len(idx) - 1, min(8, len(idx))).round().astype(int))
+            scores.append(self._dice(idx[pick], tgt[pick]))
+        self._maybe_preview()
+        finite = [s for s in scores if np.isfinite(s)]
+        return float(np.mean(finite)) if finite else float("nan")
+
+    def _maybe_preview(self):
+        if self.preview is None:
+            return
+        send, every = self.preview
+        now = time.monotonic()
+        if self._last_preview is not None and now - self._last_preview < every:
+            return
+        self._last_preview = now
+        send(self.networks["net"], self.device)
+
+    def nothing_learned(self, best_metric):
+        if best_metric is None or not np.isfinite(best_metric) or best_metric < MIN_LEARNED_DICE:
+            shown = "none" if best_metric is None or not np.isfinite(best_metric) else f"{best_metric:.2f}"
+            return (f"The network never learned to predict the painted structure (best Dice {shown} on the painted "
+                    "slices); paint more slices or train longer.")
+        return None
 
     def shrink(self):
         if self.batch_size <= 1:
@@ -99,18 +164,23 @@ class SegmentationTask(TrainTask):
         return True
 
 
-def train_segmenter(net: torch.nn.Module, images: np.ndarray, targets: np.ndarray, *,
-                    val_images: np.ndarray | None = None, val_targets: np.ndarray | None = None,
-                    steps: int | None = 200, seconds: float | None = None, lr: float = 1e-3,
-                    batch_size: int = 8, patch_size=None, augment: bool = True, eval_every: int | None = None,
-                    keep_initial: bool = False, device="auto", seed: int = 0, progress=None, stop=None,
-                    cancel=None) -> dict:
-    """Train ``net`` in place on (n, H, W) normalised slices and targets with :func:`fit`; returns the history.
-
-    The validation metric is the mean foreground Dice on the held-out slices; the best weights
-    by it are kept (the starting ones only with ``keep_initial``).
-    """
-    task = SegmentationTask(net, images, targets, val_images=val_images, val_targets=val_targets, lr=lr,
-                            batch_size=batch_size, patch_size=patch_size, augment=augment, seed=seed)
-    return fit(task, Budget(steps, seconds), device=device, keep_initial=keep_initial,
-               val_every=eval_every or max(1, (steps or 200) // 10), progress=progress, stop=stop, cancel=cancel)
+def train_segmenter(net: torch.nn.Module, volume: np.ndarray, painted: tuple, *, pseudo: tuple | None = None,
+                    pseudo_weight: float = 0.5, context: int = 0, steps: int | None = None,
+                    seconds: float | None = 60.0, lr: float = 1e-3, batch_size: int = 8, patch_size=None,
+                    augment: bool = True, box: tuple | None = None, val_seconds: float | None = None,
+                    patience: int | None = 8, keep_initial: bool = False, preview=None, device="auto", seed: int = 0,
+                    progress=None, stop=None, cancel=None) -> dict:
+    """Train ``net`` in place on a (N, H, W) normalised volume and the painted ``(indices, targets)`` with
+    :func:`fit`; returns the history.  ``preview``: ``(callable(net, device), seconds)`` called at
+    validations at most that often, for live views."""
+    job = Job.of(progress, stop, cancel)
+    task = SegmentationTask(net, volume, painted, pseudo=pseudo, pseudo_weight=pseudo_weight, context=context,
+                            lr=lr, batch_size=batch_size, patch_size=patch_size, augment=augment, box=box,
+                            preview=preview, seed=seed)
+    every = val_seconds or max(2.0, (seconds or 60.0) / 12)
+    val_every = max(10, steps // 10) if steps and not seconds else None
+    history = fit(task, Budget(steps, seconds), device=device, keep_initial=keep_initial, val_every=val_every,
+                  val_seconds=every, patience=patience, min_delta=1e-3, progress=job)
+    if history["best_step"] is not None and task.painted_scores:
+        history["painted_dice"] = task.painted_scores[history["val_step"].index(history["best_step"])]
+    return history

@@ -4,13 +4,16 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom import NOT_IMAGES, DicomSeriesError, read_series
 from .geometry import Geometry
+from .header import voxel_bytes
 from ..errors import UserError
 
 EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -21,6 +24,10 @@ MAX_LABELS = 64
 
 class ImageReadError(UserError):
     """A file or folder that cannot be read as a medical image."""
+
+
+class ImageReadWarning(UserWarning):
+    """Something the reader changed or left out (skipped series, regularised slices): one sentence."""
 
 
 @dataclass
@@ -40,6 +47,8 @@ class ImageData:
                   **self.geometry.layer_kwargs(self.data.ndim - (1 if self.rgb else 0))}
         if self.rgb:
             kwargs["rgb"] = True
+        if self.metadata.get("axis_labels"):  # e.g. ("t", "z", "y", "x") for a time series
+            kwargs["axis_labels"] = tuple(self.metadata["axis_labels"])
         names = self.metadata.get("class_names")
         if self.kind == "labels" and names:  # the status bar then names the class under the cursor
             kwargs["features"] = {"index": list(range(len(names))), "class": list(names)}
@@ -50,7 +59,8 @@ def is_supported(path: "str | os.PathLike") -> bool:
     """True for files with a known extension and for folders that contain DICOM files."""
     p = Path(path)
     if p.is_dir():
-        return any(_looks_dicom(f) for f in _walk_files(p, limit=200))
+        from .timeseries import is_frames_folder
+        return any(_looks_dicom(f) for f in _walk_files(p, limit=200)) or is_frames_folder(p)
     return str(p).lower().endswith(EXTENSIONS)
 
 
@@ -59,22 +69,54 @@ def read_path(path: "str | os.PathLike") -> list[ImageData]:
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"{p} does not exist.")
+    segs = _read_dicom_seg(p)
+    if segs is not None:
+        return segs
+    from .timeseries import read_time_series
+    series = read_time_series(p)  # cine DICOM, DICOM series with temporal positions, folder of frames
+    if series:
+        return series
     if p.is_dir():
         return _read_dicom_folder(p)
     return [read_image(p)]
+
+
+def _read_dicom_seg(p: Path) -> list[ImageData] | None:
+    """DICOM SEG objects as Labels on their source series' grid, after the folder's images; None without SEG."""
+    if p.is_file() and not _looks_dicom(p):
+        return None
+    from ..pacs.files import find_seg_files
+
+    segs = find_seg_files(p)
+    if not segs:
+        return None
+    from ..pacs.seg import read_seg_file
+    images: list[ImageData] = []
+    if p.is_dir():
+        try:
+            with warnings.catch_warnings():  # the SEG series it skips are read below
+                warnings.filterwarnings("ignore", "Skipped a DICOM series .*SEG objects", ImageReadWarning)
+                images = _read_dicom_folder(p)
+        except ImageReadError:  # a folder holding only SEG objects
+            pass
+    return images + [read_seg_file(f, images) for f in segs]
 
 
 def read_image(path: "str | os.PathLike") -> ImageData:
     """Read one image file (NIfTI, NRRD, MetaImage, single DICOM) keeping dtype and geometry."""
     p = Path(path)
     try:
-        _check_gzip(p)
+        _check_size(p, _check_gzip(p))
         img = sitk.ReadImage(str(p))
     except (RuntimeError, OSError, EOFError) as err:
         raise ImageReadError(f"Cannot read {p.name}: the file is corrupt, truncated or not an image "
                              f"({_first_line(err)}).") from None
     meta = {"source": str(p), "modality": _modality_from_image(img)}
-    return _to_image_data(img, _stem(p), meta)
+    item = _to_image_data(img, _stem(p), meta)
+    if img.GetDimension() == 4:  # (t, z, y, x): label the time axis, keep the time step
+        from .timeseries import from_4d_image
+        item = from_4d_image(img, item)
+    return item
 
 
 def _to_image_data(img, name: str, meta: dict) -> ImageData:
@@ -122,11 +164,13 @@ def _read_dicom_folder(folder: Path) -> list[ImageData]:
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid)
             try:
                 out.append(_read_series(files, sid))
-            except (RuntimeError, ImageReadError) as err:
+            except (RuntimeError, ImageReadError, DicomSeriesError) as err:
                 skipped.append(f"{Path(files[0]).parent.name}: {_first_line(err)}")
     if not out:
-        why = "; ".join(skipped) if skipped else "no image series found (only non-image objects such as RT-STRUCT or SEG?)"
+        why = "; ".join(x.rstrip(".") for x in skipped) if skipped else "no image series found (only non-image objects such as RT-STRUCT or SEG?)"
         raise ImageReadError(f"{folder} holds no readable DICOM image series: {why}.")
+    for line in skipped:
+        warnings.warn(ImageReadWarning(f"Skipped a DICOM series in {line}"), stacklevel=3)
     return out
 
 
@@ -137,26 +181,45 @@ def _read_series(files: tuple, sid: str) -> ImageData:
     info.ReadImageInformation()
     tag = lambda k: info.GetMetaData(k).strip() if info.HasMetaDataKey(k) else ""
     modality = tag("0008|0060")
-    if modality in ("RTSTRUCT", "SEG", "RTPLAN", "RTDOSE", "SR", "PR", "KO"):
+    if modality in NOT_IMAGES:
         raise ImageReadError(f"{modality} objects are not images")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    img = reader.Execute()
     desc = tag("0008|103e") or tag("0008|0020") or sid[-12:]
+    img, arr, geo, notes, extra = read_series(files, desc)
     meta = {"source": str(Path(files[0]).parent), "modality": modality, "series_uid": sid,
-            "series_description": desc, "n_files": len(files)}
+            "series_description": desc, "n_files": len(files), **extra}
     item = _to_image_data(img, desc, meta)
+    if geo is not None:  # slices regularised (true positions) or a stack of differently oriented images
+        item.data, item.geometry = arr, geo
+        item.metadata["reader_notes"] = notes
+    for note in notes:
+        warnings.warn(ImageReadWarning(note), stacklevel=4)
     item.kind = "image"
     return item
 
 
-def _check_gzip(p: Path) -> None:
-    """ITK reads a truncated .gz silently (zero-filled); a full decompression pass catches it."""
+def _check_size(p: Path, decompressed) -> None:
+    """Refuse a file shorter than its header says, before anything is allocated."""
+    try:
+        sizes = voxel_bytes(p, decompressed)
+    except (RuntimeError, OSError, ValueError):
+        return  # SimpleITK's reading then gives its own reason
+    if sizes is not None and sizes[1] < sizes[0]:
+        raise ImageReadError(f"Cannot read {p.name}: the file is truncated (its header announces {sizes[0]:,} bytes "
+                             f"of voxels, the file holds {max(sizes[1], 0):,}).")
+
+
+def _check_gzip(p: Path) -> "tuple[int, bytes] | None":
+    """ITK reads a truncated .gz silently (zero-filled); a full decompression pass catches it.
+
+    Returns the decompressed length and first bytes (the header), or None for other files."""
     if p.suffix.lower() != ".gz":
-        return
+        return None
     with gzip.open(p, "rb") as fh:
-        while fh.read(1 << 24):
-            pass
+        head = fh.read(1024)
+        total = len(head)
+        while chunk := fh.read(1 << 24):
+            total += len(chunk)
+    return total, head
 
 
 def _walk_files(folder: Path, limit: int | None = None):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,10 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
     p = Path(path)
     if not str(p).lower().endswith(WRITE_EXTENSIONS):
         raise UserError(f"Cannot write {p.name}: use one of {', '.join(WRITE_EXTENSIONS)}.")
-    if p.exists() and not overwrite:
-        raise FileExistsError(f"{p} already exists; not overwriting it.")
+    check_writable(p, overwrite)
     arr = np.asarray(data)
+    if arr.dtype.kind not in "biuf":
+        raise UserError(f"Cannot write {arr.dtype} values to {p.name}; images hold numbers.")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.dtype == np.int64 and arr.size and arr.min() >= 0 and arr.max() < 65536:
@@ -38,15 +40,36 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
     name = p.name
     ext = next(e for e in sorted(WRITE_EXTENSIONS, key=len, reverse=True) if name.lower().endswith(e))
     tmp = p.with_name(f".{name[: -len(ext)]}.partial{ext}")
-    p.parent.mkdir(parents=True, exist_ok=True)
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(img, str(tmp), True)
         if ext in (".mhd", ".nhdr"):  # header + detached data: rewrite under the final name
             tmp.unlink()
             sitk.WriteImage(img, str(p), True)
         else:
             os.replace(tmp, p)
+    except (OSError, RuntimeError) as err:
+        raise UserError(f"Cannot write {p}: {(str(err).strip().splitlines() or [type(err).__name__])[-1][:200]}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return str(p)
+
+
+def check_writable(path: "str | os.PathLike", overwrite: bool = False) -> None:
+    """Refuse, before any computation, an output that exists (unless ``overwrite``) or cannot be written."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"Cannot write {p}: it is a folder; give a file name.")
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{p} already exists; not overwriting it.")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"Cannot write {p}: {folder} is a file, not a folder.")
+    try:  # os.access says yes to root on a read-only file system; a real file says the truth
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        raise UserError(f"Cannot write {p}: the folder {folder} is not writable.") from None

@@ -27,22 +27,28 @@ class ModelFileError(UserError):
     """A model file that cannot be used."""
 
 
+class NotAModelFileError(ModelFileError):
+    """A file that is not a napari-medgen checkpoint at all."""
+
+
 # plain torch layers a config may name besides MONAI networks (the recurrent part of sequence models)
 TORCH_LAYERS = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "Linear": torch.nn.Linear}
 
 
 def build_network(spec: NetSpec) -> torch.nn.Module:
     """Instantiate a MONAI network (or one of :data:`TORCH_LAYERS`) from its :class:`NetSpec`."""
-    cls = getattr(nets, spec.arch, None) or TORCH_LAYERS.get(spec.arch)
+    cls = (getattr(nets, spec.arch, None) or TORCH_LAYERS.get(spec.arch)) if isinstance(spec.arch, str) else None
     if cls is None or not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
         raise ModelFileError(f"Unknown network architecture '{spec.arch}' (not in monai.networks.nets).")
     with torch.device("meta"):  # count parameters without allocating them
         try:
             n = sum(p.numel() for p in cls(**copy.deepcopy(spec.args)).parameters())
         except Exception as err:  # noqa: BLE001 - any bad argument set is a bad config
-            raise ModelFileError(f"The arguments of the {spec.arch} network are invalid ({err}).") from None
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ModelFileError(f"The arguments of the {spec.arch} network are invalid ({why}).") from None
     if n > MAX_PARAMETERS:
-        raise ModelFileError(f"The {spec.arch} network would have {n:,} parameters; refusing to build it.")
+        raise ModelFileError(f"The {spec.arch} network would have {n:,} parameters ({4 * n / 1e9:,.0f} GB); "
+                             f"refusing to build more than {MAX_PARAMETERS:,}.")
     return cls(**copy.deepcopy(spec.args))  # some nets (SPADENet) edit their args
 
 
@@ -100,11 +106,15 @@ class Model:
         try:
             payload = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file
-            raise ModelFileError(f"{p.name} is not a napari-medgen model file ({type(err).__name__}).") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT or "config" not in payload:
-            raise ModelFileError(f"{p.name} is not a napari-medgen model file.")
+            raise NotAModelFileError(f"{p.name} is not a napari-medgen model file ({type(err).__name__}).") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise NotAModelFileError(f"{p.name} is not a napari-medgen model file.")
+        if "config" not in payload or not isinstance(payload.get("networks"), dict):
+            raise ModelFileError(f"{p.name} is a napari-medgen file without its model config or weights.")
         try:
             raw = json.loads(payload["config"])
+            if not isinstance(raw, dict):
+                raise TypeError("not a mapping")
         except (TypeError, ValueError):
             raise ModelFileError(f"{p.name} has an unreadable model config.") from None
         config = ModelConfig.from_dict({"version": payload.get("version", 1), **raw}, p.name)
@@ -114,7 +124,7 @@ class Model:
         for name, net in model.networks.items():
             try:
                 net.load_state_dict(payload["networks"][name])
-            except (KeyError, RuntimeError, TypeError):
+            except (KeyError, RuntimeError, TypeError, AttributeError):
                 raise ModelFileError(f"The weights in {p.name} do not fit its '{name}' network "
                                      f"({config.networks[name].arch}).") from None
         return model

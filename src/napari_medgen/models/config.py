@@ -63,13 +63,16 @@ class VAEParams:
     training_stats: Optional[dict] = None
     thresholds: Optional[dict] = None
     scoring: Optional[dict] = None
+    spacing: Optional[list] = None  # in-plane (y, x) pixel spacing of the training slices, when known
+    intensity: Optional[list] = None  # [low, high] training intensities mapped to [0, 1] (samples come back in them)
+    tissue: Optional[dict] = None  # per-tissue intensity model of normal data (means, sds), for "combined" scoring
 
 
 @dataclass
 class GANParams:
     axis: int = 0
     size: list = field(default_factory=list)
-    latent_dim: int = 64
+    latent_size: int = 64
     spacing: Optional[list] = None
     native_shape: Optional[list] = None
     intensity: Optional[list] = None
@@ -98,6 +101,7 @@ class ClassificationParams:
     spacing: Optional[list] = None  # images are resampled to this spacing before fitting to ``size``
     metrics: Optional[dict] = None
     pretrained: str = ""  # where the encoder came from
+    sharpness: float = 5.0  # log-sum-exp pooling of the per-voxel class evidence (large: max, small: mean)
 
 
 @dataclass
@@ -181,4 +185,6 @@ def _migrate_v1(d: dict) -> dict:
     record = ("history", "training", "holdout")
     training = {**(d.get("training") or {}), **{k: d[k] for k in ("history", "holdout") if k in d}}
     params = {k: v for k, v in d.items() if k not in _TOP and k not in record}
+    if "latent_dim" in params:  # v1 GANs: one name for the latent size in every config
+        params["latent_size"] = params.pop("latent_dim")
     return {**{k: d[k] for k in _TOP if k in d}, "task": task, "params": params, "training": training}

@@ -8,18 +8,21 @@ order; in-plane (y, x) for 2D models, or None); ``normalization`` is a spec of
 :mod:`napari_medgen.data.normalize`.
 
 :func:`load_segmentation_model` accepts a Model, a built-in name, a ``.medgen.pt`` file, a
-local MONAI bundle folder (``configs/`` + ``models/model.pt``) or a TorchScript file.
+local MONAI bundle folder (``configs/`` + ``models/model.pt``) or a TorchScript file. Only the
+last is code: it is never loaded (let alone run) without ``allow_code=True``, and it must carry
+an embedded ``config.json``, because napari-medgen never runs a model to find out what it is.
 """
 from __future__ import annotations
 
 import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 
-from .checkpoint import SUFFIX, Model, ModelFileError, build_network
+from .checkpoint import SUFFIX, Model, ModelFileError, NotAModelFileError, build_network
 from .config import ModelConfig, NetSpec, SegmentationParams, Task
 from ..errors import UserError
 
@@ -74,13 +77,35 @@ def class_colors(model: Model) -> dict:
     return out
 
 
+# What each built-in model was trained on; other models may carry a card in ``config.training["card"]``.
+BUILTIN_CARDS = {"brain-tissue-2d": {"modality": "MR", "anatomy": "head", "field_of_view_mm": [190.0, 234.0, 198.0]}}
+
+
+def model_card(model: Model) -> dict:
+    """``{"modality", "anatomy", "field_of_view_mm"}`` of the data a model was trained on (keys may be missing).
+
+    A model fine-tuned from a built-in one on other data no longer has the built-in card."""
+    card = model.config.training.get("card")
+    if card is None and not model.params.finetune:
+        card = BUILTIN_CARDS.get(model.name)
+    return dict(card or {})
+
+
 def builtin_models() -> list[str]:
     """Names of the shipped models whose weights are present."""
     return [n for n, p in BUILTIN.items() if p.is_file()]
 
 
-def load_segmentation_model(model: "Model | str | os.PathLike") -> Model:
-    """A segmentation Model from a Model, a built-in name or a model file/folder (see module doc)."""
+class CodeNotAllowedError(ModelFileError):
+    """A model file that is code (TorchScript) and the user has not allowed running code."""
+
+
+def load_segmentation_model(model: "Model | str | os.PathLike", *, allow_code: bool = False) -> Model:
+    """A segmentation Model from a Model, a built-in name or a model file/folder (see module doc).
+
+    A TorchScript file runs its own code once loaded; it is refused with
+    :class:`CodeNotAllowedError` unless ``allow_code`` is True (only for files you trust).
+    """
     if isinstance(model, Model):
         if model.task != Task.SEGMENTATION:
             raise ModelFileError(f"'{model.name}' is a {model.task or 'untyped'} model, not a segmentation model.")
@@ -96,17 +121,40 @@ def load_segmentation_model(model: "Model | str | os.PathLike") -> Model:
         raise ModelFileError(f"'{key}' is neither a built-in model ({known}) nor an existing file or folder.")
     if p.is_dir():
         return _load_bundle(p)
-    if p.name.endswith(SUFFIX):
+    if is_torchscript(p):
+        return _load_torchscript(p, allow_code)
+    try:
         return Model.load(p, expect=Task.SEGMENTATION)
-    return _load_torchscript(p)
+    except NotAModelFileError:
+        if p.name.endswith(SUFFIX):
+            raise
+        raise NotAModelFileError(f"{p.name} is not a model file napari-medgen can read (expected {SUFFIX}, "
+                                 "a MONAI bundle folder or TorchScript).") from None
+
+
+def is_torchscript(path: "str | os.PathLike") -> bool:
+    """True for a TorchScript archive (a zip with a ``code/`` folder), found without loading it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/")[1:2] == ["code"] for n in z.namelist())
+    except (OSError, zipfile.BadZipFile, IndexError):
+        return False
 
 
 # --- MONAI bundles -----------------------------------------------------------------------------
 def _read_config(path: Path) -> dict:
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-        return yaml.safe_load(path.read_text()) or {}
-    return json.loads(path.read_text())
+    """A bundle's JSON or YAML config as data (``yaml.safe_load``: no python tags, no code)."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        cfg = (yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)) or {}
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        raise ModelFileError(f"{path.parent.parent.name}: {path.name} is not a plain JSON/YAML config "
+                             f"({type(err).__name__}).") from None
+    if not isinstance(cfg, dict):
+        raise ModelFileError(f"{path.parent.parent.name}: {path.name} is not a JSON/YAML mapping.")
+    return cfg
 
 
 def _find(folder: Path, stems: tuple) -> Path | None:
@@ -138,7 +186,11 @@ def _load_bundle(folder: Path) -> Model:
                              "napari-medgen only loads literal arguments.")
     spec = NetSpec(arch, args)
     net = build_network(spec)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as err:  # noqa: BLE001 - a pickle with objects, TorchScript, junk
+        raise ModelFileError(f"{folder.name}/models/model.pt is not a plain weights file "
+                             f"({type(err).__name__}); napari-medgen does not unpickle objects.") from None
     state = state.get("model", state) if isinstance(state, dict) else state
     try:
         net.load_state_dict(state)
@@ -192,41 +244,45 @@ def _bundle_roi(cfg: dict):
 
 
 # --- TorchScript ----------------------------------------------------------------------------------
-def _load_torchscript(path: Path) -> Model:
-    """A TorchScript segmenter; its config comes from an embedded ``config.json``/``metadata.json``
-    or, failing that, from probing it with a small input."""
-    extra = {"config.json": "", "metadata.json": ""}
+def torchscript_config(path: "str | os.PathLike") -> ModelConfig:
+    """The config embedded in a TorchScript file (``extra/config.json``), read without loading its code."""
+    p = Path(path)
+    try:
+        with zipfile.ZipFile(p) as z:
+            name = next((n for n in z.namelist() if n.split("/")[1:] == ["extra", "config.json"]), None)
+            raw = z.read(name) if name else b""
+    except (OSError, zipfile.BadZipFile) as err:
+        raise ModelFileError(f"{p.name} cannot be read ({type(err).__name__}).") from None
+    if not raw:
+        raise ModelFileError(f"{p.name} is a TorchScript file without an embedded config.json; napari-medgen "
+                             "needs one (classes, dimensions, normalisation) and never runs a model to guess them.")
+    try:
+        d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise ValueError("not a mapping")
+        config = ModelConfig.from_dict(d, p.name)
+    except ValueError as err:
+        raise ModelFileError(str(err) if isinstance(err, UserError) else f"{p.name} has an unreadable config.json.") from None
+    if config.task != Task.SEGMENTATION:
+        raise ModelFileError(f"{p.name} is not a segmentation model.")
+    return config
+
+
+def _load_torchscript(path: Path, allow_code: bool) -> Model:
+    """A TorchScript segmenter with an embedded config, loaded only when the user allows code."""
+    config = torchscript_config(path)
+    if not allow_code:
+        raise CodeNotAllowedError(
+            f"{path.name} is a TorchScript file, i.e. code that runs on this computer, so napari-medgen does not "
+            "load it unless you allow it (allow_code=True in Python, --allow-torchscript on the command line, "
+            "'Allow TorchScript code' in the Segment widget); allow only files from people you trust.")
     try:
         with warnings.catch_warnings():  # torch announces TorchScript's deprecation; users still have such files
             warnings.simplefilter("ignore", FutureWarning)
-            net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception:  # noqa: BLE001 - anything that is not TorchScript
-        raise ModelFileError(f"{path.name} is not a model file napari-medgen can read "
-                             f"(expected {SUFFIX}, a MONAI bundle folder or TorchScript).") from None
+            net = torch.jit.load(str(path), map_location="cpu")
+    except Exception:  # noqa: BLE001 - a damaged archive
+        raise ModelFileError(f"{path.name} is a damaged TorchScript file.") from None
     net.eval()
-    if extra["config.json"]:
-        config = ModelConfig.from_dict(json.loads(extra["config.json"]), path.name)
-        if config.task != Task.SEGMENTATION:
-            raise ModelFileError(f"{path.name} is not a segmentation model.")
-    else:
-        config = _probe(net, path.name)
-        meta = json.loads(extra["metadata.json"]) if extra["metadata.json"] else {}
-        config.description = meta.get("description", "TorchScript model")
     args = config.networks["net"].args if "net" in config.networks else {}
     config.networks = {"net": NetSpec("TorchScript", args)}  # args kept for padding rules
     return Model(config, {"net": net})
-
-
-def _probe(net, name: str) -> ModelConfig:
-    """Find spatial dims, input channels and class count by running tiny inputs."""
-    for dims, ch in ((2, 1), (3, 1), (2, 3), (3, 2), (3, 4)):
-        x = torch.zeros((1, ch) + (32,) * dims)
-        try:
-            with torch.inference_mode():
-                y = net(x)
-        except Exception:  # noqa: BLE001 - wrong guess
-            continue
-        if isinstance(y, torch.Tensor) and y.ndim == dims + 2 and y.shape[2:] == x.shape[2:]:
-            return segmentation_config(name, int(y.shape[1]), spatial_dims=dims, in_channels=ch,
-                                       normalization={"kind": "auto"}, patch_size=(96,) * 3 if dims == 3 else None)
-    raise ModelFileError(f"{name} does not behave like a segmentation network (image in, class scores out).")

@@ -1,19 +1,23 @@
 """Anomaly heatmaps from a VAE trained on normal scans, with the post-processing of Baur et al.
 
-Score per voxel = the part of the image the VAE cannot explain: ``x - x_normal``, where
-``x_normal`` is
+Score per voxel = the part of the image the model of normal anatomy cannot explain: ``x - x_normal``,
+where ``x_normal`` is
 
 - ``"residual"``: the decoded posterior mean (the plain reconstruction residual);
 - ``"samples"``: the mean of several decoded posterior samples;
 - ``"restoration"``: a MAP restoration (after You et al., MIDL 2019): ``x`` is moved by
-  gradient descent towards an image the VAE finds likely (low negative ELBO) while staying
-  close to ``x`` in L1, so normal anatomy is kept sharp and only what looks abnormal changes.
+  gradient descent towards an image the VAE finds likely while staying close to ``x`` in L1;
+- ``"intensity"``: no network: the distance (in standard deviations) to the nearest normal
+  tissue intensity, a per-tissue intensity model fitted on the normal validation slices;
+- ``"combined"``: what the threshold knows and what the model knows: the larger of the
+  intensity outlier and the restoration residual, each in units of its own 99th percentile
+  on normal validation slices (so neither can drown the other).
 
 Post-processing (Baur et al., MedIA 2021): keep the sign that matters (``"positive"`` for
 bright lesions, ``"negative"`` for dark, ``"both"``), restrict to the foreground mask,
 median filter in-plane, and drop connected components smaller than ``min_size`` voxels
-from the thresholded mask. The threshold is a high percentile of the scores of normal
-validation slices, stored in the model at training time.
+from the thresholded mask.  The threshold is a high percentile of the scores of normal
+validation slices, calibrated here (:func:`calibrate`) when the VAE is trained.
 """
 from __future__ import annotations
 
@@ -25,14 +29,24 @@ from scipy import ndimage
 
 from ..engine.device import select_device
 from ..engine.jobs import Job
-from ..models.checkpoint import Model
-from .vae import PERCENTILES, check_distribution, decode_mean, from_slices, prepare, require_vae, to_slices
 from ..errors import UserError
+from ..models.checkpoint import Model
+from .vae import check_distribution, decode_mean, guard_logvar, prepare, require_vae
 
-METHODS = ("restoration", "samples", "residual")
+METHODS = ("combined", "restoration", "samples", "residual", "intensity")
 SIGNS = ("both", "positive", "negative")
-DEFAULTS = {"method": "restoration", "sign": "both", "percentile": 99.0, "median": 5, "min_size": 10,
+PERCENTILES = [50.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.9]
+UNIT = 99.0  # the combined score measures each part in units of its normal validation score at this percentile
+DEFAULTS = {"method": "combined", "sign": "both", "percentile": 99.0, "median": 5, "min_size": 10,
             "samples": 8, "restore_steps": 30, "restore_weight": 0.05, "restore_lr": 0.1}
+EXPLAIN = {
+    "combined": "combined: the larger of the intensity outlier and the VAE restoration residual, each scaled by "
+                "its normal 99th percentile (finds what a threshold finds, and mis-shaped or iso-intense tissue)",
+    "restoration": "VAE restoration residual: what the VAE removes when asked for the nearest normal image",
+    "samples": "mean of VAE posterior samples: reconstruction residual averaged over samples",
+    "residual": "plain VAE reconstruction residual (fast, blurrier)",
+    "intensity": "intensity outlier: distance to the nearest normal tissue intensity, in standard deviations",
+}
 
 
 @dataclass
@@ -49,6 +63,7 @@ class AnomalyResult:
     method: str = "residual"
     sign: str = "both"
     min_size: int = 10
+    explanation: str = ""  # which method, and for "combined" which part flagged the voxels
 
     def rethreshold(self, threshold: float) -> None:
         """New threshold: recompute the mask and slice scores (no model run)."""
@@ -57,6 +72,7 @@ class AnomalyResult:
         self.slice_scores = slice_scores(self.mask, self.axis)
 
 
+# --- the normal estimate -------------------------------------------------------------------------
 def restore(model: Model, stack: np.ndarray, mask: np.ndarray | None = None, *, steps: int = 30,
             weight: float = 0.05, lr: float = 0.1, batch: int = 32, device: str = "auto",
             job: Job | None = None) -> np.ndarray:
@@ -64,10 +80,10 @@ def restore(model: Model, stack: np.ndarray, mask: np.ndarray | None = None, *, 
     minimise ``|D(E(y)) - y|^2 + beta KL(y) + weight |y - x|_1`` (per pixel), so a pixel moves
     only where the VAE pulls harder than ``weight``: small normal residuals stay, lesions go."""
     dev = select_device(device)
-    net = model.net.to(dev).eval()
+    net = guard_logvar(model.net).to(dev).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    beta = float(model.config.get("beta", 0.05))
+    beta = float(model.params.beta)
     out = np.empty_like(stack)
     try:
         for i in range(0, len(stack), batch):
@@ -104,6 +120,35 @@ def normal_estimate(model: Model, stack: np.ndarray, mask: np.ndarray | None, me
     raise UserError(f"Unknown anomaly method '{method}'; use one of {', '.join(METHODS)}.")
 
 
+# --- per-tissue intensity model -----------------------------------------------------------------
+def tissue_model(slices: np.ndarray, k: int = 4, iterations: int = 30) -> dict:
+    """Means and standard deviations of ``k`` intensity classes (1D k-means) of normal normalised slices
+    (exact zeros, the masked-out background, are left out)."""
+    vals = np.asarray(slices, np.float32).ravel()
+    vals = vals[vals > 1e-4][:: max(1, vals.size // 400_000)]
+    if vals.size < 10 * k:
+        return {"means": [0.5], "sds": [0.5]}
+    means = np.quantile(vals, (np.arange(k) + 0.5) / k)
+    for _ in range(iterations):
+        label = np.abs(vals[:, None] - means[None]).argmin(1)
+        means = np.array([vals[label == c].mean() if (label == c).any() else means[c] for c in range(k)])
+    label = np.abs(vals[:, None] - means[None]).argmin(1)
+    sds = np.array([max(float(vals[label == c].std()) if (label == c).sum() > 1 else 0.0, 0.02) for c in range(k)])
+    return {"means": [float(m) for m in means], "sds": [float(s) for s in sds]}
+
+
+def intensity_outlier(normed: np.ndarray, tissue: dict) -> np.ndarray:
+    """Signed distance to the nearest normal tissue intensity, in that tissue's standard deviations."""
+    mu, sd = np.asarray(tissue["means"], np.float32), np.asarray(tissue["sds"], np.float32)
+    x = np.asarray(normed, np.float32)
+    best = None
+    for m, s in zip(mu, sd):
+        z = (x - m) / s
+        best = z if best is None else np.where(np.abs(z) < np.abs(best), z, best)
+    return best.astype(np.float32)
+
+
+# --- post-processing ----------------------------------------------------------------------------
 def postprocess(residual: np.ndarray, sign: str = "both", mask: np.ndarray | None = None,
                 median: int = 5, axis: int = 0) -> np.ndarray:
     """Signed residual -> non-negative score: sign selection, mask restriction, in-plane median filter."""
@@ -131,7 +176,7 @@ def anomaly_mask(score: np.ndarray, threshold: float, min_size: int = 10) -> np.
     """Voxels above ``threshold``, without connected components smaller than ``min_size`` voxels."""
     binary = score > threshold
     if min_size and min_size > 1 and binary.any():
-        lab, n = ndimage.label(binary)
+        lab, _ = ndimage.label(binary)
         sizes = np.bincount(lab.ravel())
         small = sizes < min_size
         small[0] = True
@@ -147,69 +192,121 @@ def slice_scores(mask: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.moveaxis(m, axis, 0).reshape(m.shape[axis], -1).sum(axis=1)
 
 
-def calibrate(model: Model, val_slices: np.ndarray, device: str = "auto") -> None:
-    """Store percentiles of the scores of normal validation slices (n, H, W) for every method and sign."""
+# --- scores and their calibration ---------------------------------------------------------------
+def _restore_kw(opts: dict) -> dict:
+    return {"steps": opts["restore_steps"], "weight": opts["restore_weight"], "lr": opts["restore_lr"]}
+
+
+def _unit(model: Model, part: str, sign: str) -> float:
+    cal = model.params.thresholds or {}
+    vals = cal.get("values", {}).get(f"{part}/{sign}")
+    if vals is None:
+        raise UserError(f"This model has no calibration for {part} scores (trained by an older version?); "
+                        "choose the residual, samples or restoration method, or train it again.")
+    return max(float(np.interp(UNIT, cal["percentiles"], vals)), 1e-6)
+
+
+def scores(model: Model, normed: np.ndarray, normal: np.ndarray | None, method: str, sign: str,
+           mask: np.ndarray | None, median: int, axis: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """(score, which) for a normalised image and the VAE's normal estimate of it (same shape);
+    ``which`` (combined only) is True where the intensity part is the larger one."""
+    if method in ("intensity", "combined"):
+        if not model.params.tissue:
+            raise UserError("This model has no intensity model (trained by an older version); choose the "
+                            "residual, samples or restoration method, or train it again.")
+        inten = postprocess(intensity_outlier(normed, model.params.tissue), sign, mask, median, axis)
+        if method == "intensity":
+            return inten, None
+        vae = postprocess(normed - normal, sign, mask, median, axis)
+        a, b = inten / _unit(model, "intensity", sign), vae / _unit(model, "restoration", sign)
+        return np.maximum(a, b).astype(np.float32), a >= b
+    return postprocess(normed - normal, sign, mask, median, axis), None
+
+
+def calibrate(model: Model, val_slices: np.ndarray, device: str = "auto", job: Job | None = None) -> None:
+    """Store percentiles of the scores of normal validation slices (n, H, W) for every method and sign
+    (the parts of "combined" first: it is measured in their units)."""
     stack = val_slices[:, None].astype(np.float32)
-    fg = stack > 0 if model.config.get("masked") else None
+    fg = stack[:, 0] > 0 if model.params.masked else None
     table = {}
-    for method in METHODS:
-        normal = normal_estimate(model, stack, fg, method, samples=DEFAULTS["samples"], device=device,
-                                 **_restore_kw(DEFAULTS) if method == "restoration" else {})
+    model.params.thresholds = {"percentiles": PERCENTILES, "values": table}
+    order = ("residual", "samples", "restoration", "intensity", "combined")
+    normals = {}
+    for k, method in enumerate(order):
+        if job is not None:
+            job.report(k, len(order), "calibrating thresholds")
+        if method in ("residual", "samples", "restoration"):
+            kw = _restore_kw(DEFAULTS) if method == "restoration" else {}
+            normals[method] = normal_estimate(model, stack, None if fg is None else fg[:, None], method,
+                                              samples=DEFAULTS["samples"], device=device, job=job, **kw)[:, 0]
         for sign in SIGNS:
-            score = postprocess((stack - normal)[:, 0], sign, None if fg is None else fg[:, 0], DEFAULTS["median"])
-            vals = score[fg[:, 0]] if fg is not None else score.ravel()
+            score, _ = scores(model, stack[:, 0], normals.get(method, normals.get("restoration")), method, sign, fg,
+                              DEFAULTS["median"])
+            vals = score[fg] if fg is not None else score.ravel()
             table[f"{method}/{sign}"] = [float(v) for v in np.percentile(vals, PERCENTILES)]
-    model.config["thresholds"] = {"percentiles": PERCENTILES, "values": table}
 
 
 def normal_threshold(model: Model, method: str, sign: str, percentile: float) -> float:
     """The score at ``percentile`` of normal validation voxels, from the model's calibration."""
-    cal = model.config.get("thresholds", {})
+    cal = model.params.thresholds or {}
     vals = cal.get("values", {}).get(f"{method}/{sign}")
     if vals is None:
         raise UserError(f"This model has no calibrated threshold for {method}/{sign}; give a threshold.")
     return float(np.interp(percentile, cal["percentiles"], vals))
 
 
-def _restore_kw(opts: dict) -> dict:
-    return {"steps": opts["restore_steps"], "weight": opts["restore_weight"], "lr": opts["restore_lr"]}
+def _explain(method: str, which: np.ndarray | None, binary: np.ndarray) -> str:
+    text = EXPLAIN[method]
+    if which is not None and binary.any():
+        share = float(which[binary].mean())
+        text += (f". Of the flagged voxels, {100 * share:.0f}% are intensity outliers and "
+                 f"{100 * (1 - share):.0f}% stand out only to the VAE.")
+    return text
 
 
 def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, sign: str | None = None,
                 percentile: float | None = None, threshold: float | None = None, median: int | None = None,
                 min_size: int | None = None, samples: int | None = None, device: str = "auto",
                 progress=None, stop=None) -> AnomalyResult:
-    """Score every voxel of ``image`` (same shape) for how far it departs from normal anatomy.
+    """Score every voxel of ``image`` (array or ImageData; same shape out) for how far it departs from
+    normal anatomy.
 
-    Defaults come from the model's ``config["scoring"]`` and then :data:`DEFAULTS`. The mask's
+    Defaults come from the model's ``params.scoring`` and then :data:`DEFAULTS`. The mask's
     threshold is ``threshold`` if given, else the ``percentile`` of normal validation scores.
-    Raises :class:`~napari_medgen.engine.jobs.Cancelled` on stop (no partial output).
+    An ImageData whose pixel spacing differs from the training spacing is resampled to it and the
+    result back.  Raises :class:`~napari_medgen.engine.jobs.Cancelled` on stop (no partial output).
     """
     job = Job.of(progress, stop)
     require_vae(model)
-    opts = {**DEFAULTS, **model.config.get("scoring", {})}
+    opts = {**DEFAULTS, **(model.params.scoring or {})}
     given = {"method": method, "sign": sign, "percentile": percentile, "median": median,
              "min_size": min_size, "samples": samples}
     opts.update({k: v for k, v in given.items() if v is not None})
     if opts["method"] not in METHODS:
         raise UserError(f"Unknown anomaly method '{opts['method']}'; use one of {', '.join(METHODS)}.")
     msgs = check_distribution(model, image, mask)
-    axis = model.config.get("axis", 0)
-    vol, m, normed, stack = prepare(model, image, mask)
+    prep = prepare(model, image, mask)
+    axis = model.params.axis if prep.volume.ndim == 3 else 0
     job.report(0, 2, "scoring")
-    fg_stack = None if m is None else to_slices(m.astype(np.float32), model.config["size"], axis) > 0.5
-    busy = fg_stack.reshape(len(stack), -1).any(1) if fg_stack is not None else stack.reshape(len(stack), -1).any(1)
-    normal = stack.copy()  # slices without foreground score zero
-    if busy.any():
-        normal[busy] = normal_estimate(model, stack[busy], None if fg_stack is None else fg_stack[busy],
-                                       opts["method"], samples=opts["samples"], device=device, job=job,
-                                       **_restore_kw(opts))
-    normal_vol = from_slices(normal, vol.shape, axis)
-    score = postprocess(normed - normal_vol, opts["sign"], m, opts["median"], axis)
+    net_method = "restoration" if opts["method"] == "combined" else opts["method"]
+    normal_vol = None
+    if net_method != "intensity":
+        stack = prep.stack
+        fg_stack = stack > 0 if prep.mask is not None else None  # masked images are zero outside
+        busy = stack.reshape(len(stack), -1).any(1)
+        normal = stack.copy()  # slices without foreground score zero
+        if busy.any():
+            normal[busy] = normal_estimate(model, stack[busy], None if fg_stack is None else fg_stack[busy],
+                                           net_method, samples=opts["samples"], device=device, job=job,
+                                           **_restore_kw(opts))
+        normal_vol = prep.to_volume(normal)
+        if prep.mask is not None:
+            normal_vol = normal_vol * prep.mask
+    score, which = scores(model, prep.normed, normal_vol, opts["method"], opts["sign"], prep.mask, opts["median"],
+                          axis)
     thr = float(threshold) if threshold is not None else normal_threshold(
         model, opts["method"], opts["sign"], opts["percentile"])
     binary = anomaly_mask(score, thr, opts["min_size"])
     job.report(2, 2, "scored")
-    return AnomalyResult(score, thr, binary, slice_scores(binary, axis), axis, normal_vol.astype(np.float32), msgs,
-                         opts["method"], opts["sign"], int(opts["min_size"]))
-
+    return AnomalyResult(score, thr, binary, slice_scores(binary, axis), axis, normal_vol, msgs, opts["method"],
+                         opts["sign"], int(opts["min_size"]), _explain(opts["method"], which, binary))

@@ -1,39 +1,62 @@
-"""Fine-tune a 2D segmenter on the slices a user painted (the annotate-then-train loop).
+"""Fine-tune a 2.5D segmenter on the slices a user painted (the annotate-then-train loop).
 
 ``finetune(model, image, labels)`` trains a copy of ``model`` (a fresh U-Net, a built-in
-name, a Model or a model file) on the annotated slices of ``labels`` and returns it with
-the training history; inputs are only read.  Calling it again with the returned model
-continues from its weights.
+name, a Model or a model file) on every painted slice of ``labels`` (painted along any axis)
+within a budget in seconds and returns it with the training history; inputs are only read.
+The recipe: normalise by modality (a HU window for CT, recognised by value range), fill the
+slices between painted ones by shape-based interpolation and use them as down-weighted
+pseudo-labels (their uncertain boundary band ignored), give the network neighbouring slices
+as context channels, sample patches around the painted structure, its boundary and the far
+background, and keep the weights that agree best with the painted slices and the
+pseudo-labels.  :func:`complete_labels` then fills the user's volume: the network's
+prediction near the painted structure, blended with the interpolation between painted
+slices and kept only where connected to the paint.  Calling ``finetune`` again with the
+returned model continues from its weights.
 """
 from __future__ import annotations
 
-import numpy as np
+import time
 
-from ..data.annotations import AnnotationError, make_targets
-from ..data.normalize import normalize, resolve
+import numpy as np
+from scipy import ndimage, special
+
+from ..data.annotations import IGNORE, AnnotationError, Targets, make_targets
+from ..data.interpolate import interpolate_labels
+from ..data.normalize import modality_of, normalize, resolve, structure_window
+from ..data.sampling import patch_size_for, roi_box
 from ..data.slices import take_slices
+from ..engine.device import select_device
+from ..engine.inference import predict
 from ..engine.jobs import Job
-from ..engine.seg_training import train_segmenter
+from ..engine.seg_training import predict_logits, train_segmenter
 from ..models.checkpoint import Model, ModelFileError
 from ..models.segmentation import default_classes, load_segmentation_model, segmentation_config
 
 FRESH = "fresh"
 LR_FRESH, LR_FINETUNE = 5e-3, 1e-3
+CONTEXT = 2  # neighbouring slices on each side given to a fresh 2.5D network
+BAND_VOXELS = 1.5  # interpolated boundaries: pseudo-labels this close (in-plane voxels) are left unknown
+NETS = {"cpu": {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "patch": 128, "batch": 8},
+        "cuda": {"channels": (32, 64, 128, 256, 320), "strides": (2, 2, 2, 2), "patch": 256, "batch": 32}}
 
 
-def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, modality: str = "",
-                spacing=None) -> tuple[Model, bool]:
-    """A trainable copy of ``model`` (None/"fresh" builds a new U-Net); also says whether it is fresh."""
+def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, modality: str = "", spacing=None,
+                context: int | None = None, size: str = "cpu") -> tuple[Model, bool]:
+    """A trainable copy of ``model`` (None/"fresh" builds a new 2.5D U-Net); also says whether it is fresh."""
     if model is None or (isinstance(model, str) and model == FRESH):
+        ctx = (CONTEXT if image.ndim == 3 else 0) if context is None else int(context)
         norm = resolve({"kind": "auto"}, image, modality)
         inplane = None if spacing is None or image.ndim == 2 else [s for i, s in enumerate(spacing) if i != axis]
+        net = NETS[size]
         config = segmentation_config("fine-tuned", default_classes(n_classes), spatial_dims=2, axis=axis,
-                                     normalization=norm, spacing=inplane,
-                                     description="U-Net trained on painted slices by napari-medgen finetune.")
+                                     channels=net["channels"], strides=net["strides"], normalization=norm,
+                                     spacing=inplane,
+                                     description="2.5D U-Net trained on painted slices by napari-medgen finetune.")
+        config.networks["net"].args["in_channels"] = 2 * ctx + 1
+        config.params.context = ctx
         return Model(config), True
     base = load_segmentation_model(model)
-    arch = base.config.networks["net"].arch
-    if arch == "TorchScript":
+    if base.config.networks["net"].arch == "TorchScript":
         raise ModelFileError("A TorchScript model cannot be fine-tuned; start from a napari-medgen model or a fresh network.")
     if base.params.spatial_dims != 2 or base.params.in_channels != 1:
         raise ModelFileError(f"'{base.name}' is not a one-channel 2D segmenter; fine-tuning trains 2D models only.")
@@ -43,19 +66,8 @@ def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, moda
     return base.copy(), False
 
 
-def finetune(model, image, labels, *, axis: int = 0, slices="auto", sparse: bool = False,
-             background_label: int | None = None, steps: int = 300, lr: float | None = None,
-             batch_size: int = 4, patch_size=None, validation: bool = True, spacing=None,
-             modality: str = "", seed: int = 0, device="auto", progress=None, stop=None) -> tuple[Model, dict]:
-    """Train a copy of ``model`` on the painted slices of ``labels`` along ``axis``.
-
-    ``labels``: 0 is background on painted slices (dense) or unknown everywhere (``sparse=True``,
-    where ``background_label`` is the value painted on background); slices with nothing painted are
-    unknown.  With two or more annotated slices one is held out and the weights with the best
-    validation Dice on it are returned.  Returns ``(trained model, history)``; on stop, the best
-    weights so far with ``history["stopped"] = True``.
-    """
-    job = Job.of(progress, stop)
+def _inputs(image, labels, spacing, modality):
+    """(image, labels) as 3D arrays (a 2D image becomes one slice), spacing, modality; checks them."""
     img = np.asarray(getattr(image, "data", image))
     lab = np.asarray(getattr(labels, "data", labels))
     if img.ndim not in (2, 3):
@@ -65,39 +77,186 @@ def finetune(model, image, labels, *, axis: int = 0, slices="auto", sparse: bool
     geos = [getattr(x, "geometry", None) for x in (image, labels)]
     if None not in geos and not geos[0].same_grid(geos[1]):
         raise AnnotationError("The annotation is not on the image's voxel grid (spacing, origin or direction differ).")
-    if img.ndim == 3 and not 0 <= axis < 3:
-        raise AnnotationError("axis must be 0, 1 or 2.")
     spacing = spacing or getattr(getattr(image, "geometry", None), "spacing", None)
-    modality = modality or getattr(image, "metadata", {}).get("modality", "")
-    t = make_targets(lab, axis=axis, slices=slices, sparse=sparse, background_label=background_label)
-    net_model, fresh = start_model(model, max(t.classes) + 1, img, axis=axis, modality=modality, spacing=spacing)
-    spec = resolve(net_model.config.normalization, img, modality)
-    stack = take_slices(normalize(img, spec), axis, t.indices)
+    spacing = [float(s) for s in spacing][-img.ndim:] if spacing is not None else [1.0] * img.ndim
+    modality = modality or modality_of(image)
+    if img.ndim == 2:
+        return img[None], lab[None], [1.0] + spacing, modality, True
+    return img, lab, spacing, modality, False
 
-    val = _held_out(t.targets) if validation else None
-    train_idx = [i for i in range(len(t.indices)) if i != val]
+
+class Prior:
+    """What the painting says about the rest of the volume: the interpolated labels between painted
+    slices, their distance to the interpolated boundary, and the region of interest around the paint."""
+
+    def __init__(self, lab: np.ndarray, t: Targets, spacing, *, sparse: bool, background_label=None,
+                 interpolate: bool = True):
+        self.labels, self.margin = (interpolate_labels(lab, spacing=spacing, planes=t.planes, return_margin=True)
+                                    if interpolate and not sparse else (lab, np.full(lab.shape, np.inf, np.float32)))
+        fg = self.labels != 0
+        if sparse and background_label is not None:
+            fg &= self.labels != background_label
+        self.foreground = fg
+        extent = [(hi - lo) * s for (lo, hi), s in zip(roi_box(fg, 0), spacing)] if fg.any() else [0.0] * 3
+        grow_mm = max(10.0, 0.5 * max(extent))
+        self.box = roi_box(fg if fg.any() else lab != 0, [max(2, int(np.ceil(grow_mm / s))) for s in spacing])
+
+    def pseudo(self, axis: int, band_mm: float):
+        """Pseudo-label slices along ``axis``: (indices, targets) with IGNORE off the interpolation and in the band."""
+        known = np.isfinite(self.margin) & (self.margin >= band_mm)
+        target = np.where(known, self.labels.astype(np.int32), IGNORE)
+        moved = take_slices(target, axis)
+        index = np.flatnonzero((moved != IGNORE).reshape(len(moved), -1).any(1))
+        return index, np.ascontiguousarray(moved[index])
+
+    def inplane_box(self, axis: int) -> tuple:
+        (a0, a1), (b0, b1) = [self.box[i] for i in range(3) if i != axis]
+        return a0, a1, b0, b1
+
+
+def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sparse: bool = False,
+             background_label: int | None = None, seconds: float | None = 60.0, steps: int | None = None,
+             lr: float | None = None, batch_size: int | None = None, patch_size=None, context: int | None = None,
+             interpolate: bool = True, pseudo_weight: float = 0.5, patience: int | None = 8, spacing=None,
+             modality: str = "", seed: int = 0, device="auto", preview_every: float | None = None,
+             progress=None, stop=None, cancel=None) -> tuple[Model, dict]:
+    """Train a copy of ``model`` on every painted slice of ``labels``; returns ``(model, history)``.
+
+    ``labels``: slices painted along any axis (``axis=None`` trains along the axis with the most
+    painted slices); 0 is background on painted slices (dense) or unknown everywhere
+    (``sparse=True``, ``background_label`` = the value painted on background); unpainted
+    slices are unknown, never background.  ``seconds`` bounds the whole call (``steps``
+    optionally too); training stops early after ``patience`` validations without improvement.
+    ``history["returned"]`` says which weights came back and why.  Stop keeps the best weights
+    (``history["stopped"]``); cancel raises :class:`Cancelled` with nothing changed; a network that
+    never predicts the painted structure raises :class:`NothingLearnedError`.  ``preview_every``
+    (seconds) sends progress events whose ``preview`` is ``{"box", "labels"}``: the current
+    prediction inside the region of interest.
+    """
+    t0 = time.monotonic()
+    job = Job.of(progress, stop, cancel)
+    img, lab, spacing, modality, flat = _inputs(image, labels, spacing, modality)
+    if axis is not None and not flat and not 0 <= axis < 3:
+        raise AnnotationError("axis must be 0, 1 or 2.")
+    t = make_targets(lab, axis=0 if flat else axis, slices=slices, sparse=sparse, background_label=background_label)
+    dev = select_device(device)
+    size = "cuda" if dev.type == "cuda" else "cpu"
+    net_model, fresh = start_model(model, max(t.classes) + 1, img[0] if flat else img, axis=t.axis,
+                                   modality=modality, spacing=None if flat else spacing, context=context, size=size)
+    ctx = int(net_model.params.context or 0)
+    spec = resolve(net_model.config.normalization, img, modality)
+    if fresh and spec["kind"] == "window":  # CT: a window that spans the painted structure and its surroundings
+        spec = net_model.config.normalization = structure_window(img, _painted_foreground(lab, t, sparse,
+                                                                                          background_label))
+    volume = np.ascontiguousarray(take_slices(normalize(img, spec), t.axis))
+    job.report(0, 1, "interpolating between painted slices")
+    prior = Prior(lab, t, spacing, sparse=sparse, background_label=background_label, interpolate=interpolate)
+    band = BAND_VOXELS * max(s for i, s in enumerate(spacing) if i != t.axis)
+    pseudo = prior.pseudo(t.axis, band) if interpolate and not sparse else None
+    box = prior.inplane_box(t.axis)
+    patch = patch_size or patch_size_for((max(48, box[1] - box[0]), max(48, box[3] - box[2])), NETS[size]["patch"])
+    preview = None
+    if preview_every:
+        def preview_fn(net, device):
+            job.report(0, 1, "preview", preview={"box": prior.box, "axis": t.axis, "labels": _box_labels(
+                net, volume, prior.box, t.axis, ctx, device)})
+        preview = (preview_fn, float(preview_every))
+    left = None if seconds is None else max(1.0, float(seconds) - (time.monotonic() - t0) - 1.0)
     history = train_segmenter(
-        net_model.net, stack[train_idx], t.targets[train_idx],
-        val_images=None if val is None else stack[[val]], val_targets=None if val is None else t.targets[[val]],
-        steps=steps, lr=lr or (LR_FRESH if fresh else LR_FINETUNE), batch_size=batch_size,
-        patch_size=patch_size, keep_initial=not fresh, device=device, seed=seed, progress=job)
+        net_model.net, volume, (t.indices, t.targets), pseudo=pseudo, pseudo_weight=pseudo_weight, context=ctx,
+        steps=steps, seconds=left, lr=lr or (LR_FRESH if fresh else LR_FINETUNE),
+        batch_size=batch_size or NETS[size]["batch"], patch_size=patch, box=box, patience=patience,
+        keep_initial=not fresh, preview=preview, device=dev, seed=seed, progress=job)
 
     cfg = net_model.params
-    cfg.axis = int(axis)
-    if spacing is not None and img.ndim == 3:
-        cfg.spacing = [float(s) for i, s in enumerate(spacing) if i != axis]
+    cfg.axis = int(t.axis)
+    if not flat:
+        cfg.spacing = [float(s) for i, s in enumerate(spacing) if i != t.axis]
     rounds = (cfg.finetune or {}).get("rounds", 0) + 1
-    cfg.finetune = {"rounds": rounds, "slices": [int(i) for i in t.indices], "sparse": bool(sparse),
-                       "background_label": background_label, "steps": len(history["step"])}
-    history.update(slices=[int(i) for i in t.indices], train_slices=[int(t.indices[i]) for i in train_idx],
-                   val_slice=None if val is None else int(t.indices[val]), fresh=fresh,
-                   known_pixels=int(t.known_pixels), classes=t.classes)
+    planes = {int(a): [int(i) for i in idx] for a, idx in t.planes.items()}
+    cfg.finetune = {"rounds": rounds, "planes": planes, "sparse": bool(sparse),
+                    "background_label": background_label, "steps": len(history["step"])}
+    history.update(slices=planes.get(t.axis, []), planes=planes, axis=int(t.axis), context=ctx,
+                   pseudo_slices=0 if pseudo is None else int(len(pseudo[0])), roi=[list(b) for b in prior.box],
+                   patch_size=list(patch), fresh=fresh, known_pixels=int(t.known_pixels), classes=t.classes,
+                   total_seconds=time.monotonic() - t0)
     return net_model, history
 
 
-def _held_out(targets: np.ndarray) -> int | None:
-    """The annotated slice kept for validation: the middle one with foreground, when there are two or more."""
-    if len(targets) < 2:
-        return None
-    usable = [i for i in range(len(targets)) if (targets[i] > 0).any()]
-    return usable[len(usable) // 2] if len(usable) >= 2 else None
+def _painted_foreground(lab, t: Targets, sparse: bool, background_label) -> np.ndarray:
+    """Painted voxels of a structure (not background) on the painted slices only (a 2D mask per slice)."""
+    fg = lab != 0
+    if sparse and background_label is not None:
+        fg &= lab != background_label
+    return fg
+
+
+def _box_labels(net, volume, box, axis, context, device) -> np.ndarray:
+    """The network's labels inside the 3D ``box`` (volume is slices along ``axis``), in volume axis order."""
+    inplane = [box[i] for i in range(3) if i != axis]
+    logits = predict_logits(net, volume, np.arange(*box[axis]), device, context=context,
+                            box=(inplane[0][0], inplane[0][1], inplane[1][0], inplane[1][1]))
+    return np.moveaxis(logits.argmax(1).numpy().astype(np.uint8), 0, axis)
+
+
+def complete_labels(model, image, labels, *, sparse: bool = False, background_label: int | None = None,
+                    spacing=None, modality: str = "", prior_weight: float = 0.5, restrict: bool = True,
+                    device="auto", progress=None, stop=None) -> np.ndarray:
+    """The user's painting completed by ``model``: a new label array of ``labels``' shape and dtype.
+
+    Painted slices are kept as painted.  Elsewhere: the model's prediction inside the region
+    around the painted structure, blended (``prior_weight``) with the shape-based interpolation
+    between painted slices (confident far from its boundary, undecided on it), and, with
+    ``restrict``, only the connected parts that touch the paint or the interpolation.
+    Raises :class:`Cancelled` on stop.  Inputs are only read.
+    """
+    job = Job.of(progress, stop)
+    m = load_segmentation_model(model)
+    img, lab, spacing, modality, flat = _inputs(image, labels, spacing, modality)
+    axis = 0 if flat else int(m.params.axis)
+    t = make_targets(lab, axis=axis, sparse=sparse, background_label=background_label)
+    prior = Prior(lab, t, spacing, sparse=sparse, background_label=background_label)
+    box = tuple(slice(a, b) for a, b in prior.box) if restrict else (slice(None),) * 3
+    norm = normalize(img, m.config.normalization, modality)[box]
+    args = m.config.networks["net"].args
+    probs = predict(m.net, norm[None], spatial_dims=2, axis=axis, context=int(m.params.context or 0),
+                    device=device, divisor=int(np.prod(args.get("strides", (16,)))), progress=job)
+    job.check()
+    if prior_weight > 0:
+        plab, pmar = prior.labels[box], prior.margin[box]
+        between = np.isfinite(pmar)
+        inplane = min(s for i, s in enumerate(spacing) if i != axis)
+        confidence = special.expit(np.where(between, pmar, 0.0) / inplane - 1.0) * between
+        for c in range(probs.shape[0]):
+            target = (plab == c).astype(np.float32)
+            probs[c] = np.where(between, (1 - prior_weight * confidence) * probs[c]
+                                + prior_weight * confidence * target, probs[c])
+    pred = probs.argmax(0).astype(lab.dtype)
+    if restrict:
+        pred = _connected_to(pred, (lab != 0)[box] | prior.foreground[box])
+    out = np.zeros_like(lab)
+    out[box] = pred
+    known = np.zeros(lab.shape, bool)
+    if sparse:
+        known = lab != 0
+    else:
+        for a, idx in t.planes.items():
+            sel = [slice(None)] * 3
+            sel[a] = idx
+            known[tuple(sel)] = True
+    out[known] = lab[known]
+    if sparse and background_label is not None:
+        out[lab == background_label] = 0
+    return out[0] if flat else out
+
+
+def _connected_to(pred: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """``pred`` with each class's connected parts that touch none of ``seeds`` removed."""
+    out = np.zeros_like(pred)
+    for c in np.unique(pred):
+        if c == 0:
+            continue
+        parts, n = ndimage.label(pred == c)
+        keep = np.unique(parts[seeds & (parts > 0)])
+        out[np.isin(parts, keep[keep > 0])] = c
+    return out

@@ -1,7 +1,12 @@
-"""Dice and 95th-percentile Hausdorff distance per class (MONAI metrics, HD95 in physical units)."""
+"""Dice and 95th-percentile Hausdorff distance per class (MONAI metrics, HD95 in physical units),
+volumes per class in mL, and a CSV of any of them."""
 from __future__ import annotations
 
+import csv
+import io
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,3 +45,61 @@ def segmentation_metrics(pred: np.ndarray, reference: np.ndarray, spacing=None,
 def mean_dice(metrics: dict) -> float:
     """The mean Dice over the classes of :func:`segmentation_metrics`."""
     return float(np.mean([m["dice"] for m in metrics.values()])) if metrics else float("nan")
+
+
+def label_volumes_ml(labels: np.ndarray, spacing, class_names: list[str] | None = None) -> dict:
+    """``{class name: mL}`` for each foreground class (named ones even when absent, then any other value).
+
+    ``spacing`` (mm per voxel, napari order) is required: volumes in voxels would be a silent wrong unit.
+    """
+    labels = np.asarray(labels)
+    if spacing is None:
+        raise UserError("Volumes in mL need the image's voxel spacing (mm).")
+    spacing = [float(s) for s in np.ravel(spacing)][-labels.ndim:]
+    if len(spacing) != labels.ndim or min(spacing) <= 0:
+        raise UserError(f"The spacing {spacing} does not fit labels of shape {labels.shape}.")
+    if labels.dtype.kind not in "biu":
+        raise UserError(f"Labels must be integers, not {labels.dtype}.")
+    if labels.size and labels.min() < 0:
+        raise UserError("Labels must not be negative.")
+    counts = np.bincount(labels.ravel().astype(np.intp, copy=False)) if labels.size else np.zeros(1, np.intp)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    names = list(class_names or [])
+    values = sorted(set(range(1, len(names))) | set(np.flatnonzero(counts[1:]) + 1))
+    return {(names[v] if v < len(names) else f"label {v}"): float(counts[v] if v < len(counts) else 0) * voxel_ml
+            for v in values}
+
+
+def metrics_to_csv(metrics: dict | None = None, volumes: dict | None = None, path: "str | os.PathLike | None" = None,
+                   *, overwrite: bool = False) -> str:
+    """A CSV table, one row per class: ``class, volume_ml, dice, hd95`` (columns of what is given).
+
+    ``metrics`` is :func:`segmentation_metrics`' ``{class: {"dice", "hd95"}}``, ``volumes``
+    :func:`label_volumes_ml`' ``{class: mL}``. Returns the text; with ``path`` also writes it
+    (refusing to replace a file unless ``overwrite``).
+    """
+    rows: dict = {name: {"volume_ml": ml} for name, ml in (volumes or {}).items()}
+    for name, values in (metrics or {}).items():
+        rows.setdefault(name, {}).update(values)
+    columns = list(dict.fromkeys(k for r in rows.values() for k in r))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["class", *columns])
+    for name, r in rows.items():
+        writer.writerow([name, *(_cell(r.get(c)) for c in columns)])
+    text = buf.getvalue()
+    if path is not None:
+        p = Path(path)
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"{p} already exists; not overwriting it.")
+        try:
+            p.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise UserError(f"Cannot write {p}: {err.strerror or type(err).__name__}.") from None
+    return text
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else str(v)

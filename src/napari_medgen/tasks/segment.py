@@ -1,5 +1,12 @@
-"""``segment()``: an image and a model in, a label array on the image's grid out."""
+"""``segment()``: an image and a model in, a label array on the image's grid out.
+
+:func:`segment_result` gives the same labels with the sentences on how the image differs from
+the model's training data (:mod:`napari_medgen.tasks.model_fit`) and the volumes per class.
+"""
 from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -8,40 +15,79 @@ from ..data.resample import inplane_spacing, resize, target_shape
 from ..engine.inference import predict
 from ..engine.jobs import Job
 from ..io.read import ImageData
-from ..models.segmentation import load_segmentation_model
+from ..models.segmentation import class_names, load_segmentation_model
 from ..errors import UserError
+from .metrics import label_volumes_ml
+from .model_fit import ModelMismatchWarning, mismatch_warnings
 
 
 class ImageInputError(UserError):
     """An image that a segmentation model cannot take."""
 
 
+@dataclass
+class SegmentResult:
+    """Labels on the image's grid, what to doubt about them, and what is needed to measure them."""
+
+    labels: np.ndarray
+    warnings: list = field(default_factory=list)  # sentences: how the image differs from the training data
+    class_names: list = field(default_factory=list)
+    spacing: "tuple | None" = None
+    probabilities: "np.ndarray | None" = None
+
+    def volumes_ml(self) -> dict:
+        """``{class name: mL}`` of each foreground class (needs the image's spacing)."""
+        return label_volumes_ml(self.labels, self.spacing, self.class_names)
+
+
 def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bool = False,
-            batch_size: int | None = None, progress=None, stop=None, return_probabilities: bool = False):
+            batch_size: int | None = None, progress=None, stop=None, return_probabilities: bool = False,
+            allow_code: bool = False):
     """Segment ``image`` (numpy, napari order (z, y, x) or (y, x); or an :class:`ImageData`) with ``model``.
 
-    ``model`` is a Model, a built-in name (``"brain-tissue-2d"``) or a model file/folder.
+    ``model`` is a Model, a built-in name (``"brain-tissue-2d"``) or a model file/folder; a TorchScript
+    file is code and runs only with ``allow_code=True``.
     ``spacing`` (napari order, mm) lets the image be resampled to the model's training spacing;
     without it the image is taken to be at that spacing. 2D models run slice by slice along
     ``axis``; 3D models by sliding window. ``tta`` averages over flips. Returns integer labels of
     ``image``'s spatial shape, plus float32 probabilities ``(classes, *shape)`` if
-    ``return_probabilities``. Raises :class:`~napari_medgen.Cancelled` on stop. The input is not modified.
+    ``return_probabilities``. An image unlike the model's training data (CT into an MRI model,
+    voxels or field of view far off) still gets labels, with a :class:`ModelMismatchWarning`.
+    Raises :class:`~napari_medgen.Cancelled` on stop. The input is not modified.
     """
+    res = segment_result(image, model, spacing=spacing, axis=axis, device=device, tta=tta, batch_size=batch_size,
+                         progress=progress, stop=stop, probabilities=return_probabilities, allow_code=allow_code)
+    for sentence in res.warnings:
+        warnings.warn(ModelMismatchWarning(sentence), stacklevel=2)
+    return (res.labels, res.probabilities) if return_probabilities else res.labels
+
+
+def segment_result(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bool = False,
+                   batch_size: int | None = None, progress=None, stop=None, probabilities: bool = False,
+                   allow_code: bool = False) -> SegmentResult:
+    """:func:`segment` returning a :class:`SegmentResult` (labels, mismatch sentences, class names, spacing)."""
     job = Job.of(progress, stop)
-    m = load_segmentation_model(model)
+    m = load_segmentation_model(model, allow_code=allow_code)
     cfg = m.params
     modality, rgb = "", None
     if isinstance(image, ImageData):
+        extra = image.data.ndim - image.geometry.ndim - int(image.rgb)
+        if extra > 0 and (cfg.in_channels == 1 or extra > 1):  # channels / time points of a vector or 4D file
+            raise ImageInputError(f"'{image.name}' has {image.data.shape[0]} channels or time points besides its "
+                                  f"{image.geometry.ndim}D space; this model takes {cfg.in_channels}-channel images, "
+                                  "so pick one channel or time point first.")
         spacing = image.geometry.spacing if spacing is None else spacing
         modality, rgb = image.metadata.get("modality", ""), image.rgb
         image = image.data
     arr = check_image(image, cfg, axis, rgb=rgb)  # (Cin, *spatial), a view
     spatial = arr.shape[1:]
+    spacing = check_spacing(spacing, len(spatial))
     finite = np.isfinite(arr).all(axis=0) if np.issubdtype(arr.dtype, np.floating) else None
     if finite is not None and not finite.any():
         raise ImageInputError("The image has no finite values (all NaN or Inf).")
     if finite is not None and finite.all():
         finite = None
+    doubts = mismatch_warnings(arr, m, spacing=spacing, modality=modality, axis=axis)
     bad = "" if finite is None else f" ({int((~finite).sum())} NaN/Inf voxels are treated as background)"
     job.report(0, 1, "normalising" + bad)
     norm = [normalize(c, m.config.normalization, modality) for c in arr]
@@ -57,7 +103,8 @@ def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bo
     args = m.config.networks["net"].args
     divisor = int(np.prod(args["strides"])) if "strides" in args else 16  # U-Net input multiple
     probs = predict(m.net, x, spatial_dims=dims, axis=work_axis, patch_size=cfg.patch_size,
-                    device=device, tta=tta, batch_size=batch_size, divisor=divisor, progress=job)
+                    device=device, tta=tta, batch_size=batch_size, divisor=divisor,
+                    context=int(cfg.context or 0), progress=job)
     del x
     if grid is not None:
         probs = _resize_grid(probs, spatial if dims == 3 else _inplane(spatial, work_axis), dims, work_axis)
@@ -65,19 +112,39 @@ def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bo
     if finite is not None:
         labels[~finite] = 0
     job.report(1, 1, "done")
-    return (labels, probs) if return_probabilities else labels
+    return SegmentResult(labels, doubts, class_names(m), spacing, probs if probabilities else None)
+
+
+def check_spacing(spacing, ndim: int) -> "tuple | None":
+    """The last ``ndim`` values of ``spacing`` as floats, or an :class:`ImageInputError` sentence."""
+    if spacing is None:
+        return None
+    try:
+        values = tuple(float(s) for s in np.ravel(spacing))[-ndim:]
+    except (TypeError, ValueError):
+        raise ImageInputError(f"The spacing {spacing!r} is not a list of numbers (mm per voxel).") from None
+    if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ImageInputError(f"The spacing {spacing!r} must give {ndim} positive sizes in mm, one per image axis.")
+    return values
 
 
 def check_image(image, cfg, axis: int = 0, rgb: bool | None = None) -> np.ndarray:
     """The image as (channels, *spatial) without copying, or an :class:`ImageInputError` sentence."""
-    arr = np.asarray(image)
+    try:
+        arr = np.asarray(image)
+    except ValueError:
+        raise ImageInputError("The image is not a regular array (rows of different lengths?).") from None
+    if arr.dtype.kind == "c":
+        raise ImageInputError("The image has complex values (phase or k-space data?); segment its magnitude, "
+                              "np.abs(image), or its real part explicitly.")
     if arr.dtype.kind not in "biuf":
         raise ImageInputError(f"The image has {arr.dtype} values; a numeric image is needed.")
     if arr.size == 0:
         raise ImageInputError(f"The image is empty (shape {arr.shape}).")
     cin, dims = int(cfg.in_channels), int(cfg.spatial_dims)
-    if rgb is None:
-        rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8
+    if rgb is None:  # (y, x, 3|4) with a last axis far shorter than the others: a colour picture, not 3 slices
+        rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4) and (
+            arr.dtype == np.uint8 or min(arr.shape[:2]) >= 8 * arr.shape[-1])
     if rgb:
         if cin != 1:
             arr = np.moveaxis(arr, -1, 0)

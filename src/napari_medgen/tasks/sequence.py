@@ -70,6 +70,7 @@ class SequenceTask(TrainTask):
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)  # LSTM-safe steps
         opt.step()
         return {"loss": loss}
 

@@ -1,6 +1,7 @@
 """The CNN + LSTM sequence network as three checkpointed parts, and its forward pass.
 
-``net``: a MONAI ``Regressor`` that encodes one frame into a feature vector;
+``net``: a MONAI ``Regressor`` that encodes one frame (two channels: the frame and its
+subtraction from the first frame, as in DCE reading) into a feature vector;
 ``rnn``: an ``LSTM`` (optionally bidirectional) that reads the frames in order;
 ``head``: a ``Linear`` layer applied to the LSTM's final state (the sequence's
 answer) and to its output at every frame (the per-frame curve).  Without ``rnn``
@@ -22,7 +23,7 @@ def sequence_networks(size: list, n_out: int, *, features: int = 64, hidden: int
                       recurrent: bool = True) -> dict:
     """NetSpecs of the encoder, the LSTM and the head for frames of ``size``."""
     strides = [2 if s >= 8 * 2 ** i else 1 for i, s in enumerate([min(size)] * len(channels))]
-    specs = {"net": NetSpec("Regressor", {"in_shape": [1, *size], "out_shape": [features],
+    specs = {"net": NetSpec("Regressor", {"in_shape": [2, *size], "out_shape": [features],
                                           "channels": list(channels), "strides": strides,
                                           "num_res_units": 1, "norm": "BATCH"})}
     width = features
@@ -37,8 +38,12 @@ def sequence_networks(size: list, n_out: int, *, features: int = 64, hidden: int
 def run_sequence(nets: dict, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sequence outputs (B, K), per-frame outputs (B, T, K)) for padded frames ``x`` (B, T, *S)."""
     b, t = x.shape[:2]
-    feats = nets["net"](x.reshape(b * t, 1, *x.shape[2:])).reshape(b, t, -1).float()
-    valid = (torch.arange(t, device=x.device)[None] < lengths.to(x.device)[:, None]).float()[..., None]
+    keep = torch.arange(t, device=x.device)[None] < lengths.to(x.device)[:, None]  # (B, T): real frames
+    channels = torch.stack([x, x - x[:, :1]], 2)[keep]  # each frame and its subtraction from the first
+    enc = nets["net"](channels).float()  # padding frames are never encoded (no batch-norm pollution)
+    feats = enc.new_zeros((b, t, enc.shape[-1]))
+    feats[keep] = enc
+    valid = keep.float()[..., None]
     rnn: Optional[torch.nn.LSTM] = nets.get("rnn")
     if rnn is None:
         per_frame = feats

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.metrics import FIDMetric, MMDMetric, MultiScaleSSIMMetric, SSIMMetric
 
 from ..data.slices import fit_to_size
 from ..engine.jobs import Job
 from ..models.checkpoint import SUFFIX, Model
+from ..models.config import Task
 from ..errors import UserError
 
 FEATURES_PATH = Path(__file__).resolve().parents[1] / "models" / "builtin" / f"fd-medgen{SUFFIX}"
@@ -48,7 +50,7 @@ def reference_window(reference) -> tuple[float, float]:
 
 def load_feature_net(path=FEATURES_PATH) -> torch.nn.Module:
     """The convolutional part of the ``fd-medgen`` regressor, in eval mode."""
-    model = Model.load(path, task="features")
+    model = Model.load(path, expect=Task.FEATURES)
     return model.net.net.eval()
 
 
@@ -93,6 +95,51 @@ def nearest_by_ssim(x: torch.Tensor, train: torch.Tensor, job: Job | None = None
     return where, best
 
 
+def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """Band-pass levels of (n, 1, H, W) images, finest first; the last level is the low-pass residue."""
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+    kernel = (k[:, None] * k[None])[None, None]
+    out, cur = [], x
+    for _ in range(levels - 1):
+        if min(cur.shape[-2:]) < 16:
+            break
+        low = F.conv2d(F.pad(cur, (2, 2, 2, 2), mode="reflect"), kernel)[..., ::2, ::2]
+        up = F.interpolate(low, size=cur.shape[-2:], mode="bilinear", align_corners=False)
+        out.append(cur - up)
+        cur = low
+    return out + [cur]
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, patch: int = 7, n_patches: int = 4096,
+                       n_proj: int = 128, seed: int = 0) -> float:
+    """Sliced Wasserstein distance between the ``patch`` x ``patch`` patches of two image sets (n, 1, H, W),
+    patches standardised together (Karras et al. 2018), averaged over random unit directions."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def patches(x):
+        p = F.unfold(x.float(), patch).transpose(1, 2).reshape(-1, patch * patch)
+        return p[torch.randint(len(p), (min(n_patches, len(p)),), generator=gen)]
+
+    pa, pb = patches(a), patches(b)
+    both = torch.cat([pa, pb])
+    mean, std = both.mean(0, keepdim=True), both.std(0, keepdim=True).clamp_min(1e-6)
+    pa, pb = (pa - mean) / std, (pb - mean) / std
+    d = torch.randn(patch * patch, n_proj, generator=gen)
+    d = d / d.norm(dim=0, keepdim=True)
+    qa, qb = torch.sort((pa @ d).T.contiguous(), 1)[0], torch.sort((pb @ d).T.contiguous(), 1)[0]
+    n = min(qa.shape[1], qb.shape[1])
+    pick = lambda q: q[:, torch.linspace(0, q.shape[1] - 1, n).round().long()]  # noqa: E731
+    return float((pick(qa) - pick(qb)).abs().mean())
+
+
+def pyramid_swd(samples, reference, levels: int = 4, seed: int = 0) -> list[float]:
+    """Patch SWD between two stacks (n, H, W) in [0, 1] at every Laplacian pyramid level (finest first)."""
+    a = torch.as_tensor(np.asarray(samples, np.float32))[:, None]
+    b = torch.as_tensor(np.asarray(reference, np.float32))[:, None]
+    return [sliced_wasserstein(x, y, seed=seed + i)
+            for i, (x, y) in enumerate(zip(laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)))]
+
+
 def synthesis_report(samples, reference, training=None, window=None, n_suspicious: int = 5,
                      feature_net: torch.nn.Module | None = None, progress=None, stop=None) -> dict:
     """Quality report of ``samples`` (n, H, W) against real ``reference`` slices (held-out, same units).
@@ -114,6 +161,7 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
     job.report(0, 4, "MMD")
     report["mmd"] = float(MMDMetric(y_mapping=_per_pixel)(ref[:m], x[:m]))
     job.check()
+    report["swd"] = pyramid_swd(x[:, 0].numpy(), ref[:, 0].numpy())  # patch SWD per pyramid level, finest first
     job.report(1, 4, "MS-SSIM diversity")
     report["ms_ssim_diversity"] = mean_pairwise_ms_ssim(x)
     report["ms_ssim_reference"] = mean_pairwise_ms_ssim(ref)
@@ -144,6 +192,7 @@ def format_report(report: dict) -> str:
     """A few plain-text lines for a widget or a terminal."""
     lines = [f"{report['n_samples']} samples vs {report['n_reference']} reference images",
              f"MMD {report['mmd']:.4g} (lower = closer)",
+             "patch SWD fine -> coarse " + " ".join(f"{v:.3g}" for v in report["swd"]) + " (lower = closer)",
              f"MS-SSIM among samples {report['ms_ssim_diversity']:.3f} (reference {report['ms_ssim_reference']:.3f}; "
              "lower = more diverse)",
              f"{FD_NAME} {report['fd_medgen']:.4g} (project features; not comparable with Inception FID)"]

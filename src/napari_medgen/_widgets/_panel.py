@@ -1,0 +1,106 @@
+"""The base of every napari-medgen dock widget: controls in a scroll area, rarely used ones folded away.
+
+A panel lays its controls into ``self.body`` (a vertical layout inside a scroll area), so it
+fits a 1366x768 laptop screen however tall it grows, and puts expert settings into
+``self.advanced()``, a collapsible "Advanced" section that starts folded.  Layer drop-downs
+come from :meth:`Panel.layer_picker`; napari calls :meth:`Panel.reset_choices` whenever layers
+are added, removed, renamed or reordered, so widgets never wire layer events by hand.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from magicgui.widgets import create_widget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QFormLayout, QFrame, QScrollArea, QSizePolicy, QStyle, QVBoxLayout, QWidget
+from superqt import QCollapsible
+
+PICKER_CHARS = 16  # a layer drop-down is this many characters wide; longer names show in full in its list
+
+
+class Panel(QWidget):
+    """A dock widget whose controls scroll vertically and whose expert settings fold away."""
+
+    def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._pickers: list = []
+        self.sections: dict[str, QCollapsible] = {}  # title -> collapsible section
+        self.content = QWidget()
+        self.body = QVBoxLayout(self.content)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(self.content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+
+    # --- building ------------------------------------------------------------------------------
+    def form(self) -> QFormLayout:
+        """A new form (label: control rows) appended to the body."""
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.body.addLayout(form)
+        return form
+
+    def advanced(self, title: str = "Advanced", expanded: bool = False) -> QFormLayout:
+        """A collapsible section appended to the body (folded unless ``expanded``); returns its form."""
+        section = QCollapsible(title)
+        section.setDuration(0)
+        inner = QWidget()
+        form = QFormLayout(inner)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        section.addWidget(inner)
+        section.toggled.connect(lambda *_: self.updateGeometry())
+        if expanded:
+            section.expand(animate=False)
+        else:
+            section.collapse(animate=False)
+        self.body.addWidget(section)
+        self.sections[title] = section
+        return form
+
+    def layer_picker(self, annotation, *, nullable: bool = False, tooltip: str = ""):
+        """A magicgui drop-down of the viewer's layers of type ``annotation`` (kept current by napari)."""
+        widget = create_widget(annotation=Optional[annotation] if nullable else annotation,
+                               options={"nullable": nullable} if nullable else {})
+        combo: QComboBox = widget.native
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(PICKER_CHARS)
+        combo.setProperty("base_tooltip", tooltip)
+        widget.changed.connect(lambda *_: _fit_popup(combo))
+        self._pickers.append(widget)
+        _fit_popup(combo)
+        return widget
+
+    # --- napari hooks --------------------------------------------------------------------------
+    def reset_choices(self, *_args) -> None:
+        """Refresh every layer drop-down (napari calls this on layer list changes)."""
+        for picker in self._pickers:
+            picker.reset_choices()
+            _fit_popup(picker.native)
+
+    def minimumSizeHint(self):
+        hint = super().minimumSizeHint()
+        bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        hint.setWidth(self.content.minimumSizeHint().width() + bar + 2)
+        return hint
+
+    def sizeHint(self):
+        hint = self.content.sizeHint()
+        bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        hint.setWidth(hint.width() + bar + 2)
+        return hint
+
+
+def _fit_popup(combo: QComboBox) -> None:
+    """Let the list show whole layer names and the tooltip name the chosen one."""
+    tooltip = combo.property("base_tooltip") or ""
+    view = combo.view()
+    view.setMinimumWidth(max((view.sizeHintForColumn(0) if combo.count() else 0) + 24, combo.width()))
+    current = combo.currentText()
+    combo.setToolTip(f"{current}\n{tooltip}".strip() if current else tooltip)

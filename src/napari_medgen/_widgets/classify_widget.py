@@ -1,0 +1,273 @@
+"""The "Classify" dock widget: train from labelled layers (or a folder + CSV), then classify a layer.
+
+The result shows as a probability bar chart, a Grad-CAM heatmap layer blended additively over
+the image (same geometry), and for volumes the slices ranked by the heatmap (click to jump).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import napari
+import numpy as np
+from magicgui.widgets import create_widget
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit, QListWidget,
+                            QListWidgetItem, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem,
+                            QVBoxLayout, QWidget)
+
+from ..models.checkpoint import Model
+from ..models.segmentation import builtin_models
+from ..tasks.classify import classify, load_classifier, train_classifier
+from ..tasks.classify_data import read_label_csv
+from ._layers import layer_image, row
+from ._model_files import save_model_file
+from ._plot import LivePlot
+from ._runner import JobRunner, device_chooser
+
+SOURCES = ["open layers (label each)", "folder + CSV (file,label)"]
+
+
+class ProbabilityBars(FigureCanvasQTAgg):
+    """Horizontal bars of class probabilities."""
+
+    def __init__(self):
+        fig = Figure(figsize=(4, 1.6), tight_layout=True)
+        fig.patch.set_facecolor("#262930")
+        super().__init__(fig)
+        self.ax = fig.add_subplot(111)
+        self.setMinimumHeight(110)
+        self.show_probabilities({})
+
+    def show_probabilities(self, probs: dict) -> None:
+        ax = self.ax
+        ax.clear()
+        ax.set_facecolor("#262930")
+        names, values = [str(k) for k in probs], list(probs.values())
+        ax.barh(names, values, color="#5fa8ff")
+        ax.set_xlim(0, 1)
+        ax.invert_yaxis()
+        ax.tick_params(colors="w", labelsize=7)
+        for spine in ax.spines.values():
+            spine.set_color("#888")
+        for i, v in enumerate(values):
+            ax.text(min(v + 0.02, 0.85), i, f"{v:.2f}", color="w", va="center", fontsize=7)
+        self.draw_idle()
+
+
+class ClassifyWidget(QWidget):
+    """Train a classifier from labelled layers or a folder + CSV; classify the chosen layer."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model: Optional[Model] = None
+        self.result = None
+        self.heatmap_layer = None
+        self._source = None
+
+        # --- training ---
+        self.source = QComboBox()
+        self.source.addItems(SOURCES)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["layer", "label (empty: skip)"])
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setMaximumHeight(120)
+        self.folder, self.csv = QLineEdit(), QLineEdit()
+        self.folder.setPlaceholderText("folder of images")
+        self.csv.setPlaceholderText("labels.csv (file,label)")
+        browse_folder, browse_csv = QPushButton("..."), QPushButton("...")
+        browse_folder.clicked.connect(lambda: self._pick(self.folder, folder=True))
+        browse_csv.clicked.connect(lambda: self._pick(self.csv))
+        self.pretrained = QComboBox()
+        self.pretrained.setEditable(True)
+        self.pretrained.addItems(["none (from scratch)", *builtin_models()])
+        self.pretrained.setToolTip("Start from a network that knows medical images: a built-in or .medgen.pt "
+                                   "segmentation U-Net, a VAE .medgen.pt, a MONAI bundle folder or UNet state dict.")
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 100_000)
+        self.steps.setValue(300)
+        self.device, self.device_line = device_chooser()
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        load, save = QPushButton("Load model..."), QPushButton("Save model...")
+        load.clicked.connect(lambda: self.load_model())
+        save.clicked.connect(lambda: save_model_file(self, self.model, "classifier"))
+        self.plot = LivePlot("loss / validation score", "step", height=1.8)
+        self.metrics_line = QLabel("No model: train one or load a classifier .medgen.pt.")
+        self.metrics_line.setWordWrap(True)
+
+        # --- classifying ---
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.classify_button = QPushButton("Classify")
+        self.classify_button.clicked.connect(self.classify)
+        self.bars = ProbabilityBars()
+        self.slices = QListWidget()
+        self.slices.setMaximumHeight(90)
+        self.slices.itemClicked.connect(self._jump)
+        self.runner = JobRunner("Classify")
+        self.runner.started.connect(lambda: self._busy(True))
+        self.runner.done.connect(lambda _s: self._busy(False))
+
+        train_box = QGroupBox("Train")
+        form = QFormLayout(train_box)
+        form.addRow("images from", self.source)
+        form.addRow(self.table)
+        form.addRow("folder", row(self.folder, browse_folder))
+        form.addRow("labels", row(self.csv, browse_csv))
+        form.addRow("pretrained", self.pretrained)
+        form.addRow("steps", self.steps)
+        form.addRow("device", self.device)
+        form.addRow(row(self.train_button, load, save))
+        form.addRow(self.plot)
+        form.addRow(self.metrics_line)
+        use_box = QGroupBox("Classify")
+        form2 = QFormLayout(use_box)
+        form2.addRow("image", self.image.native)
+        form2.addRow(self.classify_button)
+        form2.addRow(self.bars)
+        form2.addRow("top slices", self.slices)
+        lay = QVBoxLayout(self)
+        lay.addWidget(train_box)
+        lay.addWidget(use_box)
+        lay.addWidget(self.device_line)
+        lay.addWidget(self.runner)
+        lay.addStretch(1)
+        self.source.currentIndexChanged.connect(self._source_changed)
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            ev.connect(self.image.reset_choices)
+            ev.connect(self.refresh_layers)
+        self.refresh_layers()
+        self._source_changed(0)
+
+    # --- training inputs ---
+    def refresh_layers(self, _event=None) -> None:
+        """One table row per Image layer, keeping labels already typed."""
+        typed = self.layer_labels(all_rows=True)
+        names = [ly.name for ly in self.viewer.layers if isinstance(ly, napari.layers.Image)]
+        self.table.setRowCount(len(names))
+        for i, name in enumerate(names):
+            item = QTableWidgetItem(name)
+            item.setFlags(item.flags() & ~item.flags().ItemIsEditable)
+            self.table.setItem(i, 0, item)
+            self.table.setItem(i, 1, QTableWidgetItem(typed.get(name, "")))
+
+    def set_label(self, layer_name: str, label: str) -> None:
+        for i in range(self.table.rowCount()):
+            if self.table.item(i, 0).text() == layer_name:
+                self.table.item(i, 1).setText(label)
+
+    def layer_labels(self, all_rows: bool = False) -> dict:
+        out = {}
+        for i in range(self.table.rowCount()):
+            name, lab = self.table.item(i, 0), self.table.item(i, 1)
+            if name is not None and lab is not None and (all_rows or lab.text().strip()):
+                out[name.text()] = lab.text().strip()
+        return out
+
+    def _source_changed(self, index: int) -> None:
+        self.table.setVisible(index == 0)
+        for w in (self.folder, self.csv):
+            w.parentWidget().setVisible(index == 1)
+
+    def _pick(self, line: QLineEdit, folder: bool = False) -> None:
+        path = (QFileDialog.getExistingDirectory(self, "Image folder") if folder else
+                QFileDialog.getOpenFileName(self, "Labels CSV", "", "CSV (*.csv);;All files (*)")[0])
+        if path:
+            line.setText(path)
+
+    def _busy(self, busy: bool) -> None:
+        self.train_button.setEnabled(not busy)
+        self.classify_button.setEnabled(not busy)
+
+    # --- actions ---
+    def train(self) -> None:
+        """Train on the labelled layers (or the folder + CSV) in a worker thread."""
+        try:
+            if self.source.currentIndex() == 1:
+                files, labels = read_label_csv(self.csv.text().strip(), self.folder.text().strip() or None)
+                images = [str(f) for f in files]
+            else:
+                chosen = self.layer_labels()
+                if len(chosen) < 2:
+                    raise ValueError("Type a label next to at least two image layers (two classes or more).")
+                images = [layer_image(self.viewer.layers[n]) for n in chosen]
+                labels = list(chosen.values())
+        except ValueError as err:
+            show_error(str(err))
+            return
+        pre = self.pretrained.currentText().strip()
+        self.plot.clear()
+        self.runner.start(train_classifier, images, labels, steps=self.steps.value(),
+                          pretrained=None if pre.startswith("none") or not pre else pre,
+                          device=self.device.currentText(), on_result=self._trained, on_progress=self._progress)
+
+    def _progress(self, ev) -> None:
+        if "loss" in ev.metrics:
+            self.plot.add("loss", ev.step, ev.metrics["loss"], draw=ev.step % 10 == 0)
+        if "val_metric" in ev.metrics:
+            self.plot.add("validation", ev.step, ev.metrics["val_metric"])
+
+    def _trained(self, result) -> None:
+        self.model, history = result
+        m = history.get("metrics")
+        text = f"Trained {self.model.params.classes} on {history['n_train']} images"
+        if m:
+            text += (f"; validation ({m['n']}): accuracy {m['accuracy']:.2f}, balanced "
+                     f"{m['balanced_accuracy']:.2f}, AUROC {m['auroc_macro']:.2f}, confusion {m['confusion_matrix']}")
+        self.metrics_line.setText(text + ".")
+
+    def load_model(self, path: Optional[str] = None) -> None:
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Classifier", "", "Models (*.medgen.pt)")
+            if not path:
+                return
+        try:
+            self.model = load_classifier(path)
+        except ValueError as err:
+            show_error(str(err))
+            return
+        self.metrics_line.setText(f"Loaded {self.model.name}: classes {self.model.params.classes}.")
+
+    def classify(self) -> None:
+        """Classify the chosen layer: probabilities, heatmap overlay and ranked slices."""
+        layer = self.image.value
+        if self.model is None:
+            show_error("No classifier yet: train one or load a .medgen.pt classifier.")
+            return
+        if layer is None:
+            show_error("Choose an image layer to classify.")
+            return
+        self._source = layer
+        self.runner.start(classify, self.model, layer_image(layer), device=self.device.currentText(),
+                          on_result=self._show)
+
+    def _show(self, result) -> None:
+        self.result = result
+        src = self._source
+        self.bars.show_probabilities(result.probabilities)
+        name = f"{src.name} heatmap ({result.target})"
+        kwargs = {"scale": src.scale, "translate": src.translate, "affine": src.affine}
+        layer = self.heatmap_layer if self.heatmap_layer in self.viewer.layers else None
+        if layer is None:
+            layer = self.viewer.add_image(result.heatmap, name=name, colormap="inferno", blending="additive",
+                                          opacity=0.6, contrast_limits=(0, 1), **kwargs)
+        else:
+            layer.data, layer.name = result.heatmap, name
+            layer.scale, layer.translate, layer.affine = src.scale, src.translate, src.affine
+        self.heatmap_layer = layer
+        self.slices.clear()
+        if result.slice_scores is not None:
+            for z in result.top_slices[:10]:
+                item = QListWidgetItem(f"slice {z}: {result.slice_scores[z]:.2f}")
+                item.setData(256, z)
+                self.slices.addItem(item)
+
+    def _jump(self, item: QListWidgetItem) -> None:
+        """Show the clicked slice of the classified layer."""
+        src, z = self._source, int(item.data(256))
+        if src is None:
+            return
+        world = src.data_to_world(np.array([z] + [0] * (src.ndim - 1), float))
+        self.viewer.dims.set_point(0, float(world[0]))

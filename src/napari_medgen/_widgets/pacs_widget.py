@@ -1,0 +1,258 @@
+"""The "PACS" dock widget: search a DICOMweb server, open a series as a layer, send Labels back as DICOM SEG."""
+from __future__ import annotations
+
+from typing import Optional
+
+import napari
+from magicgui.widgets import create_widget
+from napari.layers import Layer
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QDate, QTimer
+from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDateEdit, QFileDialog, QFormLayout,
+                            QGroupBox, QHeaderView, QLabel, QLineEdit, QPushButton, QTableWidget,
+                            QTableWidgetItem, QVBoxLayout, QWidget)
+
+from ..io import Geometry
+from ..pacs.client import PacsServer, find_series, find_studies, pull_series, push_labels, source_headers
+from ..pacs.servers import load_servers, remember_server
+from ..pacs.seg import labels_to_seg, write_seg
+from ._layers import layer_array, row
+from ._runner import JobRunner
+
+STUDY_COLUMNS = [("Date", "StudyDate"), ("Patient", "PatientName"), ("ID", "PatientID"),
+                 ("Description", "StudyDescription"), ("Modalities", "ModalitiesInStudy"),
+                 ("Accession", "AccessionNumber")]
+SERIES_COLUMNS = [("#", "SeriesNumber"), ("Modality", "Modality"), ("Description", "SeriesDescription"),
+                  ("Images", "NumberOfSeriesRelatedInstances")]
+MODALITIES = ["", "CT", "MR", "PT", "SEG", "CR", "DX", "US", "NM"]
+
+
+def search(server: PacsServer, filters: dict, progress=None, stop=None) -> list[dict]:
+    return find_studies(server, **filters)
+
+
+def list_series(server: PacsServer, study_uid: str, progress=None, stop=None) -> list[dict]:
+    return find_series(server, study_uid)
+
+
+def save_seg(path: str, labels, geometry: Geometry, metadata: dict, server: Optional[PacsServer], names,
+             algorithm: str, version: str, progress=None, stop=None) -> str:
+    seg = labels_to_seg(labels, geometry, source_headers(metadata, server), names, algorithm, version)
+    return write_seg(path, seg, overwrite=True)
+
+
+def _table(columns) -> QTableWidget:
+    t = QTableWidget(0, len(columns))
+    t.setHorizontalHeaderLabels([c for c, _ in columns])
+    t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    t.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    t.verticalHeader().setVisible(False)
+    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    t.horizontalHeader().setStretchLastSection(True)
+    t.setMinimumHeight(110)
+    return t
+
+
+def _fill(table: QTableWidget, columns, rows: list[dict]) -> None:
+    table.setRowCount(0)
+    for r, item in enumerate(rows):
+        table.insertRow(r)
+        for c, (_, key) in enumerate(columns):
+            table.setItem(r, c, QTableWidgetItem(str(item.get(key, "") or "").replace("^", " ")))
+
+
+def _class_names(layer) -> Optional[list]:
+    names = layer.metadata.get("class_names")
+    if names:
+        return list(names)
+    feats = getattr(layer, "features", None)
+    if feats is not None and "class" in getattr(feats, "columns", []):
+        return [str(v) for v in feats["class"]]
+    return None
+
+
+class PacsWidget(QWidget):
+    """Server and credentials, a study/series browser, Open, and Send/Save of a Labels layer as DICOM SEG."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.studies: list[dict] = []
+        self.series: list[dict] = []
+        self.url = QComboBox()
+        self.url.setEditable(True)
+        self.url.lineEdit().setPlaceholderText("http://pacs:8042/dicom-web")
+        self._servers = load_servers()
+        self.url.addItems([s["url"] for s in self._servers])
+        self.url.currentIndexChanged.connect(self._server_chosen)
+        self.user = QLineEdit(self._servers[0]["user"] if self._servers else "")
+        self.password = QLineEdit()
+        self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.password.setToolTip("Kept in memory only; never saved.")
+        self.patient = QLineEdit()
+        self.patient.setPlaceholderText("name (part of it)")
+        self.patient_id = QLineEdit()
+        self.patient_id.setPlaceholderText("ID")
+        self.accession = QLineEdit()
+        self.modality = QComboBox()
+        self.modality.addItems(MODALITIES)
+        self.use_dates = QCheckBox("dates")
+        self.date_from = QDateEdit(QDate.currentDate().addYears(-1))
+        self.date_to = QDateEdit(QDate.currentDate())
+        for d in (self.date_from, self.date_to):
+            d.setCalendarPopup(True)
+            d.setDisplayFormat("yyyy-MM-dd")
+        self.search_button = QPushButton("Search")
+        self.search_button.clicked.connect(self.search)
+        self.study_table = _table(STUDY_COLUMNS)
+        self.study_table.itemSelectionChanged.connect(self._study_chosen)
+        self.series_table = _table(SERIES_COLUMNS)
+        self.series_table.cellDoubleClicked.connect(lambda *_: self.open_series())
+        self.open_button = QPushButton("Open series")
+        self.open_button.clicked.connect(self.open_series)
+        self.runner = JobRunner("PACS")
+        self.runner.started.connect(lambda: self._busy(True))
+        self.runner.done.connect(lambda _s: self._busy(False))
+
+        self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
+        self.reference = create_widget(annotation=napari.layers.Image, label="reference")
+        self.reference.native.setToolTip("The image (opened from the PACS or a DICOM folder) the labels were made on.")
+        self.algorithm = QLineEdit("napari-medgen")
+        self.version = QLineEdit()
+        self.version.setPlaceholderText("version")
+        self.send_button = QPushButton("Send to PACS as DICOM SEG")
+        self.send_button.clicked.connect(self.send)
+        self.save_button = QPushButton("Save DICOM SEG file...")
+        self.save_button.clicked.connect(self.save)
+        self.info = QLabel("")
+        self.info.setWordWrap(True)
+
+        server = QFormLayout()
+        server.addRow("server", self.url)
+        server.addRow("user", row(self.user, QLabel("password"), self.password))
+        find = QFormLayout()
+        find.addRow("patient", row(self.patient, self.patient_id))
+        find.addRow("accession", row(self.accession, QLabel("modality"), self.modality))
+        find.addRow(self.use_dates, row(self.date_from, QLabel("to"), self.date_to))
+        send = QFormLayout()
+        send.addRow("labels", self.labels.native)
+        send.addRow("on image", self.reference.native)
+        send.addRow("algorithm", row(self.algorithm, self.version))
+        send.addRow(row(self.send_button, self.save_button))
+        box = QGroupBox("Send labels back")
+        box.setLayout(send)
+        lay = QVBoxLayout(self)
+        lay.addLayout(server)
+        lay.addLayout(find)
+        lay.addWidget(self.search_button)
+        lay.addWidget(self.study_table, 2)
+        lay.addWidget(self.series_table, 1)
+        lay.addWidget(self.open_button)
+        lay.addWidget(self.runner)
+        lay.addWidget(box)
+        lay.addWidget(self.info)
+        for w in (self.labels, self.reference):
+            self.viewer.layers.events.inserted.connect(w.reset_choices)
+            self.viewer.layers.events.removed.connect(w.reset_choices)
+
+    # --- helpers -------------------------------------------------------------------
+    def server(self) -> PacsServer:
+        return PacsServer(self.url.currentText().strip(), self.user.text().strip(), self.password.text())
+
+    def _server_chosen(self, index: int) -> None:
+        if 0 <= index < len(self._servers):
+            self.user.setText(self._servers[index]["user"])
+
+    def _busy(self, busy: bool) -> None:
+        for b in (self.search_button, self.open_button, self.send_button, self.save_button):
+            b.setEnabled(not busy)
+
+    def filters(self) -> dict:
+        f = {"patient_name": self.patient.text().strip(), "patient_id": self.patient_id.text().strip(),
+             "accession": self.accession.text().strip(), "modality": self.modality.currentText()}
+        if self.use_dates.isChecked():
+            f.update(date_from=self.date_from.date().toString("yyyyMMdd"),
+                     date_to=self.date_to.date().toString("yyyyMMdd"))
+        return f
+
+    # --- browse ----------------------------------------------------------------------
+    def search(self) -> None:
+        """Find studies with the filters; the server (without password) is remembered once it answers."""
+        server = self.server()
+        self.runner.start(search, server, self.filters(), on_result=lambda rows: self._show_studies(server, rows))
+
+    def _show_studies(self, server: PacsServer, rows: list[dict]) -> None:
+        remember_server(server.url, server.user)
+        self.studies, self.series = rows, []
+        _fill(self.study_table, STUDY_COLUMNS, rows)
+        _fill(self.series_table, SERIES_COLUMNS, [])
+        self.info.setText(f"{len(rows)} studies" if rows else "No studies match.")
+        if rows:  # list the first study's series once this run has finished
+            QTimer.singleShot(0, lambda: self.study_table.selectRow(0))
+
+    def _study_chosen(self) -> None:
+        r = self.study_table.currentRow()
+        if 0 <= r < len(self.studies) and not self.runner.running:
+            self.runner.start(list_series, self.server(), self.studies[r]["StudyInstanceUID"],
+                              on_result=self._show_series)
+
+    def _show_series(self, rows: list[dict]) -> None:
+        self.series = rows
+        _fill(self.series_table, SERIES_COLUMNS, rows)
+        if rows:
+            self.series_table.selectRow(0)
+
+    def open_series(self) -> None:
+        """Retrieve the selected series into a new layer (with progress and Cancel)."""
+        r = self.series_table.currentRow()
+        if not 0 <= r < len(self.series):
+            show_error("Choose a series to open.")
+            return
+        self.runner.start(pull_series, self.server(), self.series[r]["SeriesInstanceUID"], on_result=self._add)
+
+    def _add(self, item) -> None:
+        data, kwargs, kind = item.layer_data()
+        if kind == "labels":
+            kwargs["opacity"] = 0.5
+        self.viewer.add_layer(Layer.create(data, kwargs, kind))
+
+    # --- send back -------------------------------------------------------------------
+    def _labels_args(self) -> Optional[tuple]:
+        labels, ref = self.labels.value, self.reference.value
+        if labels is None or ref is None:
+            show_error("Choose a Labels layer and the image it was made on.")
+            return None
+        if not ref.metadata.get("series_uid"):
+            show_error(f"'{ref.name}' was not opened from a PACS or a DICOM folder; a SEG must reference a series.")
+            return None
+        return (layer_array(labels), Geometry.from_layer(labels), ref.metadata, _class_names(labels),
+                self.algorithm.text().strip() or "napari-medgen", self.version.text().strip())
+
+    def send(self) -> None:
+        """Store the Labels layer on the PACS as a DICOM SEG referencing the image's series."""
+        args = self._labels_args()
+        if args is None:
+            return
+        labels, geometry, meta, names, algorithm, version = args
+        self.runner.start(push_labels, self.server(), labels, geometry, meta["series_uid"], names, algorithm,
+                          version, on_result=self._sent)
+
+    def _sent(self, seg) -> None:
+        self.info.setText(f"Stored SEG series {seg.SeriesInstanceUID} ({len(seg.SegmentSequence)} segments).")
+        QTimer.singleShot(0, self._study_chosen)  # the new SEG series shows up in the list
+
+    def save(self, path: Optional[str] = None) -> None:
+        """Write the Labels layer as a DICOM SEG file (the image's series from disk or the PACS)."""
+        args = self._labels_args()
+        if args is None:
+            return
+        if not path:
+            path, _ = QFileDialog.getSaveFileName(self, "Save DICOM SEG", "segmentation.dcm", "DICOM (*.dcm)")
+        if not path:
+            return
+        labels, geometry, meta, names, algorithm, version = args
+        server = self.server() if self.url.currentText().strip() else None
+        self.runner.start(save_seg, path, labels, geometry, meta, server, names, algorithm, version,
+                          on_result=lambda p: show_info(f"Wrote {p}"))
+

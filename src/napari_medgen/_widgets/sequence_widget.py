@@ -1,0 +1,304 @@
+"""The "Time series" dock widget: train a CNN + LSTM on layers with a time axis, predict, plot per-frame curves.
+
+Targets are typed per layer or loaded from a CSV (``file``/``layer`` and ``target``
+columns, matched to layer names or source file names).  A Labels or Shapes layer
+restricts the model and the signal to a region (e.g. a lesion).  The per-frame
+curve is plotted in a panel under the viewer with a cursor on the current frame;
+clicking the plot moves the time slider to that frame.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Callable, Optional
+
+import napari
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSpinBox,
+                            QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from ..io.timeseries import is_time_series
+from ..models.checkpoint import Model
+from ..tasks.sequence import load_sequence_model, predict_sequence, train_sequence_model
+from ._layers import layer_array, row
+from ._plot import LivePlot
+from ._runner import JobRunner, device_chooser
+
+NO_REGION = "(whole frame)"
+
+
+class CurvePlot(FigureCanvasQTAgg):
+    """The model's per-frame curve and the region's mean signal, a cursor on the current frame; clicks seek."""
+
+    def __init__(self, on_click: Callable[[int], None]):
+        fig = Figure(figsize=(6, 1.8), tight_layout=True)
+        fig.patch.set_facecolor("#262930")
+        super().__init__(fig)
+        self.ax = fig.add_subplot(111)
+        self.ax2 = self.ax.twinx()
+        self.cursor = None
+        self.n = 0
+        self.setMinimumHeight(140)
+        self.mpl_connect("button_press_event", lambda ev: ev.xdata is not None and self.n and
+                         on_click(int(np.clip(round(ev.xdata), 0, self.n - 1))))
+
+    def show_curves(self, curve: np.ndarray, curve_name: str, signal: np.ndarray, title: str) -> None:
+        for ax in (self.ax, self.ax2):
+            ax.clear()
+            ax.set_facecolor("#262930")
+            ax.tick_params(colors="w", labelsize=7)
+        frames = np.arange(len(curve))
+        self.ax.plot(frames, curve, color="#ffb000", lw=1.5, label=curve_name)
+        self.ax2.plot(frames, signal, color="#4fc3f7", lw=1.0, ls="--", label="signal (region mean)")
+        self.ax.set_xlabel("frame", color="w", fontsize=8)
+        self.ax.set_ylabel(curve_name, color="#ffb000", fontsize=8)
+        self.ax2.set_ylabel("signal", color="#4fc3f7", fontsize=8)
+        self.ax2.yaxis.tick_right()  # clear() moved the twin axis to the left
+        self.ax2.yaxis.set_label_position("right")
+        self.ax.set_title(title, color="w", fontsize=9)
+        self.n = len(curve)
+        self.cursor = self.ax.axvline(0, color="w", lw=1)
+        self.draw_idle()
+
+    def set_frame(self, frame: int) -> None:
+        if self.cursor is not None:
+            self.cursor.set_xdata([frame, frame])
+            self.draw_idle()
+
+
+class SequenceWidget(QWidget):
+    """Layers with a time axis and their targets in; a sequence model, predictions and curves out."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model: Optional[Model] = None
+        self.result = None
+        self.task = QComboBox()
+        self.task.addItems(["classification", "regression"])
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["time series layer", "target"])
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setMinimumHeight(110)
+        self.table.setToolTip("Layers with a time axis; type a class or a value for each layer to train on "
+                              "(empty = not used).")
+        self.region = QComboBox()
+        self.region.setToolTip("A Labels or Shapes layer that restricts the model and the signal to a region.")
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 100_000)
+        self.steps.setValue(300)
+        self.bidirectional = QCheckBox("bidirectional LSTM")
+        self.device, self.device_line = device_chooser()
+        csv_button = QPushButton("Targets from CSV...")
+        csv_button.clicked.connect(self._load_csv)
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        self.predict_button = QPushButton("Predict current layer")
+        self.predict_button.clicked.connect(self.predict)
+        save, load = QPushButton("Save model..."), QPushButton("Load model...")
+        save.clicked.connect(self._save)
+        load.clicked.connect(self._load)
+        self.runner = JobRunner("Time series")
+        self.runner.started.connect(lambda: self._busy(True))
+        self.runner.done.connect(lambda _s: self._busy(False))
+        self.loss_plot = LivePlot("training", "step", height=1.8)
+        self.model_label = QLabel("no model")
+        self.model_label.setWordWrap(True)
+        self.result_label = QLabel("")
+        self.result_label.setWordWrap(True)
+        self.curve_plot = CurvePlot(self.seek)
+
+        form = QFormLayout()
+        form.addRow("task", self.task)
+        form.addRow("region", self.region)
+        form.addRow("steps", self.steps)
+        form.addRow("device", self.device)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.table)
+        lay.addWidget(csv_button)
+        lay.addLayout(form)
+        lay.addWidget(self.bidirectional)
+        lay.addWidget(self.device_line)
+        lay.addWidget(row(self.train_button, self.predict_button))
+        lay.addWidget(row(save, load))
+        lay.addWidget(self.runner)
+        lay.addWidget(self.loss_plot)
+        lay.addWidget(self.model_label)
+        lay.addWidget(self.result_label)
+        lay.addStretch(1)
+        self.viewer.layers.events.inserted.connect(self.refresh)
+        self.viewer.layers.events.removed.connect(self.refresh)
+        self.viewer.dims.events.current_step.connect(self._follow_frame)
+        self._curve_dock = None
+        self.refresh()
+
+    # --- layers and targets ------------------------------------------------------------------------
+    def series_layers(self) -> list:
+        return [ly for ly in self.viewer.layers if isinstance(ly, napari.layers.Image) and not ly.rgb
+                and ly.ndim in (3, 4) and is_time_series(ly.metadata, ly.axis_labels)]
+
+    def refresh(self, _event=None) -> None:
+        """Re-list the time-series layers (keeping typed targets) and the region layers."""
+        typed = self.targets()
+        names = [ly.name for ly in self.series_layers()]
+        self.table.setRowCount(len(names))
+        for i, name in enumerate(names):
+            item = QTableWidgetItem(name)
+            item.setFlags(item.flags() & ~Qt.ItemIsEditable)
+            self.table.setItem(i, 0, item)
+            self.table.setItem(i, 1, QTableWidgetItem(typed.get(name, "")))
+        current = self.region.currentText()
+        self.region.clear()
+        self.region.addItems([NO_REGION] + [ly.name for ly in self.viewer.layers
+                                            if isinstance(ly, (napari.layers.Labels, napari.layers.Shapes))])
+        self.region.setCurrentText(current if current else NO_REGION)
+
+    def targets(self) -> dict:
+        """Layer name -> typed target (non-empty only)."""
+        out = {}
+        for i in range(self.table.rowCount()):
+            name, target = self.table.item(i, 0), self.table.item(i, 1)
+            if name is not None and target is not None and target.text().strip():
+                out[name.text()] = target.text().strip()
+        return out
+
+    def set_target(self, layer_name: str, target) -> None:
+        for i in range(self.table.rowCount()):
+            if self.table.item(i, 0).text() == layer_name:
+                self.table.setItem(i, 1, QTableWidgetItem(str(target)))
+                return
+        raise KeyError(layer_name)
+
+    def load_targets(self, path: str) -> int:
+        """Fill targets from a CSV matched on layer names or source file names; returns how many matched."""
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        cols = {c.strip().lower(): c for c in (rows[0] if rows else {})}
+        key = next((cols[c] for c in ("layer", "file", "path", "name") if c in cols), None)
+        val = next((cols[c] for c in ("target", "label", "value", "class") if c in cols), None)
+        if key is None or val is None:
+            raise ValueError(f"{Path(path).name} needs a 'layer' or 'file' column and a 'target' column.")
+        by_name = {Path(r[key].strip()).name.split(".")[0]: r[val].strip() for r in rows}
+        n = 0
+        for ly in self.series_layers():
+            source = Path(str(ly.metadata.get("source", ""))).name.split(".")[0]
+            target = by_name.get(ly.name.split(".")[0], by_name.get(source))
+            if target:
+                self.set_target(ly.name, target)
+                n += 1
+        return n
+
+    def _load_csv(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Targets CSV", "", "CSV (*.csv);;All files (*)")
+        if path:
+            try:
+                show_info(f"Targets for {self.load_targets(path)} layers loaded.")
+            except (OSError, ValueError) as err:
+                show_error(str(err))
+
+    def region_mask(self, layer) -> Optional[np.ndarray]:
+        """The chosen region on ``layer``'s grid (None for the whole frame)."""
+        name = self.region.currentText()
+        if not name or name == NO_REGION or name not in self.viewer.layers:
+            return None
+        reg = self.viewer.layers[name]
+        if isinstance(reg, napari.layers.Shapes):
+            return reg.to_labels(labels_shape=layer.data.shape) > 0 if len(reg.data) else None
+        return layer_array(reg)
+
+    # --- actions ---------------------------------------------------------------------------------------
+    def train(self) -> None:
+        """Train on every layer with a typed target, in a worker thread."""
+        targets = self.targets()
+        layers = [ly for ly in self.series_layers() if ly.name in targets]
+        if len(layers) < 2:
+            show_error("Type a target for at least two time-series layers (or load a CSV) before training.")
+            return
+        seqs = [layer_array(ly) for ly in layers]
+        regions = [self.region_mask(ly) for ly in layers]
+        self.loss_plot.clear()
+        self.runner.start(train_sequence_model, seqs, [targets[ly.name] for ly in layers], self.task.currentText(),
+                          regions=regions, steps=self.steps.value(), bidirectional=self.bidirectional.isChecked(),
+                          device=self.device.currentText(), on_result=self._trained, on_progress=self._progress)
+
+    def _progress(self, ev) -> None:
+        for k in ("loss", "val_metric"):
+            if k in ev.metrics:
+                self.loss_plot.add(k, ev.step, float(ev.metrics[k]))
+
+    def _trained(self, result) -> None:
+        self.model, hist = result
+        self._describe(f"best validation {hist['best_metric']:.3g} ({hist['returned']})")
+
+    def _describe(self, extra: str = "") -> None:
+        self.model_label.setText(f"{self.model.name}: {self.model.config.description} {extra}".strip())
+
+    def current_layer(self):
+        active = self.viewer.layers.selection.active
+        layers = self.series_layers()
+        return active if active in layers else (layers[0] if layers else None)
+
+    def predict(self) -> None:
+        """Predict the selected time-series layer and plot its per-frame curve under the viewer."""
+        layer = self.current_layer()
+        if self.model is None:
+            show_error("Train or load a time series model first.")
+            return
+        if layer is None:
+            show_error("Open or select a layer with a time axis to predict.")
+            return
+        self._source = layer
+        self.runner.start(predict_sequence, self.model, layer_array(layer), self.region_mask(layer),
+                          device=self.device.currentText(), on_result=self._predicted)
+
+    def _predicted(self, res) -> None:
+        self.result = res
+        layer = self._source
+        if res.label is not None:
+            probs = ", ".join(f"{k} {v:.0%}" for k, v in res.probabilities.items())
+            text = f"{layer.name}: {res.label} ({probs})"
+        else:
+            text = f"{layer.name}: {res.value:.4g}"
+        self.result_label.setText(text)
+        self.curve_plot.show_curves(res.curve, res.curve_name, res.signal, text)
+        if self._curve_dock is None:
+            self._curve_dock = self.viewer.window.add_dock_widget(self.curve_plot, area="bottom",
+                                                                  name="Time series curve")
+        self._follow_frame()
+
+    def time_axis(self) -> int:
+        layer = getattr(self, "_source", None) or self.current_layer()
+        return self.viewer.dims.ndim - (layer.ndim if layer is not None else self.viewer.dims.ndim)
+
+    def seek(self, frame: int) -> None:
+        """Move the time slider to ``frame``."""
+        self.viewer.dims.set_current_step(self.time_axis(), frame)
+
+    def _follow_frame(self, _event=None) -> None:
+        self.curve_plot.set_frame(self.viewer.dims.current_step[self.time_axis()])
+
+    def _busy(self, busy: bool) -> None:
+        self.train_button.setEnabled(not busy)
+        self.predict_button.setEnabled(not busy)
+
+    def _save(self) -> None:
+        if self.model is None:
+            show_error("Train or load a time series model first.")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Save model", f"{self.model.name}.medgen.pt", "Models (*.medgen.pt)")
+        if path:
+            self.model.save(path)
+
+    def _load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Time series model", "", "Models (*.medgen.pt)")
+        if path:
+            try:
+                self.model = load_sequence_model(path)
+            except ValueError as err:
+                show_error(str(err))
+                return
+            self._describe()

@@ -1,0 +1,77 @@
+"""``napari-medgen train-cohort DATASET_DIR --out MODEL.medgen.pt``: train a segmenter on a labelled cohort.
+
+Runs in one process, or under ``torchrun --nproc_per_node=N`` with DistributedDataParallel
+(each rank reads its share of the cases; only rank 0 writes the model and prints).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .options import add_common, check_output
+from ..errors import UserError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"'{text}' is not a comma-separated list of whole numbers.") from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train-cohort", help="train a 2D/3D U-Net on a Decathlon / nnU-Net dataset folder",
+                       description="Train a segmenter on DATASET_DIR (imagesTr/ + labelsTr/ with matching "
+                                   "names, or a dataset.json datalist). Under torchrun it trains with "
+                                   "DistributedDataParallel; only rank 0 writes the model.")
+    p.add_argument("dataset", help="dataset folder (Medical Segmentation Decathlon / nnU-Net layout)")
+    p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 1000 unless --seconds)")
+    p.add_argument("--seconds", type=float, default=None, help="training time budget in seconds")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D (slice by slice) or 3D U-Net")
+    p.add_argument("--axis", type=int, default=0, help="2D: slice axis in (z, y, x) order (default 0)")
+    p.add_argument("--channels", default="16,32,64,128", help="U-Net feature channels per level")
+    p.add_argument("--patch-size", default=None, help="training patch, e.g. 128,128 (default from the data)")
+    p.add_argument("--batch-size", type=int, default=None, help="patches per step and process (2D 8, 3D 2)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of cases held out for validation")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint if there is one")
+    p.add_argument("--checkpoint-every", type=float, default=300.0,
+                   help="seconds between checkpoints (written at validations; default 300)")
+    p.add_argument("--seed", type=int, default=0)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..engine import distributed as dist
+    from ..models.checkpoint import SUFFIX
+    from ..tasks.cohort import checkpoint_path, train_cohort
+    from .progress import terminal_job
+
+    out = Path(args.out)
+    if not out.name.endswith(SUFFIX):
+        raise UserError(f"The model file name must end with {SUFFIX}.")
+    check_output(out, args.overwrite)
+    ckpt = checkpoint_path(out)
+    if ckpt.exists() and not args.resume and not args.overwrite:
+        raise FileExistsError(f"{ckpt} is left from an earlier run; use --resume to continue it or "
+                              "--overwrite to start afresh.")
+    with dist.session(args.device) as device:
+        quiet = args.quiet or not dist.is_main_process()
+        with terminal_job("train-cohort", quiet=quiet) as job:
+            model, history = train_cohort(
+                args.dataset, spatial_dims=args.dims, steps=args.steps, seconds=args.seconds, axis=args.axis,
+                val_fraction=args.val_fraction, channels=tuple(_ints(args.channels)),
+                patch_size=_ints(args.patch_size) if args.patch_size else None, batch_size=args.batch_size,
+                lr=args.lr, augment=not args.no_augment, checkpoint=ckpt, resume=args.resume,
+                checkpoint_seconds=args.checkpoint_every, device=device, seed=args.seed, progress=job)
+        if dist.is_main_process():
+            model.save(out)
+            ckpt.unlink(missing_ok=True)
+            rec = model.config.training
+            summary = {k: rec.get(k) for k in ("world_size", "steps", "samples_seen", "val_dice", "seconds")}
+            print(f"wrote {out}: {json.dumps(summary)}")
+        dist.gather(None)  # the other ranks leave once the model is written
+    return 0

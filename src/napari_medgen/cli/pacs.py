@@ -1,0 +1,128 @@
+"""``napari-medgen pacs find|pull|push``: the DICOMweb round trip from a terminal.
+
+The password comes from ``MEDGEN_PACS_PASSWORD`` (or a prompt on a terminal), never the command line.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from .options import check_output
+
+PASSWORD_ENV = "MEDGEN_PACS_PASSWORD"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("pacs", help="find, pull and push series on a PACS (DICOMweb)")
+    verbs = p.add_subparsers(dest="pacs_verb", required=True)
+
+    def common(q):
+        q.add_argument("--url", required=True, help="DICOMweb root, e.g. http://pacs:8042/dicom-web")
+        q.add_argument("--user", default="", help=f"user name (password from ${PASSWORD_ENV})")
+        q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    f = verbs.add_parser("find", help="list studies and their series")
+    common(f)
+    f.add_argument("--patient", default="", help="patient name (substring, * wildcards)")
+    f.add_argument("--patient-id", default="")
+    f.add_argument("--accession", default="")
+    f.add_argument("--modality", default="", help="e.g. CT, MR, SEG")
+    f.add_argument("--date", default="", help="study date YYYYMMDD or range YYYYMMDD-YYYYMMDD")
+    f.set_defaults(func=run_find)
+
+    g = verbs.add_parser("pull", help="retrieve a series into an image file (a SEG into a label image)")
+    common(g)
+    g.add_argument("--series", required=True, help="SeriesInstanceUID")
+    g.add_argument("output", help="image file: .nii.gz, .nii, .nrrd, .mha")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    g.set_defaults(func=run_pull)
+
+    s = verbs.add_parser("push", help="send a label image as a DICOM SEG referencing a series")
+    common(s)
+    s.add_argument("--reference-series", required=True, help="SeriesInstanceUID the labels were made on")
+    s.add_argument("labels", help="label image on that series' grid (.nii.gz, .nrrd, ...)")
+    s.add_argument("--classes", default="", help="class names by label value, comma separated (0 first)")
+    s.add_argument("--algorithm", default="napari-medgen", help="model name recorded in the SEG")
+    s.add_argument("--algorithm-version", default="", help="model version recorded in the SEG")
+    s.add_argument("--save", default="", help="also write the SEG to this .dcm file")
+    s.set_defaults(func=run_push)
+
+
+def server_from(args):
+    """The server of ``--url``/``--user`` with the password from the environment (or a prompt)."""
+    from ..pacs.client import PacsServer
+
+    password = os.environ.get(PASSWORD_ENV, "")
+    if args.user and not password:
+        if not sys.stdin.isatty():
+            raise ValueError(f"Set {PASSWORD_ENV} to the password of '{args.user}' (it is never taken from the "
+                             f"command line).")
+        password = getpass.getpass(f"Password for {args.user} at {args.url}: ")
+    return PacsServer(args.url, args.user, password)
+
+
+def run_find(args) -> int:
+    from ..pacs.client import find_series, find_studies
+
+    server = server_from(args)
+    date_from, _, date_to = args.date.partition("-")
+    studies = find_studies(server, patient_name=args.patient, patient_id=args.patient_id,
+                           accession=args.accession, modality=args.modality, date_from=date_from,
+                           date_to=date_to if "-" in args.date else date_from)
+    if not studies:
+        print("No studies match.", file=sys.stderr)
+        return 0
+    for st in studies:
+        print(f"{st['StudyDate'] or '-':8}  {st['PatientName'] or '-'}  ({st['PatientID'] or '-'})  "
+              f"{st['StudyDescription'] or ''}  accession {st['AccessionNumber'] or '-'}  "
+              f"study {st['StudyInstanceUID']}")
+        for se in find_series(server, st["StudyInstanceUID"]):
+            print(f"    {se['Modality'] or '?':4} #{se['SeriesNumber'] or '-':<5} "
+                  f"{se['NumberOfSeriesRelatedInstances'] or '?':>5} inst  {se['SeriesDescription'] or '':30} "
+                  f"series {se['SeriesInstanceUID']}")
+    return 0
+
+
+def run_pull(args) -> int:
+    from .. import Cancelled
+    from ..io import write_image
+    from ..pacs.client import pull_series
+    from .progress import terminal_job
+
+    check_output(args.output, args.overwrite)  # before the transfer, not after it
+    server = server_from(args)
+    try:
+        with terminal_job("pull", quiet=args.quiet) as job:
+            item = pull_series(server, args.series, progress=job)
+    except Cancelled:
+        print("napari-medgen: stopped; nothing was written.", file=sys.stderr)
+        return 130
+    print(write_image(args.output, item.data, item.geometry, overwrite=args.overwrite))
+    return 0
+
+
+def run_push(args) -> int:
+    from .. import Cancelled
+    from ..io import read_image
+    from ..pacs.client import push_labels
+    from ..pacs.seg import write_seg
+    from .progress import terminal_job
+
+    if args.save:
+        check_output(args.save, False)
+    labels = read_image(Path(args.labels))
+    names = [c.strip() for c in args.classes.split(",")] if args.classes else labels.metadata.get("class_names")
+    server = server_from(args)
+    try:
+        with terminal_job("push", quiet=args.quiet) as job:
+            seg = push_labels(server, labels.data, labels.geometry, args.reference_series, names, args.algorithm,
+                              args.algorithm_version, progress=job)
+    except Cancelled:
+        print("napari-medgen: stopped; nothing was sent.", file=sys.stderr)
+        return 130
+    if args.save:
+        print(write_seg(args.save, seg))
+    print(seg.SeriesInstanceUID)
+    return 0

@@ -1,0 +1,124 @@
+"""``napari-medgen sequence-*``: train a CNN + LSTM on image time series listed in a CSV, and predict.
+
+The CSV has a header with ``file`` (a 4D image, a cine DICOM or a folder of frames,
+relative to the folder) and ``target`` (class name or number); an optional
+``region`` column names a mask file that restricts the model to a lesion.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .options import add_common, check_output
+from .progress import terminal_job
+from ..errors import UserError
+
+FILE_COLUMNS, TARGET_COLUMNS = ("file", "path", "sequence", "name"), ("target", "label", "value", "class")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sequence-train", help="train a CNN + LSTM on time series listed in a CSV")
+    p.add_argument("folder", help="folder holding the sequences named in the CSV")
+    p.add_argument("--csv", required=True, help="CSV with columns file,target[,region]")
+    p.add_argument("--task", choices=["classification", "regression"], default="classification")
+    p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seconds", type=float, help="wall-time budget (stops at whichever comes first)")
+    p.add_argument("--size", type=int, nargs="+", help="frame size for the network, e.g. 64 64")
+    p.add_argument("--bidirectional", action="store_true", help="read the frames in both directions")
+    p.add_argument("--pretrained", help="a .medgen.pt model whose encoder weights start the frame encoder")
+    add_common(p)
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("sequence-predict", help="class or value of time series, with a per-frame curve")
+    p.add_argument("inputs", nargs="+", help="4D images, cine DICOMs or folders of frames")
+    p.add_argument("--model", required=True)
+    p.add_argument("--region", help="mask restricting the model and the signal (same for every input)")
+    p.add_argument("--curves", help="CSV to write the per-frame curve and signal of each input")
+    add_common(p)
+    p.set_defaults(func=run_predict)
+
+
+def read_sequence(path) -> tuple:
+    """(array with time first, time step) of a time-series file or folder; a 3D image counts as (t, y, x)."""
+    from ..io import read_path
+    from ..io.timeseries import is_time_series, time_step
+
+    item = read_path(path)[0]
+    if not is_time_series(item.metadata) and item.data.ndim != 3:
+        raise UserError(f"{path} is not a time series (shape {item.data.shape}); give a 4D image, a cine "
+                        "DICOM, a folder of frames or a 3D (t, y, x) image.")
+    return item.data, time_step(item.metadata)
+
+
+def read_table(folder: Path, table: Path) -> list[dict]:
+    """Rows of (file, target, region) from the CSV, paths resolved against ``folder``."""
+    if not table.is_file():
+        raise UserError(f"The CSV {table} does not exist.")
+    with open(table, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise UserError(f"{table.name} has no rows; it needs a header with file and target columns.")
+    cols = {c.strip().lower(): c for c in rows[0]}
+    fcol = next((cols[c] for c in FILE_COLUMNS if c in cols), None)
+    tcol = next((cols[c] for c in TARGET_COLUMNS if c in cols), None)
+    if fcol is None or tcol is None:
+        raise UserError(f"{table.name} needs a 'file' and a 'target' column (has {', '.join(cols) or 'none'}).")
+    out = []
+    for i, r in enumerate(rows, start=2):
+        name, target = (r.get(fcol) or "").strip(), (r.get(tcol) or "").strip()
+        if not name or not target:
+            raise UserError(f"{table.name} line {i} lacks a file or a target.")
+        region = (r.get(cols.get("region", ""), "") or "").strip()
+        out.append({"file": folder / name, "target": target, "region": folder / region if region else None})
+    return out
+
+
+def run_train(args) -> int:
+    from ..io import read_image
+    from ..tasks.sequence import train_sequence_model
+
+    check_output(args.out, args.overwrite)
+    rows = read_table(Path(args.folder), Path(args.csv))
+    seqs = [read_sequence(r["file"])[0] for r in rows]
+    regions = [read_image(r["region"]).data if r["region"] else None for r in rows]
+    targets = [r["target"] for r in rows]
+    with terminal_job("sequence-train", args.quiet) as job:
+        model, hist = train_sequence_model(seqs, targets, args.task, regions=regions, size=args.size,
+                                           steps=args.steps, seconds=args.seconds, bidirectional=args.bidirectional,
+                                           pretrained=args.pretrained, device=args.device,
+                                           name=Path(args.out).name.split(".")[0], progress=job)
+    model.save(args.out)
+    metric = "accuracy" if args.task == "classification" else "MAE"
+    note = " (stopped early; best weights so far)" if hist["stopped"] else ""
+    print(f"saved {args.out}{note}; best validation {metric} {hist['best_metric']:.4g}")
+    return 0
+
+
+def run_predict(args) -> int:
+    from ..io import read_image
+    from ..tasks.sequence import load_sequence_model, predict_sequence
+
+    if args.curves:
+        check_output(args.curves, args.overwrite)
+    model = load_sequence_model(args.model)
+    region = read_image(args.region).data if args.region else None
+    results, lines = [], []
+    with terminal_job("sequence-predict", args.quiet) as job:
+        for path in args.inputs:
+            data, (step, unit) = read_sequence(path)
+            results.append((path, step, unit, predict_sequence(model, data, region, device=args.device,
+                                                               progress=job)))
+    for path, step, unit, res in results:
+        answer = (f"{res.label} ({res.probabilities[res.label]:.0%})" if res.label is not None
+                  else f"{res.value:.4g}")
+        print(f"{path}: {answer}")
+        lines += [[str(path), k, f"{k * step:g} {unit}", f"{c:.6g}", f"{s:.6g}"]
+                  for k, (c, s) in enumerate(zip(res.curve, res.signal))]
+    if args.curves:
+        with open(args.curves, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["file", "frame", "time", results[0][3].curve_name, "signal"])
+            w.writerows(lines)
+        print(f"saved {args.curves}")
+    return 0

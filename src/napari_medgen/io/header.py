@@ -1,0 +1,96 @@
+"""How many voxel bytes a file's header announces, and how many the file holds, found before reading it.
+
+ITK zero-fills a truncated uncompressed file and allocates whatever a header claims,
+so :func:`voxel_bytes` lets the reader refuse a short file before any allocation.
+"""
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import SimpleITK as sitk
+
+
+def voxel_bytes(path: Path, decompressed: "tuple[int, bytes] | None" = None) -> "tuple[int, int] | None":
+    """``(announced, present)`` voxel bytes of a NIfTI, MetaImage or raw NRRD file, or None when unknown.
+
+    ``decompressed`` = (length, first bytes) of a ``.nii.gz`` after a full decompression pass.
+    """
+    name = path.name.lower()
+    if name.endswith(".nii"):
+        present = _nifti_present(path.stat().st_size, _head(path, 552))
+    elif name.endswith(".nii.gz") and decompressed is not None:
+        present = _nifti_present(*decompressed)
+    elif name.endswith((".mha", ".mhd")):
+        present = _meta_present(path)
+    elif name.endswith((".nrrd", ".nhdr")):
+        present = _nrrd_present(path)
+    else:
+        return None
+    if present is None:
+        return None
+    return announced_bytes(path), present
+
+
+def announced_bytes(path: Path) -> int:
+    """Voxel bytes implied by the header (size x components x bytes per component), read without the voxels."""
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(path))
+    info.ReadImageInformation()
+    one = sitk.Image([1] * info.GetDimension(), info.GetPixelID(), info.GetNumberOfComponents())
+    n = 1
+    for s in info.GetSize():
+        n *= int(s)
+    return n * info.GetNumberOfComponents() * one.GetSizeOfPixelComponent()
+
+
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def _nifti_present(total: int, head: bytes) -> "int | None":
+    """Bytes after ``vox_offset`` (NIfTI-1: float32 at 108; NIfTI-2: int64 at 168)."""
+    if len(head) < 348:
+        return None
+    for order in "<>":
+        size = struct.unpack(order + "i", head[:4])[0]
+        if size == 348:
+            return total - int(struct.unpack(order + "f", head[108:112])[0])
+        if size == 540 and len(head) >= 176:
+            return total - struct.unpack(order + "q", head[168:176])[0]
+    return None
+
+
+def _meta_present(path: Path) -> "int | None":
+    """Uncompressed MetaImage: the bytes after the header (``LOCAL``) or of the one data file."""
+    raw = _head(path, 1 << 16)
+    end = re.search(rb"ElementDataFile\s*=\s*([^\r\n]*)\r?\n?", raw)
+    if end is None or re.search(rb"CompressedData\s*=\s*True", raw[:end.start()], re.I) \
+            or re.search(rb"HeaderSize", raw[:end.start()]):
+        return None
+    target = end.group(1).strip().decode(errors="replace")
+    if target == "LOCAL":
+        return path.stat().st_size - end.end()
+    data = path.parent / target
+    if target.startswith("LIST") or "%" in target or not data.is_file():
+        return None
+    return data.stat().st_size
+
+
+def _nrrd_present(path: Path) -> "int | None":
+    """Raw NRRD: the bytes after the blank line ending the header, or of its one detached data file."""
+    raw = _head(path, 1 << 16)
+    end = re.search(rb"\r?\n\r?\n", raw)
+    header = (raw[:end.start()] if end else raw).decode(errors="replace")
+    fields = dict((k.strip().lower(), v.strip()) for k, v in
+                  (ln.split(":", 1) for ln in header.splitlines()[1:] if ":" in ln and ":=" not in ln))
+    if fields.get("encoding") != "raw" or "line skip" in fields or "byte skip" in fields \
+            or "lineskip" in fields or "byteskip" in fields:
+        return None
+    detached = fields.get("data file") or fields.get("datafile")
+    if detached:
+        data = path.parent / detached
+        return data.stat().st_size if data.is_file() and " " not in detached else None
+    return path.stat().st_size - end.end() if end else None

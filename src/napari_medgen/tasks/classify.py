@@ -1,0 +1,180 @@
+"""Image classification (2D slices or 3D volumes) with transfer learning and Grad-CAM heatmaps.
+
+``train_classifier(images, labels)`` -> ``(model, history)``; ``classify(model, image)`` ->
+:class:`ClassificationResult` with the label, the class probabilities, a Grad-CAM heatmap
+on the image's own grid and, for volumes, per-slice scores.  The network is a U-Net whose
+per-voxel class evidence is pooled (see :mod:`napari_medgen.models.encoders`), so the
+heatmap has the input's resolution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from monai.visualize import GradCAM
+
+from ..engine.device import select_device
+from ..engine.fit import Budget, fit
+from ..engine.jobs import Job
+from ..errors import UserError
+from ..io import Geometry
+from ..models.checkpoint import Model, ModelFileError
+from ..models.config import ClassificationParams, ModelConfig, Task
+from ..models.encoders import (HEATMAP_LAYER, EvidenceClassifier, classifier_specs, pretrained_source,
+                               size_multiple, transfer)
+from .classify_data import as_image, as_images, default_spacing, encode_labels, prepare, to_image_grid
+from .classify_training import ClassifierTask, classification_metrics, predict
+
+DEFAULT_SIZE = {2: (128, 128), 3: (64, 64, 64)}
+
+
+@dataclass
+class ClassificationResult:
+    """One image's class, probabilities (class -> p), heatmap (image grid) and, for volumes, slice scores."""
+
+    label: object
+    probabilities: dict
+    heatmap: Optional[np.ndarray] = None
+    geometry: Optional[Geometry] = None
+    target: object = None  # the class the heatmap explains
+    slice_scores: Optional[np.ndarray] = None  # volumes: heatmap maximum per slice along axis 0
+    top_slices: list = field(default_factory=list)  # slice indices, highest score first
+
+
+def network(model: Model) -> EvidenceClassifier:
+    """The classifier as one module (shares the model's networks)."""
+    return EvidenceClassifier(model.networks["net"], model.networks["head"], model.params.sharpness)
+
+
+def load_classifier(model) -> Model:
+    """A classification Model from a Model or a ``.medgen.pt`` path."""
+    if isinstance(model, Model):
+        if model.task != Task.CLASSIFICATION:
+            raise ModelFileError(f"{model.name} is a {model.task} model, not a classification model.")
+        return model
+    return Model.load(model, expect=Task.CLASSIFICATION)
+
+
+def _split(y: np.ndarray, fraction: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, val) indices: ``fraction`` of each class with >= 2 images, at least one each."""
+    train, val = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        k = 0 if len(idx) < 2 or fraction <= 0 else min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
+        val += list(idx[:k])
+        train += list(idx[k:])
+    return np.array(sorted(train)), np.array(sorted(val), int)
+
+
+def train_classifier(images, labels, *, classes=None, val_images=None, val_labels=None,
+                     val_fraction: float = 0.2, size=None, spacing=None, normalization: dict | None = None,
+                     pretrained=None, freeze: float = 0.3, body: dict | None = None, sharpness: float = 5.0,
+                     steps: int | None = 300, seconds: float | None = None, lr: float | None = None,
+                     batch_size: int = 8, augment: bool = True, patience: int | None = None,
+                     val_every: int | None = None, device="auto", seed: int = 0, name: str = "classifier",
+                     progress=None, stop=None, cancel=None) -> tuple[Model, dict]:
+    """Train a classifier on ``images`` (arrays, ImageData or files; all 2D or all 3D) and their ``labels``.
+
+    Every image is normalised (``normalization``; default ``auto``: a HU window for CT, per-image
+    percentiles for MRI), resampled to the isotropic ``spacing`` (default: the median field of view
+    fits ``size``) and centred in ``size``; :func:`classify` does the same.  ``pretrained``: a
+    segmentation U-Net (``"brain-tissue-2d"``, a ``.medgen.pt`` file, a MONAI bundle folder), a VAE
+    ``.medgen.pt`` or a MONAI UNet state dict; its layers are frozen for the first ``freeze``
+    fraction of the budget.  Validation: ``val_images``/``val_labels``, else a stratified
+    ``val_fraction``; ``history["metrics"]`` holds accuracy, balanced accuracy, AUROC per class and
+    the confusion matrix of the returned weights.  Budget, stop, cancel and progress are
+    :func:`~napari_medgen.engine.fit.fit`'s.
+    """
+    job = Job.of(progress, stop, cancel)
+    imgs = as_images(images)
+    labels = list(labels)
+    if len(labels) != len(imgs):
+        raise UserError(f"There are {len(imgs)} images but {len(labels)} labels; give one label per image.")
+    classes, y = encode_labels(labels, classes)
+    dims = imgs[0].data.ndim
+    src_body, state, source = (None, None, "")
+    if pretrained is not None:
+        src_body, state, source = pretrained_source(pretrained, dims)
+    arch = {**(src_body or {}), **(body or {})}
+    specs = classifier_specs(len(classes), dims, arch)
+    arch = {k: specs["net"].args[k] for k in ("channels", "strides", "num_res_units")}
+    size = tuple(int(s) for s in (size or DEFAULT_SIZE[dims]))
+    mult = size_multiple(arch)
+    if len(size) != dims or any(s % mult for s in size):
+        raise UserError(f"The network size must be {dims} numbers, each a multiple of {mult} (got {list(size)}).")
+    spacing = [float(s) for s in (spacing or default_spacing(imgs, size))]
+    spec = dict(normalization or {"kind": "auto"})
+    params = ClassificationParams(classes=classes, spatial_dims=dims, size=list(size), spacing=spacing,
+                                  pretrained=source, sharpness=float(sharpness))
+    config = ModelConfig(task=Task.CLASSIFICATION, name=name, networks=specs, params=params,
+                         normalization=spec, description=f"{dims}D classifier of {', '.join(map(str, classes))}"
+                         + (f", from the {source}" if source else ""))
+    model = Model(config)
+    frozen = []
+    if state is not None:
+        frozen = ["body." + k for k in transfer(model.networks["net"], state)]
+    job.report(0, 1, "preparing images")
+    x = np.stack([prepare(im, spec, spacing, size)[0] for im in imgs])
+    rng = np.random.default_rng(seed)
+    if val_images is not None:
+        vx = np.stack([prepare(im, spec, spacing, size)[0] for im in as_images(val_images)])
+        val = (vx, encode_labels(list(val_labels), classes)[1])
+        tr = np.arange(len(x))
+    else:
+        tr, vi = _split(y, val_fraction, rng)
+        val = (x[vi], y[vi]) if len(vi) else None
+    net = network(model)
+    task = ClassifierTask(net, x[tr], y[tr], classes, val=val, budget=Budget(steps, seconds), frozen=frozen,
+                          freeze=freeze if frozen else 0.0, lr=lr or (5e-4 if frozen else 1e-3),
+                          batch_size=batch_size, augment=augment, seed=seed)
+    history = fit(task, Budget(steps, seconds), device=device, patience=patience,
+                  val_every=val_every or max(1, (steps or 300) // 10), progress=job,
+                  message="training classifier")
+    if val is not None:
+        history["metrics"] = classification_metrics(predict(net.eval(), val[0], "cpu"), val[1], classes)
+    history.update(classes=classes, n_train=int(len(tr)), n_val=0 if val is None else int(len(val[1])),
+                   pretrained=source, frozen_layers=len(frozen))
+    model.config.params.metrics = history.get("metrics")
+    model.config.training = {k: history[k] for k in ("best_step", "best_metric", "returned", "stopped", "seconds",
+                                                     "device", "n_train", "n_val", "frozen_layers")}
+    return model, history
+
+
+def classify(model, image, *, target=None, heatmap: bool = True, device="auto",
+             progress=None, stop=None) -> ClassificationResult:
+    """Classify one image (array, ImageData or file); the heatmap explains ``target`` (default: the label)."""
+    job = Job.of(progress, stop)
+    m = load_classifier(model)
+    p = m.params
+    img = as_image(image)
+    if img.data.ndim != p.spatial_dims:
+        raise UserError(f"This classifier takes {p.spatial_dims}D images; {img.name} is {img.data.ndim}D.")
+    dev = select_device(device)
+    net = network(m).to(dev).eval()
+    x, placement = prepare(img, m.config.normalization, p.spacing, p.size)
+    job.report(0, 2, "classifying")
+    job.check()
+    with torch.no_grad():
+        probs = predict(net, x[None], dev)[0]
+    classes = list(p.classes)
+    label = classes[int(probs.argmax())]
+    result = ClassificationResult(label, {c: float(q) for c, q in zip(classes, probs)}, geometry=img.geometry)
+    if heatmap:
+        job.report(1, 2, "heatmap")
+        job.check()
+        result.target = label if target is None else target
+        if result.target not in classes:
+            raise UserError(f"'{result.target}' is not one of the classes {', '.join(map(str, classes))}.")
+        cam = GradCAM(net, target_layers=HEATMAP_LAYER)
+        xt = torch.as_tensor(x)[None, None].to(dev).requires_grad_(True)
+        with torch.enable_grad():
+            hm = cam(xt, class_idx=classes.index(result.target))[0, 0].detach().float().cpu().numpy()
+        result.heatmap = to_image_grid(hm, placement, img.data.shape)
+        if img.data.ndim == 3:
+            result.slice_scores = result.heatmap.reshape(len(result.heatmap), -1).max(1)
+            result.top_slices = [int(i) for i in np.argsort(-result.slice_scores, kind="stable")]
+    net.cpu()
+    job.report(2, 2, "done")
+    return result

@@ -1,0 +1,67 @@
+"""Does an image look like what a segmentation model was trained on? One sentence per doubt.
+
+The model's card (:func:`~napari_medgen.models.segmentation.model_card`) names its modality,
+anatomy and field of view; its config names its training spacing.  A CT in Hounsfield units
+into an MRI model, voxels more than twice as large or small, or a field of view far wider
+than the trained anatomy each give a sentence; :func:`~napari_medgen.tasks.segment.segment`
+still returns labels and emits them as :class:`ModelMismatchWarning`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.normalize import resolve
+from ..models.segmentation import model_card
+
+SPACING_RATIO = 2.0  # voxels more than this many times larger or smaller than the training voxels
+FOV_RATIO = 1.5  # a field of view this many times wider than the trained anatomy
+
+
+class ModelMismatchWarning(UserWarning):
+    """The image differs from the model's training data (modality, anatomy, spacing): labels may be wrong."""
+
+
+def mismatch_warnings(image: np.ndarray, model, *, spacing=None, modality: str = "", axis: int = 0) -> list[str]:
+    """Sentences saying how ``image`` ((channels, *spatial)) differs from ``model``'s training data."""
+    card, cfg, name = model_card(model), model.params, model.name
+    out = []
+    expected = str(card.get("modality", "")).upper() or _norm_modality(model.config.normalization)
+    modality = (modality or "").upper()
+    is_ct = modality == "CT" or (not modality and resolve({"kind": "auto"}, image[0])["kind"] == "window")
+    if expected == "CT" and not is_ct:
+        out.append(f"The image does not look like CT in Hounsfield units, but '{name}' was trained on CT; "
+                   "its labels may be wrong.")
+    elif expected and expected != "CT" and (is_ct or (modality and modality != expected)):
+        what = "CT in Hounsfield units" if is_ct else f"{modality}"
+        out.append(f"The image looks like {what}, but '{name}' was trained on {expected} images; "
+                   "its labels are likely wrong.")
+    spatial = image.shape[1:]
+    if spacing is None:
+        return out
+    spacing = tuple(float(s) for s in spacing)[-len(spatial):]
+    inplane = cfg.spatial_dims == 2 and len(spatial) == 3
+    have = tuple(s for i, s in enumerate(spacing) if i != axis) if inplane else spacing
+    if cfg.spacing is not None and len(cfg.spacing) == len(have):
+        ratio = np.asarray(have) / np.asarray(cfg.spacing, dtype=float)
+        if ratio.max() > SPACING_RATIO or ratio.min() < 1 / SPACING_RATIO:
+            out.append(f"The image's voxels ({_mm(have)} mm) are more than {SPACING_RATIO:g} times "
+                       f"{'larger' if ratio.max() > SPACING_RATIO else 'smaller'} than those '{name}' was trained on "
+                       f"({_mm(cfg.spacing)} mm); structures may be out of scale for it.")
+    fov = card.get("field_of_view_mm")
+    if fov:
+        extent = np.asarray(spatial, dtype=float) * np.asarray(spacing)
+        if extent.max() > FOV_RATIO * max(fov):
+            anatomy = card.get("anatomy", "anatomy")
+            out.append(f"The image spans {extent.max():.0f} mm, far more than the {anatomy} '{name}' was trained on "
+                       f"({max(fov):.0f} mm across); other anatomy in view may get wrong labels.")
+    return out
+
+
+def _norm_modality(spec: "dict | None") -> str:
+    """CT for a model whose intensity window is in Hounsfield units (air at -1000), else unknown."""
+    spec = spec or {}
+    return "CT" if spec.get("kind") == "window" and float(spec.get("low", 0)) <= -500 else ""
+
+
+def _mm(values) -> str:
+    return " x ".join(f"{float(v):.3g}" for v in values)

@@ -1,0 +1,195 @@
+"""Training a 2D VAE on normal scans with the one training loop (:func:`~napari_medgen.engine.fit.fit`).
+
+Slices of one or more normal volumes (optionally restricted to a foreground mask),
+MONAI augmentation, L1 reconstruction plus ``beta`` x KL with the log variance clamped,
+validation on normal slices (by subject when several volumes are given), and the
+anomaly thresholds calibrated on those validation slices afterwards.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from monai import transforms as mt
+
+from ..data.normalize import intensity_window, resolve
+from ..data.resample import inplane_spacing
+from ..data.slices import informative_slices, take_slices
+from ..engine.fit import Budget, TrainTask, fit
+from ..engine.jobs import Job
+from ..errors import UserError
+from ..models.checkpoint import Model
+from ..models.config import ModelConfig, NetSpec, Task, VAEParams
+from .anomaly import calibrate, tissue_model
+from .vae import check_mask, guard_logvar, normalized, to_slices
+from .volume_input import as_volume, check_batch
+
+MIN_SLICES = 8
+
+
+def augmentation(seed: int) -> mt.Compose:
+    t = mt.Compose([
+        mt.RandFlip(prob=0.5, spatial_axis=1),
+        mt.RandAffine(prob=0.8, rotate_range=0.12, scale_range=0.08, translate_range=(4, 4), padding_mode="zeros"),
+        mt.RandScaleIntensity(factors=0.08, prob=0.5),
+        mt.RandAdjustContrast(gamma=(0.85, 1.15), prob=0.3),
+    ])
+    t.set_random_state(seed=seed)
+    return t
+
+
+def kl_per_pixel(mu: torch.Tensor, logvar: torch.Tensor, pixels: int) -> torch.Tensor:
+    return -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)) / pixels
+
+
+class VAETask(TrainTask):
+    """Mean L1 per pixel plus ``beta`` x KL per pixel; validation: the same on normal slices (lower is better)."""
+
+    metric_mode = "min"
+    ddp_networks = ("net",)
+
+    def __init__(self, net, train: np.ndarray, val: np.ndarray, *, lr: float, beta: float, batch_size: int,
+                 augment: bool, seed: int):
+        torch.manual_seed(seed)
+        self.networks = {"net": guard_logvar(net)}
+        self.optimizers = [torch.optim.Adam(net.parameters(), lr=lr)]
+        self.train, self.val, self.beta, self.batch_size = train, val, beta, batch_size
+        self.aug = augmentation(seed) if augment else None
+        self.rng = np.random.default_rng(seed)
+        self.device = torch.device("cpu")
+
+    def to(self, device):
+        self.device = device
+
+    def train_step(self, step):
+        batch = self.train[self.rng.integers(len(self.train), size=min(self.batch_size, len(self.train)))]
+        if self.aug is not None:
+            batch = np.stack([np.asarray(self.aug(b)) for b in batch]).astype(np.float32)
+        x = torch.from_numpy(batch).to(self.device)
+        recon, mu, logvar, _ = self.model()(x)
+        rec = torch.mean(torch.abs(recon.float() - x))
+        kl = kl_per_pixel(mu.float(), logvar.float(), x[0].numel())
+        loss = rec + self.beta * kl
+        opt = self.optimizers[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.networks["net"].parameters(), 5.0)
+        opt.step()
+        return {"loss": loss, "reconstruction": rec, "kl": kl}
+
+    def validate(self):
+        net, total = self.networks["net"], 0.0
+        for i in range(0, len(self.val), 32):
+            x = torch.from_numpy(self.val[i:i + 32]).to(self.device)
+            mu, logvar = net.encode_forward(x)
+            rec = torch.abs(net.decode_forward(mu, net.use_sigmoid).float() - x).mean()
+            total += float(rec + self.beta * kl_per_pixel(mu.float(), logvar.float(), x[0].numel())) * len(x)
+        return total / len(self.val)
+
+    def shrink(self):
+        if self.batch_size <= 1:
+            return False
+        self.batch_size //= 2
+        return True
+
+
+def _volumes(images, masks, what: str):
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise UserError(f"Give at least one {what} image.")
+    vols = [as_volume(im, f"{what} image", "the VAE") for im in items]
+    mask_list = list(masks) if isinstance(masks, (list, tuple)) else [masks] * len(vols)
+    if len(mask_list) != len(vols):
+        raise UserError(f"Got {len(mask_list)} masks for {len(vols)} images; give one mask per image or none.")
+    return items, vols, [check_mask(m, v.shape) for m, v in zip(mask_list, vols)]
+
+
+def _slice_stacks(vols, masks, spec, size, axis) -> list[np.ndarray]:
+    """One (n, 1, H, W) stack of informative slices per volume."""
+    stacks = []
+    for v, m in zip(vols, masks):
+        keep = informative_slices(v, axis, mask=m) if v.ndim == 3 else np.array([0])
+        stacks.append(to_slices(normalized(v, m, spec), size, axis if v.ndim == 3 else 0)[keep])
+    return stacks
+
+
+def _spacing(items, vols, axis) -> list | None:
+    geos = [getattr(i, "geometry", None) for i in items]
+    if any(g is None for g in geos):
+        return None
+    sp = {tuple(round(s, 3) for s in (inplane_spacing(g.spacing, axis) if v.ndim == 3 else g.spacing))
+          for g, v in zip(geos, vols)}
+    if len(sp) > 1:
+        raise UserError(f"The training images have different pixel spacings {sorted(sp)}; resample them to one "
+                        "spacing first.")
+    return list(next(iter(sp)))
+
+
+def _intensity_stats(vols, masks) -> dict:
+    vals = np.concatenate([np.asarray(v if m is None else v[m], np.float32).ravel()[::7] for v, m in zip(vols, masks)])
+    lo, hi = np.percentile(vals, [0.5, 99.5])
+    return {"low": float(lo), "high": float(hi)}
+
+
+def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64, 128),
+              steps: int | None = None, seconds: float | None = 120.0, batch_size: int = 16, lr: float = 2e-3,
+              beta: float = 0.05, axis: int = 0, normalization: dict | None = None, augment: bool = True,
+              val_images=None, val_masks=None, val_fraction: float = 0.15, val_every: int | None = None,
+              seed: int = 0, device: str = "auto", name: str = "vae", progress=None, stop=None, cancel=None):
+    """Train a VAE on the slices of normal ``images`` (arrays or ImageData); return ``(model, history)``.
+
+    The budget is ``steps`` and/or ``seconds`` (whichever ends first; two minutes by default, enough
+    for a first model on a laptop CPU).  ``masks`` (one per image, or None) restrict training to the
+    foreground.  Validation slices are ``val_images`` if given, else whole held-out volumes when
+    there are several (a split by subject), else a random ``val_fraction`` of the slices; they keep
+    the best weights and calibrate the anomaly thresholds.  A stop request keeps the best weights
+    (``history["stopped"]``) and still calibrates; a cancel (also during calibration) raises
+    :class:`~napari_medgen.engine.jobs.Cancelled` and returns nothing.
+    """
+    job = Job.of(progress, stop, cancel)
+    check_batch(batch_size)
+    items, vols, mask_list = _volumes(images, masks, "training")
+    spec = resolve(normalization, vols[0], getattr(items[0], "metadata", {}).get("modality", ""))
+    plane_shapes = [take_slices(v, axis if v.ndim == 3 else 0).shape[1:] for v in vols]
+    slice_shape = tuple(int(max(s[i] for s in plane_shapes)) for i in range(2))
+    size = tuple(int(math.ceil(s / 2 ** len(channels)) * 2 ** len(channels)) for s in slice_shape)
+    stacks = _slice_stacks(vols, mask_list, spec, size, axis)
+    n_slices = sum(len(s) for s in stacks)
+    if n_slices < MIN_SLICES:
+        raise UserError(f"Training needs at least {MIN_SLICES} slices with foreground; these images give {n_slices}.")
+    rng = np.random.default_rng(seed)
+    if val_images is not None:
+        _, vv, vm = _volumes(val_images, val_masks, "validation")
+        val, train = np.concatenate(_slice_stacks(vv, vm, spec, size, axis)), np.concatenate(stacks)
+    elif len(stacks) >= 3:  # several subjects: hold out whole volumes
+        n_val = max(1, int(round(val_fraction * len(stacks))))
+        order = rng.permutation(len(stacks))
+        val = np.concatenate([stacks[i] for i in order[:n_val]])
+        train = np.concatenate([stacks[i] for i in order[n_val:]])
+    else:
+        data = np.concatenate(stacks)
+        order = rng.permutation(len(data))
+        n_val = max(2, int(round(val_fraction * len(data))))
+        val, train = data[order[:n_val]], data[order[n_val:]]
+    if len(val) == 0:
+        raise UserError("The validation images give no slices with foreground.")
+    lows, highs = zip(*(intensity_window(v, spec) for v in vols))
+    params = VAEParams(axis=axis, size=list(size), slice_shape=list(slice_shape), masked=mask_list[0] is not None,
+                       beta=beta, training_stats=_intensity_stats(vols, mask_list),
+                       spacing=_spacing(items, vols, axis), intensity=[float(np.mean(lows)), float(np.mean(highs))])
+    net_args = {"spatial_dims": 2, "in_shape": [1, *size], "out_channels": 1, "latent_size": int(latent_size),
+                "channels": list(channels), "strides": [2] * len(channels), "num_res_units": 1}
+    model = Model(ModelConfig(task=Task.VAE, name=name, networks={"net": NetSpec("VarAutoEncoder", net_args)},
+                              params=params, normalization=spec, description="VAE trained on normal scans"))
+    task = VAETask(model.net, train, val, lr=lr, beta=beta, batch_size=batch_size, augment=augment, seed=seed)
+    history = fit(task, Budget(steps, seconds), device=device, val_every=val_every, progress=job,
+                  val_seconds=float("inf") if val_every else 15.0, message="training")
+    model.config.training = {k: history[k] for k in ("best_step", "best_metric", "returned", "stopped",
+                                                     "stop_reason", "seconds", "device", "events")}
+    model.config.training.update(n_train=int(len(train)), n_val=int(len(val)))
+    # calibration continues after a stop request (the model is wanted) but honours a cancel
+    calib = Job(lambda ev: job.report(ev.step, ev.total, "calibrating thresholds"), None, job.cancelled)
+    model.params.tissue = tissue_model(val[:, 0])
+    calibrate(model, val[:, 0], device=device, job=calib)
+    return model, history

@@ -1,0 +1,165 @@
+"""Classification: training from images and labels, probabilities, heatmaps on the image's grid, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medgen.errors import UserError
+from napari_medgen.io import Geometry, ImageData
+from napari_medgen.models.encoders import pretrained_source
+from napari_medgen.tasks.classify import classify, load_classifier, train_classifier
+from napari_medgen.tasks.classify_data import Placement, encode_labels, prepare, read_label_csv, to_image_grid
+
+TINY = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
+
+
+def t2_like(img: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """A T2-looking contrast from a T1 slice: intensities inverted inside the head."""
+    out = np.where(head, img.max() - img, 0)
+    return out.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def contrasts(brain, tissue):
+    """Axial T1 slices and T2-like slices of other levels (2D ImageData with the sample's spacing)."""
+    vol, head = brain.data.astype(np.float32), tissue.data > 0
+    geo = Geometry(brain.geometry.spacing[1:], brain.geometry.origin[1:], np.eye(2))
+    zs = [z for z in range(vol.shape[0]) if head[z].sum() > 1500]
+    imgs, labels = [], []
+    for i, z in enumerate(zs[::3]):
+        t2 = i % 2 == 1
+        data = t2_like(vol[z], head[z]) if t2 else vol[z]
+        imgs.append(ImageData(data, geo, f"z{z}", metadata={"modality": "MR"}))
+        labels.append("T2" if t2 else "T1")
+    return imgs, labels
+
+
+@pytest.fixture(scope="module")
+def contrast_model(contrasts):
+    imgs, labels = contrasts
+    return train_classifier(imgs, labels, size=(48, 48), body=TINY, steps=40, val_every=10, seed=0)
+
+
+def test_learns_contrast_and_reports_metrics(contrast_model, contrasts, tmp_path):
+    model, history = contrast_model
+    m = history["metrics"]
+    assert model.params.classes == ["T1", "T2"]
+    assert m["balanced_accuracy"] >= 0.75 and set(m["auroc"]) == {"T1", "T2"}
+    assert np.asarray(m["confusion_matrix"]).sum() == m["n"] == history["n_val"] > 0
+    assert history["best_step"] is not None and len(history["loss"]) == 40
+    path = model.save(tmp_path / "c.medgen.pt")
+    again = load_classifier(path)
+    img = contrasts[0][1]
+    a, b = classify(model, img, heatmap=False), classify(again, img, heatmap=False)
+    assert a.label == b.label and a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+    assert sum(a.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_heatmap_on_the_images_own_grid(contrast_model, brain):
+    model, _ = contrast_model
+    geo = Geometry((1.0, 3.0), (5.0, -7.0), np.eye(2))
+    img = ImageData(brain.data[45, :, 10:90].astype(np.float32), geo, "odd grid", metadata={"modality": "MR"})
+    r = classify(model, img)
+    assert r.heatmap.shape == img.data.shape and r.geometry is geo
+    assert r.target == r.label and 0 <= r.heatmap.min() and r.heatmap.max() <= 1 + 1e-6
+    assert r.slice_scores is None
+
+
+def test_matrix_size_carries_no_information(brain):
+    """Two matrices of the same field of view land on the same network grid."""
+    img = brain.data[45].astype(np.float32)
+    fine = ImageData(np.kron(img, np.ones((2, 2), np.float32)), Geometry((1.0, 1.0), (0, 0), np.eye(2)))
+    coarse = ImageData(img, Geometry((2.0, 2.0), (0, 0), np.eye(2)))
+    a, pa = prepare(fine, {"kind": "auto"}, [2.0, 2.0], (128, 128))
+    b, pb = prepare(coarse, {"kind": "auto"}, [2.0, 2.0], (128, 128))
+    assert pa == pb and np.abs(a - b).mean() < 0.02
+
+
+def test_to_image_grid_inverts_crop_and_pad():
+    values = np.arange(64, dtype=np.float32).reshape(8, 8)
+    placement = Placement(shape=(12, 4), offset=(-2, 2))  # rows cropped, columns padded
+    back = to_image_grid(values, placement, (12, 4))
+    assert back.shape == (12, 4)
+    assert np.allclose(back[2:10], values[:, 2:6]) and np.all(back[:2] == 0)
+
+
+def test_volume_scores_rank_slices(brain):
+    """3D: per-slice scores along axis 0, heatmap on the volume's grid."""
+    vol = brain.data[20:52, 30:62, 30:62].astype(np.float32)
+    img = ImageData(vol, brain.geometry, "crop", metadata={"modality": "MR"})
+    flipped = ImageData(vol[:, ::-1].copy(), brain.geometry, "flip", metadata={"modality": "MR"})
+    model, h = train_classifier([img, flipped, img, flipped], ["a", "b", "a", "b"], size=(16, 16, 16),
+                                body={"channels": [4, 8], "strides": [2]}, steps=3, val_fraction=0, augment=False)
+    r = classify(model, img, target="b")
+    assert r.heatmap.shape == vol.shape and r.target == "b"
+    assert len(r.slice_scores) == vol.shape[0] and sorted(r.top_slices) == list(range(vol.shape[0]))
+    assert r.slice_scores[r.top_slices[0]] == r.slice_scores.max()
+
+
+def test_transfer_from_builtin_freezes_then_unfreezes(contrasts):
+    imgs, labels = contrasts
+    model, h = train_classifier(imgs[:6], labels[:6], pretrained="brain-tissue-2d", size=(32, 32), steps=4,
+                                freeze=0.5, val_fraction=0)
+    builtin = __import__("napari_medgen").load_segmentation_model("brain-tissue-2d").net.state_dict()
+    own = model.networks["net"].state_dict()
+    assert h["frozen_layers"] > 10 and "U-Net of brain-tissue-2d" in model.params.pretrained
+    enc = "model.0.conv.unit0.conv.weight"
+    assert own[enc].shape == builtin[enc].shape and not torch.equal(own[enc], builtin[enc])  # unfrozen later
+
+
+def test_transfer_from_a_unet_state_dict(tmp_path, contrasts):
+    from monai.networks.nets import UNet
+
+    net = UNet(2, 1, 3, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
+    torch.save(net.state_dict(), tmp_path / "mine.pt")
+    imgs, labels = contrasts
+    model, h = train_classifier(imgs[:4], labels[:4], pretrained=str(tmp_path / "mine.pt"), size=(32, 32),
+                                steps=2, freeze=1.0, val_fraction=0, augment=False)
+    enc = "model.0.conv.unit0.conv.weight"
+    assert torch.equal(model.networks["net"].state_dict()[enc], net.state_dict()[enc])  # frozen all along
+    with pytest.raises(UserError, match="holds a 2D network; these images need a 3D one"):
+        pretrained_source(str(tmp_path / "mine.pt"), 3)
+
+
+def test_bad_inputs_are_one_sentence(tmp_path, contrasts):
+    imgs, labels = contrasts
+    with pytest.raises(UserError, match="not one of the classes"):
+        encode_labels(["T1", "T3"], classes=["T1", "T2"])
+    with pytest.raises(UserError, match="at least two classes"):
+        train_classifier(imgs[:3], ["T1"] * 3, steps=1)
+    with pytest.raises(UserError, match="3 images but 2 labels"):
+        train_classifier(imgs[:3], ["T1", "T2"], steps=1)
+    with pytest.raises(UserError, match="mix 2D slices and 3D volumes"):
+        train_classifier([np.zeros((8, 8)), np.zeros((8, 8, 8))], ["a", "b"], steps=1)
+    bad = tmp_path / "labels.csv"
+    bad.write_text("file,label\nscan1.nii.gz,T1\n")
+    with pytest.raises(UserError, match=r"^Row 1 of labels.csv names scan1.nii.gz, which is not in .*\.$"):
+        read_label_csv(bad)
+    (tmp_path / "scan1.nii.gz").write_bytes(b"")
+    bad.write_text("file,label\nscan1.nii.gz\n")
+    with pytest.raises(UserError, match=r"^Row 1 of labels.csv is not 'file,label'"):
+        read_label_csv(bad)
+
+
+def test_wrong_model_kind_is_refused(tmp_path):
+    from napari_medgen.models.segmentation import load_segmentation_model
+
+    with pytest.raises(UserError, match="not a classification model"):
+        load_classifier(load_segmentation_model("brain-tissue-2d"))
+
+
+def test_transfer_from_a_vae_encoder(tmp_path, contrasts):
+    from napari_medgen.models.checkpoint import Model
+    from napari_medgen.models.config import ModelConfig, NetSpec, Task, VAEParams
+
+    args = {"spatial_dims": 2, "in_shape": [1, 32, 32], "out_channels": 1, "latent_size": 8,
+            "channels": [8, 16, 32], "strides": [2, 2, 2], "num_res_units": 1}
+    vae = Model(ModelConfig(Task.VAE, "my vae", {"net": NetSpec("VarAutoEncoder", args)}, VAEParams()))
+    path = vae.save(tmp_path / "vae.medgen.pt")
+    imgs, labels = contrasts
+    model, h = train_classifier(imgs[:4], labels[:4], pretrained=path, size=(32, 32), steps=1, freeze=1.0,
+                                val_fraction=0, augment=False)
+    own, src = model.networks["net"].state_dict(), vae.net.state_dict()
+    assert model.params.pretrained == "VAE encoder of my vae" and h["frozen_layers"] >= 6
+    assert torch.equal(own["model.1.submodule.0.conv.unit0.conv.weight"], src["encode.encode_1.conv.unit0.conv.weight"])

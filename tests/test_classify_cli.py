@@ -1,0 +1,57 @@
+"""``napari-medgen classify-train`` on a folder + CSV and ``napari-medgen classify`` writing a CSV (+ heatmaps)."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from napari_medgen.cli import main
+from napari_medgen.io import Geometry, read_image, write_image
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, brain, tissue):
+    """T1 slices and T2-like slices (inverted inside the head) as NIfTI files, with labels.csv."""
+    d = tmp_path_factory.mktemp("scans")
+    vol, head = brain.data.astype(np.float32), tissue.data > 0
+    geo = Geometry(brain.geometry.spacing[1:], brain.geometry.origin[1:], np.eye(2))
+    rows = [("file", "label")]
+    for i, z in enumerate(range(25, 70, 4)):
+        t2 = i % 2 == 1
+        data = np.where(head[z], vol[z].max() - vol[z], 0).astype(np.float32) if t2 else vol[z]
+        name = f"s{z}.nii.gz"
+        write_image(d / name, data, geo)
+        rows.append((name, "T2" if t2 else "T1"))
+    with open(d / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return d
+
+
+def test_train_then_classify_with_heatmaps(folder, tmp_path, capsys):
+    model = tmp_path / "clf.medgen.pt"
+    assert main(["classify-train", str(folder), str(folder / "labels.csv"), "-o", str(model), "--steps", "6",
+                 "--size", "32", "32", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert model.exists() and "balanced accuracy" in err and "confusion matrix" in err
+    out = tmp_path / "probs.csv"
+    files = [str(folder / "s25.nii.gz"), str(folder / "s29.nii.gz")]
+    assert main(["classify", *files, "-m", str(model), "-o", str(out), "--heatmaps", str(tmp_path / "hm"),
+                 "--quiet"]) == 0
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["file", "label", "T1", "T2"] and len(rows) == 3
+    assert all(r[1] in ("T1", "T2") and abs(float(r[2]) + float(r[3]) - 1) < 1e-4 for r in rows[1:])
+    hm, src = read_image(tmp_path / "hm" / "s25_heatmap.nii.gz"), read_image(folder / "s25.nii.gz")
+    assert hm.data.shape == src.data.shape and hm.geometry.same_grid(src.geometry)
+
+
+def test_bad_csv_and_unknown_file_are_one_line(folder, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,label\nmissing.nii.gz,T1\n")
+    assert main(["classify-train", str(folder), str(bad), "-o", str(tmp_path / "m.medgen.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"napari-medgen: error: Row 1 of bad.csv names missing.nii.gz, which is not in {folder}."
+    seg = tmp_path / "seg.medgen.pt"
+    __import__("napari_medgen").load_segmentation_model("brain-tissue-2d").save(seg)
+    assert main(["classify", str(folder / "s25.nii.gz"), "-m", str(seg), "-o", str(tmp_path / "p.csv")]) == 2
+    assert "not a classification model" in capsys.readouterr().err

@@ -1,0 +1,64 @@
+"""The Classify dock widget: train from labelled layers, classify a layer, heatmap overlay, ranked slices."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_medgen.tasks.classify  # noqa: F401  (torch/MONAI before the first OpenGL draw)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def _wait(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
+
+
+def test_train_from_layers_then_classify(viewer, qtbot, brain, tissue, tmp_path):
+    from napari_medgen._widgets.classify_widget import ClassifyWidget
+
+    vol, head = brain.data.astype(np.float32), tissue.data > 0
+    kw = brain.geometry.layer_kwargs()
+    for i, z in enumerate(range(30, 66, 6)):
+        t2 = i % 2 == 1
+        data = np.where(head[z], vol[z].max() - vol[z], 0).astype(np.float32) if t2 else vol[z]
+        viewer.add_image(data, name=f"slice {z}", scale=kw["scale"][1:], metadata={"modality": "MR"})
+    w = ClassifyWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    for i, z in enumerate(range(30, 66, 6)):
+        w.set_label(f"slice {z}", "T2" if i % 2 else "T1")
+    w.steps.setValue(4)
+    w.train()
+    _wait(qtbot, w)
+    assert w.runner.last_error is None and w.model is not None
+    assert w.model.params.classes == ["T1", "T2"] and "validation" in w.metrics_line.text()
+    assert w.plot.series["loss"][0]
+    vlayer = viewer.add_image(vol, name="volume", **kw, metadata={"modality": "MR"})
+    with pytest.raises(ValueError, match="takes 2D images"):  # one sentence
+        napari_medgen.tasks.classify.classify(w.model, vol)
+    w.image.value = viewer.layers["slice 30"]
+    w.classify()
+    _wait(qtbot, w)
+    r = w.result
+    assert r is not None and w.heatmap_layer.blending == "additive"
+    assert w.heatmap_layer.data.shape == viewer.layers["slice 30"].data.shape
+    assert np.allclose(w.heatmap_layer.scale, viewer.layers["slice 30"].scale)
+    assert len(w.bars.ax.patches) == 2 and w.slices.count() == 0
+    assert vlayer.data is vol  # inputs untouched
+    viewer.window.resize(1366, 768)
+    viewer.screenshot(str(tmp_path / "classify.png"), canvas_only=False)
+
+
+def test_train_without_labels_says_so(viewer, qtbot, brain, monkeypatch):
+    from napari_medgen._widgets import classify_widget as cw
+
+    errors = []
+    monkeypatch.setattr(cw, "show_error", errors.append)
+    viewer.add_image(brain.data[40], name="one")
+    w = cw.ClassifyWidget(viewer)
+    w.train()
+    w.classify()
+    assert errors == ["Type a label next to at least two image layers (two classes or more).",
+                      "No classifier yet: train one or load a .medgen.pt classifier."]

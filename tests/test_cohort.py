@@ -1,0 +1,116 @@
+"""Cohort training in one process: dataset discovery, spacing-aware preprocessing, checkpoints, the verb."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_medgen import Model, read_image, segment, train_cohort, write_image
+from napari_medgen.cli import main
+from napari_medgen.data.datasets import DatasetError, discover, fingerprint, split
+from napari_medgen.engine.distributed import shard
+from napari_medgen.io import Geometry
+from napari_medgen.models.config import Task
+from napari_medgen.sample_data import brain_t1, brain_tissue
+from napari_medgen.tasks.cohort import checkpoint_path
+
+TINY = {"channels": (8, 16, 32), "batch_size": 4, "device": "cpu"}
+
+
+def make_cohort(root, n: int = 6, seed: int = 0):
+    """``n`` small labelled volumes cut from the sample brain (shifted, flipped, rescaled intensities;
+    case01 at 3 mm in-plane) in the nnU-Net layout: imagesTr/caseNN_0000.nii.gz + labelsTr/caseNN.nii.gz."""
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(exist_ok=True)
+    t1, tissue = brain_t1(), brain_tissue()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        z0 = 28 + 3 * i
+        img = t1.data[z0:z0 + 16, 10:106, 10:90].astype(np.float32)
+        lab = tissue.data[z0:z0 + 16, 10:106, 10:90]
+        if i % 2:
+            img, lab = img[:, :, ::-1], lab[:, :, ::-1]
+        img = img * rng.uniform(0.7, 1.4) + rng.uniform(-50, 50)
+        spacing = t1.geometry.spacing
+        if i == 1:  # a coarser scan of the same anatomy
+            img = F.interpolate(torch.from_numpy(img.copy())[None], size=(64, 53), mode="bilinear").numpy()[0]
+            lab = F.interpolate(torch.from_numpy(lab.copy()).float()[None], size=(64, 53)).numpy()[0]
+            spacing = (2.0, 3.0, 3.0)
+        geo = Geometry(spacing, t1.geometry.origin, t1.geometry.direction)
+        write_image(root / "imagesTr" / f"case{i:02d}_0000.nii.gz", img.astype(np.int16), geo)
+        write_image(root / "labelsTr" / f"case{i:02d}.nii.gz", np.ascontiguousarray(lab, np.uint8), geo)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return make_cohort(tmp_path_factory.mktemp("cohort") / "Dataset001_Brain")
+
+
+def test_discovery_layouts_and_errors(cohort, tmp_path):
+    ds = discover(cohort)
+    assert [c.name for c in ds.cases] == [f"case{i:02d}" for i in range(6)] and ds.classes == []
+    fp = fingerprint(ds.cases)
+    assert fp["spacing"] == [2.0, 2.0]  # the median: the 3 mm case is resampled, not the others
+    train, val = split(ds.cases, 0.2, seed=0)
+    assert len(val) == 1 and not {c.name for c in train} & {c.name for c in val}
+    # a Decathlon dataset.json datalist with class names and modality
+    meta = {"name": "Brain", "labels": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"},
+            "modality": {"0": "MRI"},
+            "training": [{"image": f"./imagesTr/case{i:02d}_0000.nii.gz", "label": f"./labelsTr/case{i:02d}.nii.gz"}
+                         for i in (0, 2)]}
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset.json").write_text(json.dumps(meta).replace("./", str(cohort) + "/"))
+    ds = discover(tmp_path / "ds")
+    assert ds.name == "Brain" and ds.classes == ["background", "CSF", "GM", "WM"] and len(ds.cases) == 2
+    # user errors are one sentence
+    (tmp_path / "bad" / "imagesTr").mkdir(parents=True)
+    (tmp_path / "bad" / "labelsTr").mkdir()
+    (tmp_path / "bad" / "imagesTr" / "x_0000.nii.gz").write_bytes((cohort / "imagesTr" / "case00_0000.nii.gz").read_bytes())
+    with pytest.raises(DatasetError, match="no label file of the same name"):
+        discover(tmp_path / "bad")
+    with pytest.raises(DatasetError, match="needs imagesTr/ and labelsTr/"):
+        discover(tmp_path)
+
+
+def test_shard_gives_every_item_to_one_part():
+    items = list(range(11))
+    parts = [shard(items, 3, k) for k in range(3)]
+    assert sorted(sum(parts, [])) == items and all(parts)
+    with pytest.raises(ValueError, match="--part-id must be between 0 and 2"):
+        shard(items, 3, 3)
+
+
+def test_train_checkpoint_resume_and_segment(cohort, tmp_path):
+    ckpt = checkpoint_path(tmp_path / "brain.medgen.pt")
+    model, history = train_cohort(cohort, steps=6, checkpoint=ckpt, checkpoint_seconds=0, seed=1, **TINY)
+    assert model.task == Task.SEGMENTATION and model.params.spacing == [2.0, 2.0]
+    rec = model.config.training
+    assert rec["world_size"] == 1 and rec["steps"] == 6 and rec["samples_seen"] == 24
+    assert rec["cases"]["validation"] and history["best_metric"] is not None
+    saved = Model.load(ckpt, expect=Task.SEGMENTATION)  # the checkpoint is itself a model file
+    assert saved.config.training["complete"] is False and 0 < saved.config.training["steps"] <= 6
+    # resuming continues from the checkpoint and takes its steps off the budget
+    resumed, _ = train_cohort(cohort, steps=9, checkpoint=ckpt, resume=True, checkpoint_seconds=1e9, **TINY)
+    done = saved.config.training["steps"]
+    assert resumed.config.training["resumed_from_step"] == done and resumed.config.training["steps"] == 9
+    # the result segments a scan at another spacing like any segmentation model
+    case = read_image(cohort / "imagesTr" / "case01_0000.nii.gz")
+    labels = segment(case, resumed, device="cpu")
+    assert labels.shape == case.data.shape and set(np.unique(labels)) <= {0, 1, 2, 3}
+
+
+def test_train_cohort_verb(cohort, tmp_path, capsys):
+    out = tmp_path / "m.medgen.pt"
+    args = ["train-cohort", str(cohort), "--out", str(out), "--steps", "3", "--channels", "8,16,32",
+            "--batch-size", "2", "--device", "cpu", "-q"]
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.medgen.pt"]  # the checkpoint is gone
+    assert '"world_size": 1' in capsys.readouterr().out
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert main(["train-cohort", str(cohort), "--out", str(tmp_path / "m.pt")]) == 2
+    assert "must end with .medgen.pt" in capsys.readouterr().err
+    assert main(["train-cohort", str(tmp_path), "--out", str(tmp_path / "n.medgen.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a dataset folder" in err[0]

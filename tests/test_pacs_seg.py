@@ -1,0 +1,120 @@
+"""DICOM SEG files without a PACS: write from Labels, read back into Labels on the source grid, codes, servers."""
+import json
+import shutil
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from napari_medgen.io import read_path
+from napari_medgen.pacs.codes import KNOWN, is_known, segment_codes
+from napari_medgen.pacs.seg import SegError, labels_to_seg, read_seg, series_grid, write_seg
+from napari_medgen.pacs.servers import load_servers, remember_server
+from orthanc import ct_series  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def ct(ct_series):
+    image = read_path(ct_series)[0]
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(ct_series.glob("*.dcm"))]
+    labels = (image.data > 0).astype(np.uint8) + (image.data > 500)
+    return ct_series, image, headers, labels
+
+
+def test_series_grid_agrees_with_the_image_reader(ct):
+    _folder, image, headers, _labels = ct
+    ordered, shape, geometry = series_grid(headers)
+    assert shape == image.data.shape and geometry.same_grid(image.geometry, atol=1e-4)
+    assert [float(d.ImagePositionPatient[2]) for d in ordered] == sorted(float(d.ImagePositionPatient[2])
+                                                                          for d in headers)
+
+
+def test_seg_file_reads_back_as_labels_on_the_source_grid(ct, tmp_path):
+    folder, image, headers, labels = ct
+    seg = labels_to_seg(labels, image.geometry, headers, ["background", "liver", "bone"], "unet", "1.0")
+    case = tmp_path / "case"
+    shutil.copytree(folder, case)
+    write_seg(case / "seg.dcm", seg)
+    ds = pydicom.dcmread(case / "seg.dcm")
+    hd.seg.Segmentation.from_dataset(ds)  # highdicom accepts what it wrote
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == image.metadata["series_uid"]
+    # a folder with series + SEG: the image, then the labels on its grid
+    items = read_path(case)
+    assert [i.kind for i in items] == ["image", "labels"]
+    assert np.array_equal(items[1].data, labels) and items[1].geometry.same_grid(image.geometry)
+    data, kwargs, kind = items[1].layer_data()
+    assert kind == "labels" and list(kwargs["features"]["class"]) == ["background", "liver", "bone"]
+    # the SEG file alone and a SEG-only folder (refused before) read as labels on the same grid
+    for path in (case / "seg.dcm", shutil.copytree(case, tmp_path / "only", ignore=shutil.ignore_patterns("CT*"))):
+        (alone,) = read_path(path)
+        assert alone.kind == "labels" and np.array_equal(alone.data, labels)
+        assert alone.geometry.same_grid(image.geometry)
+    with pytest.raises(FileExistsError):
+        write_seg(case / "seg.dcm", seg)
+
+
+def test_a_sparse_seg_from_another_tool_lands_on_the_source_grid(ct, tmp_path):
+    folder, image, headers, labels = ct
+    ordered, _shape, _geo = series_grid(headers)
+    mask = np.zeros_like(labels)
+    mask[5:7, 10:14, 8:12] = 1  # two slices only: highdicom omits the empty frames
+    desc = hd.seg.SegmentDescription(1, "lesion", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion,
+                                     hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    seg = hd.seg.Segmentation(ordered, mask, hd.seg.SegmentationTypeValues.BINARY, [desc], hd.UID(), 99,
+                              hd.UID(), 1, "other", "tool", "1", "0")
+    assert seg.NumberOfFrames == 2
+    case = tmp_path / "case"
+    shutil.copytree(folder, case)
+    seg.save_as(case / "sparse.dcm")
+    labels_item = read_path(case)[1]
+    assert labels_item.data.shape == image.data.shape and np.array_equal(labels_item.data, mask)
+
+
+@pytest.mark.parametrize("kind", ["FRACTIONAL", "LABELMAP"])
+def test_fractional_and_labelmap_segs_read_as_labels(ct, kind):
+    _folder, image, headers, _labels = ct
+    ordered, shape, geometry = series_grid(headers)
+    truth = np.zeros(shape, np.uint8)
+    truth[3:6, 5:10, 5:10], truth[8, 2:4, 2:4] = 1, 2
+    descs = [hd.seg.SegmentDescription(k, name, codes.SCT.Tissue, codes.SCT.Tissue, "MANUAL")
+             for k, name in ((1, "a"), (2, "b"))]
+    pixels = truth if kind == "LABELMAP" else np.stack([(truth == k) * 0.8 for k in (1, 2)], -1).astype(np.float32)
+    seg = hd.seg.Segmentation(ordered, pixels, kind, descs, hd.UID(), 99, hd.UID(), 1, "other", "tool", "1", "0")
+    out = read_seg(seg, (shape, geometry))
+    assert np.array_equal(out.data, truth) and out.metadata["class_names"] == ["background", "a", "b"]
+
+
+def test_labels_off_the_grid_or_empty_are_refused(ct):
+    _folder, image, headers, labels = ct
+    with pytest.raises(SegError, match="not on the grid"):
+        labels_to_seg(labels[:, :-1], image.geometry, headers)
+    with pytest.raises(SegError, match="empty"):
+        labels_to_seg(np.zeros_like(labels), image.geometry, headers)
+    shifted = type(image.geometry)(image.geometry.spacing, np.add(image.geometry.origin, 5.0),
+                                   image.geometry.direction)
+    with pytest.raises(SegError, match="not on the grid"):
+        labels_to_seg(labels, shifted, headers)
+
+
+def test_segment_codes_are_snomed_where_known():
+    for name in ("CSF", "grey matter", "white matter", "Liver", "tumour"):
+        assert is_known(name) and segment_codes(name)[1].scheme_designator == "SCT"
+    assert segment_codes("white matter")[1].value == "389080008"
+    assert segment_codes("mystery")[1] == codes.SCT.Tissue
+    for category, kind in KNOWN.values():  # every table entry names a real code
+        assert getattr(codes.SCT, category) and getattr(codes.SCT, kind)
+
+
+def test_remembered_servers_never_hold_a_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDGEN_CONFIG_DIR", str(tmp_path))
+    remember_server("http://a:8042/dicom-web", "alice")
+    remember_server("http://b:8042/dicom-web", "bob")
+    remember_server("http://a:8042/dicom-web", "alice")
+    assert [s["url"] for s in load_servers()] == ["http://a:8042/dicom-web", "http://b:8042/dicom-web"]
+    stored = json.loads((tmp_path / "pacs_servers.json").read_text())
+    assert all(set(s) == {"url", "user"} for s in stored)
+    (tmp_path / "pacs_servers.json").write_text("{broken")
+    assert load_servers() == []

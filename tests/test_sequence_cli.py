@@ -1,0 +1,46 @@
+"""`napari-medgen sequence-train` / `sequence-predict` on a folder + CSV."""
+import csv
+
+import numpy as np
+import pytest
+
+from napari_medgen.cli import main
+from napari_medgen.io.timeseries import write_time_series
+
+
+@pytest.fixture
+def folder(tmp_path, brain):
+    sl = brain.data[45, ::4, ::4].astype(np.float32)
+    rows = []
+    for i in range(6):
+        gains = np.linspace(0.5, 1.5, 4 + i % 3)
+        label = "up" if i % 2 == 0 else "down"
+        write_time_series(tmp_path / f"s{i}.nii.gz", np.stack([sl * g for g in (gains if i % 2 == 0 else gains[::-1])]),
+                          step=2.0)
+        rows.append((f"s{i}.nii.gz", label))
+    with open(tmp_path / "targets.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("file", "target"), *rows])
+    return tmp_path
+
+
+def test_train_then_predict_writes_model_and_curves(folder, capsys):
+    model = folder / "m.medgen.pt"
+    assert main(["sequence-train", str(folder), "--csv", str(folder / "targets.csv"), "--out", str(model),
+                 "--steps", "2", "--size", "16", "16", "-q"]) == 0
+    assert model.exists()
+    curves = folder / "curves.csv"
+    assert main(["sequence-predict", str(folder / "s0.nii.gz"), str(folder / "s1.nii.gz"), "--model", str(model),
+                 "--curves", str(curves), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "s0.nii.gz: " in out and ("up" in out or "down" in out)
+    rows = list(csv.reader(open(curves)))
+    assert rows[0][:3] == ["file", "frame", "time"] and len(rows) == 1 + 4 + 5
+    assert rows[2][2] == "2 s"  # the second frame of s0, at the stored time step
+
+
+def test_bad_csv_is_one_line(folder, capsys):
+    (folder / "bad.csv").write_text("name,score\n")
+    assert main(["sequence-train", str(folder), "--csv", str(folder / "bad.csv"), "--out",
+                 str(folder / "x.medgen.pt"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-medgen: error:") and "\n" not in err
