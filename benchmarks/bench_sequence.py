@@ -70,7 +70,8 @@ def run_kinetics(args, rows):
     for label, kw in (("CNN + LSTM", {}), ("per-frame CNN, averaged features", {"recurrent": False})):
         t0 = time.monotonic()
         model, hist = train_sequence_model(tr, ytr, "classification", regions=mtr, size=[32, 32],
-                                           seconds=args.seconds, steps=None, batch_size=16, seed=0, **kw)
+                                           seconds=args.seconds, steps=None, batch_size=16, lr=3e-3, seed=0,
+                                           **kw)
         train_s = time.monotonic() - t0
         pred = np.array([predict_sequence(model, s, m).label for s, m in zip(te, mte)])
         rows.append(("kinetics", label, f"accuracy {np.mean(pred == yte):.3f}", f"{train_s:.0f} s, "
@@ -90,8 +91,8 @@ def run_cine(args, rows):
     for label, kw in (("CNN + bidirectional LSTM", {"bidirectional": True}),
                       ("per-frame CNN, averaged features", {"recurrent": False})):
         t0 = time.monotonic()
-        model, hist = train_sequence_model(tr, ytr, "regression", size=[48, 48], seconds=args.seconds, steps=None,
-                                           batch_size=8, seed=0, **kw)
+        model, hist = train_sequence_model(tr, ytr, "regression", size=[32, 32], seconds=args.seconds, steps=None,
+                                           batch_size=16, lr=3e-3, seed=0, **kw)
         train_s = time.monotonic() - t0
         pred = np.array([predict_sequence(model, s).value for s in te])
         rows.append(("ejection fraction", label, f"MAE {np.abs(pred - yte).mean():.3f}",
@@ -106,7 +107,7 @@ def run_cine(args, rows):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=150, help="training wall time per network")
+    ap.add_argument("--seconds", type=float, default=240, help="training wall time per network")
     ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--tasks", default="kinetics,cine")

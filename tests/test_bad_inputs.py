@@ -454,3 +454,16 @@ def test_bad_command_is_exit_2_and_one_line(case, small_nifti, tmp_path, capsys,
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0] and BAD_COMMANDS[case][1].lower() in err[0].lower(), err
+
+
+def test_cli_says_model_mismatch_in_one_line_and_still_writes(tmp_path, capsys):
+    ct = np.full((2, 128, 128), -1000, np.int16)
+    ct[:, 20:110, 10:118] = np.random.default_rng(0).integers(-100, 400, (2, 90, 108))
+    img = sitk.GetImageFromArray(ct)
+    img.SetSpacing((3.0, 3.0, 5.0))
+    sitk.WriteImage(img, str(tmp_path / "chest.nii.gz"))
+    assert main(["segment", str(tmp_path / "chest.nii.gz"), str(tmp_path / "seg.nii.gz"), "-q", "--device", "cpu"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err and all(ln.startswith("napari-medgen: warning: ") for ln in err), err
+    assert any("Hounsfield" in ln for ln in err) and any("384 mm" in ln for ln in err)
+    assert (tmp_path / "seg.nii.gz").is_file()

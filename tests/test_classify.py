@@ -64,6 +64,12 @@ def test_heatmap_on_the_images_own_grid(contrast_model, brain):
     assert r.heatmap.shape == img.data.shape and r.geometry is geo
     assert r.target == r.label and 0 <= r.heatmap.min() and r.heatmap.max() <= 1 + 1e-6
     assert r.slice_scores is None
+    net = __import__("napari_medgen.tasks.classify", fromlist=["x"]).network(model)
+    x, placement = prepare(img, model.config.normalization, model.params.spacing, model.params.size)
+    with torch.no_grad():
+        e = net.evidence(torch.as_tensor(x)[None, None])[0, model.params.classes.index(r.target)].numpy()
+    evidence = to_image_grid(e, placement, img.data.shape)
+    assert np.corrcoef(evidence.ravel(), r.heatmap.ravel())[0, 1] > 0.5  # high where the class evidence is
 
 
 def test_matrix_size_carries_no_information(brain):

@@ -20,7 +20,7 @@ def test_train_synthesize_report_cancel(make_napari_viewer, qtbot, brain, tissue
     w = GANWidget(viewer)
     qtbot.addWidget(w)
     w.image.value = image
-    w.steps.setValue(40)
+    w.steps.setValue(40)  # advanced option: a step budget besides the seconds
     w.downsample.setValue(4)
     w.device.setCurrentText("cpu")
 
@@ -28,7 +28,8 @@ def test_train_synthesize_report_cancel(make_napari_viewer, qtbot, brain, tissue
     preview = viewer.layers["GAN preview"]
     assert preview.data.shape == (8, 30, 25) and tuple(preview.scale) == (1.0, 8.0, 8.0)
     assert "d_loss" in w.loss_plot.series and len(w.loss_plot.series["d_loss"][0]) == 40
-    assert "40" in w.model_line.text() or "Trained" in w.model_line.text()
+    assert w.model_line.text().startswith("Trained 40 steps in ")
+    assert f"{w.model.params.n_train} training slices of (30, 25) at 8 x 8 mm" in w.model_line.text()
 
     w.n.setValue(6)
     w.seed.setValue(3)
@@ -46,19 +47,27 @@ def test_train_synthesize_report_cancel(make_napari_viewer, qtbot, brain, tissue
     assert viewer.layers["GAN suspicious pairs (sample | nearest real)"].data.shape == (5, 30, 54)
 
     path = str(tmp_path / "gan")
+    model_params = w.model.params
     w.save_model(path)
     w.model = None
     w.load_model(path + ".medgen.pt")
-    assert w.model is not None and w.model.task == "gan"
+    assert w.model is not None and w.model.task == "gan" and w.model.params == model_params
 
-    # Cancel a long training: it stops after the current step and keeps the EMA weights so far
+    # Stop a long training: it stops after the current step and keeps the best EMA weights so far
     w.steps.setValue(100_000)
     qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
     with qtbot.waitSignal(w.runner.done, timeout=WAIT) as blocker:
         w.train()
-        qtbot.waitUntil(lambda: "step" in w.runner.status.text(), timeout=WAIT)
-        w.runner.cancel()
+        qtbot.waitUntil(lambda: "d_loss" in w.runner.status.text(), timeout=WAIT)
+        w.runner.request_stop()
     assert blocker.args[0] == "finished" and "stopped early" in w.model_line.text()
+    trained = w.model
+    # Cancel discards the run: the previous model stays
+    with qtbot.waitSignal(w.runner.done, timeout=WAIT) as blocker:
+        w.train()
+        qtbot.waitUntil(lambda: "d_loss" in w.runner.status.text(), timeout=WAIT)
+        w.runner.cancel()
+    assert blocker.args[0] == "cancelled" and w.model is trained
 
     # mask-to-image: train on the paired tissue map, then render the label slice under the cursor
     w.labels.value = labels

@@ -173,3 +173,17 @@ def test_napari_reader_shows_what_it_changed(tmp_path, dicom_writer, monkeypatch
     (layer,) = reader.read_layers(str(tmp_path / "gap"))
     assert layer[0].shape == (8, 6, 5) and layer[1]["scale"][0] == pytest.approx(3.0)
     assert len(shown) == 1 and "not evenly spaced" in shown[0]
+
+
+@pytest.mark.parametrize("ext", [".nii", ".mha", ".nrrd", ".mhd"])
+@pytest.mark.parametrize("dtype,vector", [(np.complex64, False), (np.float64, False), (np.uint8, True),
+                                          (np.float32, True)], ids=["complex", "float64", "rgb", "vector"])
+def test_size_check_counts_every_pixel_type_right(tmp_path, ext, dtype, vector):
+    from napari_medgen.io.header import voxel_bytes
+
+    arr = np.ones((4, 5, 3) if vector else (3, 4, 5), dtype)
+    path = tmp_path / f"img{ext}"
+    sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=vector), str(path), False)
+    announced, present = voxel_bytes(path)
+    assert announced == present == arr.nbytes
+    read_image(path)  # no false "truncated"

@@ -13,7 +13,8 @@ TINY = {"size": [16, 16], "features": 16, "hidden": 16, "channels": (8, 16), "ba
 
 
 def _order_task(brain, n, seed):
-    """Real slices whose brightness rises ("up") or falls ("down"): the same frames, only the order differs."""
+    """Real slices whose brightness rises ("up") or falls ("down") after a common first frame: the same
+    frames, only their order differs."""
     rng = np.random.default_rng(seed)
     seqs, labels = [], []
     for i in range(n):
@@ -21,7 +22,7 @@ def _order_task(brain, n, seed):
         t = int(rng.integers(5, 10))
         gains = np.linspace(0.6, 1.4, t)
         up = i % 2 == 0
-        frames = np.stack([sl * g for g in (gains if up else gains[::-1])])
+        frames = np.stack([sl] + [sl * g for g in (gains if up else gains[::-1])])  # same first frame
         seqs.append(frames + rng.normal(0, 20, frames.shape).astype(np.float32))
         labels.append("up" if up else "down")
     return seqs, labels

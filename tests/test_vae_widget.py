@@ -80,7 +80,7 @@ def test_train_score_threshold_jump(setup, qtbot):
     w.train()
     w.image.value = other
     w.score()  # refused: the VAE is busy
-    w.runner.cancel()
+    w.runner.cancel()  # discards the training: the shown model and result stay
     _wait(qtbot, w)
     w.go_to_slice(index)
     assert np.isclose(viewer.dims.point[0], img.data_to_world([index, 0, 0])[0])  # T1's slice, not other's
@@ -96,14 +96,14 @@ def test_fits_a_laptop_screen(setup):
     assert not w.train_advanced.isExpanded() and not w.generate_section.isExpanded()
 
 
-def test_cancel_training_keeps_best_and_cancel_scoring_adds_nothing(setup, qtbot):
+def test_stop_training_keeps_best_and_cancel_scoring_adds_nothing(setup, qtbot):
     viewer, w, img, mask = setup
     w.normals.value = [img]
     w.train_mask.value = mask
     w.steps.setValue(5000)
     w.train()
     qtbot.waitUntil(lambda: len(w.loss_plot.series.get("KL", ([], []))[0]) >= 3, timeout=WAIT)
-    w.runner.cancel()
+    w.runner.request_stop()  # Stop: keep the best weights so far
     _wait(qtbot, w)
     assert w.model is not None and "stopped early" in w.model_line.text()
     n_layers = len(viewer.layers)

@@ -8,15 +8,17 @@ import napari
 import numpy as np
 from magicgui.widgets import create_widget
 from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPushButton,
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPushButton, QScrollArea,
                             QSpinBox, QVBoxLayout, QWidget)
+from superqt import QCollapsible
 
 from ..io import Geometry
 from ..io.read import ImageData
 from ..models.checkpoint import SUFFIX, Model, ModelFileError
-from ..tasks.conditional_gan import TASK as COND_TASK
-from ..tasks.conditional_gan import load_conditional, synthesize_from_labels, train_conditional_gan
+from ..models.config import Task
+from ..tasks.conditional_gan import synthesize_from_labels, train_conditional_gan
 from ..tasks.gan import interpolate_seeds, real_slices, synthesize, train_gan
 from ..tasks.synthesis_report import format_report, side_by_side, synthesis_report
 from ._plot import LivePlot
@@ -25,6 +27,7 @@ from ._layers import layer_image, row
 from ._runner import JobRunner, device_chooser
 
 MODES = ["unconditional", "mask-to-image (needs labels)"]
+COND_TASK = Task.CONDITIONAL_GAN
 
 
 def _spin(lo: int, hi: int, value: int) -> QSpinBox:
@@ -43,14 +46,19 @@ class GANWidget(QWidget):
         self.model: Optional[Model] = None
         self.report: Optional[dict] = None
         self._outputs: dict = {}
-        self._reference = None
+        self._reference = None  # real slices and samples of the last quality report
+        self._samples = None
+        self._preview_geometry = Geometry((1.0, 1.0, 1.0), (0.0,) * 3)  # of the running training's preview
 
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.labels = create_widget(annotation=Optional[napari.layers.Labels], label="labels",
                                     options={"nullable": True})
         self.mode = QComboBox()
         self.mode.addItems(MODES)
-        self.steps = _spin(1, 1_000_000, 1500)
+        self.seconds = _spin(5, 86_400, 180)
+        self.seconds.setToolTip("Training budget in seconds (the best EMA generator so far is kept)")
+        self.steps = _spin(0, 1_000_000, 0)
+        self.steps.setToolTip("Optional budget in steps (0: seconds only); whichever ends first")
         self.downsample = _spin(1, 8, 2)
         self.downsample.setToolTip("Train on slices reduced by this factor (faster; pixel spacing grows with it)")
         self.device, self.device_line = device_chooser()
@@ -61,7 +69,7 @@ class GANWidget(QWidget):
         save.clicked.connect(lambda: self.save_model())
         self.model_line = QLabel("No model: train one or load a .medgen.pt GAN.")
         self.model_line.setWordWrap(True)
-        self.loss_plot = LivePlot("GAN losses", "step")
+        self.loss_plot = LivePlot("GAN losses", "step", height=1.6)
 
         self.n = _spin(1, 10_000, 16)
         self.seed = _spin(0, 2**31 - 1, 0)
@@ -88,7 +96,12 @@ class GANWidget(QWidget):
         form.addRow("image", self.image.native)
         form.addRow("labels", self.labels.native)
         form.addRow("mode", self.mode)
-        form.addRow("steps, downsample", row(self.steps, self.downsample))
+        form.addRow("seconds, downsample", row(self.seconds, self.downsample))
+        self.train_advanced = QCollapsible("Advanced training options")
+        adv = QWidget()
+        QFormLayout(adv).addRow("steps (0: none)", self.steps)
+        self.train_advanced.addWidget(adv)
+        form.addRow(self.train_advanced)
         form.addRow(self.train_button)
         form.addRow(self.loss_plot)
         form.addRow(row(load, save))
@@ -100,19 +113,29 @@ class GANWidget(QWidget):
         form.addRow("seed B", self.seed_b)
         form.addRow(interp)
         form.addRow(cond)
-        rep_box = QGroupBox("Quality report (vs. the image's real slices)")
-        form = QFormLayout(rep_box)
+        self.report_section = QCollapsible("Quality report (vs. the image's real slices)")
+        rep = QWidget()
+        form = QFormLayout(rep)
         form.addRow(row(report, pairs))
         form.addRow(self.report_text)
-        lay = QVBoxLayout(self)
-        for box in (train_box, gen_box, rep_box):
+        self.report_section.addWidget(rep)
+        content = QWidget()
+        lay = QVBoxLayout(content)
+        for box in (train_box, gen_box, self.report_section):
             lay.addWidget(box)
         dev = QFormLayout()
         dev.addRow("device", self.device)
         lay.addLayout(dev)
         lay.addWidget(self.device_line)
-        lay.addWidget(self.runner)
         lay.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 8, 0)
+        outer.addWidget(scroll, 1)
+        outer.addWidget(self.runner)  # progress, Stop and Cancel stay visible whatever is scrolled
         for w in (self.image, self.labels):
             self.viewer.layers.events.inserted.connect(w.reset_choices)
             self.viewer.layers.events.removed.connect(w.reset_choices)
@@ -129,7 +152,8 @@ class GANWidget(QWidget):
         if layer is None:
             show_error("Choose an Image layer to train on.")
             return
-        kwargs = dict(steps=self.steps.value(), downsample=self.downsample.value(), device=self.device.currentText(),
+        kwargs = dict(steps=self.steps.value() or None, seconds=self.seconds.value(),
+                      downsample=self.downsample.value(), device=self.device.currentText(), stoppable=True,
                       on_result=self._trained, on_progress=self._on_progress)
         self.loss_plot.clear()
         spacing = [s * self.downsample.value() for s in Geometry.from_layer(layer).spacing[-2:]]
@@ -154,14 +178,15 @@ class GANWidget(QWidget):
 
     def _trained(self, result) -> None:
         self.model, history = result
-        note = " (stopped early: EMA weights so far)" if history["stopped"] else ""
-        self._describe(f"Trained{note} in {history['seconds']:.0f} s")
+        note = " (stopped early: best EMA weights so far)" if history["stopped"] else ""
+        steps = history["step"][-1] if history["step"] else 0
+        self._describe(f"Trained {steps} steps in {history['seconds']:.0f} s{note}, kept {history['returned']}")
 
     def _describe(self, what: str) -> None:
-        cfg = self.model.config
+        p = self.model.params
         kind = "mask-to-image GAN" if self.model.task == COND_TASK else "GAN"
-        self.model_line.setText(f"{what}: {kind}, {cfg['n_train']} training slices of {tuple(cfg['native_shape'])} "
-                                f"at {cfg['spacing'][0]:g} x {cfg['spacing'][1]:g} mm.")
+        self.model_line.setText(f"{what}: {kind}, {p.n_train} training slices of {tuple(p.native_shape)} "
+                                f"at {p.spacing[0]:g} x {p.spacing[1]:g} mm.")
 
     def load_model(self, path: Optional[str] = None) -> None:
         if path is None:
@@ -170,9 +195,7 @@ class GANWidget(QWidget):
                 return
         try:
             model = Model.load(path)
-            if model.task == COND_TASK:
-                model = load_conditional(path)
-            elif model.task != "gan":
+            if model.task not in (Task.GAN, COND_TASK):
                 raise ModelFileError(f"That file holds a {model.task} model, not a GAN.")
         except ValueError as err:
             show_error(str(err))
@@ -213,18 +236,17 @@ class GANWidget(QWidget):
             return
         data = np.asarray(labels.data)
         geo = Geometry.from_layer(labels)
-        axis = self.model.config.get("axis", 0)
+        axis = self.model.params.axis
         index = 0
         if data.ndim == 3:
             index = int(np.clip(round(labels.world_to_data(self.viewer.dims.point)[axis]), 0, data.shape[axis] - 1))
             data = np.take(data, index, axis=axis)
         inplane = [s for k, s in enumerate(geo.spacing) if data.ndim == geo.ndim or k != axis]
-        self._slice = (labels, axis, index)
         self.runner.start(synthesize_from_labels, self.model, data, spacing=inplane,
-                          device=self.device.currentText(), on_result=self._show_conditional)
+                          device=self.device.currentText(),
+                          on_result=lambda item: self._show_conditional(item, labels, axis, index))
 
-    def _show_conditional(self, item: ImageData) -> None:
-        labels, axis, index = self._slice
+    def _show_conditional(self, item: ImageData, labels, axis: int, index: int) -> None:
         kw = {"colormap": "gray"}
         if labels.ndim == 3:
             scale = list(labels.scale)
@@ -269,14 +291,13 @@ class GANWidget(QWidget):
         if self.image.value is None:
             show_error("Choose the Image layer with the real scan to compare with.")
             return
-        reference = real_slices(layer_image(self.image.value), self.model.config)
-        self._reference = reference
-        self._samples = np.asarray(samples.data)
-        self.runner.start(synthesis_report, self._samples, reference, training=reference,
-                          on_result=self._reported)
+        reference = real_slices(layer_image(self.image.value), self.model.params)
+        data = np.asarray(samples.data)
+        self.runner.start(synthesis_report, data, reference, training=reference,
+                          on_result=lambda report: self._reported(report, data, reference))
 
-    def _reported(self, report: dict) -> None:
-        self.report = report
+    def _reported(self, report: dict, samples: np.ndarray, reference: np.ndarray) -> None:
+        self.report, self._samples, self._reference = report, samples, reference
         self.report_text.setText(format_report(report))
 
     def show_pairs(self) -> None:
@@ -285,6 +306,6 @@ class GANWidget(QWidget):
             show_error("Run the quality report first.")
             return
         pairs = side_by_side(self.report, self._samples, self._reference)
-        spacing = self.model.config["spacing"]
+        spacing = self.model.params.spacing
         self._put("GAN suspicious pairs (sample | nearest real)", pairs, Geometry((1.0, *spacing), (0.0,) * 3),
                   colormap="gray")

@@ -159,9 +159,10 @@ class VAEWidget(QWidget):
         lay.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         scroll.setWidget(content)
         outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setContentsMargins(0, 0, 8, 0)
         outer.addWidget(scroll, 1)
         outer.addWidget(self.runner)  # progress and Cancel stay visible whatever is scrolled
         for w in (self.normals, self.train_mask, self.image, self.mask):
@@ -192,7 +193,8 @@ class VAEWidget(QWidget):
         self.loss_plot.clear()
         self.runner.start(train_vae, images, masks, steps=self.steps.value() or None, seconds=self.seconds.value(),
                           latent_size=self.latent.value(), device=self.device.currentText(),
-                          name=f"vae {layers[0].name}", on_result=self._trained, on_progress=self._on_progress)
+                          name=f"vae {layers[0].name}", stoppable=True, on_result=self._trained,
+                          on_progress=self._on_progress)
 
     def _on_progress(self, ev) -> None:
         if "reconstruction" in ev.metrics:

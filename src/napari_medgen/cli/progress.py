@@ -15,6 +15,7 @@ class TerminalProgress:
 
     def __init__(self, label: str = "", stream=None, quiet: bool = False, width: int = 30):
         self.label, self.stream, self.quiet, self.width = label, stream or sys.stderr, quiet, width
+        self.open_line = False  # a bar is drawn and its line not ended yet
         self._last = 0.0
         self._t0 = time.monotonic()
 
@@ -29,9 +30,17 @@ class TerminalProgress:
         line = (f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {ev.step}/{ev.total} "
                 f"{now - self._t0:5.0f}s {ev.message} {metrics}")
         self.stream.write(line[:150].ljust(80))
+        self.open_line = not done
         if done:
             self.stream.write("\n")
         self.stream.flush()
+
+    def end(self, failed: bool) -> None:
+        """End the bar's line; after a failure erase it, so the error is the one line left."""
+        if self.open_line:
+            self.stream.write("\r" + " " * 150 + "\r" if failed else "\n")
+            self.stream.flush()
+            self.open_line = False
 
 
 @contextmanager
@@ -46,10 +55,12 @@ def terminal_job(label: str = "", quiet: bool = False):
         print("\nStopping after the current step (Ctrl-C again to abort)...", file=sys.stderr)
 
     previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    bar = TerminalProgress(label, quiet=quiet)
+    failed = True
     try:
-        yield Job(TerminalProgress(label, quiet=quiet), stop)
+        yield Job(bar, stop)
+        failed = False
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-        if not quiet:
-            sys.stderr.write("\n")
+        bar.end(failed)

@@ -9,21 +9,25 @@ from ..errors import UserError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a 2D segmenter on the annotated slices of a labels file")
+    p = sub.add_parser("train", help="train a 2.5D segmenter on the painted slices of a labels file (any axis)")
     p.add_argument("image", help="image file or DICOM folder")
     p.add_argument("labels", help="labels file on the image's grid (unpainted slices are unknown)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
     p.add_argument("--from", dest="start", default="fresh",
                    help="start from: 'fresh' (new U-Net, default), a built-in name or a model file")
-    p.add_argument("--axis", type=int, default=0, help="slice axis in (z, y, x) order (default 0)")
-    p.add_argument("--slices", default="auto", help="'auto' (painted slices) or indices, e.g. 20,40,60")
+    p.add_argument("--axis", type=int, default=None,
+                   help="training slice axis in (z, y, x) order (default: the axis with the most painted slices)")
+    p.add_argument("--slices", default="auto",
+                   help="'auto' (slices painted along any axis) or indices along --axis, e.g. 20,40,60")
     p.add_argument("--sparse", action="store_true", help="scribbles: 0 is unknown, not background")
     p.add_argument("--background-label", type=int, default=None,
                    help="with --sparse: the label value painted on background")
-    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    p.add_argument("--seconds", type=float, default=60.0, help="time budget of the training call (default 60)")
+    p.add_argument("--steps", type=int, default=None, help="also stop after this many steps")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default by start model)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--predict", default=None, help="also write the whole-volume prediction to this file")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 8 on a CPU, 32 on a GPU")
+    p.add_argument("--predict", default=None,
+                   help="also write the painting completed by the model (painted slices kept) to this file")
     p.add_argument("--seed", type=int, default=0)
     add_common(p)
     p.set_defaults(func=run)
@@ -32,8 +36,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..io import read_path, write_image
     from ..models.checkpoint import SUFFIX
-    from ..tasks.finetune import finetune
-    from ..tasks.segment import segment
+    from ..tasks.finetune import complete_labels, finetune
     from .progress import terminal_job
 
     out = Path(args.out)
@@ -51,14 +54,16 @@ def run(args) -> int:
     with terminal_job("train", quiet=args.quiet) as job:
         model, history = finetune(args.start, image, labels.data, axis=args.axis, slices=slices,
                                   sparse=args.sparse, background_label=args.background_label,
-                                  steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                                  seconds=args.seconds, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                                   device=args.device, seed=args.seed, progress=job)
     model.save(out)
-    summary = {k: history.get(k) for k in ("slices", "val_slice", "best_metric", "best_step", "stopped", "seconds")}
+    summary = {k: history.get(k) for k in ("planes", "axis", "slices", "best_metric", "returned", "stop_reason",
+                                            "seconds")}
     print(f"wrote {out}: {json.dumps(summary)}")
     if args.predict:
         with terminal_job("predict", quiet=args.quiet) as job:
-            pred = segment(image, model, axis=args.axis, device=args.device, progress=job)
+            pred = complete_labels(model, image, labels.data, sparse=args.sparse,
+                                   background_label=args.background_label, device=args.device, progress=job)
         write_image(args.predict, pred, image.geometry, overwrite=args.overwrite)
         print(f"wrote {args.predict}")
     return 0

@@ -9,7 +9,7 @@ def select_device(device: "str | torch.device" = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple MPS, then CPU; anything else is used as given."""
     if isinstance(device, torch.device):
         return device
-    name = (device or "auto").lower()
+    name = (device or "auto").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -20,7 +20,7 @@ from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
 from ..data.annotations import IGNORE
-from ..data.augment import augment_batch, few_shot_transform
+from ..data.augment import augment_batch
 from ..data.sampling import PatchSampler, context_stack, patch_size_for
 from .fit import Budget, TrainTask, fit
 from .jobs import Job
@@ -91,7 +91,7 @@ class SegmentationTask(TrainTask):
             self.pseudo_sampler = PatchSampler(volume, pseudo[1], pseudo[0], patch, context=context, roi=box,
                                                boundary_share=0.0, seed=seed + 1)
         self.pseudo_weight = float(pseudo_weight)
-        self.transform = few_shot_transform(seed) if augment else None
+        self.augment = augment
         self.rng = np.random.default_rng(seed)
         self.batch_size = batch_size
         self.device = torch.device("cpu")
@@ -104,9 +104,8 @@ class SegmentationTask(TrainTask):
 
     def _batch(self, sampler, n):
         x, y = sampler.sample(n)
-        if self.transform is not None:
-            x, y = augment_batch(self.transform, x, y, self.rng)
-        return torch.as_tensor(x).to(self.device), torch.as_tensor(y).to(self.device)
+        x, y = augment_batch(x, y, self.rng) if self.augment else (torch.as_tensor(x), torch.as_tensor(y))
+        return x.to(self.device), y.to(self.device)
 
     def train_step(self, step):
         n_pseudo = self.batch_size // 4 if self.pseudo is not None and self.batch_size >= 2 else 0

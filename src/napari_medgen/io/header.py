@@ -38,11 +38,14 @@ def announced_bytes(path: Path) -> int:
     info = sitk.ImageFileReader()
     info.SetFileName(str(path))
     info.ReadImageInformation()
-    one = sitk.Image([1] * info.GetDimension(), info.GetPixelID(), info.GetNumberOfComponents())
+    pixel = info.GetPixelID()
+    size = sitk.Image([1] * info.GetDimension(), pixel).GetSizeOfPixelComponent()  # a complex counts whole
+    if "vector" in sitk.GetPixelIDValueAsString(pixel).lower():
+        size *= info.GetNumberOfComponents()
     n = 1
     for s in info.GetSize():
         n *= int(s)
-    return n * info.GetNumberOfComponents() * one.GetSizeOfPixelComponent()
+    return n * size
 
 
 def _head(path: Path, n: int) -> bytes:

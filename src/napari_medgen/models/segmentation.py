@@ -275,7 +275,7 @@ def _load_torchscript(path: Path, allow_code: bool) -> Model:
         raise CodeNotAllowedError(
             f"{path.name} is a TorchScript file, i.e. code that runs on this computer, so napari-medgen does not "
             "load it unless you allow it (allow_code=True in Python, --allow-torchscript on the command line, "
-            "'Allow TorchScript code' in the Segment widget); allow only files from people you trust.")
+            "'Allow TorchScript' in the Segment widget); allow only files from people you trust.")
     try:
         with warnings.catch_warnings():  # torch announces TorchScript's deprecation; users still have such files
             warnings.simplefilter("ignore", FutureWarning)

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 
 from ..engine.device import select_device
@@ -24,7 +25,7 @@ from ..models.checkpoint import Model, ModelFileError
 from ..models.config import ClassificationParams, ModelConfig, Task
 from ..models.encoders import (HEATMAP_LAYER, EvidenceClassifier, classifier_specs, pretrained_source,
                                size_multiple, transfer)
-from .classify_data import as_image, as_images, default_spacing, encode_labels, prepare, to_image_grid
+from .classify_data import DEFAULT_SPEC, as_image, as_images, default_spacing, encode_labels, prepare, to_image_grid
 from .classify_training import ClassifierTask, classification_metrics, predict
 
 DEFAULT_SIZE = {2: (128, 128), 3: (64, 64, 64)}
@@ -41,6 +42,12 @@ class ClassificationResult:
     target: object = None  # the class the heatmap explains
     slice_scores: Optional[np.ndarray] = None  # volumes: heatmap maximum per slice along axis 0
     top_slices: list = field(default_factory=list)  # slice indices, highest score first
+
+
+def unit_scale(cam: torch.Tensor) -> torch.Tensor:
+    """Each map to [0, 1], highest = 1 (MONAI's default CAM normaliser flips magnitudes)."""
+    scale = ScaleIntensity(minv=0.0, maxv=1.0)
+    return torch.stack([torch.as_tensor(scale(c)) for c in cam])
 
 
 def network(model: Model) -> EvidenceClassifier:
@@ -78,7 +85,7 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     """Train a classifier on ``images`` (arrays, ImageData or files; all 2D or all 3D) and their ``labels``.
 
     Every image is normalised (``normalization``; default ``auto``: a HU window for CT, per-image
-    percentiles for MRI), resampled to the isotropic ``spacing`` (default: the median field of view
+    percentiles 0.5-99.95 for MRI), resampled to the isotropic ``spacing`` (default: the median field of view
     fits ``size``) and centred in ``size``; :func:`classify` does the same.  ``pretrained``: a
     segmentation U-Net (``"brain-tissue-2d"``, a ``.medgen.pt`` file, a MONAI bundle folder), a VAE
     ``.medgen.pt`` or a MONAI UNet state dict; its layers are frozen for the first ``freeze``
@@ -105,7 +112,7 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     if len(size) != dims or any(s % mult for s in size):
         raise UserError(f"The network size must be {dims} numbers, each a multiple of {mult} (got {list(size)}).")
     spacing = [float(s) for s in (spacing or default_spacing(imgs, size))]
-    spec = dict(normalization or {"kind": "auto"})
+    spec = dict(normalization or DEFAULT_SPEC)
     params = ClassificationParams(classes=classes, spatial_dims=dims, size=list(size), spacing=spacing,
                                   pretrained=source, sharpness=float(sharpness))
     config = ModelConfig(task=Task.CLASSIFICATION, name=name, networks=specs, params=params,
@@ -167,7 +174,7 @@ def classify(model, image, *, target=None, heatmap: bool = True, device="auto",
         result.target = label if target is None else target
         if result.target not in classes:
             raise UserError(f"'{result.target}' is not one of the classes {', '.join(map(str, classes))}.")
-        cam = GradCAM(net, target_layers=HEATMAP_LAYER)
+        cam = GradCAM(net, target_layers=HEATMAP_LAYER, postprocessing=unit_scale)
         xt = torch.as_tensor(x)[None, None].to(dev).requires_grad_(True)
         with torch.enable_grad():
             hm = cam(xt, class_idx=classes.index(result.target))[0, 0].detach().float().cpu().numpy()

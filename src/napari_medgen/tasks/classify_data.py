@@ -2,7 +2,7 @@
 
 Every image, at training and at inference, goes through :func:`prepare`: intensity
 normalisation by the model's spec (``auto``: a Hounsfield window for CT, per-image
-percentiles otherwise), resampling to the model's isotropic spacing, then a centred
+percentiles 0.5-99.95 otherwise), resampling to the model's isotropic spacing, then a centred
 crop or zero pad to the model's fixed size, so the matrix size carries no information.
 :func:`to_image_grid` maps a map on the network grid back onto the image's own grid.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.normalize import normalize
+from ..data.normalize import normalize, resolve
 from ..data.resample import resize, target_shape
 from ..errors import UserError
 from ..io import Geometry, ImageData, read_image
@@ -64,10 +64,25 @@ class Placement:
     offset: tuple
 
 
+DEFAULT_SPEC = {"kind": "auto", "mri_upper": 99.95}
+
+
+def image_spec(spec: dict | None, image: ImageData) -> dict:
+    """The concrete normalisation of one image; ``auto``'s MRI percentiles may keep the top ``mri_upper``.
+
+    The classifier's default keeps 99.95 % (not 99.5 %) below the top so that a small bright
+    finding is not clipped to the level of normal bright tissue.
+    """
+    spec = dict(spec or DEFAULT_SPEC)
+    out = resolve(spec, image.data, str(image.metadata.get("modality", "")))
+    if spec["kind"] == "auto" and out["kind"] == "percentile" and "mri_upper" in spec:
+        out["upper"] = float(spec["mri_upper"])
+    return out
+
+
 def prepare(image: ImageData, spec: dict | None, spacing, size) -> tuple[np.ndarray, Placement]:
     """Normalise, resample to ``spacing`` and centre in ``size``: a float32 array of shape ``size``."""
-    modality = str(image.metadata.get("modality", ""))
-    arr = normalize(image.data, spec, modality)
+    arr = normalize(image.data, image_spec(spec, image))
     shape = target_shape(arr.shape, image.geometry.spacing, spacing)
     arr = resize(arr, shape)
     out = np.zeros(tuple(size), np.float32)

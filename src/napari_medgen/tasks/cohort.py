@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.augment import augment_batch, few_shot_transform
+from ..data.augment import augment_batch
 from ..data.datasets import (DatasetError, PatchSampler, dataset_normalization, discover, fingerprint,
                              foreground_sample, load_case, read_case, split)
 from ..data.normalize import resolve
@@ -44,7 +44,6 @@ class CohortTask(TrainTask):
         self.optimizers = [torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)]
         self.sampler, self.val, self.dims, self.patch = sampler, val, spatial_dims, tuple(patch_size)
         self.batch_size = batch_size
-        self.transform = few_shot_transform(seed) if augment and spatial_dims == 2 else None
         self.augment = augment
         self.rng = np.random.default_rng(seed)
         self.on_validate = on_validate
@@ -55,10 +54,10 @@ class CohortTask(TrainTask):
         self.device = device
 
     def _augment(self, x, y):
-        if self.transform is not None:
-            return augment_batch(self.transform, x, y)
         if not self.augment:
             return x, y
+        if self.dims == 2:
+            return augment_batch(x, y, self.rng)
         for b in range(len(x)):  # 3D: flips and an intensity jitter
             for ax in range(2, x.ndim):
                 if self.rng.random() < 0.5:

@@ -34,7 +34,7 @@ from ..models.segmentation import default_classes, load_segmentation_model, segm
 
 FRESH = "fresh"
 LR_FRESH, LR_FINETUNE = 5e-3, 1e-3
-CONTEXT = 2  # neighbouring slices on each side given to a fresh 2.5D network
+CONTEXT = 1  # neighbouring slices on each side given to a fresh 2.5D network
 BAND_VOXELS = 1.5  # interpolated boundaries: pseudo-labels this close (in-plane voxels) are left unknown
 NETS = {"cpu": {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "patch": 128, "batch": 8},
         "cuda": {"channels": (32, 64, 128, 256, 320), "strides": (2, 2, 2, 2), "patch": 256, "batch": 32}}
@@ -174,7 +174,7 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
         cfg.spacing = [float(s) for i, s in enumerate(spacing) if i != t.axis]
     rounds = (cfg.finetune or {}).get("rounds", 0) + 1
     planes = {int(a): [int(i) for i in idx] for a, idx in t.planes.items()}
-    cfg.finetune = {"rounds": rounds, "planes": planes, "sparse": bool(sparse),
+    cfg.finetune = {"rounds": rounds, "planes": {str(a): v for a, v in planes.items()}, "sparse": bool(sparse),
                     "background_label": background_label, "steps": len(history["step"])}
     history.update(slices=planes.get(t.axis, []), planes=planes, axis=int(t.axis), context=ctx,
                    pseudo_slices=0 if pseudo is None else int(len(pseudo[0])), roi=[list(b) for b in prior.box],

@@ -140,7 +140,7 @@ def train_sequence_model(sequences: Sequence, targets: Sequence, task: str = "cl
                          regions: Optional[Sequence] = None, size: Optional[list] = None,
                          bidirectional: bool = False, recurrent: bool = True, features: int = 64,
                          hidden: int = 64, channels: tuple = (16, 32, 64, 64), pretrained=None,
-                         steps: Optional[int] = 300, seconds: Optional[float] = None, lr: float = 2e-3,
+                         steps: Optional[int] = 300, seconds: Optional[float] = None, lr: float = 3e-3,
                          batch_size: int = 8, val_fraction: float = 0.2, augment: bool = True,
                          patience: Optional[int] = None, name: str = "sequence", device="auto", seed: int = 0,
                          progress=None, stop=None, cancel=None) -> tuple[Model, dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import UserError
@@ -41,6 +42,7 @@ def run_sequence(nets: dict, x: torch.Tensor, lengths: torch.Tensor) -> tuple[to
     keep = torch.arange(t, device=x.device)[None] < lengths.to(x.device)[:, None]  # (B, T): real frames
     channels = torch.stack([x, x - x[:, :1]], 2)[keep]  # each frame and its subtraction from the first
     enc = nets["net"](channels).float()  # padding frames are never encoded (no batch-norm pollution)
+    enc = F.layer_norm(enc, enc.shape[-1:])  # bounded LSTM inputs: its gates do not saturate
     feats = enc.new_zeros((b, t, enc.shape[-1]))
     feats[keep] = enc
     valid = keep.float()[..., None]
