@@ -46,7 +46,7 @@ def trained(brain, brain_mask):
     ann = np.zeros_like(brain_mask)
     ann[PAINTED] = brain_mask[PAINTED]
     before = (digest(brain.data), digest(ann))
-    model, history = finetune(None, brain, ann, **{**FAST, "steps": 60})
+    model, history = finetune(None, brain, ann, **{**FAST, "steps": 40})
     return model, history, ann, before
 
 
@@ -62,7 +62,7 @@ def test_every_painted_slice_trains_and_unknown_slices_are_not_background(traine
 def test_selection_never_returns_the_untrained_network(trained):
     _, history, _, _ = trained
     assert history["best_step"] >= 1 and history["returned"].startswith("the best by validation")
-    assert history["best_metric"] == max(history["val_metric"])
+    assert history["best_metric"] >= max(history["val_metric"]) - 1e-3  # improvements under 1e-3 do not count
 
 
 def test_completed_labels_keep_the_paint_and_fill_between(trained, brain, brain_mask):

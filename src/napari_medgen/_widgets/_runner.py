@@ -30,7 +30,6 @@ from dataclasses import replace
 from functools import partial
 from typing import Callable, Optional
 
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, QThreadPool, QTimer, Signal
 from qtpy.QtWidgets import (QApplication, QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout,
@@ -47,6 +46,28 @@ USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, MemoryError)
 RELAY_MS = 100  # progress reaches the GUI at most this often
 CLOSE_WAIT_S = 10.0  # how long closing the viewer waits for a cancelled job to return
 _LIVE: "weakref.WeakSet[JobRunner]" = weakref.WeakSet()  # runners with a job in flight
+
+
+class PaintBudget:
+    """How often live views may repaint so that painting takes at most ``share`` of the GUI thread's time.
+
+    A repaint of any widget re-composes the whole viewer window with its OpenGL canvas: ~1 ms on
+    a GPU, 40-50 ms on Mesa's software llvmpipe (Xvfb, VMs).  Live views (progress line, plots)
+    record what their paints cost and wait ``cost / share`` before the next one.
+    """
+
+    def __init__(self, share: float = 0.04):
+        self.share, self.cost = share, 0.0
+
+    def record(self, seconds: float) -> None:
+        self.cost = seconds if not self.cost else 0.7 * self.cost + 0.3 * seconds
+
+    def interval(self, floor: float) -> float:
+        """Seconds to wait before the next paint (at least ``floor``)."""
+        return max(floor, self.cost / self.share)
+
+
+PAINT = PaintBudget()
 
 
 def user_message(err: BaseException) -> str:
@@ -72,7 +93,7 @@ class JobRunner(QWidget):
         self._events: deque = deque()
         self._finished = threading.Event()
         self._on_result = self._on_progress = None
-        self._pbar = None
+        self._next_paint = 0.0
         self._window = None
         self._relay = QTimer(self)
         self._relay.setInterval(RELAY_MS)
@@ -136,7 +157,7 @@ class JobRunner(QWidget):
         self.worker = worker = create_worker(call, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(partial(self._returned, worker))
         worker.errored.connect(partial(self._errored, worker))
-        self._pbar = napari_progress(total=0, desc=self.label)
+        self._next_paint = 0.0
         self.bar.setRange(0, 0)
         self.stop_button.setVisible(stoppable)
         self.stop_button.setEnabled(stoppable)
@@ -199,21 +220,23 @@ class JobRunner(QWidget):
         self._show_progress(last)
 
     def _show_progress(self, ev: ProgressEvent) -> None:
+        """Bar and status line, repainted at most as often as :data:`PAINT` allows (one paint for both)."""
+        now = time.monotonic()
+        if now < self._next_paint:
+            return
         total = max(int(ev.total), 1)
-        self.bar.setRange(0, total)
-        self.bar.setValue(min(int(ev.step), total))
         metrics = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in self.state.metrics.items())
+        self.setUpdatesEnabled(False)  # QProgressBar.setValue would repaint at once, then the label again
+        self.bar.setRange(0, total)
+        self.bar.setValue(min(int(ev.step), total))
         if self.state.status is Status.RUNNING:
             self.status.setText(f"{self.label}: {ev.message} {metrics}".strip())
-        pbar = self._pbar  # napari's bar may process pending events (even our own finish): touch it last
-        if pbar is not None:
-            if pbar.total != total:
-                pbar.total = total
-            pbar.n = min(int(ev.step), total)
-            desc = f"{self.label}: {ev.message}" if ev.message else self.label
-            if pbar.desc != desc:
-                pbar.set_description(desc)
+        self.setUpdatesEnabled(True)
+        t0 = time.perf_counter()
+        self.repaint()
+        PAINT.record(time.perf_counter() - t0)
+        self._next_paint = time.monotonic() + PAINT.interval(RELAY_MS / 1000)
 
     def _returned(self, worker, result) -> None:
         if worker is not self.worker:
@@ -256,10 +279,7 @@ class JobRunner(QWidget):
         self._watch_window(False)
         if self.state.active:
             self.state.finish(error)
-        pbar, self._pbar, self.worker = self._pbar, None, None
-        self._on_result = self._on_progress = None
-        if pbar is not None:
-            pbar.close()
+        self.worker = self._on_result = self._on_progress = None
         elapsed = time.monotonic() - self._t0
         self.bar.setRange(0, 1)
         self.bar.setValue(1 if outcome == "finished" else 0)
