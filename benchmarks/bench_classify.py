@@ -296,15 +296,21 @@ def main() -> None:
         dn, dn_steps = train_densenet(x, y, classes, size, spacing, S, len(size))
         lines += [f"\n{dim}: ours {secs:.0f} s, DenseNet121 {dn_steps} steps in {S:.0f} s.\n",
                   "| test set | n | ours | DenseNet121 |", "|---|---|---|---|"]
-        tot = {"ours": [], "dn": []}
+        tot = {"ours": [], "dn": [], "cls": []}
         for name, (ims, labs) in tset.items():
-            ours = [classify(model, im, heatmap=False).label == lab for im, lab in zip(ims, labs)] if model else [0]
+            ours = ([classify(model, im, heatmap=False).label == lab for im, lab in zip(ims, labs)] if model
+                    else [False] * len(ims))
             dnp = densenet_predict(dn, ims, classes, size, spacing)[0]
             dnr = [classes[int(p.argmax())] == lab for p, lab in zip(dnp, labs)]
             tot["ours"] += ours
             tot["dn"] += dnr
+            tot["cls"] += list(labs)
             lines.append(f"| {name} | {len(ims)} | {np.mean(ours):.2f} | {np.mean(dnr):.2f} |")
-        lines.append(f"| all | {len(tot['dn'])} | {np.mean(tot['ours']):.2f} | {np.mean(tot['dn']):.2f} |")
+        lines.append(f"| all (accuracy) | {len(tot['dn'])} | {np.mean(tot['ours']):.2f} | {np.mean(tot['dn']):.2f} |")
+        per = {k: [np.mean([ok for ok, c in zip(v, tot["cls"]) if c == cl]) for cl in sorted(set(tot["cls"]))]
+               for k, v in tot.items() if k != "cls"}
+        lines.append(f"| all (balanced: mean over true classes) | {len(tot['dn'])} | {np.mean(per['ours']):.2f} | "
+                     f"{np.mean(per['dn']):.2f} |")
         print("\n".join(lines[-8:]), flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
 

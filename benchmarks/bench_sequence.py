@@ -31,6 +31,32 @@ from napari_medgen.tasks.sequence import predict_sequence, train_sequence_model 
 from napari_medgen.tasks.sequence_data import signal  # noqa: E402
 
 
+NOTES = """
+Setup. Kinetics: 600 training / 300 test sequences of 8-12 frames over 6 minutes; a 3-7 px lesion
+inserted into real axial slices of the packaged MNI152 T1 (training slices 28-51, test slices
+56-71) enhances after contrast and then rises on (late change > +12 % of the peak enhancement),
+levels off (within +-7 %) or washes out (< -12 %); the brain enhances 3-15 % too; Rician noise
+and one-pixel motion. Every method gets the same lesion region (the lesion dilated by 2 px): the
+networks see its bounding box at 32x32, the baseline its mean curve. Ejection fraction: 600 / 300
+cine loops of 1-1.5 cardiac cycles (cycle 12-20 frames, random phase), a dark blood pool with a
+bright wall over a real slice, EF 0.2-0.75 from the volume of an ellipsoid of revolution over the
+sampled frames, multiplicative Rayleigh speckle and Gaussian noise; networks at 32x32, no region.
+Both networks: MONAI Regressor frame encoder on two channels (the frame and its subtraction from
+the first frame), layer-normalised features; the CNN + LSTM reads them with an LSTM (64 units,
+bidirectional for EF), the baseline averages them (it sees no order, only each frame's difference
+from the first). Same wall time, AdamW lr 3e-3, batch 16, 20 % of the training sequences for
+validation (best weights kept). Settings (learning rate, frame size, the subtraction channel,
+layer norm, gradient clipping) were chosen on other held-out sequences (seeds 7 and 8); the test
+sequences (seeds 2 and 4) were used once.
+
+How the synthetic cine differs from real echo (EchoNet-Dynamic, MAE 4.1 EF points): one
+short-axis-like ellipse instead of an apical 4-chamber view with valves, papillary muscles and
+dropout; no probe motion, sector geometry, depth attenuation or frame-rate changes; the EF label
+is exact (real labels are tracings with inter-observer spread of several points); the background
+is a brain slice, not chest wall and other chambers.
+"""
+
+
 # --- hand-written baselines ----------------------------------------------------------------------
 def curve_features(seq, mask, n=12):
     """Relative enhancement of the region's mean curve on a fixed time grid, plus late change from the peak."""
@@ -128,7 +154,7 @@ def main():
         head = (f"CPU only ({platform.machine()}, {args.threads} thread, shared with other work; no GPU). "
                 f"{args.n_train} training and {args.n_test} test sequences per task; each network trained "
                 f"for {args.seconds:.0f} s of wall time.\n\n")
-        Path(args.out).write_text(head + text + "\n")
+        Path(args.out).write_text("## Image time series (CNN + LSTM)\n\n" + head + text + "\n" + NOTES)
 
 
 if __name__ == "__main__":

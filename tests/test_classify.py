@@ -169,3 +169,38 @@ def test_transfer_from_a_vae_encoder(tmp_path, contrasts):
     own, src = model.networks["net"].state_dict(), vae.net.state_dict()
     assert model.params.pretrained == "VAE encoder of my vae" and h["frozen_layers"] >= 6
     assert torch.equal(own["model.1.submodule.0.conv.unit0.conv.weight"], src["encode.encode_1.conv.unit0.conv.weight"])
+
+
+def _lesion_crops(brain, tissue, n, seed):
+    """32^3 crops of the sample brain; every other one with one bright lesion (and its mask)."""
+    from napari_medgen.data.lesions import inject_lesions
+
+    rng = np.random.default_rng(seed)
+    vol, head = brain.data.astype(np.float32), tissue.data > 0
+    out = []
+    for i in range(n):
+        z, y, x = (int(rng.integers(a, b)) for a, b in ((25, 45), (30, 55), (30, 45)))
+        sl = np.s_[z:z + 32, y:y + 32, x:x + 32]
+        crop, mask = vol[sl], np.zeros((32, 32, 32), bool)
+        if i % 2:
+            crop, mask = inject_lesions(crop, head[sl], n=1, radii=(3.0,), polarity="bright", contrast=1.0,
+                                        seed=seed * 100 + i)
+        out.append((ImageData(crop, brain.geometry, f"crop {i}", metadata={"modality": "MR"}),
+                    "lesion" if i % 2 else "healthy", mask))
+    return out
+
+
+def test_lesion_slice_ranks_first_in_a_volume(brain, tissue):
+    train = _lesion_crops(brain, tissue, 16, seed=1)
+    window = {"kind": "window", "low": 0.0, "high": 2.0 * float(np.percentile(brain.data, 99.5))}
+    model, h = train_classifier([t[0] for t in train], [t[1] for t in train], size=(32, 32, 32),
+                                normalization=window,  # fixed: a lesion cannot shift the intensity scale
+                                spacing=[2.0, 2.0, 2.0], body={"channels": [8, 16, 32], "strides": [2, 2]},
+                                steps=60, val_fraction=0, augment=False, seed=0)
+    hits = []
+    for img, label, mask in _lesion_crops(brain, tissue, 6, seed=2):
+        if label == "lesion":
+            r = classify(model, img, target="lesion")
+            zs = np.flatnonzero(mask.any((1, 2)))
+            hits.append(zs.min() - 1 <= r.top_slices[0] <= zs.max() + 1)
+    assert np.mean(hits) >= 2 / 3, hits

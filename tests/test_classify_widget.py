@@ -60,5 +60,10 @@ def test_train_without_labels_says_so(viewer, qtbot, brain, monkeypatch):
     w = cw.ClassifyWidget(viewer)
     w.train()
     w.classify()
+    w.source.setCurrentIndex(1)
+    w.csv.setText("missing.csv")
+    w.train()
     assert errors == ["Type a label next to at least two image layers (two classes or more).",
-                      "No classifier yet: train one or load a .medgen.pt classifier."]
+                      "No classifier yet: train one or load a .medgen.pt classifier.",
+                      "The label file missing.csv does not exist."]
+    assert not w.table.isVisibleTo(w) and w.csv_box.isVisibleTo(w)

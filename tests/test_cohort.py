@@ -114,3 +114,16 @@ def test_train_cohort_verb(cohort, tmp_path, capsys):
     assert main(["train-cohort", str(tmp_path), "--out", str(tmp_path / "n.medgen.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a dataset folder" in err[0]
+
+
+def test_3d_model_and_ct_window(cohort):
+    model, _ = train_cohort(cohort, spatial_dims=3, steps=2, patch_size=(16, 32, 32), **TINY)
+    p = model.params
+    assert p.spatial_dims == 3 and p.patch_size == [16, 32, 32] and p.spacing == [2.0, 2.0, 2.0]
+    case = read_image(cohort / "imagesTr" / "case01_0000.nii.gz")  # 3 mm in-plane: resampled both ways
+    assert segment(case, model, device="cpu").shape == case.data.shape
+    # CT: one window from the cohort's foreground intensities, not per image
+    from napari_medgen.data.datasets import dataset_normalization
+
+    spec = dataset_normalization("CT", [np.arange(-100, 101, dtype=np.float32), np.full(10, 50, np.float32)])
+    assert spec["kind"] == "window" and -100 < spec["low"] < -90 and 90 < spec["high"] < 100

@@ -1,4 +1,5 @@
-"""The Fine-tune dock widget drives the loop: train, stop, train again, accept slice, suggest slice, save."""
+"""The Fine-tune dock widget drives the loop: interpolate, train with live preview, stop, train again, accept slice,
+suggest slice, save."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,15 +22,21 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
     Model(segmentation_config("small", 4, channels=(16, 32, 64), strides=(2, 2), num_res_units=1)).save(start)
     widget.start.setCurrentText(str(start))
     widget.project.setText(str(tmp_path / "project"))
-    widget.steps.setValue(300)  # validation every 30 steps
+    widget.seconds.setValue(600)
 
-    # Train, then Stop while it runs: the best weights so far are kept and the volume predicted
+    # Interpolate: a new layer fills the slices between the painted ones at once; the painting is untouched
+    filled = widget.interpolate()
+    assert filled is not ann and filled.data[30].any() and not filled.data[60].any()
+    np.testing.assert_array_equal(ann.data, painted)
+
+    # Train: the prediction layer appears with the first validation (live preview), then Stop keeps the best
     widget.train_button.click()
     qtbot.waitUntil(lambda: len(widget.plot.series.get("val Dice", ([], []))[0]) >= 2, timeout=60_000)
-    assert widget.runner.cancel_button.text() == "Stop"
+    assert widget.prediction is not None and widget.prediction.data.any()  # shown before training ends
     with qtbot.waitSignal(widget.runner.done, timeout=60_000) as sig:
-        widget.runner.cancel_button.click()
+        widget.runner.stop_button.click()
     assert sig.args == ["finished"] and "stopped early" in widget.summary.text()
+    assert "returned the best by validation" in widget.summary.text()
     pred = widget.prediction
     assert pred is not None and pred.data.shape == img.data.shape
     np.testing.assert_allclose(pred.scale, img.scale)
@@ -39,12 +46,12 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
     first_x = widget.plot.series["loss"][0][-1]
 
     # Train again: continues from the model of round 1, the plot continues, the layer is reused
-    widget.steps.setValue(20)
+    widget.seconds.setValue(3)
     assert widget.resume.isChecked()
     with qtbot.waitSignal(widget.runner.done, timeout=60_000) as sig:
         widget.train_button.click()
     assert sig.args == ["finished"] and widget.round == 2 and widget.prediction is pred
-    assert widget.plot.series["loss"][0][-1] == first_x + 20
+    assert widget.plot.series["loss"][0][-1] > first_x
     assert widget.model.params.finetune["rounds"] == 2
     saved = sorted(p.name for p in (tmp_path / "project").iterdir())
     assert "model_round02.medgen.pt" in saved and "annotations_round02.nii.gz" in saved

@@ -33,7 +33,7 @@ def split(brain):
 def trained(split):
     train, _, _ = split
     events = []
-    model, history = train_gan(ImageData(train, Geometry((1.0, 2.0 * DS, 2.0 * DS))), steps=600,
+    model, history = train_gan(ImageData(train, Geometry((1.0, 2.0 * DS, 2.0 * DS))), steps=400,
                                progress=events.append, **FAST)
     return model, history, events
 
@@ -90,7 +90,7 @@ def test_progress_preview_losses_and_stop(trained, split):
     previews = [e.preview for e in events if e.preview is not None]
     assert previews and previews[-1].shape == (8, *split[0].shape[1:])
     assert {"d_loss", "g_loss"} <= set(events[-2].metrics) and "best_metric" in events[-1].metrics
-    assert history["step"][-1] == 600 and not history["stopped"] and history["best_step"] > 0
+    assert history["step"][-1] == 400 and not history["stopped"] and history["best_step"] > 0
     stop = threading.Event()
 
     def stop_at_5(ev):

@@ -21,7 +21,8 @@ class LivePlot(FigureCanvasQTAgg):
     """Named series of (x, y) points; ``add`` appends and schedules a (throttled) redraw."""
 
     def __init__(self, title: str = "", xlabel: str = "step", height: float = 2.2):
-        fig = Figure(figsize=(4, height), tight_layout=True)
+        fig = Figure(figsize=(4, height))
+        fig.subplots_adjust(left=0.16, right=0.97, top=0.86, bottom=0.2)  # fixed: no layout pass per draw
         fig.patch.set_facecolor("#262930")
         super().__init__(fig)
         self.ax = fig.add_subplot(111)

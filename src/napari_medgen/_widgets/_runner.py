@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import sys
 import threading
 import time
 import traceback
@@ -141,6 +143,7 @@ class JobRunner(QWidget):
             show_info(f"{self.label} is already running; cancel it first.")
             return None
         self.state.begin()
+        _leave_a_core_for_the_gui()
         state = self.state
         job = Job(self._post, stop=lambda: state.status is Status.STOPPING,
                   cancel=lambda: state.status is Status.CANCELLING)
@@ -306,6 +309,14 @@ class JobRunner(QWidget):
         if closing and obj is self._window and self.running:
             self.shutdown()
         return False
+
+
+def _leave_a_core_for_the_gui() -> None:
+    """torch's CPU thread pool takes every core; one fewer keeps the viewer's event loop fed."""
+    torch = sys.modules.get("torch")
+    cores = os.cpu_count() or 1
+    if torch is not None and cores > 1 and torch.get_num_threads() >= cores:
+        torch.set_num_threads(cores - 1)
 
 
 def _shutdown_all() -> None:

@@ -114,8 +114,12 @@ class ClassifyWidget(QWidget):
         form = QFormLayout(train_box)
         form.addRow("images from", self.source)
         form.addRow(self.table)
-        form.addRow("folder", row(self.folder, browse_folder))
-        form.addRow("labels", row(self.csv, browse_csv))
+        self.csv_box = QWidget()
+        csv_form = QFormLayout(self.csv_box)
+        csv_form.setContentsMargins(0, 0, 0, 0)
+        csv_form.addRow("folder", row(self.folder, browse_folder))
+        csv_form.addRow("labels", row(self.csv, browse_csv))
+        form.addRow(self.csv_box)
         form.addRow("pretrained", self.pretrained)
         form.addRow("steps", self.steps)
         form.addRow("device", self.device)
@@ -168,8 +172,7 @@ class ClassifyWidget(QWidget):
 
     def _source_changed(self, index: int) -> None:
         self.table.setVisible(index == 0)
-        for w in (self.folder, self.csv):
-            w.parentWidget().setVisible(index == 1)
+        self.csv_box.setVisible(index == 1)
 
     def _pick(self, line: QLineEdit, folder: bool = False) -> None:
         path = (QFileDialog.getExistingDirectory(self, "Image folder") if folder else

@@ -1,10 +1,11 @@
-"""The "Fine-tune" dock widget: paint a few slices, train, correct, train again.
+"""The "Fine-tune" dock widget: paint a few slices (in any view), train, correct, train again.
 
-Train runs :func:`train_round` in a worker (autosave, fine-tune, predict the volume), the
-plot shows training loss and validation Dice live, Stop keeps the best weights so far and
-Train again continues from them.  The prediction goes to its own Labels layer; "Accept
-slice" copies it into the unpainted voxels of the current slice (undoable with Ctrl-Z),
-"Suggest next slice" ranks unannotated slices by the model's uncertainty.
+"Interpolate between painted slices" fills the unpainted slices between painted ones into a
+new layer at once.  Train runs :func:`train_round` in a worker (autosave, fine-tune within a
+budget in seconds, complete the painting): the prediction layer shows the network's current
+guess from the first validation on and is refined live; the plot shows the training loss
+and the validation metric.  Stop keeps the best weights so far, Train again continues from
+them.  The user's layers are only changed by "Accept slice", one undo step (Ctrl-Z).
 """
 from __future__ import annotations
 
@@ -15,42 +16,47 @@ from typing import Optional
 import napari
 import numpy as np
 from magicgui.widgets import create_widget
-from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                             QListWidget, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from ..data.interpolate import interpolate_labels
 from ..engine.jobs import Job, ProgressEvent
 from ..io import Geometry, ImageData, write_image
 from ..models.segmentation import builtin_models, class_colors, class_names
-from ..tasks.finetune import FRESH, finetune
-from ..tasks.segment import segment
+from ..tasks.finetune import FRESH, complete_labels, finetune
 from ..tasks.uncertainty import rank_slices
+from ._layers import show_result
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
+PREVIEW_EVERY = 5.0  # seconds between live previews of the prediction while training
+
 
 def train_round(image: ImageData, labels: np.ndarray, start, *, project: Optional[str] = None,
-                round_index: int = 1, axis: int = 0, device: str = "auto", progress=None, stop=None,
-                **options) -> tuple:
-    """One round of the loop: autosave the annotations, fine-tune, predict the whole volume,
-    autosave the model.  Returns ``(model, history, prediction)``."""
+                round_index: int = 1, axis: Optional[int] = None, device: str = "auto", sparse: bool = False,
+                background_label: Optional[int] = None, progress=None, stop=None, **options) -> tuple:
+    """One round of the loop: autosave the annotations, fine-tune, complete the painting, autosave
+    the model.  Returns ``(model, history, prediction)``."""
     job = Job.of(progress, stop)
     folder = Path(project) if project else None
     if folder is not None:
         write_image(folder / f"annotations_round{round_index:02d}.nii.gz", labels, image.geometry, overwrite=True)
-    model, history = finetune(start, image, labels, axis=axis, device=device, progress=job, **options)
-    job.report(len(history["step"]), len(history["step"]), "predicting the volume")
-    prediction = segment(image, model, axis=axis, device=device)
+    model, history = finetune(start, image, labels, axis=axis, device=device, sparse=sparse,
+                              background_label=background_label, preview_every=PREVIEW_EVERY, progress=job, **options)
+    job.report(1, 1, "completing the painting")
+    prediction = complete_labels(model, image, labels, sparse=sparse, background_label=background_label,
+                                 device=device)
     if folder is not None:
         model.save(folder / f"model_round{round_index:02d}.medgen.pt")
-        summary = {k: v for k, v in history.items() if k not in ("step", "loss")}
-        (folder / f"history_round{round_index:02d}.json").write_text(json.dumps(summary, indent=1))
+        summary = {k: v for k, v in history.items() if k not in ("step", "loss", "pseudo_loss")}
+        (folder / f"history_round{round_index:02d}.json").write_text(json.dumps(summary, indent=1, default=str))
     return model, history, prediction
 
 
 class FinetuneWidget(QWidget):
-    """Image + annotation layers, start model, annotation style; Train / Stop / Accept / Suggest / Save."""
+    """Image + annotation layers, start model, annotation style, budget; Interpolate / Train / Stop / Accept /
+    Suggest / Save."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
         super().__init__()
@@ -59,7 +65,7 @@ class FinetuneWidget(QWidget):
         self.prediction: Optional[napari.layers.Labels] = None
         self.ranking: list = []
         self.round = 0
-        self._offset = self._x = 0  # plot x: steps of all rounds so far
+        self._x = 0  # plot x: training steps of all rounds so far
 
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.labels = create_widget(annotation=napari.layers.Labels, label="annotations")
@@ -74,8 +80,10 @@ class FinetuneWidget(QWidget):
         start_row.addWidget(browse)
         self.resume = QCheckBox("continue from the last round")
         self.resume.setEnabled(False)
-        self.axis = QSpinBox()
-        self.axis.setRange(0, 2)
+        self.axis = QComboBox()
+        self.axis.addItems(["auto", "0", "1", "2"])
+        self.axis.setToolTip("Training slice axis; auto: the axis with the most painted slices. Slices painted "
+                             "along the other axes count too.")
         self.style = QComboBox()
         self.style.addItems(["dense: painted slices are complete", "sparse: scribbles, 0 is unknown"])
         self.background = QSpinBox()
@@ -83,9 +91,11 @@ class FinetuneWidget(QWidget):
         self.background.setEnabled(False)
         self.background.setToolTip("Sparse mode: the label value you paint on background.")
         self.style.currentIndexChanged.connect(lambda i: self.background.setEnabled(i == 1))
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 100_000)
-        self.steps.setValue(300)
+        self.seconds = QSpinBox()
+        self.seconds.setRange(1, 36_000)
+        self.seconds.setValue(60)
+        self.seconds.setSuffix(" s")
+        self.seconds.setToolTip("Training time budget; training stops earlier when nothing improves.")
         self.device, self.device_line = device_chooser()
         self.project = QLineEdit()
         self.project.setPlaceholderText("project folder (autosave each round; optional)")
@@ -98,13 +108,16 @@ class FinetuneWidget(QWidget):
         new_layer = QPushButton("New annotation layer")
         new_layer.setToolTip("An empty Labels layer on the image's voxel grid, to paint on.")
         new_layer.clicked.connect(self.new_annotation_layer)
+        interpolate = QPushButton("Interpolate between painted slices")
+        interpolate.setToolTip("A new layer: the painted slices, and the slices between them filled by "
+                               "shape-based interpolation (instant, no training).")
+        interpolate.clicked.connect(self.interpolate)
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
-        self.runner = JobRunner("Fine-tune")
-        self.runner.cancel_button.setText("Stop")
+        self.runner = JobRunner("Fine-tune", trains=True)
         self.runner.started.connect(lambda: self._busy(True))
         self.runner.done.connect(lambda _s: self._busy(False))
-        self.plot = LivePlot("training loss and validation Dice")
+        self.plot = LivePlot("training loss and validation Dice (painted + interpolated slices)")
         self.summary = QLabel("Paint a few slices of the annotation layer, then Train.")
         self.summary.setWordWrap(True)
         self.accept_button = QPushButton("Accept slice")
@@ -124,12 +137,13 @@ class FinetuneWidget(QWidget):
         form.addRow("image", self.image.native)
         form.addRow("annotations", self.labels.native)
         form.addRow("", new_layer)
+        form.addRow("", interpolate)
         form.addRow("start from", start_row)
         form.addRow("", self.resume)
         form.addRow("slice axis", self.axis)
         form.addRow("style", self.style)
         form.addRow("background label", self.background)
-        form.addRow("steps", self.steps)
+        form.addRow("budget", self.seconds)
         form.addRow("device", self.device)
         form.addRow("project", project_row)
         actions = QHBoxLayout()
@@ -184,68 +198,107 @@ class FinetuneWidget(QWidget):
             return self.model
         return self.start.currentText().strip() or FRESH
 
+    def interpolate(self) -> Optional[napari.layers.Labels]:
+        """A new layer: the painted slices kept, the slices between them filled by interpolation."""
+        lab = self.labels.value
+        if lab is None or lab is self.prediction:
+            show_error("Choose the annotation (Labels) layer you painted.")
+            return None
+        data = np.asarray(lab.data)
+        if not data.any():
+            show_error("Paint at least two slices of the annotation layer first.")
+            return None
+        filled = interpolate_labels(data, spacing=Geometry.from_layer(lab).spacing)
+        return show_result(self.viewer, filled, name=f"{lab.name} interpolated", kind="labels", source=lab,
+                           key=f"interpolated:{lab.name}", opacity=0.5)
+
+    def _axis(self) -> Optional[int]:
+        return None if self.axis.currentIndex() == 0 else self.axis.currentIndex() - 1
+
     def train(self) -> None:
-        """Train one round (continuing from the last one when asked) and predict the volume."""
+        """Train one round (continuing from the last one when asked) and complete the painting."""
         inputs = self._inputs()
         if inputs is None:
             return
         image, annotations = inputs
         sparse = self.style.currentIndex() == 1
         self._source = self.image.value
-        self._offset = self._x
         self.runner.start(train_round, image, annotations, self._start_model(),
                           project=self.project.text().strip() or None, round_index=self.round + 1,
-                          axis=self.axis.value(), device=self.device.currentText(), sparse=sparse,
+                          axis=self._axis(), device=self.device.currentText(), sparse=sparse,
                           background_label=self.background.value() if sparse else None,
-                          steps=self.steps.value(), on_result=self._trained, on_progress=self._on_progress)
+                          seconds=float(self.seconds.value()), stoppable=True, on_result=self._trained,
+                          on_progress=self._on_progress)
 
     def _on_progress(self, ev: ProgressEvent) -> None:
         m = ev.metrics
         if "loss" in m:
-            self._x = self._offset + ev.step
-            self.plot.add("loss", self._x, m["loss"], draw="val_metric" in m or ev.step % 5 == 0)
+            self._x += 1
+            self.plot.add("loss", self._x, m["loss"], draw="val_metric" in m or self._x % 5 == 0)
         if "val_metric" in m:
             self.plot.add("val Dice", self._x, m["val_metric"])
+        if isinstance(ev.preview, dict) and "box" in ev.preview:
+            self._show_preview(ev.preview)
+
+    def _show_preview(self, preview: dict) -> None:
+        """The network's current labels inside the region of interest, written into the prediction layer."""
+        layer = self._prediction_layer(np.zeros(np.shape(self._source.data), np.uint8), preview=True)
+        box = tuple(slice(lo, hi) for lo, hi in preview["box"])
+        data = np.array(layer.data, copy=True)
+        data[box] = preview["labels"]
+        layer.data = data
 
     def _trained(self, result: tuple) -> None:
         model, history, prediction = result
         self.model, self.round = model, self.round + 1
         self.resume.setEnabled(True)
         self.resume.setChecked(True)
-        self._show_prediction(prediction)
+        self._prediction_layer(prediction)
         best = history.get("best_metric")
-        val = (f"best validation Dice {best:.3f} on slice {history['val_slice']} (step {history['best_step']})"
-               if best is not None else "no validation slice (paint two or more slices to get one)")
-        stopped = ", stopped early" if history["stopped"] else ""
-        self.summary.setText(f"Round {self.round}: trained on slices {history['train_slices']} in "
-                             f"{history['seconds']:.0f} s{stopped}; {val}.")
+        planes = ", ".join(f"axis {a}: {v}" for a, v in history["planes"].items())
+        stopped = " (stopped early)" if history["stopped"] else ""
+        self.summary.setText(
+            f"Round {self.round}: trained on the slices painted along {planes} and {history['pseudo_slices']} "
+            f"interpolated slices, {len(history['step'])} steps in {history['seconds']:.0f} s{stopped}; returned "
+            f"{history['returned']}" + (f", validation Dice {best:.3f}" if best is not None else "") + ".")
         for b in (self.accept_button, self.suggest_button, self.save_button):
             b.setEnabled(True)
 
-    def _show_prediction(self, prediction: np.ndarray) -> None:
+    def _prediction_layer(self, data: np.ndarray, preview: bool = False) -> napari.layers.Labels:
+        """The prediction layer (created on first use); ``preview`` keeps existing data if the layer exists."""
         src = self._source
+        if preview and self.prediction is not None and self.prediction in self.viewer.layers \
+                and self.prediction.data.shape == data.shape:
+            return self.prediction
         name = f"{self.labels.value.name if self.labels.value else src.name} prediction"
-        kwargs = {"colormap": DirectLabelColormap(color_dict=class_colors(self.model)),
-                  "features": {"class": class_names(self.model)}}
-        if self.prediction is not None and self.prediction in self.viewer.layers:
-            self.prediction.data = prediction
-            self.prediction.colormap, self.prediction.features = kwargs["colormap"], kwargs["features"]
-        else:
-            self.prediction = self.viewer.add_labels(prediction, name=name, scale=src.scale, translate=src.translate,
-                                                     affine=src.affine, opacity=0.4, **kwargs)
+        colors = class_colors(self.model) if self.model is not None else None
+        names = class_names(self.model) if self.model is not None else None
+        self.prediction = show_result(self.viewer, data, name=name, kind="labels", source=src,
+                                      key=f"prediction:{src.name}", colormap=colors, class_names=names, opacity=0.4)
+        return self.prediction
 
     def _busy(self, busy: bool) -> None:
         self.train_button.setEnabled(not busy)
         self.suggest_button.setEnabled(not busy and self.model is not None)
 
     # --- the loop's helpers ---------------------------------------------------------------------
-    def current_slice(self) -> int:
-        """Index along the slice axis of the slice the viewer shows."""
+    def view_axis(self) -> int:
+        """The axis (of the annotation layer) of the slices the viewer shows: paint and accept in any view."""
+        lab = self.labels.value
+        if lab is None or lab.ndim < 3:
+            return 0
+        hidden = [d - (self.viewer.dims.ndim - lab.ndim) for d in self.viewer.dims.not_displayed]
+        hidden = [d for d in hidden if d >= 0]
+        return hidden[-1] if hidden else 0
+
+    def current_slice(self, axis: Optional[int] = None) -> int:
+        """Index along ``axis`` (default: the viewed slice axis) of the slice the viewer shows."""
         lab = self.labels.value
         if lab.ndim == 2:
             return 0
+        axis = self.view_axis() if axis is None else axis
         point = np.asarray(lab.world_to_data(self.viewer.dims.point[-lab.ndim:]))
-        return int(np.clip(np.round(point[self.axis.value()]), 0, lab.data.shape[self.axis.value()] - 1))
+        return int(np.clip(np.round(point[axis]), 0, lab.data.shape[axis] - 1))
 
     def accept_slice(self) -> int:
         """Copy the prediction of the current slice into its unpainted voxels; returns the count written.
@@ -257,7 +310,8 @@ class FinetuneWidget(QWidget):
         if self.prediction is None or lab is None or self.prediction.data.shape != lab.data.shape:
             show_error("Train first: there is no prediction on the annotation layer's grid.")
             return 0
-        axis, k = self.axis.value(), self.current_slice()
+        axis = self.view_axis()
+        k = self.current_slice(axis)
         index = [slice(None)] * lab.ndim
         if lab.ndim == 3:
             index[axis] = k
@@ -279,7 +333,7 @@ class FinetuneWidget(QWidget):
         if inputs is None or self.model is None:
             return
         image, annotations = inputs
-        self.runner.start(rank_slices, self.model, image, annotations, axis=self.axis.value(),
+        self.runner.start(rank_slices, self.model, image, annotations, axis=int(self.model.params.axis),
                           device=self.device.currentText(), on_result=self._ranked)
 
     def _ranked(self, ranking: list) -> None:
@@ -294,13 +348,15 @@ class FinetuneWidget(QWidget):
         else:
             show_info("Every informative slice is annotated already.")
 
-    def go_to(self, k: int) -> None:
-        """Show slice ``k`` along the slice axis."""
+    def go_to(self, k: int, axis: Optional[int] = None) -> None:
+        """Show slice ``k`` along ``axis`` (default: the model's slice axis, else the viewed one)."""
         lab = self.labels.value
         if lab is None or lab.ndim != 3:
             return
         point = np.asarray(lab.world_to_data(self.viewer.dims.point[-3:]), dtype=float)
-        point[self.axis.value()] = k
+        if axis is None:
+            axis = int(self.model.params.axis) if self.model is not None else self.view_axis()
+        point[axis] = k
         world = np.asarray(lab.data_to_world(point))
         n = self.viewer.dims.ndim
         self.viewer.dims.set_point(list(range(n - 3, n)), tuple(world))

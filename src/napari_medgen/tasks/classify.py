@@ -118,6 +118,7 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     config = ModelConfig(task=Task.CLASSIFICATION, name=name, networks=specs, params=params,
                          normalization=spec, description=f"{dims}D classifier of {', '.join(map(str, classes))}"
                          + (f", from the {source}" if source else ""))
+    torch.manual_seed(seed)
     model = Model(config)
     frozen = []
     if state is not None:

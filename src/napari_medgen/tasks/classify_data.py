@@ -18,15 +18,15 @@ import numpy as np
 from ..data.normalize import normalize, resolve
 from ..data.resample import resize, target_shape
 from ..errors import UserError
-from ..io import Geometry, ImageData, read_image
+from ..io import Geometry, ImageData, read_path
 
 
 def as_image(item, name: str = "image") -> ImageData:
-    """An ImageData from an ImageData, an array (unit spacing) or a file path."""
+    """An ImageData from an ImageData, an array (unit spacing), a file or a DICOM folder (its first series)."""
     if isinstance(item, ImageData):
         img = item
     elif isinstance(item, (str, os.PathLike)):
-        img = read_image(item)
+        img = read_path(item)[0]
     else:
         data = np.asarray(item)
         if data.ndim not in (2, 3):

@@ -131,13 +131,15 @@ def _load_shard(cases, spec_of, fp, dims, axis, modality, job, what):
             raw.append((image, labels))
             if dist.is_main_process():
                 job.report(i + 1, len(cases), f"reading {what} cases")
-    except DatasetError as err:
-        error = err
-    except ValueError as err:  # unreadable image files are user errors too
+    except ValueError as err:  # DatasetError, ImageReadError: every user error of reading a case
         error = err
     dist.agree_on_error(error)
     spec = spec_of(samples)
-    return spec, [load_case(img, lab, spec, fp["spacing"], dims, axis, modality) for img, lab in raw]
+    loaded = []
+    while raw:  # the native-grid copies go as the resampled ones come
+        img, lab = raw.pop(0)
+        loaded.append(load_case(img, lab, spec, fp["spacing"], dims, axis, modality))
+    return spec, loaded
 
 
 def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, seconds: float | None = None,

@@ -23,6 +23,7 @@ from scipy import ndimage, special
 from ..data.annotations import IGNORE, AnnotationError, Targets, make_targets
 from ..data.interpolate import interpolate_labels
 from ..data.normalize import modality_of, normalize, resolve, structure_window
+from ..data.resample import resize
 from ..data.sampling import patch_size_for, roi_box
 from ..data.slices import take_slices
 from ..engine.device import select_device
@@ -36,8 +37,12 @@ FRESH = "fresh"
 LR_FRESH, LR_FINETUNE = 5e-3, 1e-3
 CONTEXT = 1  # neighbouring slices on each side given to a fresh 2.5D network
 BAND_VOXELS = 1.5  # interpolated boundaries: pseudo-labels this close (in-plane voxels) are left unknown
-NETS = {"cpu": {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "patch": 128, "batch": 8},
-        "cuda": {"channels": (32, 64, 128, 256, 320), "strides": (2, 2, 2, 2), "patch": 256, "batch": 32}}
+# the network, patch, batch and working resolution by device: the same seconds on a GPU buy a bigger
+# network, bigger patches and a finer grid, not the same model sooner.  ``grid``: the region of interest
+# is trained at a resolution where its larger in-plane side spans at most this many pixels.
+NETS = {"cpu": {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "patch": 128, "batch": 8, "grid": 160},
+        "cuda": {"channels": (32, 64, 128, 256, 320), "strides": (2, 2, 2, 2), "patch": 256, "batch": 32,
+                 "grid": 1024}}
 
 
 def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, modality: str = "", spacing=None,
@@ -52,7 +57,9 @@ def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, moda
                                      channels=net["channels"], strides=net["strides"], normalization=norm,
                                      spacing=inplane,
                                      description="2.5D U-Net trained on painted slices by napari-medgen finetune.")
-        config.networks["net"].args["in_channels"] = 2 * ctx + 1
+        # batch norm, not instance norm: a slice's absolute intensities matter (a lesion is brighter than
+        # tissue; an empty slice outside the body is background, not an arbitrary output of normalised zeros)
+        config.networks["net"].args.update(in_channels=2 * ctx + 1, norm="batch")
         config.params.context = ctx
         return Model(config), True
     base = load_segmentation_model(model)
@@ -154,16 +161,26 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     band = BAND_VOXELS * max(s for i, s in enumerate(spacing) if i != t.axis)
     pseudo = prior.pseudo(t.axis, band) if interpolate and not sparse else None
     box = prior.inplane_box(t.axis)
+    inplane = [s for i, s in enumerate(spacing) if i != t.axis]
+    factor = max(1.0, max(box[1] - box[0], box[3] - box[2]) / NETS[size]["grid"])
+    if not fresh:  # a trained model keeps its own grid
+        factor = net_model.params.spacing[0] / inplane[0] if net_model.params.spacing and not flat else 1.0
+    targets = t.targets
+    if abs(factor - 1.0) > 0.1:  # e.g. a large structure: train on a coarser in-plane grid
+        shape = [max(8, int(round(n / factor))) for n in volume.shape[1:]]
+        volume, targets = resize(volume, shape), resize(targets, shape, mode="nearest")
+        pseudo = None if pseudo is None else (pseudo[0], resize(pseudo[1], shape, mode="nearest"))
+        box = tuple(int(round(b / factor)) for b in box)
     patch = patch_size or patch_size_for((max(48, box[1] - box[0]), max(48, box[3] - box[2])), NETS[size]["patch"])
     preview = None
     if preview_every:
         def preview_fn(net, device):
-            job.report(0, 1, "preview", preview={"box": prior.box, "axis": t.axis, "labels": _box_labels(
-                net, volume, prior.box, t.axis, ctx, device)})
+            job.report(0, 1, "preview", preview={"box": prior.box, "labels": _box_labels(
+                net, volume, prior.box, t.axis, ctx, device, factor)})
         preview = (preview_fn, float(preview_every))
     left = None if seconds is None else max(1.0, float(seconds) - (time.monotonic() - t0) - 1.0)
     history = train_segmenter(
-        net_model.net, volume, (t.indices, t.targets), pseudo=pseudo, pseudo_weight=pseudo_weight, context=ctx,
+        net_model.net, volume, (t.indices, targets), pseudo=pseudo, pseudo_weight=pseudo_weight, context=ctx,
         steps=steps, seconds=left, lr=lr or (LR_FRESH if fresh else LR_FINETUNE),
         batch_size=batch_size or NETS[size]["batch"], patch_size=patch, box=box, patience=patience,
         keep_initial=not fresh, preview=preview, device=dev, seed=seed, progress=job)
@@ -171,7 +188,7 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     cfg = net_model.params
     cfg.axis = int(t.axis)
     if not flat:
-        cfg.spacing = [float(s) for i, s in enumerate(spacing) if i != t.axis]
+        cfg.spacing = [float(s) * factor for s in inplane]
     rounds = (cfg.finetune or {}).get("rounds", 0) + 1
     planes = {int(a): [int(i) for i in idx] for a, idx in t.planes.items()}
     cfg.finetune = {"rounds": rounds, "planes": {str(a): v for a, v in planes.items()}, "sparse": bool(sparse),
@@ -191,12 +208,14 @@ def _painted_foreground(lab, t: Targets, sparse: bool, background_label) -> np.n
     return fg
 
 
-def _box_labels(net, volume, box, axis, context, device) -> np.ndarray:
-    """The network's labels inside the 3D ``box`` (volume is slices along ``axis``), in volume axis order."""
-    inplane = [box[i] for i in range(3) if i != axis]
-    logits = predict_logits(net, volume, np.arange(*box[axis]), device, context=context,
-                            box=(inplane[0][0], inplane[0][1], inplane[1][0], inplane[1][1]))
-    return np.moveaxis(logits.argmax(1).numpy().astype(np.uint8), 0, axis)
+def _box_labels(net, volume, box, axis, context, device, factor=1.0) -> np.ndarray:
+    """The network's labels inside the 3D ``box`` (volume: slices along ``axis``, in-plane shrunk by ``factor``)."""
+    (a0, a1), (b0, b1) = [box[i] for i in range(3) if i != axis]
+    inplane = [int(round(v / factor)) for v in (a0, a1, b0, b1)]
+    logits = predict_logits(net, volume, np.arange(*box[axis]), device, context=context, box=tuple(inplane))
+    labels = logits.argmax(1).numpy().astype(np.uint8)
+    labels = resize(labels, (a1 - a0, b1 - b0), mode="nearest")
+    return np.moveaxis(labels, 0, axis)
 
 
 def complete_labels(model, image, labels, *, sparse: bool = False, background_label: int | None = None,
@@ -217,10 +236,15 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
     t = make_targets(lab, axis=axis, sparse=sparse, background_label=background_label)
     prior = Prior(lab, t, spacing, sparse=sparse, background_label=background_label)
     box = tuple(slice(a, b) for a, b in prior.box) if restrict else (slice(None),) * 3
-    norm = normalize(img, m.config.normalization, modality)[box]
+    norm = np.moveaxis(normalize(img, m.config.normalization, modality)[box], axis, 0)  # (n, h, w) along axis
+    shape = norm.shape[1:]
+    if m.params.spacing and not flat:  # the model's grid
+        have = [s for i, s in enumerate(spacing) if i != axis]
+        norm = resize(norm, [max(8, int(round(n * h / w))) for n, h, w in zip(shape, have, m.params.spacing)])
     args = m.config.networks["net"].args
-    probs = predict(m.net, norm[None], spatial_dims=2, axis=axis, context=int(m.params.context or 0),
+    probs = predict(m.net, norm[None], spatial_dims=2, axis=0, context=int(m.params.context or 0),
                     device=device, divisor=int(np.prod(args.get("strides", (16,)))), progress=job)
+    probs = np.moveaxis(resize(probs, shape), 1, 1 + axis)  # (C, *box) in volume order
     job.check()
     if prior_weight > 0:
         plab, pmar = prior.labels[box], prior.margin[box]
