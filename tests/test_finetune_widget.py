@@ -46,7 +46,7 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
     first_x = widget.plot.series["loss"][0][-1]
 
     # Train again: continues from the model of round 1, the plot continues, the layer is reused
-    widget.seconds.setValue(3)
+    widget.seconds.setValue(10)
     assert widget.resume.isChecked()
     with qtbot.waitSignal(widget.runner.done, timeout=60_000) as sig:
         widget.train_button.click()

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QFrame, QScrollArea, QSizePol
 from superqt import QCollapsible
 
 PICKER_CHARS = 16  # a layer drop-down is this many characters wide; longer names show in full in its list
+WIDTH = 440  # preferred panel width (px): the viewer keeps most of a 1366 px screen
 
 
 class Panel(QWidget):
@@ -92,8 +93,7 @@ class Panel(QWidget):
 
     def sizeHint(self):
         hint = self.content.sizeHint()
-        bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
-        hint.setWidth(hint.width() + bar + 2)
+        hint.setWidth(max(self.minimumSizeHint().width(), WIDTH))
         return hint
 
 

@@ -1,79 +1,127 @@
-"""A small live line plot (matplotlib in Qt) for loss curves and validation metrics.
+"""A small live line plot for loss curves and validation metrics, painted with QPainter.
 
-Points are appended cheaply; the figure is redrawn at most every :data:`REDRAW_MS` (longer
-where painting is slow, see :class:`~._runner.PaintBudget`), however many points arrive, so a
-plot never stalls the viewer.
+Points are appended cheaply; the plot repaints at most every :data:`REDRAW_MS` (longer where
+painting is slow, see :class:`~._runner.PaintBudget`), however many points arrive.  A paint is
+a few polylines and labels (about a millisecond), so a plot never stalls the viewer the way a
+matplotlib redraw (hundreds of ms of text layout on a busy CPU) did.
 """
 from __future__ import annotations
 
+import math
 import time
 
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
-from qtpy.QtCore import QTimer
+import numpy as np
+from qtpy.QtCore import QPointF, QRectF, Qt, QTimer
+from qtpy.QtGui import QColor, QFont, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from ._runner import PAINT
 
 REDRAW_MS = 500
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+BACKGROUND, AXES, TEXT = "#262930", "#888888", "#ffffff"
+MAX_POINTS = 2000  # more points than pixels are thinned when painting
 
 
-class LivePlot(FigureCanvasQTAgg):
-    """Named series of (x, y) points; ``add`` appends and schedules a (throttled) redraw."""
+class LivePlot(QWidget):
+    """Named series of (x, y) points on shared axes; ``add`` appends and schedules a (throttled) repaint."""
 
     def __init__(self, title: str = "", xlabel: str = "step", height: float = 2.2):
-        fig = Figure(figsize=(4, height))
-        fig.subplots_adjust(left=0.16, right=0.97, top=0.86, bottom=0.2)  # fixed: no layout pass per draw
-        fig.patch.set_facecolor("#262930")
-        super().__init__(fig)
-        self.ax = fig.add_subplot(111)
-        self._style(title, xlabel)
+        super().__init__()
+        self.title, self.xlabel = title, xlabel
         self.series: dict[str, tuple[list, list]] = {}
-        self._lines = {}
         self.setMinimumHeight(int(height * 70))
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self._redraw = QTimer(self)
         self._redraw.setSingleShot(True)
         self._redraw.setInterval(REDRAW_MS)
         self._redraw.timeout.connect(self.refresh)
 
-    def _style(self, title: str, xlabel: str) -> None:
-        ax = self.ax
-        ax.set_facecolor("#262930")
-        ax.set_title(title, color="w", fontsize=9)
-        ax.set_xlabel(xlabel, color="w", fontsize=8)
-        ax.tick_params(colors="w", labelsize=7)
-        for spine in ax.spines.values():
-            spine.set_color("#888")
+    def sizeHint(self):
+        hint = super().sizeHint()
+        hint.setHeight(self.minimumHeight())
+        return hint
 
     def add(self, name: str, x: float, y: float, draw: bool = True) -> None:
-        """Append a point to series ``name``; ``draw`` asks for a redraw soon (coalesced)."""
+        """Append a point to series ``name``; ``draw`` asks for a repaint soon (coalesced)."""
         xs, ys = self.series.setdefault(name, ([], []))
-        xs.append(x)
-        ys.append(y)
-        if name not in self._lines:
-            (self._lines[name],) = self.ax.plot([], [], label=name, lw=1.2)
-            self.ax.legend(fontsize=7, facecolor="#262930", labelcolor="w", edgecolor="#888")
+        xs.append(float(x))
+        ys.append(float(y))
         if draw and not self._redraw.isActive():
             self._redraw.start()
 
     def refresh(self) -> None:
-        """Push the series into the lines and redraw now (one render and one paint)."""
+        """Repaint now and learn what a paint costs."""
         t0 = time.perf_counter()
-        for name, line in self._lines.items():
-            line.set_data(*self.series[name])
-        self.ax.relim()
-        self.ax.autoscale_view()
-        self.draw()
         self.repaint()
         PAINT.record(time.perf_counter() - t0)
         self._redraw.setInterval(int(1000 * PAINT.interval(REDRAW_MS / 1000)))
 
     def clear(self) -> None:
         self._redraw.stop()
-        for line in self._lines.values():
-            line.remove()
-        self._lines.clear()
         self.series.clear()
-        legend = self.ax.get_legend()
-        if legend is not None:
-            legend.remove()
-        self.draw_idle()
+        self.update()
+
+    # --- painting --------------------------------------------------------------------------------
+    def paintEvent(self, _event) -> None:
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        p.fillRect(self.rect(), QColor(BACKGROUND))
+        font = QFont(self.font())
+        font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
+        p.setFont(font)
+        h = p.fontMetrics().height()
+        area = QRectF(46, h + 6, self.width() - 56, self.height() - 3 * h - 10)
+        p.setPen(QColor(TEXT))
+        p.drawText(QRectF(0, 2, self.width(), h), Qt.AlignmentFlag.AlignHCenter, self.title)
+        p.drawText(QRectF(0, self.height() - h - 2, self.width(), h), Qt.AlignmentFlag.AlignHCenter, self.xlabel)
+        p.setPen(QPen(QColor(AXES)))
+        p.drawRect(area)
+        pts = [(np.asarray(xs), np.asarray(ys)) for xs, ys in self.series.values()]
+        finite = [(x[np.isfinite(y)], y[np.isfinite(y)]) for x, y in pts]
+        if not any(len(x) for x, _ in finite) or area.width() < 10 or area.height() < 10:
+            return
+        x0, x1 = _span(np.concatenate([x for x, _ in finite]))
+        y0, y1 = _span(np.concatenate([y for _, y in finite]))
+
+        def to_px(x, y):
+            return (area.left() + (x - x0) / (x1 - x0) * area.width(),
+                    area.bottom() - (y - y0) / (y1 - y0) * area.height())
+
+        for v in _ticks(y0, y1):
+            _, py = to_px(x0, v)
+            p.drawText(QRectF(0, py - h / 2, area.left() - 4, h), Qt.AlignmentFlag.AlignRight, f"{v:.3g}")
+        for v in _ticks(x0, x1):
+            px, _ = to_px(v, y0)
+            p.drawText(QRectF(px - 30, area.bottom() + 2, 60, h), Qt.AlignmentFlag.AlignHCenter, f"{v:.4g}")
+        for i, (name, (x, y)) in enumerate(zip(self.series, finite)):
+            color = QColor(COLORS[i % len(COLORS)])
+            p.setPen(QPen(color, 1.4))
+            step = max(1, len(x) // MAX_POINTS)
+            px, py = to_px(x[::step], y[::step])
+            if len(px) == 1:
+                p.drawEllipse(QPointF(px[0], py[0]), 2, 2)
+            else:
+                p.drawPolyline(QPolygonF([QPointF(a, b) for a, b in zip(px, py)]))
+            ly = area.top() + 4 + i * h
+            p.drawLine(QPointF(area.right() - 90, ly + h / 2), QPointF(area.right() - 76, ly + h / 2))
+            p.setPen(QColor(TEXT))
+            p.drawText(QRectF(area.right() - 72, ly, 70, h), Qt.AlignmentFlag.AlignLeft, name)
+
+
+def _span(v: np.ndarray) -> tuple[float, float]:
+    lo, hi = float(v.min()), float(v.max())
+    if hi - lo < 1e-12:
+        pad = abs(lo) * 0.1 or 1.0
+        return lo - pad, hi + pad
+    pad = (hi - lo) * 0.05
+    return lo - pad, hi + pad
+
+
+def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    """About ``n`` round values inside [lo, hi]."""
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step) + 1)]

@@ -38,9 +38,9 @@ class ProbabilityBars(FigureCanvasQTAgg):
         super().__init__(fig)
         self.ax = fig.add_subplot(111)
         self.setMinimumHeight(110)
-        self.show_probabilities({})
+        self.show_probabilities({}, draw=False)
 
-    def show_probabilities(self, probs: dict) -> None:
+    def show_probabilities(self, probs: dict, draw: bool = True) -> None:
         ax = self.ax
         ax.clear()
         ax.set_facecolor("#262930")
@@ -53,7 +53,8 @@ class ProbabilityBars(FigureCanvasQTAgg):
             spine.set_color("#888")
         for i, v in enumerate(values):
             ax.text(min(v + 0.02, 0.85), i, f"{v:.2f}", color="w", va="center", fontsize=7)
-        self.draw_idle()
+        if draw:
+            self.draw_idle()
 
 
 class ClassifyWidget(QWidget):

@@ -258,8 +258,11 @@ class SegmentWidget(Panel):
                      _num(m.get("hd95"), ".1f")]
             for j, text in enumerate(cells):
                 self.results.setItem(i, j, QTableWidgetItem(text))
-        self.results.setFixedHeight((len(names) + 1) * 26 + 4)
         self.results.setVisible(bool(names))
+        self.results.resizeRowsToContents()
+        self.results.setFixedHeight(self.results.verticalHeader().length()
+                                    + self.results.horizontalHeader().sizeHint().height()
+                                    + 2 * self.results.frameWidth())
         self.export_button.setEnabled(bool(names))
 
     def save_csv(self, path: Optional[str] = None) -> Optional[str]:

@@ -18,8 +18,8 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSpinBox,
-                            QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QScrollArea,
+                            QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ..io.timeseries import is_time_series
 from ..models.checkpoint import Model
@@ -81,7 +81,7 @@ class SequenceWidget(QWidget):
         self.task = QComboBox()
         self.task.addItems(["classification", "regression"])
         self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(["time series layer", "target"])
+        self.table.setHorizontalHeaderLabels(["layer", "target"])
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setMinimumHeight(110)
         self.table.setToolTip("Layers with a time axis; type a class or a value for each layer to train on "
@@ -117,7 +117,8 @@ class SequenceWidget(QWidget):
         form.addRow("region", self.region)
         form.addRow("steps", self.steps)
         form.addRow("device", self.device)
-        lay = QVBoxLayout(self)
+        inner = QWidget()
+        lay = QVBoxLayout(inner)
         lay.addWidget(self.table)
         lay.addWidget(csv_button)
         lay.addLayout(form)
@@ -130,6 +131,12 @@ class SequenceWidget(QWidget):
         lay.addWidget(self.model_label)
         lay.addWidget(self.result_label)
         lay.addStretch(1)
+        scroll = QScrollArea()  # the controls scroll instead of overlapping on small screens
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
         self.viewer.layers.events.inserted.connect(self.refresh)
         self.viewer.layers.events.removed.connect(self.refresh)
         self.viewer.dims.events.current_step.connect(self._follow_frame)

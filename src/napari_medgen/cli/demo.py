@@ -22,11 +22,16 @@ def open_demo(show: bool = True, widgets: bool = True):
         docked = []
         for contrib in manifest.contributions.widgets or []:
             dock, _ = viewer.window.add_plugin_dock_widget("napari-medgen", contrib.display_name, tabify=True)
+            dock.setWindowTitle(contrib.display_name)  # the tab says "Segment", not "Segment (napari-medgen)"
             docked.append(dock)
         if docked:  # show the first widget's tab (Segment) once the tabs exist
-            from qtpy.QtWidgets import QApplication
+            from qtpy.QtCore import Qt
+            from qtpy.QtWidgets import QApplication, QTabBar
 
             QApplication.processEvents()
+            for bar in viewer.window._qt_window.findChildren(QTabBar):  # whole titles; arrows when they overflow
+                bar.setElideMode(Qt.TextElideMode.ElideNone)
+                bar.setUsesScrollButtons(True)
             docked[0].raise_()
     return viewer
 
@@ -38,7 +43,7 @@ def run(args) -> int:
     if args.screenshot:
         from qtpy.QtWidgets import QApplication
 
-        viewer.window._qt_window.resize(1400, 850)
+        viewer.window._qt_window.resize(1366, 768)
         for _ in range(20):
             QApplication.processEvents()
         viewer.screenshot(args.screenshot, canvas_only=False)

@@ -98,13 +98,6 @@ class PatchSampler:
         return np.stack(xs), np.stack(ys)[:, None].astype(np.int64)
 
 
-def ignore_band(targets: np.ndarray, margin: np.ndarray, band: float) -> np.ndarray:
-    """``targets`` with pixels closer than ``band`` (mm) to an interpolated boundary set to IGNORE."""
-    out = np.array(targets, copy=True)
-    out[np.asarray(margin) < band] = IGNORE
-    return out
-
-
 def roi_box(mask: np.ndarray, margin) -> tuple:
     """Bounding box ((lo, hi) per axis) of ``mask`` grown by ``margin`` voxels per axis, inside the array."""
     where = np.argwhere(mask)

@@ -126,7 +126,9 @@ class ClassifierTask(TrainTask):
 
     def nothing_learned(self, best):
         chance = 1.0 / len(self.classes)
-        if best is not None and best <= chance and self.metrics.get("auroc_macro", 0.5) <= 0.5:
+        # with fewer than two validation images of a class, chance level is a coin flip, not evidence
+        too_few = self.val is None or np.bincount(self.val[1], minlength=len(self.classes)).min() < 2
+        if not too_few and best is not None and best <= chance and self.metrics.get("auroc_macro", 0.5) <= 0.5:
             return ("The classifier did not learn to tell the classes apart on the validation images "
                     "(balanced accuracy at chance); give more images per class or a longer budget.")
         return None

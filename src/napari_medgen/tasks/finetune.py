@@ -150,14 +150,16 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     size = "cuda" if dev.type == "cuda" else "cpu"
     net_model, fresh = start_model(model, max(t.classes) + 1, img[0] if flat else img, axis=t.axis,
                                    modality=modality, spacing=None if flat else spacing, context=context, size=size)
+    if not fresh and axis is None and not flat and net_model.params.axis != t.axis:  # keep the model's axis
+        t = make_targets(lab, axis=net_model.params.axis, slices=slices, sparse=sparse,
+                         background_label=background_label)
     ctx = int(net_model.params.context or 0)
-    spec = resolve(net_model.config.normalization, img, modality)
-    if fresh and spec["kind"] == "window":  # CT: a window that spans the painted structure and its surroundings
-        spec = net_model.config.normalization = structure_window(img, _painted_foreground(lab, t, sparse,
-                                                                                          background_label))
-    volume = np.ascontiguousarray(take_slices(normalize(img, spec), t.axis))
     job.report(0, 1, "interpolating between painted slices")
     prior = Prior(lab, t, spacing, sparse=sparse, background_label=background_label, interpolate=interpolate)
+    spec = resolve(net_model.config.normalization, img, modality)
+    if fresh and spec["kind"] == "window":  # CT: a window that spans the painted structure and its surroundings
+        spec = net_model.config.normalization = structure_window(img, prior.foreground)
+    volume = np.ascontiguousarray(take_slices(normalize(img, spec), t.axis))
     band = BAND_VOXELS * max(s for i, s in enumerate(spacing) if i != t.axis)
     pseudo = prior.pseudo(t.axis, band) if interpolate and not sparse else None
     box = prior.inplane_box(t.axis)
@@ -178,7 +180,7 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
             job.report(0, 1, "preview", preview={"box": prior.box, "labels": _box_labels(
                 net, volume, prior.box, t.axis, ctx, device, factor)})
         preview = (preview_fn, float(preview_every))
-    left = None if seconds is None else max(1.0, float(seconds) - (time.monotonic() - t0) - 1.0)
+    left = None if seconds is None else max(0.5 * float(seconds), float(seconds) - (time.monotonic() - t0) - 1.0)
     history = train_segmenter(
         net_model.net, volume, (t.indices, targets), pseudo=pseudo, pseudo_weight=pseudo_weight, context=ctx,
         steps=steps, seconds=left, lr=lr or (LR_FRESH if fresh else LR_FINETUNE),
@@ -198,14 +200,6 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
                    patch_size=list(patch), fresh=fresh, known_pixels=int(t.known_pixels), classes=t.classes,
                    total_seconds=time.monotonic() - t0)
     return net_model, history
-
-
-def _painted_foreground(lab, t: Targets, sparse: bool, background_label) -> np.ndarray:
-    """Painted voxels of a structure (not background) on the painted slices only (a 2D mask per slice)."""
-    fg = lab != 0
-    if sparse and background_label is not None:
-        fg &= lab != background_label
-    return fg
 
 
 def _box_labels(net, volume, box, axis, context, device, factor=1.0) -> np.ndarray:
@@ -256,6 +250,9 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
             probs[c] = np.where(between, (1 - prior_weight * confidence) * probs[c]
                                 + prior_weight * confidence * target, probs[c])
     pred = probs.argmax(0).astype(lab.dtype)
+    if restrict and not sparse:
+        pred = _continuous(pred, prior.labels[box], np.isfinite(prior.margin[box]), t.planes.get(axis, []),
+                           box[axis].start or 0, axis, spacing)
     if restrict:
         pred = _connected_to(pred, (lab != 0)[box] | prior.foreground[box])
     out = np.zeros_like(lab)
@@ -272,6 +269,32 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
     if sparse and background_label is not None:
         out[lab == background_label] = 0
     return out[0] if flat else out
+
+
+def _continuous(pred, prior, between, painted, offset: int, axis: int, spacing, band_mm: float = 3.0):
+    """``pred`` kept only where it continues the painting: on slices between painted ones within
+    ``band_mm`` of the interpolation, and beyond the first/last painted slice growing by at most one
+    slice spacing per slice (a 45-degree surface) from its neighbour nearer the paint."""
+    p = np.moveaxis(pred, axis, 0).copy()
+    ref = np.moveaxis(prior, axis, 0)
+    inside = np.moveaxis(between, axis, 0).reshape(len(p), -1).any(1)
+    anchors = sorted({int(k) - offset for k in painted if 0 <= int(k) - offset < len(p)} |
+                     set(np.flatnonzero(inside).tolist()))
+    if not anchors:
+        return pred
+    inplane = min(s for i, s in enumerate(spacing) if i != axis)
+    band, step = max(2, round(band_mm / inplane)), max(1, round(spacing[axis] / inplane))
+    for c in np.unique(p[p > 0]):
+        m = p == c
+        for k in anchors:
+            m[k] = (ref[k] == c) if int(k) + offset in set(map(int, painted)) else \
+                m[k] & ndimage.binary_dilation(ref[k] == c, iterations=band)
+        for k in range(anchors[-1] + 1, len(p)):
+            m[k] &= ndimage.binary_dilation(m[k - 1], iterations=step)
+        for k in range(anchors[0] - 1, -1, -1):
+            m[k] &= ndimage.binary_dilation(m[k + 1], iterations=step)
+        p[(p == c) & ~m] = 0
+    return np.moveaxis(p, 0, axis)
 
 
 def _connected_to(pred: np.ndarray, seeds: np.ndarray) -> np.ndarray:

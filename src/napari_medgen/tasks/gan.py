@@ -23,8 +23,7 @@ from ..io.read import ImageData
 from ..models.checkpoint import Model, build_network
 from ..models.config import GANParams, ModelConfig, NetSpec, Task
 from .gan_training import GANTask, generate, latents, spectral_discriminator
-from .vae import stack_geometry
-from .volume_input import as_volume, check_batch, check_count
+from .volume_input import as_volume, check_batch, check_count, stack_geometry
 
 MIN_SLICES = 8
 

@@ -21,11 +21,10 @@ from ..data.slices import fit_to_size, put_slices, take_slices
 from ..engine.device import select_device
 from ..engine.jobs import Job
 from ..errors import UserError
-from ..io.geometry import Geometry
 from ..io.read import ImageData
 from ..models.checkpoint import Model
 from ..models.config import Task
-from .volume_input import as_volume, check_count
+from .volume_input import as_volume, check_count, stack_geometry
 
 LOGVAR_LIMIT = 8.0  # |log variance| beyond this overflows exp() in half precision and on large slices
 
@@ -203,11 +202,6 @@ def _decode(model: Model, z: torch.Tensor, scale: float, offset: float) -> np.nd
     with torch.no_grad():
         out = net.decode_forward(z, net.use_sigmoid).numpy()
     return (fit_to_size(out[:, 0], tuple(model.params.slice_shape)) * scale + offset).astype(np.float32)
-
-
-def stack_geometry(spacing) -> Geometry:
-    """Geometry of a stack of generated slices: sample index first, then the in-plane pixel spacing."""
-    return Geometry((1.0, *(spacing or (1.0, 1.0))), (0.0, 0.0, 0.0))
 
 
 def synthesize_vae(model: Model, n: int = 8, *, seed: int = 0, temperature: float = 1.0,

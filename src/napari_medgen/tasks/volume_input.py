@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from ..errors import UserError
+from ..io.geometry import Geometry
 
 MAX_SAMPLES = 10_000
 
@@ -57,3 +58,8 @@ def check_batch(batch_size) -> int:
     if int(batch_size) < 1:
         raise UserError(f"The batch size must be at least 1 (got {batch_size}).")
     return int(batch_size)
+
+
+def stack_geometry(spacing) -> Geometry:
+    """Geometry of a stack of generated slices: sample index first, then the in-plane pixel spacing."""
+    return Geometry((1.0, *(spacing or (1.0, 1.0))), (0.0, 0.0, 0.0))
