@@ -6,7 +6,7 @@ into training slices (i % 4 in {0, 2}), a reference set (i % 4 == 1) and a held-
 memorisation check, with the same number of images per row:
 
 - GAN: EMA generator trained here (CPU time measured), seed 1.
-- VAE: ``napari_medgen.sample_vae`` of a VAE trained here on the same training slices (if available).
+- VAE: ``napari_medgen.synthesize_vae`` of a VAE trained here on the same training slices.
 - real held-out slices: the floor a perfect generator would reach.
 - blurred + noised real held-out slices (Gaussian sigma 2 px, noise 30 % of the range): known-bad.
 
@@ -47,13 +47,11 @@ def known_bad(stack: np.ndarray, low: float, high: float, seed: int = 0) -> np.n
 
 def vae_samples(train_full: np.ndarray, n: int, shape, ds: int, steps: int, low: float, high: float):
     """Samples of a VAE trained on the full-resolution training slices, on the GAN's grid and units."""
-    sample_vae = getattr(napari_medgen, "sample_vae", None)
-    if sample_vae is None:
-        return None, 0.0
     t0 = time.monotonic()
-    model, _ = napari_medgen.train_vae(train_full, steps=steps)
+    model, _ = napari_medgen.train_vae(train_full, steps=steps, seconds=None)
     seconds = time.monotonic() - t0
-    unit = np.asarray(sample_vae(model, n, seed=1), dtype=np.float32)
+    lo, hi = model.params.intensity
+    unit = (np.asarray(napari_medgen.synthesize_vae(model, n, seed=1).data, dtype=np.float32) - lo) / (hi - lo)
     if ds > 1:
         unit = F.avg_pool2d(torch.from_numpy(unit)[:, None], ds, ceil_mode=True)[:, 0].numpy()
     return fit_to_size(np.clip(unit, 0, 1), tuple(shape)) * (high - low) + low, seconds
@@ -74,7 +72,7 @@ def conditional_benchmark(steps: int, ds: int) -> dict:
     geo = Geometry((1.0, 2.0, 2.0))
     t0 = time.monotonic()
     model, _ = train_conditional_gan(ImageData(images[idx % 4 != 3], geo), ImageData(data["labels"][idx % 4 != 3], geo),
-                                     steps=steps, downsample=ds, width=16)
+                                     steps=steps, seconds=None, downsample=ds, width=16)
     seconds = time.monotonic() - t0
     maps = data["labels"][idx % 4 == 3]
     made = synthesize_from_labels(model, maps, spacing=(2.0, 2.0)).data
@@ -120,7 +118,8 @@ def main() -> None:
     spacing = [2.0 * ds, 2.0 * ds]
 
     t0 = time.monotonic()
-    model, history = train_gan(ImageData(train, Geometry((1.0, *spacing))), steps=args.steps, width=args.width)
+    model, history = train_gan(ImageData(train, Geometry((1.0, *spacing))), steps=args.steps, seconds=None,
+                               width=args.width)
     gan_seconds = time.monotonic() - t0
     gan = synthesize(model, n, seed=1).data
 
@@ -151,8 +150,7 @@ def main() -> None:
                      f"{mem['median']:.3f} / {mem['max']:.3f} |")
     lines += ["", f"Training time on CPU: GAN {args.steps} steps (batch 16, width {args.width}) "
               f"{gan_seconds:.0f} s ({gan_seconds / args.steps:.2f} s/step)"
-              + (f"; VAE {args.vae_steps} steps {vae_seconds:.0f} s." if vae is not None else
-                 "; the VAE (napari_medgen.sample_vae) was not available in this run."),
+              + f"; VAE {args.vae_steps} steps {vae_seconds:.0f} s.",
               "",
               "Lower MMD / FD-medgen is closer to the reference; MS-SSIM among images should be near the "
               "reference's own level (much higher = mode collapse). FD-medgen uses features of a small network "

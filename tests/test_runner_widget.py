@@ -59,12 +59,12 @@ def test_long_job_keeps_viewer_responsive_throttles_and_cancels(make_napari_view
     assert worst < 0.25, f"event loop blocked for {worst:.3f} s"
     assert out == {} and "cancelled" in runner.status.text()
     assert runner.bar.maximum() == 1 and runner.bar.value() == 0
-    # every event arrives, in order, but in batches at <= ~10 Hz; only a batch's newest keeps its preview
+    # every event arrives, in order; previews (live layer updates) at most ~10 times a second
     steps = [ev.step for ev in seen]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 300
-    batches = sum(ev.preview is not None for ev in seen)  # the newest event of each batch keeps its preview
-    assert seen[-1].preview is not None and batches < len(steps) / 2
-    assert batches / (calls[-1] - calls[0]) < 12
+    previews = sum(ev.preview is not None for ev in seen)
+    assert 0 < previews < len(steps) / 2
+    assert previews / (calls[-1] - calls[0]) < 12
 
 
 def test_stop_keeps_the_best_so_far(make_napari_viewer, qtbot):

@@ -10,7 +10,8 @@ The task gets ``progress=`` (a :class:`Job` carrying both stop requests) and run
 worker thread.  The worker never touches Qt: it records events in ``runner.state`` and a
 queue that the GUI thread drains at most ten times a second, so a chatty task cannot
 flood the event loop.  ``on_progress`` still sees every event, in order; only the newest
-event of each batch keeps its ``preview`` (heavy live views update at <= 10 Hz).
+event of a batch keeps its ``preview``, and no more often than :class:`PaintBudget` allows
+(heavy live views update at <= 10 Hz on a GPU, about once a second on software OpenGL).
 "Stop" (training jobs) keeps the best so far, "Cancel" discards the run.  User errors
 (:class:`UserError`, missing/existing files, out of memory) become one sentence; anything
 else is a bug: its traceback goes to the log and the notification says so.  Closing the
@@ -95,7 +96,7 @@ class JobRunner(QWidget):
         self._events: deque = deque()
         self._finished = threading.Event()
         self._on_result = self._on_progress = None
-        self._next_paint = 0.0
+        self._next_paint = self._next_preview = 0.0
         self._window = None
         self._relay = QTimer(self)
         self._relay.setInterval(RELAY_MS)
@@ -160,7 +161,7 @@ class JobRunner(QWidget):
         self.worker = worker = create_worker(call, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(partial(self._returned, worker))
         worker.errored.connect(partial(self._errored, worker))
-        self._next_paint = 0.0
+        self._next_paint = self._next_preview = 0.0
         self.bar.setRange(0, 0)
         self.stop_button.setVisible(stoppable)
         self.stop_button.setEnabled(stoppable)
@@ -216,10 +217,14 @@ class JobRunner(QWidget):
             events.append(self._events.popleft())
         if not events:
             return
-        last = events[-1]
+        now = time.monotonic()
+        keep = events[-1] if now >= self._next_preview else None  # previews (layer updates) follow PAINT too
+        if keep is not None and keep.preview is not None:
+            self._next_preview = now + PAINT.interval(RELAY_MS / 1000)
         if self._on_progress is not None:
             for ev in events:
-                self._on_progress(ev if ev is last or ev.preview is None else replace(ev, preview=None))
+                self._on_progress(ev if ev is keep or ev.preview is None else replace(ev, preview=None))
+        last = events[-1]
         self._show_progress(last)
 
     def _show_progress(self, ev: ProgressEvent) -> None:

@@ -91,3 +91,24 @@ def interpolate_labels(labels: np.ndarray, *, spacing=None, planes: dict | None 
             margin[covered] = dist[covered]
             filled |= covered
     return (out, margin) if return_margin else out
+
+
+def interpolation_reliability(labels: np.ndarray, planes: dict, spacing=None) -> float | None:
+    """How well interpolation predicts a painted slice it did not see: the mean foreground Dice of each
+    inner painted slice re-made from its two painted neighbours (leave one slice out, at twice the
+    usual gap, so a lower bound).  None with fewer than three painted slices along every axis."""
+    lab = np.asarray(labels)
+    scores = []
+    for axis, index in planes.items():
+        index = sorted(int(i) for i in index)
+        moved = np.moveaxis(lab, axis, 0)
+        for prev, k, nxt in zip(index[:-2], index[1:-1], index[2:]):
+            sub = np.zeros((nxt - prev + 1,) + moved.shape[1:], lab.dtype)
+            sub[0], sub[-1] = moved[prev], moved[nxt]
+            sub_spacing = None if spacing is None else [spacing[axis]] + [s for i, s in enumerate(spacing) if i != axis]
+            guess = interpolate_along(sub, 0, [0, len(sub) - 1], sub_spacing)[0][k - prev]
+            truth = moved[k]
+            both = (guess > 0).sum() + (truth > 0).sum()
+            if both:
+                scores.append(2 * ((guess == truth) & (truth > 0)).sum() / both)
+    return float(np.mean(scores)) if scores else None

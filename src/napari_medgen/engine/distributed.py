@@ -68,6 +68,13 @@ class RankFailed(UserError):
     """Another process of a torchrun job failed, so this one stops too."""
 
 
+def _peer_lost(err: BaseException) -> bool:
+    """True for the errors a collective raises when another rank has gone away."""
+    text = str(err).lower()
+    return isinstance(err, dist.DistError) or any(
+        k in text for k in ("connection closed", "connection reset", "broken pipe", "gloo", "nccl"))
+
+
 def _failed_message() -> str:
     return (f"rank {rank()} of {world_size()} stopped because another rank of the job failed (see its "
             "message above); files written so far are complete.")
@@ -94,6 +101,10 @@ def session(device: str = "auto"):
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         yield dev
+    except RuntimeError as err:  # e.g. DDP's gradient all-reduce after a peer died
+        if world_size() > 1 and _peer_lost(err):
+            raise RankFailed(_failed_message()) from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         if active():
@@ -164,7 +175,9 @@ def shard(items: Sequence, num_parts: int = 1, part_id: int = 0) -> list:
 
     ``num_parts``/``part_id`` split the work between independent jobs (the nnU-Net convention for
     schedulers without torchrun); under torchrun each part is split again between the ranks.
-    Items are dealt round-robin, so sorted inputs give every process a similar mix.
+    Items are dealt round-robin, so sorted inputs give every process a similar mix (the split of
+    ``monai.data.partition_dataset(items, parts, shuffle=False, even_divisible=False)``: no item
+    is repeated or dropped).
     """
     num_parts, part_id = int(num_parts), int(part_id)
     if num_parts < 1 or not 0 <= part_id < num_parts:

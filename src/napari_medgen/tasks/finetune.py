@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from ..data.annotations import IGNORE, AnnotationError, Targets, make_targets
-from ..data.interpolate import interpolate_labels
+from ..data.interpolate import interpolate_labels, interpolation_reliability
 from ..data.normalize import modality_of, normalize, resolve, structure_window
 from ..data.resample import resize
 from ..data.sampling import patch_size_for, roi_box
@@ -40,9 +40,10 @@ BAND_VOXELS = 1.5  # interpolated boundaries: pseudo-labels this close (in-plane
 # the network, patch, batch and working resolution by device: the same seconds on a GPU buy a bigger
 # network, bigger patches and a finer grid, not the same model sooner.  ``grid``: the region of interest
 # is trained at a resolution where its larger in-plane side spans at most this many pixels.
-NETS = {"cpu": {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "patch": 128, "batch": 8, "grid": 160},
+NETS = {"cpu": {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "patch": 128, "batch": 8, "grid": 160,
+                "norm": "batch"},
         "cuda": {"channels": (32, 64, 128, 256, 320), "strides": (2, 2, 2, 2), "patch": 256, "batch": 32,
-                 "grid": 1024}}
+                 "grid": 1024, "norm": "batch"}}
 
 
 def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, modality: str = "", spacing=None,
@@ -59,7 +60,7 @@ def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, moda
                                      description="2.5D U-Net trained on painted slices by napari-medgen finetune.")
         # batch norm, not instance norm: a slice's absolute intensities matter (a lesion is brighter than
         # tissue; an empty slice outside the body is background, not an arbitrary output of normalised zeros)
-        config.networks["net"].args.update(in_channels=2 * ctx + 1, norm="batch")
+        config.networks["net"].args.update(in_channels=2 * ctx + 1, norm=net["norm"])
         config.params.context = ctx
         return Model(config), True
     base = load_segmentation_model(model)
@@ -213,14 +214,16 @@ def _box_labels(net, volume, box, axis, context, device, factor=1.0) -> np.ndarr
 
 
 def complete_labels(model, image, labels, *, sparse: bool = False, background_label: int | None = None,
-                    spacing=None, modality: str = "", prior_weight: float = 0.5, restrict: bool = True,
+                    spacing=None, modality: str = "", prior_weight: float | None = None, restrict: bool = True,
                     device="auto", progress=None, stop=None) -> np.ndarray:
     """The user's painting completed by ``model``: a new label array of ``labels``' shape and dtype.
 
     Painted slices are kept as painted.  Elsewhere: the model's prediction inside the region
-    around the painted structure, blended (``prior_weight``) with the shape-based interpolation
-    between painted slices (confident far from its boundary, undecided on it), and, with
-    ``restrict``, only the connected parts that touch the paint or the interpolation.
+    around the painted structure, blended (``prior_weight``; None: by how well interpolation
+    re-makes a painted slice left out) with the shape-based interpolation between painted slices
+    (confident far from its boundary, undecided on it).  With ``restrict``: kept near a reliable
+    interpolation, growing beyond the first/last painted slice by at most one slice spacing per
+    slice, and only the connected parts that touch the paint or the interpolation.
     Raises :class:`Cancelled` on stop.  Inputs are only read.
     """
     job = Job.of(progress, stop)
@@ -240,6 +243,9 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
                     device=device, divisor=int(np.prod(args.get("strides", (16,)))), progress=job)
     probs = np.moveaxis(resize(probs, shape), 1, 1 + axis)  # (C, *box) in volume order
     job.check()
+    reliability = interpolation_reliability(lab, t.planes, spacing) if not sparse else 0.0
+    if prior_weight is None:  # trust the interpolation as far as it re-made painted slices it did not see
+        prior_weight = 0.5 if reliability is None else 0.5 * float(np.clip((reliability - 0.6) / 0.3, 0, 1))
     if prior_weight > 0:
         plab, pmar = prior.labels[box], prior.margin[box]
         between = np.isfinite(pmar)
@@ -251,7 +257,8 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
                                 + prior_weight * confidence * target, probs[c])
     pred = probs.argmax(0).astype(lab.dtype)
     if restrict and not sparse:
-        pred = _continuous(pred, prior.labels[box], np.isfinite(prior.margin[box]), t.planes.get(axis, []),
+        between = np.isfinite(prior.margin[box]) & ((reliability or 0.0) >= 0.8)  # stay near a good interpolation
+        pred = _continuous(pred, prior.labels[box], between, t.planes.get(axis, []),
                            box[axis].start or 0, axis, spacing)
     if restrict:
         pred = _connected_to(pred, (lab != 0)[box] | prior.foreground[box])
