@@ -74,11 +74,12 @@ def ct_structures(ct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return bone, parts == np.bincount(parts.ravel())[1:].argmax() + 1
 
 
-def tumour(image, mask, radius, seed, spacing, contrast=0.35):
-    """One bright soft-edged tumour of ``radius`` mm inside ``mask``: (image, tumour mask)."""
+def tumour(image, mask, radius, seed, spacing, contrast=0.5, polarity="dark"):
+    """One soft-edged tumour of ``radius`` mm inside ``mask``: (image, tumour mask).  MRI: T1-dark (a bright
+    one is lost in white matter); CT: brighter than brain (enhancing)."""
     r = radius / np.asarray(spacing)
     img, les = inject_lesions(image, ndimage.binary_erosion(mask, iterations=2), n=1, radii=(float(r.mean()),),
-                              polarity="bright", contrast=contrast, softness=0.2, seed=seed)
+                              polarity=polarity, contrast=contrast, softness=0.2, seed=seed)
     return img, les
 
 
@@ -244,7 +245,7 @@ def main() -> None:
     ct, cspacing = load_ct()
     bone, ct_brain = ct_structures(ct)
     if "ct-tumour" in want:
-        img, les = tumour(ct, ct_brain, 9.0, 2, cspacing, contrast=0.8)
+        img, les = tumour(ct, ct_brain, 9.0, 2, cspacing, contrast=0.8, polarity="bright")
         res["cases"].append(run_case("CT brain tumour (r 9 mm)", img, les, cspacing, 0, 3, 0.2, args.seconds))
     if "ct-bone" in want:
         res["cases"].append(run_case("CT bone (skull)", ct, bone, cspacing, 0, 3, 0.1, args.seconds))
