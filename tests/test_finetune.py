@@ -130,7 +130,7 @@ def test_training_again_starts_from_and_can_return_the_current_weights(brain, pa
 
 def test_a_network_that_learns_nothing_is_an_error_not_a_model(brain):
     ann = np.zeros(brain.data.shape, np.uint8)
-    ann[40, 50:53, 50:53] = 1  # a tiny structure, and a learning rate that cannot move the weights
+    ann[40, 20:23, 20:23] = ann[40, 90:93, 80:83] = 1  # two tiny spots, a learning rate that moves nothing
     with pytest.raises(NothingLearnedError, match="never learned"):
         finetune(None, brain, ann, lr=1e-12, **{**FAST, "steps": 3})
 

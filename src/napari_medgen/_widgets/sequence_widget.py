@@ -18,13 +18,13 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QScrollArea,
-                            QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem
 
 from ..io.timeseries import is_time_series
 from ..models.checkpoint import Model
 from ..tasks.sequence import load_sequence_model, predict_sequence, train_sequence_model
 from ._layers import layer_array, row
+from ._panel import Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
@@ -70,12 +70,11 @@ class CurvePlot(FigureCanvasQTAgg):
             self.draw_idle()
 
 
-class SequenceWidget(QWidget):
+class SequenceWidget(Panel):
     """Layers with a time axis and their targets in; a sequence model, predictions and curves out."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.model: Optional[Model] = None
         self.result = None
         self.task = QComboBox()
@@ -112,31 +111,20 @@ class SequenceWidget(QWidget):
         self.result_label.setWordWrap(True)
         self.curve_plot = CurvePlot(self.seek)
 
-        form = QFormLayout()
+        self.body.addWidget(self.table)
+        self.body.addWidget(csv_button)
+        form = self.form()
         form.addRow("task", self.task)
         form.addRow("region", self.region)
         form.addRow("steps", self.steps)
-        form.addRow("device", self.device)
-        inner = QWidget()
-        lay = QVBoxLayout(inner)
-        lay.addWidget(self.table)
-        lay.addWidget(csv_button)
-        lay.addLayout(form)
-        lay.addWidget(self.bidirectional)
-        lay.addWidget(self.device_line)
-        lay.addWidget(row(self.train_button, self.predict_button))
-        lay.addWidget(row(save, load))
-        lay.addWidget(self.runner)
-        lay.addWidget(self.loss_plot)
-        lay.addWidget(self.model_label)
-        lay.addWidget(self.result_label)
-        lay.addStretch(1)
-        scroll = QScrollArea()  # the controls scroll instead of overlapping on small screens
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(inner)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        adv = self.advanced()
+        adv.addRow(self.bidirectional)
+        adv.addRow("device", self.device)
+        adv.addRow(self.device_line)
+        for w in (row(self.train_button, self.predict_button), row(save, load), self.runner, self.loss_plot,
+                  self.model_label, self.result_label):
+            self.body.addWidget(w)
+        self.body.addStretch(1)
         self.viewer.layers.events.inserted.connect(self.refresh)
         self.viewer.layers.events.removed.connect(self.refresh)
         self.viewer.dims.events.current_step.connect(self._follow_frame)
@@ -230,7 +218,8 @@ class SequenceWidget(QWidget):
         self.loss_plot.clear()
         self.runner.start(train_sequence_model, seqs, [targets[ly.name] for ly in layers], self.task.currentText(),
                           regions=regions, steps=self.steps.value(), bidirectional=self.bidirectional.isChecked(),
-                          device=self.device.currentText(), on_result=self._trained, on_progress=self._progress)
+                          device=self.device.currentText(), on_result=self._trained, on_progress=self._progress,
+                          stoppable=True)
 
     def _progress(self, ev) -> None:
         for k in ("loss", "val_metric"):

@@ -280,7 +280,7 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
 
 def _continuous(pred, prior, between, painted, offset: int, axis: int, spacing, band_mm: float = 3.0):
     """``pred`` kept only where it continues the painting: on slices between painted ones within
-    ``band_mm`` of the interpolation, and beyond the first/last painted slice growing by at most one
+    ``band_mm`` (plus a quarter of the distance to the nearest painted slice) of the interpolation, and beyond the first/last painted slice growing by at most one
     slice spacing per slice (a 45-degree surface) from its neighbour nearer the paint."""
     p = np.moveaxis(pred, axis, 0).copy()
     ref = np.moveaxis(prior, axis, 0)
@@ -290,12 +290,17 @@ def _continuous(pred, prior, between, painted, offset: int, axis: int, spacing, 
     if not anchors:
         return pred
     inplane = min(s for i, s in enumerate(spacing) if i != axis)
-    band, step = max(2, round(band_mm / inplane)), max(1, round(spacing[axis] / inplane))
+    step = max(1, round(spacing[axis] / inplane))
+    local = sorted(int(k) - offset for k in painted)
     for c in np.unique(p[p > 0]):
         m = p == c
         for k in anchors:
-            m[k] = (ref[k] == c) if int(k) + offset in set(map(int, painted)) else \
-                m[k] & ndimage.binary_dilation(ref[k] == c, iterations=band)
+            if k in local:
+                m[k] = ref[k] == c
+                continue
+            gap_mm = min(abs(k - j) for j in local) * spacing[axis] if local else 0.0
+            band = max(2, round((band_mm + 0.25 * gap_mm) / inplane))  # interpolation errs more far from paint
+            m[k] &= ndimage.binary_dilation(ref[k] == c, iterations=band)
         for k in range(anchors[-1] + 1, len(p)):
             m[k] &= ndimage.binary_dilation(m[k - 1], iterations=step)
         for k in range(anchors[0] - 1, -1, -1):
