@@ -20,7 +20,6 @@ prepared inputs (Adam 1e-4, cross-entropy, random batches of 8) with last-layer 
 from __future__ import annotations
 
 import argparse
-import glob
 import platform
 import plistlib
 import tarfile

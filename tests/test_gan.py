@@ -17,7 +17,8 @@ from napari_medgen.tasks.gan import (TooFewImagesError, interpolate_seeds, synth
 from napari_medgen.tasks.synthesis_report import format_report, side_by_side, synthesis_report
 
 DS = 4  # 8 mm slices (30 x 25 px): a GAN learns brain-like shapes in ~20 s on one CPU thread
-FAST = {"width": 8, "seed": 0, "device": "cpu"}
+# budgets in steps only (no seconds limit): the same model whatever the machine load
+FAST = {"width": 8, "seed": 0, "device": "cpu", "seconds": None}
 
 
 @pytest.fixture(scope="module")

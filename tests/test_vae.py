@@ -22,7 +22,8 @@ from napari_medgen.tasks.volume_input import NonFiniteWarning
 
 HELD_OUT = (40, 56)  # axial slices never seen in training; lesions go here
 # the sample brain at 4 mm in-plane keeps training in the test suite to ~20 s on one CPU thread
-TINY = {"channels": (8, 16, 32, 64), "latent_size": 32, "batch_size": 12, "lr": 3e-3}
+# budgets in steps only (no seconds limit): the same model whatever the machine load
+TINY = {"channels": (8, 16, 32, 64), "latent_size": 32, "batch_size": 12, "lr": 3e-3, "seconds": None}
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,8 @@ def test_heatmap_ranks_lesions_above_normal_brain(model, data, polarity, sign, m
     assert not res.score[~mask].any() and not res.mask[~mask].any()  # restricted to the foreground
     assert len(res.slice_scores) == vol.shape[0]
     assert res.explanation.startswith(method if method != "residual" else "plain VAE")
-    if method == "combined":  # the most anomalous slice holds a lesion
-        assert lesions[int(np.argmax(res.slice_scores))].any()
+    if method == "combined":  # the held-out slice with the largest flagged area holds a lesion
+        assert lesions[HELD_OUT[0] + int(np.argmax(res.slice_scores[block]))].any()
 
 
 def test_sign_selects_polarity(model, data):

@@ -9,20 +9,19 @@ from typing import Optional
 
 import napari
 import numpy as np
-from magicgui.widgets import create_widget
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit, QListWidget,
-                            QListWidgetItem, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem,
-                            QVBoxLayout, QWidget)
+                            QListWidgetItem, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QWidget)
 
 from ..models.checkpoint import Model
 from ..models.segmentation import builtin_models
 from ..tasks.classify import classify, load_classifier, train_classifier
 from ..tasks.classify_data import read_label_csv
-from ._layers import layer_image, row
+from ._layers import layer_image, row, show_result
 from ._model_files import save_model_file
+from ._panel import Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
@@ -57,15 +56,13 @@ class ProbabilityBars(FigureCanvasQTAgg):
             self.draw_idle()
 
 
-class ClassifyWidget(QWidget):
+class ClassifyWidget(Panel):
     """Train a classifier from labelled layers or a folder + CSV; classify the chosen layer."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.model: Optional[Model] = None
         self.result = None
-        self.heatmap_layer = None
         self._source = None
 
         # --- training ---
@@ -100,7 +97,7 @@ class ClassifyWidget(QWidget):
         self.metrics_line.setWordWrap(True)
 
         # --- classifying ---
-        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.image = self.layer_picker(napari.layers.Image, tooltip="The image to classify.")
         self.classify_button = QPushButton("Classify")
         self.classify_button.clicked.connect(self.classify)
         self.bars = ProbabilityBars()
@@ -123,7 +120,6 @@ class ClassifyWidget(QWidget):
         form.addRow(self.csv_box)
         form.addRow("pretrained", self.pretrained)
         form.addRow("steps", self.steps)
-        form.addRow("device", self.device)
         form.addRow(row(self.train_button, load, save))
         form.addRow(self.plot)
         form.addRow(self.metrics_line)
@@ -133,21 +129,23 @@ class ClassifyWidget(QWidget):
         form2.addRow(self.classify_button)
         form2.addRow(self.bars)
         form2.addRow("top slices", self.slices)
-        lay = QVBoxLayout(self)
-        lay.addWidget(train_box)
-        lay.addWidget(use_box)
-        lay.addWidget(self.device_line)
-        lay.addWidget(self.runner)
-        lay.addStretch(1)
+        self.body.addWidget(train_box)
+        self.body.addWidget(use_box)
+        self.advanced().addRow("device", self.device)
+        self.body.addWidget(self.device_line)
+        self.body.addWidget(self.runner)
+        self.body.addStretch(1)
         self.source.currentIndexChanged.connect(self._source_changed)
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self.image.reset_choices)
-            ev.connect(self.refresh_layers)
         self.refresh_layers()
         self._source_changed(0)
 
     # --- training inputs ---
-    def refresh_layers(self, _event=None) -> None:
+    def reset_choices(self, *args) -> None:
+        """napari's layer-list hook: refresh the drop-down and the table of layers."""
+        super().reset_choices(*args)
+        self.refresh_layers()
+
+    def refresh_layers(self) -> None:
         """One table row per Image layer, keeping labels already typed."""
         typed = self.layer_labels(all_rows=True)
         names = [ly.name for ly in self.viewer.layers if isinstance(ly, napari.layers.Image)]
@@ -251,16 +249,9 @@ class ClassifyWidget(QWidget):
         self.result = result
         src = self._source
         self.bars.show_probabilities(result.probabilities)
-        name = f"{src.name} heatmap ({result.target})"
-        kwargs = {"scale": src.scale, "translate": src.translate, "affine": src.affine}
-        layer = self.heatmap_layer if self.heatmap_layer in self.viewer.layers else None
-        if layer is None:
-            layer = self.viewer.add_image(result.heatmap, name=name, colormap="inferno", blending="additive",
-                                          opacity=0.6, contrast_limits=(0, 1), **kwargs)
-        else:
-            layer.data, layer.name = result.heatmap, name
-            layer.scale, layer.translate, layer.affine = src.scale, src.translate, src.affine
-        self.heatmap_layer = layer
+        self.heatmap_layer = show_result(self.viewer, result.heatmap, name=f"{src.name} heatmap ({result.target})",
+                                         key=f"{src.name} heatmap", source=src, colormap="inferno",
+                                         blending="additive", opacity=0.6, contrast_limits=(0, 1))
         self.slices.clear()
         if result.slice_scores is not None:
             for z in result.top_slices[:10]:

@@ -5,7 +5,8 @@ name, a Model or a model file) on every painted slice of ``labels`` (painted alo
 within a budget in seconds and returns it with the training history; inputs are only read.
 The recipe: normalise by modality (a HU window for CT, recognised by value range), fill the
 slices between painted ones by shape-based interpolation and use them as down-weighted
-pseudo-labels (their uncertain boundary band ignored), give the network neighbouring slices
+pseudo-labels (their uncertain boundary band ignored; weighted by how well interpolation
+re-makes a painted slice left out), give the network neighbouring slices
 as context channels, sample patches around the painted structure, its boundary and the far
 background, and keep the weights that agree best with the painted slices and the
 pseudo-labels.  :func:`complete_labels` then fills the user's volume: the network's
@@ -162,7 +163,10 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
         spec = net_model.config.normalization = structure_window(img, prior.foreground)
     volume = np.ascontiguousarray(take_slices(normalize(img, spec), t.axis))
     band = BAND_VOXELS * max(s for i, s in enumerate(spacing) if i != t.axis)
-    pseudo = prior.pseudo(t.axis, band) if interpolate and not sparse else None
+    reliability = interpolation_reliability(lab, t.planes, spacing) if interpolate and not sparse else None
+    if reliability is not None:  # pseudo-labels count as far as interpolation re-makes a painted slice left out
+        pseudo_weight = pseudo_weight * float(np.clip((reliability - 0.6) / 0.3, 0, 1))
+    pseudo = prior.pseudo(t.axis, band) if interpolate and not sparse and pseudo_weight > 0 else None
     box = prior.inplane_box(t.axis)
     inplane = [s for i, s in enumerate(spacing) if i != t.axis]
     factor = max(1.0, max(box[1] - box[0], box[3] - box[2]) / NETS[size]["grid"])
@@ -197,7 +201,8 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     cfg.finetune = {"rounds": rounds, "planes": {str(a): v for a, v in planes.items()}, "sparse": bool(sparse),
                     "background_label": background_label, "steps": len(history["step"])}
     history.update(slices=planes.get(t.axis, []), planes=planes, axis=int(t.axis), context=ctx,
-                   pseudo_slices=0 if pseudo is None else int(len(pseudo[0])), roi=[list(b) for b in prior.box],
+                   pseudo_slices=0 if pseudo is None else int(len(pseudo[0])), pseudo_weight=pseudo_weight,
+                   interpolation_reliability=reliability, roi=[list(b) for b in prior.box],
                    patch_size=list(patch), fresh=fresh, known_pixels=int(t.known_pixels), classes=t.classes,
                    total_seconds=time.monotonic() - t0)
     return net_model, history
