@@ -55,3 +55,45 @@ def test_bad_csv_and_unknown_file_are_one_line(folder, tmp_path, capsys):
     __import__("napari_medgen").load_segmentation_model("brain-tissue-2d").save(seg)
     assert main(["classify", str(folder / "s25.nii.gz"), "-m", str(seg), "-o", str(tmp_path / "p.csv")]) == 2
     assert "not a classification model" in capsys.readouterr().err
+
+
+def test_parts_classify_each_file_once_and_a_plain_run_merges_them(folder, tmp_path, capsys):
+    model = tmp_path / "clf.medgen.pt"
+    assert main(["classify-train", str(folder), str(folder / "labels.csv"), "-o", str(model), "--steps", "2",
+                 "--size", "32", "32", "-q"]) == 0
+    out = tmp_path / "res" / "probs.csv"
+    files = sorted(str(p) for p in folder.glob("*.nii.gz"))
+    parts = []
+    for part in ("0", "1"):
+        assert main(["classify", str(folder), "-m", str(model), "-o", str(out), "--num-parts", "2",
+                     "--part-id", part, "-q"]) == 0
+        with open(out.with_name(f"probs.part{part}of2.csv")) as fh:
+            parts.append(list(csv.DictReader(fh)))
+    names = [r["file"] for p in parts for r in p]
+    assert sorted(names) == files and len(set(names)) == len(files) and min(map(len, parts)) > 0
+    assert not out.exists()
+    capsys.readouterr()
+    # a plain run classifies nothing again: it merges the parts into OUTPUT
+    assert main(["classify", str(folder), "-m", str(model), "-o", str(out), "-q"]) == 0
+    assert f"{len(files)} inputs were already classified" in capsys.readouterr().err
+    with open(out) as fh:
+        merged = list(csv.DictReader(fh))
+    assert merged == sorted((r for p in parts for r in p), key=lambda r: r["file"])
+    assert not list(out.parent.glob(".*.partial"))
+    # an interrupted run left its progress file: the next run keeps those rows and does the rest
+    for table in out.parent.glob("probs*.csv"):
+        table.unlink()
+    progress = out.with_name(".probs.csv.part0of1.rank0.99.partial")
+    with open(progress, "w", newline="") as fh:
+        csv.writer(fh).writerows([merged[0].keys(), merged[0].values(), ["truncated"]])
+    assert main(["classify", *files[:2], "-m", str(model), "-o", str(out), "-q"]) == 0
+    assert "1 inputs were already classified" in capsys.readouterr().err
+    with open(out) as fh:
+        assert list(csv.DictReader(fh)) == merged[:2] and not progress.exists()
+    # someone else's CSV is never replaced without --overwrite
+    before = (folder / "labels.csv").read_text()
+    assert main(["classify", files[0], "-m", str(model), "-o", str(folder / "labels.csv"), "-q"]) == 2
+    assert "is not a table of this classifier" in capsys.readouterr().err
+    assert (folder / "labels.csv").read_text() == before
+    assert main(["classify", files[0], "-m", str(model), "-o", str(out), "--num-parts", "2", "--part-id", "2"]) == 2
+    assert "--part-id must be between 0 and 1" in capsys.readouterr().err

@@ -47,6 +47,10 @@ def test_train_from_layers_then_classify(viewer, qtbot, brain, tissue, tmp_path)
     assert np.allclose(w.heatmap_layer.scale, viewer.layers["slice 30"].scale)
     assert len(w.bars.ax.patches) == 2 and w.slices.count() == 0
     assert vlayer.data is vol  # inputs untouched
+    n_layers = len(viewer.layers)
+    w.classify()  # again: the heatmap layer is replaced, not added twice
+    _wait(qtbot, w)
+    assert len(viewer.layers) == n_layers and w.heatmap_layer in viewer.layers
     viewer.window.resize(1366, 768)
     viewer.screenshot(str(tmp_path / "classify.png"), canvas_only=False)
 

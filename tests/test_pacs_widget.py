@@ -41,7 +41,7 @@ def widget(make_napari_viewer, stored, tmp_path, monkeypatch, qtbot):
     server, _folder, _uid = stored
     viewer = make_napari_viewer()
     w = PacsWidget(viewer)
-    qtbot.addWidget(w)  # closed and deleted with the test, not by the garbage collector after Qt is gone
+    viewer.window.add_dock_widget(w)  # as users open it: napari keeps its layer drop-downs current
     w.url.setEditText(server.url)
     w.user.setText(server.user)
     w.password.setText(server.password)
@@ -78,6 +78,10 @@ def test_search_open_and_send_back(qtbot, widget, stored, tmp_path):
     path = tmp_path / "bone.dcm"
     assert _wait(qtbot, w, lambda: w.save(str(path))) == "finished"
     assert pydicom.dcmread(path).SegmentSequence[0].SegmentLabel == "bone"
+    assert _wait(qtbot, w, w.open_series) == "finished"  # opening the series again replaces its layer
+    assert [ly.name for ly in viewer.layers] == ["CT oblique", "bone"]
+    viewer.window.resize(1366, 768)
+    viewer.screenshot(str(tmp_path / "pacs.png"), canvas_only=False)
 
 
 def test_wrong_password_adds_nothing(qtbot, widget):

@@ -54,7 +54,10 @@ def test_train_predict_plot_and_seek(qtbot, setup):
 
 
 def test_training_needs_two_targets(qtbot, setup):
-    _viewer, widget, _ = setup
+    viewer, widget, _ = setup
+    viewer.window.add_dock_widget(widget)
     widget.set_target("cine0", "up")
+    del viewer.layers["cine3"]  # napari refreshes the docked panel's lists, typed targets stay
+    assert widget.table.rowCount() == 3 and widget.targets() == {"cine0": "up"}
     widget.train()
     assert widget.model is None and not widget.runner.running

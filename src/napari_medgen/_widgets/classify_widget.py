@@ -63,6 +63,7 @@ class ClassifyWidget(Panel):
         super().__init__(napari_viewer)
         self.model: Optional[Model] = None
         self.result = None
+        self.heatmap_layer: Optional[napari.layers.Image] = None
         self._source = None
 
         # --- training ---
@@ -104,7 +105,7 @@ class ClassifyWidget(Panel):
         self.slices = QListWidget()
         self.slices.setMaximumHeight(90)
         self.slices.itemClicked.connect(self._jump)
-        self.runner = JobRunner("Classify")
+        self.runner = JobRunner("Classify", trains=True)
         self.runner.started.connect(lambda: self._busy(True))
         self.runner.done.connect(lambda _s: self._busy(False))
 
@@ -203,7 +204,8 @@ class ClassifyWidget(Panel):
         self.plot.clear()
         self.runner.start(train_classifier, images, labels, steps=self.steps.value(),
                           pretrained=None if pre.startswith("none") or not pre else pre,
-                          device=self.device.currentText(), on_result=self._trained, on_progress=self._progress)
+                          device=self.device.currentText(), on_result=self._trained, on_progress=self._progress,
+                          stoppable=True)
 
     def _progress(self, ev) -> None:
         if "loss" in ev.metrics:
@@ -250,7 +252,7 @@ class ClassifyWidget(Panel):
         src = self._source
         self.bars.show_probabilities(result.probabilities)
         self.heatmap_layer = show_result(self.viewer, result.heatmap, name=f"{src.name} heatmap ({result.target})",
-                                         key=f"{src.name} heatmap", source=src, colormap="inferno",
+                                         key=f"classify:{src.unique_id}:heatmap", source=src, colormap="inferno",
                                          blending="additive", opacity=0.6, contrast_limits=(0, 1))
         self.slices.clear()
         if result.slice_scores is not None:

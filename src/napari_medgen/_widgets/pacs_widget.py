@@ -4,19 +4,17 @@ from __future__ import annotations
 from typing import Optional
 
 import napari
-from magicgui.widgets import create_widget
-from napari.layers import Layer
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QDate, QTimer
 from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDateEdit, QFileDialog, QFormLayout,
-                            QGroupBox, QHeaderView, QLabel, QLineEdit, QPushButton, QTableWidget,
-                            QTableWidgetItem, QVBoxLayout, QWidget)
+                            QGroupBox, QHeaderView, QLabel, QLineEdit, QPushButton, QTableWidget, QTableWidgetItem)
 
 from ..io import Geometry
 from ..pacs.client import PacsServer, find_series, find_studies, pull_series, push_labels, source_headers
 from ..pacs.servers import load_servers, remember_server
 from ..pacs.seg import labels_to_seg, write_seg
-from ._layers import layer_array, row
+from ._layers import layer_array, row, show_result
+from ._panel import Panel
 from ._runner import JobRunner
 
 STUDY_COLUMNS = [("Date", "StudyDate"), ("Patient", "PatientName"), ("ID", "PatientID"),
@@ -41,7 +39,7 @@ def save_seg(path: str, labels, geometry: Geometry, metadata: dict, server: Opti
     return write_seg(path, seg, overwrite=True)
 
 
-def _table(columns) -> QTableWidget:
+def _table(columns, height: int) -> QTableWidget:
     t = QTableWidget(0, len(columns))
     t.setHorizontalHeaderLabels([c for c, _ in columns])
     t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -50,7 +48,7 @@ def _table(columns) -> QTableWidget:
     t.verticalHeader().setVisible(False)
     t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
     t.horizontalHeader().setStretchLastSection(True)
-    t.setMinimumHeight(110)
+    t.setFixedHeight(height)  # a few rows (they scroll): the panel fits a laptop screen
     return t
 
 
@@ -72,12 +70,11 @@ def _class_names(layer) -> Optional[list]:
     return None
 
 
-class PacsWidget(QWidget):
+class PacsWidget(Panel):
     """Server and credentials, a study/series browser, Open, and Send/Save of a Labels layer as DICOM SEG."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.studies: list[dict] = []
         self.series: list[dict] = []
         self.url = QComboBox()
@@ -105,9 +102,9 @@ class PacsWidget(QWidget):
             d.setDisplayFormat("yyyy-MM-dd")
         self.search_button = QPushButton("Search")
         self.search_button.clicked.connect(self.search)
-        self.study_table = _table(STUDY_COLUMNS)
+        self.study_table = _table(STUDY_COLUMNS, 150)
         self.study_table.itemSelectionChanged.connect(self._study_chosen)
-        self.series_table = _table(SERIES_COLUMNS)
+        self.series_table = _table(SERIES_COLUMNS, 120)
         self.series_table.cellDoubleClicked.connect(lambda *_: self.open_series())
         self.open_button = QPushButton("Open series")
         self.open_button.clicked.connect(self.open_series)
@@ -115,9 +112,9 @@ class PacsWidget(QWidget):
         self.runner.started.connect(lambda: self._busy(True))
         self.runner.done.connect(lambda _s: self._busy(False))
 
-        self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
-        self.reference = create_widget(annotation=napari.layers.Image, label="reference")
-        self.reference.native.setToolTip("The image (opened from the PACS or a DICOM folder) the labels were made on.")
+        self.labels = self.layer_picker(napari.layers.Labels, tooltip="The labels to send as DICOM SEG.")
+        self.reference = self.layer_picker(napari.layers.Image, tooltip="The image (opened from the PACS or a "
+                                           "DICOM folder) the labels were made on.")
         self.algorithm = QLineEdit("napari-medgen")
         self.version = QLineEdit()
         self.version.setPlaceholderText("version")
@@ -128,33 +125,24 @@ class PacsWidget(QWidget):
         self.info = QLabel("")
         self.info.setWordWrap(True)
 
-        server = QFormLayout()
-        server.addRow("server", self.url)
-        server.addRow("user", row(self.user, QLabel("password"), self.password))
-        find = QFormLayout()
-        find.addRow("patient", row(self.patient, self.patient_id))
-        find.addRow("accession", row(self.accession, QLabel("modality"), self.modality))
-        find.addRow(self.use_dates, row(self.date_from, QLabel("to"), self.date_to))
-        send = QFormLayout()
+        form = self.form()
+        form.addRow("server", self.url)
+        form.addRow("user", row(self.user, QLabel("password"), self.password))
+        form.addRow("patient", row(self.patient, self.patient_id))
+        more = self.advanced("More filters")
+        more.addRow("accession", row(self.accession, QLabel("modality"), self.modality))
+        more.addRow(self.use_dates, row(self.date_from, QLabel("to"), self.date_to))
+        box = QGroupBox("Send labels back")
+        send = QFormLayout(box)
         send.addRow("labels", self.labels.native)
         send.addRow("on image", self.reference.native)
         send.addRow("algorithm", row(self.algorithm, self.version))
         send.addRow(row(self.send_button, self.save_button))
-        box = QGroupBox("Send labels back")
-        box.setLayout(send)
-        lay = QVBoxLayout(self)
-        lay.addLayout(server)
-        lay.addLayout(find)
-        lay.addWidget(self.search_button)
-        lay.addWidget(self.study_table, 2)
-        lay.addWidget(self.series_table, 1)
-        lay.addWidget(self.open_button)
-        lay.addWidget(self.runner)
-        lay.addWidget(box)
-        lay.addWidget(self.info)
-        for w in (self.labels, self.reference):
-            self.viewer.layers.events.inserted.connect(w.reset_choices)
-            self.viewer.layers.events.removed.connect(w.reset_choices)
+        for w in (self.search_button, self.study_table, self.series_table, self.open_button, self.runner, box,
+                  self.info):
+            self.body.addWidget(w)
+        self.body.addStretch(1)
+        self.reset_choices()
 
     # --- helpers -------------------------------------------------------------------
     def server(self) -> PacsServer:
@@ -212,10 +200,13 @@ class PacsWidget(QWidget):
         self.runner.start(pull_series, self.server(), self.series[r]["SeriesInstanceUID"], on_result=self._add)
 
     def _add(self, item) -> None:
+        """Show the retrieved series; opening it again replaces its layer."""
         data, kwargs, kind = item.layer_data()
+        name, metadata = kwargs.pop("name"), kwargs.pop("metadata")
         if kind == "labels":
             kwargs["opacity"] = 0.5
-        self.viewer.add_layer(Layer.create(data, kwargs, kind))
+        show_result(self.viewer, data, name=name, kind=kind, key=f"pacs:{metadata['series_uid']}",
+                    metadata=metadata, **kwargs)
 
     # --- send back -------------------------------------------------------------------
     def _labels_args(self) -> Optional[tuple]:

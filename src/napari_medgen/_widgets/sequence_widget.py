@@ -77,6 +77,7 @@ class SequenceWidget(Panel):
         super().__init__(napari_viewer)
         self.model: Optional[Model] = None
         self.result = None
+        self._source = None  # the layer last predicted
         self.task = QComboBox()
         self.task.addItems(["classification", "regression"])
         self.table = QTableWidget(0, 2)
@@ -101,7 +102,7 @@ class SequenceWidget(Panel):
         save, load = QPushButton("Save model..."), QPushButton("Load model...")
         save.clicked.connect(self._save)
         load.clicked.connect(self._load)
-        self.runner = JobRunner("Time series")
+        self.runner = JobRunner("Time series", trains=True)
         self.runner.started.connect(lambda: self._busy(True))
         self.runner.done.connect(lambda _s: self._busy(False))
         self.loss_plot = LivePlot("training", "step", height=1.8)
@@ -125,8 +126,6 @@ class SequenceWidget(Panel):
                   self.model_label, self.result_label):
             self.body.addWidget(w)
         self.body.addStretch(1)
-        self.viewer.layers.events.inserted.connect(self.refresh)
-        self.viewer.layers.events.removed.connect(self.refresh)
         self.viewer.dims.events.current_step.connect(self._follow_frame)
         self._curve_dock = None
         self.refresh()
@@ -136,7 +135,12 @@ class SequenceWidget(Panel):
         return [ly for ly in self.viewer.layers if isinstance(ly, napari.layers.Image) and not ly.rgb
                 and ly.ndim in (3, 4) and is_time_series(ly.metadata, ly.axis_labels)]
 
-    def refresh(self, _event=None) -> None:
+    def reset_choices(self, *args) -> None:
+        """napari's layer-list hook: re-list the layers."""
+        super().reset_choices(*args)
+        self.refresh()
+
+    def refresh(self) -> None:
         """Re-list the time-series layers (keeping typed targets) and the region layers."""
         typed = self.targets()
         names = [ly.name for ly in self.series_layers()]
@@ -267,7 +271,7 @@ class SequenceWidget(Panel):
         self._follow_frame()
 
     def time_axis(self) -> int:
-        layer = getattr(self, "_source", None) or self.current_layer()
+        layer = self._source if self._source is not None else self.current_layer()
         return self.viewer.dims.ndim - (layer.ndim if layer is not None else self.viewer.dims.ndim)
 
     def seek(self, frame: int) -> None:

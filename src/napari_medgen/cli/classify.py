@@ -1,40 +1,63 @@
-"""``napari-medgen classify-train FOLDER LABELS.csv -o M`` and ``napari-medgen classify INPUT... -o OUT.csv``."""
+"""``napari-medgen classify-train FOLDER LABELS.csv -o M`` and ``napari-medgen classify INPUT... -o OUT.csv``.
+
+``classify`` splits a batch like ``segment``: under ``torchrun --nproc_per_node=N`` each rank
+classifies its share of the files, and ``--num-parts K --part-id I`` splits them between
+independent jobs (each writes ``OUT.partIofK.csv``); every file is classified exactly once.
+Files already listed in OUT, in its part files or in the progress files of an interrupted run
+are kept unless ``--overwrite``, so a plain run after the parts merges them into OUT.
+"""
 from __future__ import annotations
 
 import csv
 import os
+import re
 import sys
 from pathlib import Path
 
 from .options import add_common, check_output
+from ..errors import UserError
 
 
 def add_parser(sub) -> None:
     t = sub.add_parser("classify-train", help="train an image classifier from a folder and a CSV of labels",
                        description="Train a classifier on the images listed in a CSV (columns file,label; files "
                                    "relative to FOLDER). Prints the validation metrics and writes the model.")
-    t.add_argument("folder", help="folder holding the images")
-    t.add_argument("labels", help="CSV with columns file,label")
-    t.add_argument("--output", "-o", required=True, help="model file to write (.medgen.pt)")
+    t.add_argument("folder", help="folder holding the images named in the CSV")
+    t.add_argument("labels", help="CSV with columns file,label (file relative to FOLDER, label a class name)")
+    t.add_argument("--output", "-o", required=True,
+                   help="model file to write (.medgen.pt is appended if missing)")
     t.add_argument("--pretrained", default=None,
                    help="start from a network: brain-tissue-2d, a segmentation or VAE .medgen.pt, a MONAI "
-                        "bundle folder or a MONAI UNet state dict")
-    t.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    t.add_argument("--seconds", type=float, default=None, help="wall-time budget (whichever ends first)")
-    t.add_argument("--size", type=int, nargs="+", default=None, help="network input size (default 128x128 "
-                                                                       "or 64^3)")
-    t.add_argument("--val-fraction", type=float, default=0.2, help="share of each class held out (default 0.2)")
+                        "bundle folder or a MONAI UNet state dict (default: random initial weights)")
+    t.add_argument("--steps", type=int, default=300, help="training budget in optimizer steps (default 300)")
+    t.add_argument("--seconds", type=float, default=None,
+                   help="training budget in seconds of wall time; whichever of --steps/--seconds ends first "
+                        "(default: no time limit)")
+    t.add_argument("--size", type=int, nargs="+", default=None,
+                   help="network input size in pixels, e.g. 128 128 or 64 64 64 (default 128x128 in 2D, "
+                        "64^3 in 3D)")
+    t.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of each class held out for validation, 0 to 1 (default 0.2)")
     add_common(t)
     t.set_defaults(func=run_train)
 
     c = sub.add_parser("classify", help="classify images; writes a CSV of class probabilities",
                        description="Classify image files, DICOM folders or folders of images with a trained "
-                                   "classifier; one CSV row per image (file, label, one column per class).")
+                                   "classifier; one CSV row per image (file, label, one column per class). "
+                                   "Files already listed in OUTPUT (or in its part files) are kept unless "
+                                   "--overwrite, so an interrupted or split run resumes.")
     c.add_argument("inputs", nargs="+", help="image files, DICOM folders, folders of images or quoted globs")
-    c.add_argument("--model", "-m", required=True, help="classifier .medgen.pt file")
-    c.add_argument("--output", "-o", required=True, help="CSV file to write")
+    c.add_argument("--model", "-m", required=True, help="classifier .medgen.pt file (from classify-train)")
+    c.add_argument("--output", "-o", required=True,
+                   help="CSV file to write, e.g. probs.csv; with --num-parts K part I writes probs.partIofK.csv "
+                        "instead, and a later run without --num-parts merges the parts into OUTPUT")
     c.add_argument("--heatmaps", default=None, metavar="FOLDER",
-                   help="also write each image's Grad-CAM heatmap as <name>_heatmap.nii.gz (its geometry)")
+                   help="also write each image's Grad-CAM heatmap as <name>_heatmap.nii.gz with the image's "
+                        "geometry (default: no heatmaps)")
+    c.add_argument("--num-parts", type=int, default=1,
+                   help="split the inputs into this many independent jobs (default 1: no split)")
+    c.add_argument("--part-id", type=int, default=0,
+                   help="which part this job classifies, 0 .. num-parts - 1 (default 0)")
     add_common(c)
     c.set_defaults(func=run_classify)
 
@@ -65,46 +88,140 @@ def run_train(args) -> int:
 
 
 def run_classify(args) -> int:
-    from ..io import read_path, write_image
-    from ..tasks.classify import classify, load_classifier
-    from . import USER_ERRORS
-    from .progress import terminal_job
+    from .. import Cancelled
+    from ..engine import distributed as dist
+    from ..io.write import check_writable
+    from ..tasks.classify import load_classifier
     from .segment import find_cases
 
+    out = Path(args.output)
     model = load_classifier(args.model)
-    classes = [str(c) for c in model.params.classes]
-    check_output(args.output, args.overwrite)
+    header = ["file", "label", *(str(c) for c in model.params.classes)]
     cases = [c for spec in args.inputs for c in find_cases(spec)[0]]
+    target = out if args.num_parts == 1 else out.with_name(f"{_stem(out)}.part{args.part_id}of{args.num_parts}.csv")
+    check_writable(target, overwrite=True)  # a folder or a read-only place is refused before any work
+    sources = [] if args.overwrite else _earlier_tables(out)
+    kept = {}
+    for path in sources:
+        kept.update(_read_table(path, header))
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.heatmaps:
         Path(args.heatmaps).mkdir(parents=True, exist_ok=True)
-    rows, failed = [], []
-    for i, case in enumerate(cases, 1):
+    with dist.session(args.device) as device:
+        args.device = device
+        mine = dist.shard(cases, args.num_parts, args.part_id)
+        quiet = args.quiet or not dist.is_main_process()
+        log = out.with_name(f".{out.name}.part{args.part_id}of{args.num_parts}.rank{dist.rank()}.{os.getpid()}"
+                            ".partial")
         try:
-            for img in read_path(case):
-                with terminal_job(f"[{i}/{len(cases)}] {case.name}", quiet=args.quiet) as job:
-                    r = classify(model, img, heatmap=bool(args.heatmaps), device=args.device, progress=job)
-                rows.append([str(case) if case.is_file() else f"{case}/{img.name}", r.label,
-                             *(f"{p:.6f}" for p in r.probabilities.values())])
-                if args.heatmaps:
-                    target = Path(args.heatmaps) / f"{img.name}_heatmap.nii.gz"
-                    check_output(target, args.overwrite)
-                    write_image(target, r.heatmap, img.geometry, overwrite=args.overwrite)
-        except USER_ERRORS as err:
-            if len(cases) == 1:
-                raise
-            failed.append(f"{case}: {err}")
-            print(f"napari-medgen: skipping {case.name}: {err}", file=sys.stderr)
-    _write_csv(Path(args.output), ["file", "label", *classes], rows)
-    print(args.output)
-    if failed:
-        print(f"napari-medgen: {len(failed)} of {len(cases)} inputs failed.", file=sys.stderr)
-        return 1
-    return 0
+            rows, failed, n_kept = _classify_share(mine, len(cases), kept, model, args, quiet, log, header)
+        except Cancelled:
+            print("napari-medgen: stopped; rerun the same command to finish the rest.", file=sys.stderr)
+            return 130
+        if args.num_parts == 1 and dist.is_main_process():  # rows of files not named this time stay
+            owned = {r["file"] for case in cases for r in _rows_of(case, kept)}
+            rows += [r for f, r in kept.items() if f not in owned]
+        dist.merge_summary(rows, target, header)
+        failed = [f for part in dist.gather(failed) for f in part]  # after rank 0 wrote the table
+        n_kept = sum(dist.gather(n_kept))
+        log.unlink(missing_ok=True)
+        if args.num_parts == 1 and dist.is_main_process():
+            for path in sources:
+                if path.name.endswith(".partial"):
+                    path.unlink(missing_ok=True)
+        if dist.is_main_process():
+            print(target)
+            if n_kept:
+                print(f"napari-medgen: {n_kept} inputs were already classified in earlier runs and were kept "
+                      "(use --overwrite to redo them).", file=sys.stderr)
+            if failed:
+                print(f"napari-medgen: {len(failed)} of {len(cases)} inputs failed.", file=sys.stderr)
+    return 1 if failed else 0
 
 
-def _write_csv(path: Path, header: list, rows: list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    os.replace(tmp, path)
+def _classify_share(mine: list[Path], n_cases: int, kept: dict, model, args, quiet: bool, log: Path,
+                    header: list[str]) -> tuple[list[dict], list[str], int]:
+    """Classify this process's inputs (keeping earlier rows); each new row is appended to ``log`` at once,
+    so an interrupted run resumes.  Returns (rows, failures, number of inputs kept)."""
+    from ..engine.distributed import RankFailed
+    from . import USER_ERRORS
+
+    rows, failed, n_kept, n_new = [], [], 0, 0
+    try:
+        with open(log, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for i, case in enumerate(mine, 1):
+                done = _rows_of(case, kept)
+                if done:
+                    rows += done
+                    n_kept += 1
+                    continue
+                try:
+                    new = _classify_case(case, model, args, f"[{i}/{len(mine)}] {case.name}", quiet)
+                except RankFailed:
+                    raise
+                except USER_ERRORS as err:
+                    if n_cases == 1:
+                        raise
+                    failed.append(f"{case}: {err}")
+                    print(f"napari-medgen: skipping {case.name}: {err}", file=sys.stderr)
+                    continue
+                writer.writerows([[r[k] for k in header] for r in new])
+                fh.flush()
+                rows, n_new = rows + new, n_new + len(new)
+    finally:
+        if not n_new:  # nothing to resume from
+            log.unlink(missing_ok=True)
+    return rows, failed, n_kept
+
+
+def _classify_case(case: Path, model, args, label: str, quiet: bool) -> list[dict]:
+    """One row per image of ``case`` (several for a DICOM folder); writes the heatmaps if asked."""
+    from ..io import read_path, write_image
+    from ..tasks.classify import classify
+    from .progress import terminal_job
+
+    rows = []
+    for img in read_path(case):
+        with terminal_job(label, quiet=quiet) as job:
+            r = classify(model, img, heatmap=bool(args.heatmaps), device=args.device, progress=job)
+        rows.append({"file": str(case) if case.is_file() else f"{case}/{img.name}", "label": r.label,
+                     **{str(k): f"{p:.6f}" for k, p in r.probabilities.items()}})
+        if args.heatmaps:
+            heatmap = Path(args.heatmaps) / f"{img.name}_heatmap.nii.gz"
+            check_output(heatmap, args.overwrite)
+            write_image(heatmap, r.heatmap, img.geometry, overwrite=args.overwrite)
+    return rows
+
+
+def _stem(path: Path) -> str:
+    return path.name[:-4] if path.name.lower().endswith(".csv") else path.name
+
+
+def _earlier_tables(out: Path) -> list[Path]:
+    """OUT, its part files and the progress files of interrupted runs: the rows already made."""
+    part = re.compile(rf"{re.escape(_stem(out))}\.part\d+of\d+\.csv|\.{re.escape(out.name)}\.part.*\.partial")
+    found = [out] if out.exists() else []
+    return found + sorted(p for p in out.parent.glob("*") if part.fullmatch(p.name) and p.is_file())
+
+
+def _read_table(path: Path, header: list[str]) -> dict[str, dict]:
+    """Rows of an earlier table by file; a table with other columns is refused (it is not ours)."""
+    if path.is_dir():
+        raise UserError(f"Cannot write {path}: it is a folder; give a file name.")
+    with open(path, newline="") as fh:
+        lines = list(csv.reader(fh))
+    if lines and lines[0] != header:
+        raise UserError(f"{path} already exists and is not a table of this classifier ({','.join(header)}); "
+                        "use --overwrite to replace it or name another file.")
+    return {line[0]: dict(zip(header, line)) for line in lines[1:] if len(line) == len(header)}
+
+
+def _rows_of(case: Path, kept: dict[str, dict]) -> list[dict]:
+    """The earlier rows of one input (a file's row, or every series of a DICOM folder)."""
+    key = str(case)
+    if key in kept:
+        return [kept[key]]
+    return [r for f, r in kept.items() if f.startswith(key + "/")] if case.is_dir() else []
+

@@ -26,20 +26,30 @@ def add_parser(sub) -> None:
                                    "DistributedDataParallel; only rank 0 writes the model.")
     p.add_argument("dataset", help="dataset folder (Medical Segmentation Decathlon / nnU-Net layout)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 1000 unless --seconds)")
-    p.add_argument("--seconds", type=float, default=None, help="training time budget in seconds")
-    p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D (slice by slice) or 3D U-Net")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training budget in optimizer steps (default 1000 unless --seconds)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="training budget in seconds of wall time (default: no time limit)")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=2,
+                   help="2 for a 2D U-Net (slice by slice) or 3 for a 3D U-Net (default 2)")
     p.add_argument("--axis", type=int, default=0, help="2D: slice axis in (z, y, x) order (default 0)")
-    p.add_argument("--channels", default="16,32,64,128", help="U-Net feature channels per level")
-    p.add_argument("--patch-size", default=None, help="training patch, e.g. 128,128 (default from the data)")
-    p.add_argument("--batch-size", type=int, default=None, help="patches per step and process (2D 8, 3D 2)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of cases held out for validation")
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint if there is one")
+    p.add_argument("--channels", default="16,32,64,128",
+                   help="U-Net feature channels per level, comma separated (default 16,32,64,128)")
+    p.add_argument("--patch-size", default=None,
+                   help="training patch in voxels, e.g. 128,128 (default: chosen from the data)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="patches per step and process (default 8 in 2D, 2 in 3D)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the schedule (default 0.003)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of cases held out for validation, 0 to 1 (default 0.2)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="train without augmentation (default: random flips, rotations, scaling and "
+                        "intensity changes)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint an interrupted run left next to --out (default: start afresh)")
     p.add_argument("--checkpoint-every", type=float, default=300.0,
                    help="seconds between checkpoints (written at validations; default 300)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the case split and the training (default 0)")
     add_common(p)
     p.set_defaults(func=run)
 

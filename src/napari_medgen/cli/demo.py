@@ -4,8 +4,11 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="open napari with the sample brain and all napari-medgen widgets")
-    p.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window and quit")
-    p.add_argument("--no-widgets", action="store_true", help="open the data only")
+    p.add_argument("--screenshot", metavar="PNG",
+                   help="save a screenshot of the window (1366x768) to this PNG file and quit "
+                        "(default: keep napari open)")
+    p.add_argument("--no-widgets", action="store_true",
+                   help="open the sample data only, without the napari-medgen dock widgets")
     p.set_defaults(func=run)
 
 

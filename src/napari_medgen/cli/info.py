@@ -7,7 +7,8 @@ def add_parser(sub) -> None:
                        description="Print the versions of napari-medgen, torch, MONAI and SimpleITK and the device "
                                    "that --device would use.")
     p.add_argument("--device", default="auto",
-                   help="device to describe: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
+                   help="device to describe: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps "
+                        "(default auto)")
     p.set_defaults(func=run)
 
 

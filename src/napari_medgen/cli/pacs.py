@@ -19,34 +19,41 @@ def add_parser(sub) -> None:
     verbs = p.add_subparsers(dest="pacs_verb", required=True)
 
     def common(q):
-        q.add_argument("--url", required=True, help="DICOMweb root, e.g. http://pacs:8042/dicom-web")
-        q.add_argument("--user", default="", help=f"user name (password from ${PASSWORD_ENV})")
-        q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        q.add_argument("--url", required=True, help="DICOMweb root URL, e.g. http://pacs:8042/dicom-web")
+        q.add_argument("--user", default="",
+                       help=f"user name for HTTP basic auth; the password comes from ${PASSWORD_ENV} or a prompt "
+                            "(default: no login)")
+        q.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
 
     f = verbs.add_parser("find", help="list studies and their series")
     common(f)
-    f.add_argument("--patient", default="", help="patient name (substring, * wildcards)")
-    f.add_argument("--patient-id", default="")
-    f.add_argument("--accession", default="")
-    f.add_argument("--modality", default="", help="e.g. CT, MR, SEG")
-    f.add_argument("--date", default="", help="study date YYYYMMDD or range YYYYMMDD-YYYYMMDD")
+    f.add_argument("--patient", default="", help="patient name to match (substring, * wildcards; default: any)")
+    f.add_argument("--patient-id", default="", help="PatientID to match exactly (default: any)")
+    f.add_argument("--accession", default="", help="AccessionNumber to match exactly (default: any)")
+    f.add_argument("--modality", default="",
+                   help="modality of a series in the study, e.g. CT, MR, SEG (default: any)")
+    f.add_argument("--date", default="", help="study date YYYYMMDD or range YYYYMMDD-YYYYMMDD (default: any)")
     f.set_defaults(func=run_find)
 
     g = verbs.add_parser("pull", help="retrieve a series into an image file (a SEG into a label image)")
     common(g)
-    g.add_argument("--series", required=True, help="SeriesInstanceUID")
-    g.add_argument("output", help="image file: .nii.gz, .nii, .nrrd, .mha")
+    g.add_argument("--series", required=True, help="SeriesInstanceUID of the series to retrieve (from pacs find)")
+    g.add_argument("output", help="image file to write: .nii.gz, .nii, .nrrd or .mha (keeps the geometry)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     g.set_defaults(func=run_pull)
 
     s = verbs.add_parser("push", help="send a label image as a DICOM SEG referencing a series")
     common(s)
-    s.add_argument("--reference-series", required=True, help="SeriesInstanceUID the labels were made on")
+    s.add_argument("--reference-series", required=True,
+                   help="SeriesInstanceUID of the series the labels were made on")
     s.add_argument("labels", help="label image on that series' grid (.nii.gz, .nrrd, ...)")
-    s.add_argument("--classes", default="", help="class names by label value, comma separated (0 first)")
-    s.add_argument("--algorithm", default="napari-medgen", help="model name recorded in the SEG")
-    s.add_argument("--algorithm-version", default="", help="model version recorded in the SEG")
-    s.add_argument("--save", default="", help="also write the SEG to this .dcm file")
+    s.add_argument("--classes", default="",
+                   help="class names by label value, comma separated, 0 (background) first (default: names stored in "
+                        "the label file, else Segment 1, Segment 2, ...)")
+    s.add_argument("--algorithm", default="napari-medgen",
+                   help="algorithm name recorded in the SEG (default napari-medgen)")
+    s.add_argument("--algorithm-version", default="", help="algorithm version recorded in the SEG (default: empty)")
+    s.add_argument("--save", default="", help="also write the SEG to this .dcm file (default: send only)")
     s.set_defaults(func=run_push)
 
 

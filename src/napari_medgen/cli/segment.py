@@ -29,13 +29,16 @@ def add_parser(sub) -> None:
     p.add_argument("input", help="image file, DICOM folder, folder of images, or a quoted glob")
     p.add_argument("output", help="output file (one image) or folder")
     p.add_argument("--model", "-m", default="brain-tissue-2d",
-                   help="built-in name, .medgen.pt file, MONAI bundle folder or TorchScript file")
+                   help="built-in name, .medgen.pt file, MONAI bundle folder or TorchScript file "
+                        "(default brain-tissue-2d)")
     p.add_argument("--axis", type=int, default=0, help="slicing axis of 2D models (napari order; default 0)")
-    p.add_argument("--tta", action="store_true", help="average over flipped copies (slower, smoother)")
+    p.add_argument("--tta", action="store_true", help="average over flipped copies (slower, smoother; default off)")
     p.add_argument("--allow-torchscript", action="store_true",
                    help="allow a TorchScript --model: it is code that runs on this computer; only for files you trust")
-    p.add_argument("--num-parts", type=int, default=1, help="split a batch into this many independent jobs")
-    p.add_argument("--part-id", type=int, default=0, help="which part this job segments (0 .. num-parts - 1)")
+    p.add_argument("--num-parts", type=int, default=1,
+                   help="split a batch into this many independent jobs (default 1: no split)")
+    p.add_argument("--part-id", type=int, default=0,
+                   help="which part this job segments, 0 .. num-parts - 1 (default 0)")
     add_common(p)
     p.set_defaults(func=run)
 

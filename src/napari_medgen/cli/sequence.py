@@ -18,23 +18,34 @@ FILE_COLUMNS, TARGET_COLUMNS = ("file", "path", "sequence", "name"), ("target", 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sequence-train", help="train a CNN + LSTM on time series listed in a CSV")
-    p.add_argument("folder", help="folder holding the sequences named in the CSV")
-    p.add_argument("--csv", required=True, help="CSV with columns file,target[,region]")
-    p.add_argument("--task", choices=["classification", "regression"], default="classification")
+    p.add_argument("folder", help="folder holding the sequences (and region masks) named in the CSV")
+    p.add_argument("--csv", required=True,
+                   help="CSV with columns file,target and optionally region (paths relative to FOLDER)")
+    p.add_argument("--task", choices=["classification", "regression"], default="classification",
+                   help="classification: targets are class names; regression: targets are numbers "
+                        "(default classification)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--seconds", type=float, help="wall-time budget (stops at whichever comes first)")
-    p.add_argument("--size", type=int, nargs="+", help="frame size for the network, e.g. 64 64")
-    p.add_argument("--bidirectional", action="store_true", help="read the frames in both directions")
-    p.add_argument("--pretrained", help="a .medgen.pt model whose encoder weights start the frame encoder")
+    p.add_argument("--steps", type=int, default=300, help="training budget in optimizer steps (default 300)")
+    p.add_argument("--seconds", type=float,
+                   help="training budget in seconds of wall time; stops at whichever of --steps/--seconds "
+                        "ends first (default: no time limit)")
+    p.add_argument("--size", type=int, nargs="+",
+                   help="frame size in pixels for the network, e.g. 64 64 (default 64x64, or 32^3 for 3D frames)")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="LSTM reads the frames in both directions (default: forward only)")
+    p.add_argument("--pretrained",
+                   help="a .medgen.pt model whose encoder weights start the frame encoder (default: random weights)")
     add_common(p)
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("sequence-predict", help="class or value of time series, with a per-frame curve")
-    p.add_argument("inputs", nargs="+", help="4D images, cine DICOMs or folders of frames")
-    p.add_argument("--model", required=True)
-    p.add_argument("--region", help="mask restricting the model and the signal (same for every input)")
-    p.add_argument("--curves", help="CSV to write the per-frame curve and signal of each input")
+    p.add_argument("inputs", nargs="+", help="4D images, cine DICOMs, folders of frames or 3D (t, y, x) images")
+    p.add_argument("--model", required=True, help="sequence model .medgen.pt file (from sequence-train)")
+    p.add_argument("--region",
+                   help="mask image restricting the model and the signal, the same for every input "
+                        "(default: whole frame)")
+    p.add_argument("--curves",
+                   help="CSV file to write with the per-frame curve and mean signal of each input (default: none)")
     add_common(p)
     p.set_defaults(func=run_predict)
 
