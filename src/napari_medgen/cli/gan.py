@@ -23,9 +23,9 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("gan-synthesize", help="N new slices from a seed, a seed-to-seed walk, or images "
                                               "from a label map")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="GAN model file (.medgen.pt) from gan-train")
     p.add_argument("-n", type=int, default=16, help="number of samples (or interpolation steps)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images (default 0)")
     p.add_argument("--to-seed", type=int, help="interpolate from --seed to this seed instead")
     p.add_argument("--labels", help="label map file (mask-to-image model): one image per slice")
     p.add_argument("--out", required=True, help="image stack file, e.g. samples.nii.gz")
