@@ -80,3 +80,16 @@ def test_train_synthesize_report_cancel(make_napari_viewer, qtbot, brain, tissue
     assert out.data.shape == (1, 117, 99)
     assert np.allclose(out.data_to_world([0, 0, 0]), labels.data_to_world([45, 0, 0]))
     assert np.array_equal(image.data, before)  # the user's layers are untouched
+
+
+def test_docked_panel_follows_the_layer_list_and_keeps_cancel_visible(make_napari_viewer, brain):
+    viewer = make_napari_viewer()
+    w = GANWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    viewer.window.resize(1366, 768)
+    image = viewer.add_image(brain.data, name="T1")
+    labels = viewer.add_labels(np.zeros(brain.data.shape, np.uint8), name="seg")
+    assert image in w.image.choices and labels in w.labels.choices
+    viewer.layers.remove(labels)
+    assert labels not in w.labels.choices
+    assert w.minimumSizeHint().height() < 600 and not w.content.isAncestorOf(w.runner)

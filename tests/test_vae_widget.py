@@ -94,6 +94,15 @@ def test_fits_a_laptop_screen(setup):
     viewer.window.resize(1366, 768)
     assert w.minimumSizeHint().height() < 600  # scrolls instead of growing past the screen
     assert not w.train_advanced.isExpanded() and not w.generate_section.isExpanded()
+    assert not w.content.isAncestorOf(w.runner)  # progress and Cancel never scroll out of sight
+
+
+def test_layers_opened_later_can_be_chosen(setup):
+    viewer, w, img, _mask = setup
+    later = viewer.add_image(img.data[:20].copy(), name="later")
+    assert later in w.normals.choices and later in w.image.choices
+    viewer.layers.remove(later)
+    assert later not in w.normals.choices and later not in w.image.choices
 
 
 def test_stop_training_keeps_best_and_cancel_scoring_adds_nothing(setup, qtbot):

@@ -2,7 +2,8 @@
 
 A panel lays its controls into ``self.body`` (a vertical layout inside a scroll area), so it
 fits a 1366x768 laptop screen however tall it grows, and puts expert settings into
-``self.advanced()``, a collapsible "Advanced" section that starts folded.  Layer drop-downs
+``self.advanced()``, a collapsible "Advanced" section that starts folded; :meth:`Panel.footer`
+pins a widget (a job's progress and Cancel) below the scroll area.  Layer drop-downs
 come from :meth:`Panel.layer_picker`; napari calls :meth:`Panel.reset_choices` whenever layers
 are added, removed, renamed or reordered, so widgets never wire layer events by hand.
 """
@@ -34,9 +35,13 @@ class Panel(QWidget):
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll.setWidget(self.content)
+        self._footer = QVBoxLayout()  # below the scroll area, aligned with the body's controls
+        margins = self.body.contentsMargins()
+        self._footer.setContentsMargins(margins.left(), 0, margins.right(), margins.bottom())
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(self.scroll)
+        outer.addWidget(self.scroll, 1)
+        outer.addLayout(self._footer)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
 
     # --- building ------------------------------------------------------------------------------
@@ -65,6 +70,11 @@ class Panel(QWidget):
         self.sections[title] = section
         return form
 
+    def footer(self, widget: QWidget) -> QWidget:
+        """Pin ``widget`` below the scroll area, visible however far the body is scrolled."""
+        self._footer.addWidget(widget)
+        return widget
+
     def layer_picker(self, annotation, *, nullable: bool = False, tooltip: str = ""):
         """A magicgui drop-down of the viewer's layers of type ``annotation`` (kept current by napari)."""
         widget = create_widget(annotation=Optional[annotation] if nullable else annotation,
@@ -88,11 +98,13 @@ class Panel(QWidget):
     def minimumSizeHint(self):
         hint = super().minimumSizeHint()
         bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
-        hint.setWidth(self.content.minimumSizeHint().width() + bar + 2)
+        hint.setWidth(max(self.content.minimumSizeHint().width() + bar + 2, self._footer.minimumSize().width()))
         return hint
 
     def sizeHint(self):
         hint = self.content.sizeHint()
+        if self._footer.count():
+            hint.setHeight(hint.height() + self._footer.sizeHint().height() + self.layout().spacing())
         hint.setWidth(max(self.minimumSizeHint().width(), WIDTH))
         return hint
 

@@ -6,13 +6,9 @@ from typing import Optional
 
 import napari
 import numpy as np
-from magicgui.widgets import create_widget
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPushButton, QScrollArea,
-                            QSpinBox, QVBoxLayout, QWidget)
-from superqt import QCollapsible
+from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPushButton, QSpinBox
 
 from ..io import Geometry
 from ..io.read import ImageData
@@ -23,7 +19,8 @@ from ..tasks.gan import interpolate_seeds, real_slices, synthesize, train_gan
 from ..tasks.synthesis_report import format_report, side_by_side, synthesis_report
 from ._plot import LivePlot
 from ._model_files import save_model_file
-from ._layers import layer_image, row
+from ._layers import find_output, layer_image, row, show_result
+from ._panel import Panel
 from ._runner import JobRunner, device_chooser
 
 MODES = ["unconditional", "mask-to-image (needs labels)"]
@@ -37,22 +34,21 @@ def _spin(lo: int, hi: int, value: int) -> QSpinBox:
     return s
 
 
-class GANWidget(QWidget):
+class GANWidget(Panel):
     """Train a GAN on Image layer slices (optionally paired with Labels), synthesize, and report quality."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.model: Optional[Model] = None
         self.report: Optional[dict] = None
-        self._outputs: dict = {}
         self._reference = None  # real slices and samples of the last quality report
         self._samples = None
         self._preview_geometry = Geometry((1.0, 1.0, 1.0), (0.0,) * 3)  # of the running training's preview
 
-        self.image = create_widget(annotation=napari.layers.Image, label="image")
-        self.labels = create_widget(annotation=Optional[napari.layers.Labels], label="labels",
-                                    options={"nullable": True})
+        self.image = self.layer_picker(napari.layers.Image,
+                                       tooltip="The scan whose slices the GAN learns (and the report compares with).")
+        self.labels = self.layer_picker(napari.layers.Labels, nullable=True,
+                                        tooltip="Mask-to-image mode: the label map paired with the image.")
         self.mode = QComboBox()
         self.mode.addItems(MODES)
         self.seconds = _spin(5, 86_400, 180)
@@ -97,15 +93,13 @@ class GANWidget(QWidget):
         form.addRow("labels", self.labels.native)
         form.addRow("mode", self.mode)
         form.addRow("seconds, downsample", row(self.seconds, self.downsample))
-        self.train_advanced = QCollapsible("Advanced training options")
-        adv = QWidget()
-        QFormLayout(adv).addRow("steps (0: none)", self.steps)
-        self.train_advanced.addWidget(adv)
-        form.addRow(self.train_advanced)
         form.addRow(self.train_button)
         form.addRow(self.loss_plot)
         form.addRow(row(load, save))
         form.addRow(self.model_line)
+        self.body.addWidget(train_box)
+        self.advanced("Advanced training options").addRow("steps (0: none)", self.steps)
+        self.train_advanced = self.sections["Advanced training options"]
         gen_box = QGroupBox("Synthesize")
         form = QFormLayout(gen_box)
         form.addRow("N, seed", row(self.n, self.seed))
@@ -113,33 +107,15 @@ class GANWidget(QWidget):
         form.addRow("seed B", self.seed_b)
         form.addRow(interp)
         form.addRow(cond)
-        self.report_section = QCollapsible("Quality report (vs. the image's real slices)")
-        rep = QWidget()
-        form = QFormLayout(rep)
+        self.body.addWidget(gen_box)
+        form = self.advanced("Quality report (vs. the image's real slices)")
         form.addRow(row(report, pairs))
         form.addRow(self.report_text)
-        self.report_section.addWidget(rep)
-        content = QWidget()
-        lay = QVBoxLayout(content)
-        for box in (train_box, gen_box, self.report_section):
-            lay.addWidget(box)
-        dev = QFormLayout()
-        dev.addRow("device", self.device)
-        lay.addLayout(dev)
-        lay.addWidget(self.device_line)
-        lay.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 8, 0)
-        outer.addWidget(scroll, 1)
-        outer.addWidget(self.runner)  # progress, Stop and Cancel stay visible whatever is scrolled
-        for w in (self.image, self.labels):
-            self.viewer.layers.events.inserted.connect(w.reset_choices)
-            self.viewer.layers.events.removed.connect(w.reset_choices)
-            w.reset_choices()
+        self.report_section = self.sections["Quality report (vs. the image's real slices)"]
+        self.form().addRow("device", self.device)
+        self.body.addWidget(self.device_line)
+        self.body.addStretch(1)
+        self.footer(self.runner)  # progress, Stop and Cancel stay visible whatever is scrolled
 
     # --- training and models ------------------------------------------------------------------------
     @property
@@ -174,7 +150,8 @@ class GANWidget(QWidget):
                 if name in ev.metrics:
                     self.loss_plot.add(name, ev.step, ev.metrics[name], draw=draw)
         if ev.preview is not None:
-            self._put("GAN preview", np.asarray(ev.preview), self._preview_geometry, colormap="gray")
+            show_result(self.viewer, np.asarray(ev.preview), self._preview_geometry, name="GAN preview",
+                        key="gan:preview", colormap="gray")
 
     def _trained(self, result) -> None:
         self.model, history = result
@@ -218,13 +195,13 @@ class GANWidget(QWidget):
     def synthesize(self) -> None:
         if self._need("gan"):
             self.runner.start(synthesize, self.model, self.n.value(), seed=self.seed.value(),
-                              device=self.device.currentText(), on_result=lambda r: self._show(r, "GAN samples"))
+                              device=self.device.currentText(), on_result=lambda r: self._show(r, "samples"))
 
     def interpolate(self) -> None:
         if self._need("gan"):
             self.runner.start(interpolate_seeds, self.model, self.seed.value(), self.seed_b.value(),
                               steps=self.n.value(), device=self.device.currentText(),
-                              on_result=lambda r: self._show(r, "GAN interpolation"))
+                              on_result=lambda r: self._show(r, "interpolation"))
 
     def from_labels(self) -> None:
         """Render the Labels layer's slice under the viewer's current position."""
@@ -247,45 +224,30 @@ class GANWidget(QWidget):
                           on_result=lambda item: self._show_conditional(item, labels, axis, index))
 
     def _show_conditional(self, item: ImageData, labels, axis: int, index: int) -> None:
-        kw = {"colormap": "gray"}
+        """Show the rendered slice where it belongs: on slice ``index`` of ``labels`` (at the model's spacing)."""
+        geo = Geometry.from_layer(labels)
+        data = item.data
         if labels.ndim == 3:
-            scale = list(labels.scale)
-            translate = list(labels.translate)
-            translate[axis] += index * scale[axis]
             inplane = iter(item.geometry.spacing)
-            scale = [scale[k] if k == axis else next(inplane) for k in range(3)]
-            data = np.expand_dims(item.data, axis)
-            kw.update(scale=scale, translate=translate, affine=labels.affine)
+            spacing = [geo.spacing[k] if k == axis else next(inplane) for k in range(3)]
+            origin = geo.index_to_world([index if k == axis else 0 for k in range(3)])
+            geo = Geometry(spacing, origin, geo.direction)
+            data = np.expand_dims(data, axis)
         else:
-            data = item.data
-            kw.update(scale=item.geometry.spacing, translate=labels.translate, affine=labels.affine)
-        self._put(f"{labels.name} GAN image", data, None, **kw)
+            geo = Geometry(item.geometry.spacing, geo.origin, geo.direction)
+        show_result(self.viewer, data, geo, name=f"{labels.name} GAN image", key=f"gan:{labels.unique_id}:image",
+                    colormap="gray")
 
-    def _show(self, item: ImageData, name: str) -> None:
-        """Show a sample stack and move the viewer to its first image."""
-        layer = self._put(name, item.data, item.geometry, colormap="gray")
+    def _show(self, item: ImageData, what: str) -> None:
+        """Show a sample stack ("samples", "interpolation") and move the viewer to its first image."""
+        layer = show_result(self.viewer, item, name=f"GAN {what}", key=f"gan:{what}", colormap="gray")
         self.viewer.dims.set_point(0, float(layer.data_to_world([0, 0, 0])[0]))
-
-    def _put(self, name: str, data: np.ndarray, geometry: Optional[Geometry], **kwargs):
-        """Add or replace this widget's own output layer ``name``."""
-        if geometry is not None:
-            kwargs.update(geometry.layer_kwargs(data.ndim))
-        layer = self._outputs.get(name)
-        if layer is not None and layer in self.viewer.layers:
-            if layer.data.shape == data.shape:
-                layer.data = data
-                layer.contrast_limits = (float(data.min()), float(max(data.max(), data.min() + 1e-6)))
-                return layer
-            self.viewer.layers.remove(layer)
-        layer = self.viewer.add_image(data, name=name, **kwargs)
-        self._outputs[name] = layer
-        return layer
 
     # --- report -----------------------------------------------------------------------------------
     def quality_report(self) -> None:
         """Report on the "GAN samples" layer against the training image's real slices."""
-        samples = self._outputs.get("GAN samples")
-        if samples is None or samples not in self.viewer.layers or self.model is None or self.model.task != "gan":
+        samples = find_output(self.viewer, "gan:samples")
+        if samples is None or self.model is None or self.model.task != "gan":
             show_error("Synthesize samples with an unconditional GAN first.")
             return
         if self.image.value is None:
@@ -307,5 +269,5 @@ class GANWidget(QWidget):
             return
         pairs = side_by_side(self.report, self._samples, self._reference)
         spacing = self.model.params.spacing
-        self._put("GAN suspicious pairs (sample | nearest real)", pairs, Geometry((1.0, *spacing), (0.0,) * 3),
-                  colormap="gray")
+        show_result(self.viewer, pairs, Geometry((1.0, *spacing), (0.0,) * 3),
+                    name="GAN suspicious pairs (sample | nearest real)", key="gan:pairs", colormap="gray")

@@ -9,17 +9,17 @@ from magicgui.widgets import create_widget
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QListWidget,
-                            QListWidgetItem, QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
-from superqt import QCollapsible
+                            QListWidgetItem, QPushButton, QSlider, QSpinBox)
 
-from ..io import Geometry
 from ..models.checkpoint import SUFFIX, Model
 from ..models.config import Task
 from ..tasks.anomaly import DEFAULTS, EXPLAIN, METHODS, SIGNS, anomaly_map, normal_threshold
 from ..tasks.vae import interpolate_slices, reconstruct, synthesize_vae
 from ..tasks.vae_training import train_vae
-from ._layers import layer_array, layer_image, row
+from ..tasks.volume_input import stack_geometry
+from ._layers import layer_array, layer_image, row, show_result
 from ._model_files import save_model_file
+from ._panel import Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
@@ -34,15 +34,13 @@ def _spin(lo: int, hi: int, value: int, tip: str = "") -> QSpinBox:
     return s
 
 
-class VAEWidget(QWidget):
+class VAEWidget(Panel):
     """Train a VAE on normal Image layers; score a scan into heatmap, anomaly mask and slice list."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.model: Optional[Model] = None
         self.result = None
-        self._outputs: dict = {}
         self._source = None  # the layer the shown result belongs to (set when a result arrives)
         self._mask_layer = None
         self._score_top = 1.0
@@ -51,8 +49,8 @@ class VAEWidget(QWidget):
         self.normals = create_widget(annotation=list[napari.layers.Image], label="normal images",
                                      widget_type="Select", options={"choices": self._image_choices})
         self.normals.native.setMaximumHeight(70)
-        self.train_mask = create_widget(annotation=Optional[napari.layers.Labels], label="mask",
-                                        options={"nullable": True})
+        self.train_mask = self.layer_picker(napari.layers.Labels, nullable=True,
+                                            tooltip="Optional: learn only inside this mask (e.g. the brain).")
         self.seconds = _spin(5, 86_400, 120, "Training budget in seconds (the best weights so far are kept)")
         self.steps = _spin(0, 1_000_000, 0, "Optional budget in steps (0: seconds only); whichever ends first")
         self.latent = _spin(2, 1024, 64, "Size of the VAE's latent code")
@@ -67,8 +65,9 @@ class VAEWidget(QWidget):
         self.loss_plot = LivePlot("training loss", "step", height=1.6)
 
         # --- scoring ---
-        self.image = create_widget(annotation=napari.layers.Image, label="image")
-        self.mask = create_widget(annotation=Optional[napari.layers.Labels], label="mask", options={"nullable": True})
+        self.image = self.layer_picker(napari.layers.Image, tooltip="The scan to score.")
+        self.mask = self.layer_picker(napari.layers.Labels, nullable=True,
+                                      tooltip="Optional: score only inside this mask.")
         self.method = QComboBox()
         self.method.addItems(METHODS)
         self.method.setCurrentText(DEFAULTS["method"])
@@ -112,63 +111,39 @@ class VAEWidget(QWidget):
         form.addRow("normal images", self.normals.native)
         form.addRow("mask", self.train_mask.native)
         form.addRow("budget (s)", self.seconds)
-        self.train_advanced = QCollapsible("Advanced training options")
-        adv = QWidget()
-        adv_form = QFormLayout(adv)
-        adv_form.addRow("steps (0: none)", self.steps)
-        adv_form.addRow("latent size", self.latent)
-        self.train_advanced.addWidget(adv)
-        form.addRow(self.train_advanced)
         form.addRow(self.train_button)
         form.addRow(self.loss_plot)
         form.addRow(row(load, save))
         form.addRow(self.model_line)
+        self.body.addWidget(train_box)
+        adv = self.advanced("Advanced training options")
+        adv.addRow("steps (0: none)", self.steps)
+        adv.addRow("latent size", self.latent)
+        self.train_advanced = self.sections["Advanced training options"]
         score_box = QGroupBox("Score a scan")
         form = QFormLayout(score_box)
         form.addRow("image", self.image.native)
         form.addRow("mask", self.mask.native)
         form.addRow("method", self.method)
         form.addRow("sign", self.sign)
-        self.score_advanced = QCollapsible("Advanced scoring options")
-        adv = QWidget()
-        adv_form = QFormLayout(adv)
-        adv_form.addRow("percentile", self.percentile)
-        self.score_advanced.addWidget(adv)
-        form.addRow(self.score_advanced)
         form.addRow(row(recon_button, anomaly_button))
         form.addRow(self.threshold_line, self.slider)
         form.addRow(self.explanation)
         form.addRow(QLabel("slices by anomalous area (click to go):"))
         form.addRow(self.slices)
-        self.generate_section = QCollapsible("Generate (samples, interpolation)")
-        gen = QWidget()
-        form = QFormLayout(gen)
+        self.body.addWidget(score_box)
+        self.advanced("Advanced scoring options").addRow("percentile", self.percentile)
+        self.score_advanced = self.sections["Advanced scoring options"]
+        form = self.advanced("Generate (samples, interpolation)")
         form.addRow("N, seed", row(self.n_samples, self.seed))
         form.addRow(sample_button)
         form.addRow("slices A, B", row(self.slice_a, self.slice_b))
         form.addRow(interp_button)
-        self.generate_section.addWidget(gen)
-        content = QWidget()
-        lay = QVBoxLayout(content)
-        for w in (train_box, score_box, self.generate_section):
-            lay.addWidget(w)
-        dev = QFormLayout()
-        dev.addRow("device", self.device)
-        lay.addLayout(dev)
-        lay.addWidget(self.device_line)
-        lay.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 8, 0)
-        outer.addWidget(scroll, 1)
-        outer.addWidget(self.runner)  # progress and Cancel stay visible whatever is scrolled
-        for w in (self.normals, self.train_mask, self.image, self.mask):
-            self.viewer.layers.events.inserted.connect(w.reset_choices)
-            self.viewer.layers.events.removed.connect(w.reset_choices)
-            w.reset_choices()
+        self.generate_section = self.sections["Generate (samples, interpolation)"]
+        self.form().addRow("device", self.device)
+        self.body.addWidget(self.device_line)
+        self.body.addStretch(1)
+        self.footer(self.runner)  # progress and Cancel stay visible whatever is scrolled
 
     def _image_choices(self, _widget=None) -> list:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
@@ -261,36 +236,24 @@ class VAEWidget(QWidget):
                               sign=self.sign.currentText(), percentile=self.percentile.value(),
                               device=self.device.currentText(), on_result=lambda res: self._show_anomaly(res, layer))
 
-    def _put(self, name: str, data, kind: str = "image", **kwargs):
-        """Add or replace this widget's own output layer ``name`` on the source layer's grid."""
-        geo = Geometry.from_layer(self._source).layer_kwargs(data.ndim)
-        layer = self._outputs.get(name)
-        if layer is not None and layer in self.viewer.layers and layer.data.shape == data.shape:
-            layer.data = data
-            for key, val in {**geo, **{k: v for k, v in kwargs.items() if k == "contrast_limits"}}.items():
-                setattr(layer, key, val)
-            return layer
-        if layer is not None and layer in self.viewer.layers:
-            self.viewer.layers.remove(layer)
-        add = self.viewer.add_labels if kind == "labels" else self.viewer.add_image
-        layer = add(data, name=name, **geo, **kwargs)
-        self._outputs[name] = layer
-        return layer
+    def _show(self, what: str, data, src, kind: str = "image", **kwargs):
+        """Add or replace the output ``what`` ("heatmap", ...) of layer ``src``, on its grid."""
+        return show_result(self.viewer, data, name=f"{src.name} VAE {what}", kind=kind,
+                           key=f"vae:{src.unique_id}:{what}", source=src, **kwargs)
 
     def _show_reconstruction(self, rec, src) -> None:
         self._source = src
-        self._put(f"{src.name} VAE reconstruction", rec, contrast_limits=tuple(src.contrast_limits),
-                  colormap="gray")
+        layer = self._show("reconstruction", rec, src, colormap="gray")
+        layer.contrast_limits = tuple(src.contrast_limits)
 
     def _show_anomaly(self, result, src) -> None:
         self.result, self._source = result, src
         for msg in result.warnings:
             show_warning(msg)
         top = float(max(result.score.max(), result.threshold * 2, 1e-6))
-        self._put(f"{src.name} VAE heatmap", result.score, colormap="inferno", blending="additive",
-                  contrast_limits=(0.5 * result.threshold, top))
-        self._mask_layer = self._put(f"{src.name} VAE anomalies", result.mask.astype(np.uint8), kind="labels",
-                                     opacity=0.9)
+        heat = self._show("heatmap", result.score, src, colormap="inferno", blending="additive")
+        heat.contrast_limits = (0.5 * result.threshold, top)
+        self._mask_layer = self._show("anomalies", result.mask.astype(np.uint8), src, kind="labels", opacity=0.9)
         self._mask_layer.contour = 1  # outlines, so the heatmap stays visible underneath
         self._score_top = top
         self.slider.blockSignals(True)
@@ -353,23 +316,20 @@ class VAEWidget(QWidget):
     # --- generation ---
     def sample(self) -> None:
         self.runner.start(synthesize_vae, self.model, self.n_samples.value(), seed=self.seed.value(),
-                          on_result=lambda item: self._put_plain("VAE samples", item.data, item.geometry))
+                          on_result=lambda item: show_result(self.viewer, item, name="VAE samples",
+                                                             key="vae:samples", colormap="gray"))
 
     def interpolate(self) -> None:
         got = self._inputs()
         if got is not None:
             layer, mask = got
+            geometry = stack_geometry(self.model.params.spacing) if self.model is not None else None
             self.runner.start(interpolate_slices, self.model, layer_image(layer), self.slice_a.value(),
                               self.slice_b.value(), mask=mask,
-                              on_result=lambda s: self._put_plain("VAE interpolation", s, None))
-
-    def _put_plain(self, name: str, stack, geometry: Optional[Geometry]) -> None:
-        layer = self._outputs.get(name)
-        if layer is not None and layer in self.viewer.layers:
-            self.viewer.layers.remove(layer)
-        kw = geometry.layer_kwargs(stack.ndim) if geometry is not None else {}
-        self._outputs[name] = self.viewer.add_image(stack, name=name, colormap="gray", **kw)
+                              on_result=lambda s: show_result(self.viewer, s, geometry, name="VAE interpolation",
+                                                              key="vae:interpolation", colormap="gray"))
 
     def reset_choices(self, *_args) -> None:
-        for w in (self.normals, self.train_mask, self.image, self.mask):
-            w.reset_choices()
+        """Refresh the layer drop-downs and the list of normal images (napari calls this)."""
+        super().reset_choices()
+        self.normals.reset_choices()
