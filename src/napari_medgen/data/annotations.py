@@ -97,6 +97,9 @@ def painted_planes(labels: np.ndarray, axis: int | None = None) -> dict:
     return {axis: annotated_slices(lab, axis)}
 
 
+MAX_LABEL = 255  # one network output per label value
+
+
 def _check_values(lab: np.ndarray) -> None:
     if lab.ndim not in (2, 3):
         raise AnnotationError(f"Annotations must be a 2D or 3D label array, not {lab.ndim}D.")
@@ -104,6 +107,9 @@ def _check_values(lab: np.ndarray) -> None:
         raise AnnotationError("Annotations must be an integer label array.")
     if lab.size and lab.min() < 0:
         raise AnnotationError("Annotations must not contain negative label values.")
+    if lab.size and lab.max() > MAX_LABEL:
+        raise AnnotationError(f"Label value {int(lab.max())} is painted, but each value is one class of the model "
+                              f"and values above {MAX_LABEL} are not supported; relabel the layer with small values.")
 
 
 def make_targets(labels: np.ndarray, *, axis: int | None = None, slices="auto", sparse: bool = False,

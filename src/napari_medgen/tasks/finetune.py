@@ -16,6 +16,7 @@ returned model continues from its weights.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -32,7 +33,7 @@ from ..engine.inference import predict
 from ..engine.jobs import Job
 from ..engine.seg_training import predict_logits, train_segmenter
 from ..models.checkpoint import Model, ModelFileError
-from ..models.segmentation import default_classes, load_segmentation_model, segmentation_config
+from ..models.segmentation import default_classes, is_torchscript, load_segmentation_model, segmentation_config
 
 FRESH = "fresh"
 LR_FRESH, LR_FINETUNE = 5e-3, 1e-3
@@ -64,9 +65,9 @@ def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, moda
         config.networks["net"].args.update(in_channels=2 * ctx + 1, norm=net["norm"])
         config.params.context = ctx
         return Model(config), True
-    base = load_segmentation_model(model)
-    if base.config.networks["net"].arch == "TorchScript":
+    if isinstance(model, (str, os.PathLike)) and is_torchscript(model):
         raise ModelFileError("A TorchScript model cannot be fine-tuned; start from a napari-medgen model or a fresh network.")
+    base = load_segmentation_model(model)
     if base.params.spatial_dims != 2 or base.params.in_channels != 1:
         raise ModelFileError(f"'{base.name}' is not a one-channel 2D segmenter; fine-tuning trains 2D models only.")
     if n_classes > len(base.params.classes):
