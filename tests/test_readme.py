@@ -32,3 +32,11 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, tissue):
     assert labels.data.shape == (12,) + tissue.data.shape[1:] and labels.geometry.same_grid(ns["t1"].geometry)
     assert ns["res"].warnings == [] and ns["res"].volumes_ml()["white matter"] > 10  # mL in a 24 mm slab
     assert mg.Model.load("mine.medgen.pt").task == "segmentation"
+
+
+def test_readme_job_example_runs():
+    section = (ROOT / "README.md").read_text().split("## Long jobs: one mechanism", 1)[1]
+    ns: dict = {}
+    exec(compile(re.search(r"```python\n(.*?)\n```", section, re.S).group(1), "README.md", "exec"), ns)  # noqa: S102
+    ns["cancel"].set()
+    assert ns["job"].cancelled() and ns["job"].should_stop()
