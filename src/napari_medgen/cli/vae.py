@@ -10,8 +10,9 @@ from ..errors import UserError
 
 def add_parser(sub) -> None:
     p = sub.add_parser("vae-train", help="train a VAE on normal scans (2D, slice by slice)")
-    p.add_argument("images", nargs="+", help="normal image files")
-    p.add_argument("--mask", nargs="*", default=None, help="foreground mask per image (same order)")
+    p.add_argument("images", nargs="+", help="normal image files, or one dataset folder (imagesTr/ of normal "
+                   "scans, optional labelsTr/ foreground masks), validated on held-out subjects")
+    p.add_argument("--mask", nargs="*", default=None, help="foreground mask per image file (same order)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
     p.add_argument("--seconds", type=float, default=120.0, help="training budget in seconds (default 120)")
     p.add_argument("--steps", type=int, default=None, help="training budget in steps (whichever ends first)")
@@ -67,21 +68,36 @@ def _load(path):
     return Model.load(path, expect=Task.VAE)
 
 
+def _training_data(args):
+    """(images, masks) from the image files, or from a dataset folder's imagesTr/ (and labelsTr/)."""
+    from ..tasks.vae_training import normal_cohort
+
+    folder = Path(args.images[0])
+    if len(args.images) == 1 and folder.is_dir() and ((folder / "imagesTr").exists()
+                                                     or (folder / "dataset.json").exists()
+                                                     or not any(folder.iterdir())):
+        if args.mask:
+            raise UserError("A dataset folder takes its masks from labelsTr/; leave out --mask.")
+        return normal_cohort(folder)
+    if args.mask and len(args.mask) != len(args.images):
+        raise UserError(f"Got {len(args.mask)} masks for {len(args.images)} images; give one per image.")
+    images = [_read(p) for p in args.images]
+    return images, [_read(p).data for p in args.mask] if args.mask else None
+
+
 def run_train(args) -> int:
     from ..tasks.vae_training import train_vae
 
     check_output(args.out, args.overwrite)
-    if args.mask and len(args.mask) != len(args.images):
-        raise UserError(f"Got {len(args.mask)} masks for {len(args.images)} images; give one per image.")
-    images = [_read(p) for p in args.images]
-    masks = [_read(p).data for p in args.mask] if args.mask else None
+    images, masks = _training_data(args)
     with terminal_job("vae-train", args.quiet) as job:
         model, hist = train_vae(images, masks, steps=args.steps, seconds=args.seconds, latent_size=args.latent,
                                 axis=args.axis, device=args.device, name=Path(args.out).name.split(".")[0],
                                 progress=job)
     model.save(args.out)
     note = " (stopped early; best weights so far)" if hist["stopped"] else ""
-    print(f"saved {args.out}{note}")
+    held = f"; validated on held-out {', '.join(hist['val_subjects'])}" if hist["val_subjects"] else ""
+    print(f"saved {args.out}{note}{held}")
     return 0
 
 

@@ -112,3 +112,53 @@ def interpolation_reliability(labels: np.ndarray, planes: dict, spacing=None) ->
             if both:
                 scores.append(2 * ((guess == truth) & (truth > 0)).sum() / both)
     return float(np.mean(scores)) if scores else None
+
+
+def _scaled(sd: np.ndarray, scale: float) -> np.ndarray:
+    """The signed distance of the shape ``sd`` describes, scaled by ``scale`` about its centroid."""
+    inside = sd < 0
+    if scale <= 1e-3 or not inside.any():
+        return np.full(sd.shape, np.inf, np.float32)
+    centre = np.array(ndimage.center_of_mass(inside))[:, None, None]
+    grid = np.indices(sd.shape, dtype=np.float32)
+    coords = centre + (grid - centre) / scale
+    return (scale * ndimage.map_coordinates(sd, coords, order=1, mode="nearest")).astype(np.float32)
+
+
+def extrapolate_ends(labels: np.ndarray, axis: int, index, spacing=None, reach: float = 1.0):
+    """Labels beyond the first and last painted slices ``index`` along ``axis``: each label's end slice
+    shrunk about its centroid as the cross-section of a sphere fitted to the end slice and its painted
+    neighbour (areas on two slices fix the centre and radius; one painted slice is taken as the
+    widest), tapering to nothing where the sphere ends (``reach`` scales that length).  A shape that
+    grows towards its end is taken as widest there.  Returns ``(labels, margin)`` like
+    :func:`interpolate_along` (filled only beyond the ends)."""
+    lab = np.moveaxis(np.asarray(labels), axis, 0)
+    sp = [1.0] * lab.ndim if spacing is None else [float(s) for s in spacing]
+    plane_spacing = [s for i, s in enumerate(sp) if i != axis]
+    dz, pix = sp[axis], float(np.prod(plane_spacing))
+    out = np.zeros(lab.shape, lab.dtype)
+    margin = np.full(lab.shape, np.inf, np.float32)
+    index = sorted(int(i) for i in index)
+    if not index:
+        return np.moveaxis(out, 0, axis), np.moveaxis(margin, 0, axis)
+    for end, near, direction in ((index[-1], index[-2] if len(index) > 1 else None, 1),
+                                 (index[0], index[1] if len(index) > 1 else None, -1)):
+        for c in sorted(set(np.unique(lab[end])) - {0}):
+            mask = lab[end] == c
+            rho_e = np.sqrt(mask.sum() * pix / np.pi)
+            u = 0.0  # the sphere's centre lies this far back from the end slice (mm)
+            if near is not None:
+                gap = abs(end - near) * dz
+                rho_n2 = (lab[near] == c).sum() * pix / np.pi
+                u = max(0.0, (gap ** 2 - rho_e ** 2 + rho_n2) / (2 * gap))
+            radius = np.sqrt(rho_e ** 2 + u ** 2)
+            sd = signed_distance(mask, plane_spacing)
+            k = end + direction
+            while 0 <= k < len(lab) and u + abs(k - end) * dz / reach < radius:
+                h = abs(k - end) * dz / reach
+                scaled = _scaled(sd, np.sqrt(radius ** 2 - (u + h) ** 2) / rho_e)
+                win = scaled < np.where(out[k] != 0, -margin[k], margin[k])
+                out[k][win & (scaled < 0)] = c
+                margin[k] = np.where(win, np.abs(scaled), margin[k])
+                k += direction
+    return np.moveaxis(out, 0, axis), np.moveaxis(margin, 0, axis)

@@ -69,28 +69,27 @@ class VAEParams:
 
 
 @dataclass
-class GANParams:
+class SliceSynthesisParams:
+    """What every 2D slice generator records about the slices it learned from."""
+
     axis: int = 0
-    size: list = field(default_factory=list)
-    latent_size: int = 64
-    spacing: Optional[list] = None
-    native_shape: Optional[list] = None
-    intensity: Optional[list] = None
+    size: list = field(default_factory=list)  # network output (H, W)
+    spacing: Optional[list] = None  # in-plane (y, x) spacing of the generated slices
+    native_shape: Optional[list] = None  # the training slices' own (H, W)
+    intensity: Optional[list] = None  # [low, high] training intensities mapped to the network's range
     downsample: int = 1
     n_train: int = 0
 
 
 @dataclass
-class ConditionalGANParams:
-    axis: int = 0
-    size: list = field(default_factory=list)
+class GANParams(SliceSynthesisParams):
+    latent_size: int = 64
+
+
+@dataclass
+class ConditionalGANParams(SliceSynthesisParams):
     classes: int = 2  # number of label values the generator takes
     present_classes: Optional[list] = None
-    spacing: Optional[list] = None
-    native_shape: Optional[list] = None
-    intensity: Optional[list] = None
-    downsample: int = 1
-    n_train: int = 0
 
 
 @dataclass

@@ -7,22 +7,27 @@ anomaly thresholds calibrated on those validation slices afterwards.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 from monai import transforms as mt
 
-from ..data.normalize import intensity_window, resolve
-from ..data.resample import inplane_spacing
-from ..data.slices import informative_slices, take_slices
+from ..data import datasets
+from ..data.datasets import CHANNEL
+from ..data.normalize import intensity_window, modality_of, resolve
+from ..data.resample import inplane_spacing, resize, target_shape
+from ..data.slices import fit_to_size, informative_slices, take_slices
 from ..engine.fit import Budget, TrainTask, fit
 from ..engine.jobs import Job
 from ..errors import UserError
+from ..io.read import EXTENSIONS, read_image
 from ..models.checkpoint import Model
 from ..models.config import ModelConfig, NetSpec, Task, VAEParams
 from .anomaly import calibrate, tissue_model
-from .vae import check_mask, guard_logvar, normalized, to_slices
+from .vae import check_mask, guard_logvar, normalized
 from .volume_input import as_volume, check_batch
 
 MIN_SLICES = 8
@@ -105,25 +110,65 @@ def _volumes(images, masks, what: str):
     return items, vols, [check_mask(m, v.shape) for m, v in zip(mask_list, vols)]
 
 
-def _slice_stacks(vols, masks, spec, size, axis) -> list[np.ndarray]:
-    """One (n, 1, H, W) stack of informative slices per volume."""
+def _slice_stacks(vols, masks, spec, size, axis, shapes) -> list[np.ndarray]:
+    """One (n, 1, H, W) stack of informative slices per volume, each normalised by ``spec`` on its own
+    intensities (CT: the fixed window; MRI: its own percentiles) and resampled in-plane to ``shapes``."""
     stacks = []
-    for v, m in zip(vols, masks):
+    for v, m, shape in zip(vols, masks, shapes):
+        a = axis if v.ndim == 3 else 0
         keep = informative_slices(v, axis, mask=m) if v.ndim == 3 else np.array([0])
-        stacks.append(to_slices(normalized(v, m, spec), size, axis if v.ndim == 3 else 0)[keep])
+        slices = take_slices(normalized(v, m, spec), a)[keep]
+        if tuple(slices.shape[1:]) != tuple(shape):
+            slices = resize(np.ascontiguousarray(slices), shape)
+        stacks.append(fit_to_size(slices, size)[:, None].astype(np.float32))
     return stacks
 
 
 def _spacing(items, vols, axis) -> list | None:
+    """The in-plane pixel spacing training resamples every volume to (the median of theirs), None if unknown."""
     geos = [getattr(i, "geometry", None) for i in items]
     if any(g is None for g in geos):
         return None
-    sp = {tuple(round(s, 3) for s in (inplane_spacing(g.spacing, axis) if v.ndim == 3 else g.spacing))
-          for g, v in zip(geos, vols)}
-    if len(sp) > 1:
-        raise UserError(f"The training images have different pixel spacings {sorted(sp)}; resample them to one "
-                        "spacing first.")
-    return list(next(iter(sp)))
+    sp = np.array([inplane_spacing(g.spacing, axis) if v.ndim == 3 else g.spacing for g, v in zip(geos, vols)], float)
+    return [round(float(s), 6) for s in np.median(sp, axis=0)]
+
+
+def _plane_shapes(items, vols, axis, spacing) -> list[tuple]:
+    """Each volume's slice shape at the training ``spacing``."""
+    shapes = []
+    for it, v in zip(items, vols):
+        a = axis if v.ndim == 3 else 0
+        plane = take_slices(v, a).shape[1:]
+        geo = getattr(it, "geometry", None)
+        if spacing is not None and geo is not None:
+            g = geo.spacing
+            plane = target_shape(plane, inplane_spacing(g, a) if v.ndim == 3 else g, spacing)
+        shapes.append(tuple(int(n) for n in plane))
+    return shapes
+
+
+def _common_spec(normalization, items, vols) -> dict:
+    """The modality-aware spec, resolved per volume: one model learns one modality."""
+    specs = [resolve(normalization, v, modality_of(it)) for it, v in zip(items, vols)]
+    if any(s != specs[0] for s in specs):
+        raise UserError("The training images mix CT (Hounsfield units) with other modalities; train one model "
+                        "per modality.")
+    return specs[0]
+
+
+def subject_ids(items) -> list[str]:
+    """Who each volume comes from: an ImageData's name (pieces of one scan share it), else its position."""
+    return [str(getattr(it, "name", "") or f"image {k + 1}") for k, it in enumerate(items)]
+
+
+def held_out_subjects(ids, val_fraction: float, seed: int = 0) -> list[str]:
+    """Subjects kept for validation: about ``val_fraction`` of them, at least one, never all (none of one)."""
+    subjects = sorted(set(ids))
+    if len(subjects) < 2:
+        return []
+    n_val = min(len(subjects) - 1, max(1, int(round(val_fraction * len(subjects)))))
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    return sorted(subjects[i] for i in order[:n_val])
 
 
 def _intensity_stats(vols, masks) -> dict:
@@ -141,43 +186,50 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
 
     The budget is ``steps`` and/or ``seconds`` (whichever ends first; two minutes by default, enough
     for a first model on a laptop CPU).  ``masks`` (one per image, or None) restrict training to the
-    foreground.  Validation slices are ``val_images`` if given, else whole held-out volumes when
-    there are several (a split by subject), else a random ``val_fraction`` of the slices; they keep
-    the best weights and calibrate the anomaly thresholds.  A stop request keeps the best weights
+    foreground.  Each volume is normalised on its own intensities by the modality's spec (CT: a fixed
+    Hounsfield window; MRI: its own percentiles) and resampled in-plane to the median pixel spacing.
+    Validation slices are ``val_images`` if given, else those of whole held-out subjects when there
+    are several (about ``val_fraction`` of them, at least one; a subject is an ImageData's name, so
+    pieces of one scan stay together), else a random ``val_fraction`` of the slices; they keep the
+    best weights and calibrate the anomaly thresholds.  ``history["val_subjects"]`` and the model's
+    ``config.training`` name the held-out subjects.  A stop request keeps the best weights
     (``history["stopped"]``) and still calibrates; a cancel (also during calibration) raises
     :class:`~napari_medgen.engine.jobs.Cancelled` and returns nothing.
     """
     job = Job.of(progress, stop, cancel)
     check_batch(batch_size)
     items, vols, mask_list = _volumes(images, masks, "training")
-    spec = resolve(normalization, vols[0], getattr(items[0], "metadata", {}).get("modality", ""))
-    plane_shapes = [take_slices(v, axis if v.ndim == 3 else 0).shape[1:] for v in vols]
-    slice_shape = tuple(int(max(s[i] for s in plane_shapes)) for i in range(2))
+    spec = _common_spec(normalization, items, vols)
+    spacing = _spacing(items, vols, axis)
+    shapes = _plane_shapes(items, vols, axis, spacing)
+    slice_shape = tuple(int(max(s[i] for s in shapes)) for i in range(2))
     size = tuple(int(math.ceil(s / 2 ** len(channels)) * 2 ** len(channels)) for s in slice_shape)
-    stacks = _slice_stacks(vols, mask_list, spec, size, axis)
+    stacks = _slice_stacks(vols, mask_list, spec, size, axis, shapes)
     n_slices = sum(len(s) for s in stacks)
     if n_slices < MIN_SLICES:
         raise UserError(f"Training needs at least {MIN_SLICES} slices with foreground; these images give {n_slices}.")
-    rng = np.random.default_rng(seed)
+    ids = subject_ids(items)
+    held = [] if val_images is not None else held_out_subjects(ids, val_fraction, seed)
     if val_images is not None:
-        _, vv, vm = _volumes(val_images, val_masks, "validation")
-        val, train = np.concatenate(_slice_stacks(vv, vm, spec, size, axis)), np.concatenate(stacks)
-    elif len(stacks) >= 3:  # several subjects: hold out whole volumes
-        n_val = max(1, int(round(val_fraction * len(stacks))))
-        order = rng.permutation(len(stacks))
-        val = np.concatenate([stacks[i] for i in order[:n_val]])
-        train = np.concatenate([stacks[i] for i in order[n_val:]])
-    else:
+        v_items, vv, vm = _volumes(val_images, val_masks, "validation")
+        _common_spec(normalization, [*items, *v_items], [*vols, *vv])  # one modality for both
+        val = np.concatenate(_slice_stacks(vv, vm, spec, size, axis, _plane_shapes(v_items, vv, axis, spacing)))
+        train, split = np.concatenate(stacks), "given"
+    elif held:  # several subjects: hold out whole ones
+        val = np.concatenate([s for s, i in zip(stacks, ids) if i in held])
+        train = np.concatenate([s for s, i in zip(stacks, ids) if i not in held])
+        split = "subject"
+    else:  # one subject: a random share of its slices
         data = np.concatenate(stacks)
-        order = rng.permutation(len(data))
+        order = np.random.default_rng(seed).permutation(len(data))
         n_val = max(2, int(round(val_fraction * len(data))))
-        val, train = data[order[:n_val]], data[order[n_val:]]
+        val, train, split = data[order[:n_val]], data[order[n_val:]], "slices"
     if len(val) == 0:
         raise UserError("The validation images give no slices with foreground.")
     lows, highs = zip(*(intensity_window(v, spec) for v in vols))
     params = VAEParams(axis=axis, size=list(size), slice_shape=list(slice_shape), masked=mask_list[0] is not None,
                        beta=beta, training_stats=_intensity_stats(vols, mask_list),
-                       spacing=_spacing(items, vols, axis), intensity=[float(np.mean(lows)), float(np.mean(highs))])
+                       spacing=spacing, intensity=[float(np.mean(lows)), float(np.mean(highs))])
     net_args = {"spatial_dims": 2, "in_shape": [1, *size], "out_channels": 1, "latent_size": int(latent_size),
                 "channels": list(channels), "strides": [2] * len(channels), "num_res_units": 1}
     model = Model(ModelConfig(task=Task.VAE, name=name, networks={"net": NetSpec("VarAutoEncoder", net_args)},
@@ -187,9 +239,64 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
                   val_seconds=float("inf") if val_every else 15.0, message="training")
     model.config.training = {k: history[k] for k in ("best_step", "best_metric", "returned", "stopped",
                                                      "stop_reason", "seconds", "device", "events")}
-    model.config.training.update(n_train=int(len(train)), n_val=int(len(val)))
+    model.config.training.update(n_train=int(len(train)), n_val=int(len(val)), split=split,
+                                 subjects=sorted(set(ids)), val_subjects=held)
+    history.update(split=split, val_subjects=held)
     # calibration continues after a stop request (the model is wanted) but honours a cancel
     calib = Job(lambda ev: job.report(ev.step, ev.total, "calibrating thresholds"), None, job.cancelled)
     model.params.tissue = tissue_model(val[:, 0])
     calibrate(model, val[:, 0], device=device, job=calib)
     return model, history
+
+
+def _stem(path: Path) -> str:
+    ext = next((e for e in sorted(EXTENSIONS, key=len, reverse=True) if path.name.lower().endswith(e)), path.suffix)
+    return CHANNEL.sub("", path.name[: len(path.name) - len(ext)])
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.name.lower().endswith(EXTENSIONS)) if folder.is_dir() else []
+
+
+def normal_cohort(dataset_dir) -> tuple[list, list | None]:
+    """The normal scans of a dataset folder (``imagesTr/``, nnU-Net/Decathlon layout) as ImageData named
+    by case, and their foreground masks (``labelsTr/`` > 0) when that folder exists, else None."""
+    root = Path(dataset_dir).expanduser()
+    files = _files(root / "imagesTr")
+    if not files:
+        raise UserError(f"{root} holds no normal scans: put them in {root / 'imagesTr'} (NIfTI, NRRD or MHA files).")
+    names = [_stem(p) for p in files]
+    if len(set(names)) < len(names):
+        raise UserError("A case in imagesTr has several channel files; the VAE trains on one-channel scans.")
+    modality = _modality(root)
+    images = []
+    for name, path in zip(names, files):
+        img = read_image(path)
+        img.name = name
+        if modality:
+            img.metadata = {**img.metadata, "modality": modality}
+        images.append(img)
+    if not (root / "labelsTr").is_dir():
+        return images, None
+    labels = {_stem(p): p for p in _files(root / "labelsTr")}
+    missing = [n for n in names if n not in labels]
+    if missing:
+        raise UserError(f"{len(missing)} scans in imagesTr have no mask of the same name in labelsTr "
+                        f"(first: {missing[0]}); add them or remove labelsTr to train unmasked.")
+    return images, [read_image(labels[n]).data > 0 for n in names]
+
+
+def _modality(root: Path) -> str:
+    """"CT" when the folder's dataset.json says so (one channel), else ""."""
+    try:
+        meta = json.loads((root / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return datasets._modality(meta) if isinstance(meta, dict) else ""
+
+
+def train_vae_cohort(dataset_dir, **kwargs):
+    """:func:`train_vae` on a dataset folder of normal scans (see :func:`normal_cohort`), split by subject."""
+    images, masks = normal_cohort(dataset_dir)
+    return train_vae(images, masks, **kwargs)
