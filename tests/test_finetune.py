@@ -188,3 +188,19 @@ def test_2d_image(brain, tissue):
     assert history["slices"] == [0]
     assert segment(image2d, model, device="cpu").shape == image2d.shape
     assert complete_labels(model, image2d, labels2d, device="cpu").shape == image2d.shape
+
+
+def test_one_painted_slice_extends_as_a_sphere_and_stops():
+    from napari_medgen.data.interpolate import extrapolate_ends
+    z, y, x = np.indices((31, 41, 41))
+    ball = ((z - 15) ** 2 + (y - 20) ** 2 + (x - 20) ** 2) <= 8 ** 2  # radius 8 voxels
+    painted = np.zeros(ball.shape, np.uint8)
+    painted[15] = ball[15]
+    caps, margin = extrapolate_ends(painted, 0, [15], spacing=(1, 1, 1))
+    dice = [2 * ((caps[k] > 0) & ball[k]).sum() / ((caps[k] > 0).sum() + ball[k].sum()) for k in (10, 13, 17, 20)]
+    assert min(dice) > 0.85  # a shrinking copy, not a copy of the painted slice
+    assert not caps[:7].any() and not caps[24:].any() and np.isfinite(margin[:7]).all()  # background beyond
+    two = np.zeros(ball.shape, np.uint8)
+    two[[11, 15]] = ball[[11, 15]]  # the end slices of a shape that grows towards 15: the sphere is refitted
+    caps2, _ = extrapolate_ends(two, 0, [11, 15], spacing=(1, 1, 1))
+    assert caps2[[8, 18]].any() and not caps2[:6].any()

@@ -21,7 +21,7 @@ _EXPORTS = {
     "tasks.model_fit": ["ModelMismatchWarning"],
     "tasks.anomaly": ["AnomalyResult", "anomaly_map"],
     "tasks.vae": ["interpolate_slices", "reconstruct", "synthesize_vae"],
-    "tasks.vae_training": ["train_vae"],
+    "tasks.vae_training": ["train_vae", "train_vae_cohort"],
     "data.annotations": ["AnnotationError"],
     "tasks.finetune": ["finetune", "complete_labels"],
     "data.interpolate": ["interpolate_labels"],

@@ -70,12 +70,11 @@ def _load(path):
 
 def _training_data(args):
     """(images, masks) from the image files, or from a dataset folder's imagesTr/ (and labelsTr/)."""
+    from ..io.read import is_supported
     from ..tasks.vae_training import normal_cohort
 
     folder = Path(args.images[0])
-    if len(args.images) == 1 and folder.is_dir() and ((folder / "imagesTr").exists()
-                                                     or (folder / "dataset.json").exists()
-                                                     or not any(folder.iterdir())):
+    if len(args.images) == 1 and folder.is_dir() and ((folder / "imagesTr").is_dir() or not is_supported(folder)):
         if args.mask:
             raise UserError("A dataset folder takes its masks from labelsTr/; leave out --mask.")
         return normal_cohort(folder)

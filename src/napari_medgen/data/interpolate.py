@@ -154,8 +154,12 @@ def extrapolate_ends(labels: np.ndarray, axis: int, index, spacing=None, reach: 
             radius = np.sqrt(rho_e ** 2 + u ** 2)
             sd = signed_distance(mask, plane_spacing)
             k = end + direction
-            while 0 <= k < len(lab) and u + abs(k - end) * dz / reach < radius:
+            while 0 <= k < len(lab):
                 h = abs(k - end) * dz / reach
+                if u + h >= radius:  # beyond the sphere: background, surer the farther
+                    margin[k] = np.where(out[k] != 0, margin[k], np.minimum(margin[k], u + h - radius))
+                    k += direction
+                    continue
                 scaled = _scaled(sd, np.sqrt(radius ** 2 - (u + h) ** 2) / rho_e)
                 win = scaled < np.where(out[k] != 0, -margin[k], margin[k])
                 out[k][win & (scaled < 0)] = c

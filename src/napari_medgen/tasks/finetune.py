@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from ..data.annotations import IGNORE, AnnotationError, Targets, make_targets
-from ..data.interpolate import interpolate_labels, interpolation_reliability
+from ..data.interpolate import extrapolate_ends, interpolate_labels, interpolation_reliability
 from ..data.normalize import modality_of, normalize, resolve, structure_window
 from ..data.resample import resize
 from ..data.sampling import patch_size_for, roi_box
@@ -103,6 +103,8 @@ class Prior:
                  interpolate: bool = True):
         self.labels, self.margin = (interpolate_labels(lab, spacing=spacing, planes=t.planes, return_margin=True)
                                     if interpolate and not sparse else (lab, np.full(lab.shape, np.inf, np.float32)))
+        self.caps, self.cap_margin = (extrapolate_ends(lab, t.axis, t.planes.get(t.axis, []), spacing)
+                                      if interpolate and not sparse else (None, None))
         fg = self.labels != 0
         if sparse and background_label is not None:
             fg &= self.labels != background_label
@@ -115,6 +117,11 @@ class Prior:
         """Pseudo-label slices along ``axis``: (indices, targets) with IGNORE off the interpolation and in the band."""
         known = np.isfinite(self.margin) & (self.margin >= band_mm)
         target = np.where(known, self.labels.astype(np.int32), IGNORE)
+        if self.caps is not None:  # and the sphere caps beyond the end slices, where they hold the structure
+            cap = np.moveaxis(np.moveaxis(self.caps, axis, 0).reshape(self.caps.shape[axis], -1).any(1)
+                              [:, None, None] & np.ones_like(np.moveaxis(self.caps, axis, 0), bool), 0, axis)
+            cap &= ~known & (self.cap_margin >= band_mm) & np.isfinite(self.cap_margin)
+            target = np.where(cap, self.caps.astype(np.int32), target)
         moved = take_slices(target, axis)
         index = np.flatnonzero((moved != IGNORE).reshape(len(moved), -1).any(1))
         return index, np.ascontiguousarray(moved[index])
@@ -239,35 +246,10 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
     t = make_targets(lab, axis=axis, sparse=sparse, background_label=background_label)
     prior = Prior(lab, t, spacing, sparse=sparse, background_label=background_label)
     box = tuple(slice(a, b) for a, b in prior.box) if restrict else (slice(None),) * 3
-    norm = np.moveaxis(normalize(img, m.config.normalization, modality)[box], axis, 0)  # (n, h, w) along axis
-    shape = norm.shape[1:]
-    if m.params.spacing and not flat:  # the model's grid
-        have = [s for i, s in enumerate(spacing) if i != axis]
-        norm = resize(norm, [max(8, int(round(n * h / w))) for n, h, w in zip(shape, have, m.params.spacing)])
-    args = m.config.networks["net"].args
-    probs = predict(m.net, norm[None], spatial_dims=2, axis=0, context=int(m.params.context or 0),
-                    device=device, divisor=int(np.prod(args.get("strides", (16,)))), progress=job)
-    probs = np.moveaxis(resize(probs, shape), 1, 1 + axis)  # (C, *box) in volume order
+    probs = _network_probs(m, img, spacing, modality, box, axis, flat, device, job)
     job.check()
-    reliability = interpolation_reliability(lab, t.planes, spacing) if not sparse else 0.0
-    if prior_weight is None:  # trust the interpolation as far as it re-made painted slices it did not see
-        prior_weight = 0.5 if reliability is None else 0.5 * float(np.clip((reliability - 0.6) / 0.3, 0, 1))
-    if prior_weight > 0:
-        plab, pmar = prior.labels[box], prior.margin[box]
-        between = np.isfinite(pmar)
-        inplane = min(s for i, s in enumerate(spacing) if i != axis)
-        confidence = special.expit(np.where(between, pmar, 0.0) / inplane - 1.0) * between
-        for c in range(probs.shape[0]):
-            target = (plab == c).astype(np.float32)
-            probs[c] = np.where(between, (1 - prior_weight * confidence) * probs[c]
-                                + prior_weight * confidence * target, probs[c])
-    pred = probs.argmax(0).astype(lab.dtype)
-    if restrict and not sparse:
-        between = np.isfinite(prior.margin[box]) & ((reliability or 0.0) >= 0.8)  # stay near a good interpolation
-        pred = _continuous(pred, prior.labels[box], between, t.planes.get(axis, []),
-                           box[axis].start or 0, axis, spacing)
-    if restrict:
-        pred = _connected_to(pred, (lab != 0)[box] | prior.foreground[box])
+    pred = _combine(probs, lab, t, prior, box, axis, spacing, sparse=sparse, prior_weight=prior_weight,
+                    restrict=restrict)
     out = np.zeros_like(lab)
     out[box] = pred
     known = np.zeros(lab.shape, bool)
@@ -283,6 +265,44 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
         out[lab == background_label] = 0
     return out[0] if flat else out
 
+
+
+def _network_probs(m, img, spacing, modality, box, axis, flat, device, job) -> np.ndarray:
+    """The model's class probabilities (C, *box) in volume order."""
+    norm = np.moveaxis(normalize(img, m.config.normalization, modality)[box], axis, 0)  # (n, h, w) along axis
+    shape = norm.shape[1:]
+    if m.params.spacing and not flat:  # the model's grid
+        have = [s for i, s in enumerate(spacing) if i != axis]
+        norm = resize(norm, [max(8, int(round(n * h / w))) for n, h, w in zip(shape, have, m.params.spacing)])
+    args = m.config.networks["net"].args
+    probs = predict(m.net, norm[None], spatial_dims=2, axis=0, context=int(m.params.context or 0),
+                    device=device, divisor=int(np.prod(args.get("strides", (16,)))), progress=job)
+    return np.moveaxis(resize(probs, shape), 1, 1 + axis)
+
+
+def _combine(probs, lab, t, prior, box, axis, spacing, *, sparse, prior_weight, restrict) -> np.ndarray:
+    """Labels inside ``box`` from the network's ``probs`` and the prior (interpolation between painted
+    slices, sphere caps beyond them), restricted to what continues the painting."""
+    reliability = interpolation_reliability(lab, t.planes, spacing) if not sparse else 0.0
+    if prior_weight is None:  # trust the interpolation as far as it re-made painted slices it did not see
+        prior_weight = 0.5 if reliability is None else 0.5 * float(np.clip((reliability - 0.6) / 0.3, 0, 1))
+    if prior_weight > 0 and not sparse:
+        inplane = min(s for i, s in enumerate(spacing) if i != axis)
+        plab = np.where(np.isfinite(prior.margin), prior.labels, prior.caps)[box]
+        pmar = np.where(np.isfinite(prior.margin), prior.margin, prior.cap_margin)[box]
+        known = np.isfinite(pmar)
+        confidence = special.expit(np.where(known, pmar, 0.0) / inplane - 1.0) * known
+        w = prior_weight * confidence
+        for c in range(probs.shape[0]):
+            probs[c] = (1 - w) * probs[c] + w * (plab == c)
+    pred = probs.argmax(0).astype(lab.dtype)
+    if restrict and not sparse:
+        between = np.isfinite(prior.margin[box]) & ((reliability or 0.0) >= 0.8)  # stay near a good interpolation
+        pred = _continuous(pred, prior.labels[box], between, t.planes.get(axis, []),
+                           box[axis].start or 0, axis, spacing)
+    if restrict:
+        pred = _connected_to(pred, (lab != 0)[box] | prior.foreground[box])
+    return pred
 
 def _continuous(pred, prior, between, painted, offset: int, axis: int, spacing, band_mm: float = 3.0):
     """``pred`` kept only where it continues the painting: on slices between painted ones within

@@ -23,7 +23,7 @@ from ..data.slices import fit_to_size, informative_slices, take_slices
 from ..engine.fit import Budget, TrainTask, fit
 from ..engine.jobs import Job
 from ..errors import UserError
-from ..io.read import EXTENSIONS, read_image
+from ..io.read import read_image
 from ..models.checkpoint import Model
 from ..models.config import ModelConfig, NetSpec, Task, VAEParams
 from .anomaly import calibrate, tissue_model
@@ -171,7 +171,11 @@ def held_out_subjects(ids, val_fraction: float, seed: int = 0) -> list[str]:
     return sorted(subjects[i] for i in order[:n_val])
 
 
-def _intensity_stats(vols, masks) -> dict:
+def _intensity_stats(vols, masks, spec, ids) -> dict | None:
+    """The raw intensity range new images are checked against; None for a cohort scaled per scan (MRI
+    percentiles), whose scanners' units differ by design."""
+    if spec["kind"] != "window" and len(set(ids)) > 1:
+        return None
     vals = np.concatenate([np.asarray(v if m is None else v[m], np.float32).ravel()[::7] for v, m in zip(vols, masks)])
     lo, hi = np.percentile(vals, [0.5, 99.5])
     return {"low": float(lo), "high": float(hi)}
@@ -228,7 +232,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
         raise UserError("The validation images give no slices with foreground.")
     lows, highs = zip(*(intensity_window(v, spec) for v in vols))
     params = VAEParams(axis=axis, size=list(size), slice_shape=list(slice_shape), masked=mask_list[0] is not None,
-                       beta=beta, training_stats=_intensity_stats(vols, mask_list),
+                       beta=beta, training_stats=_intensity_stats(vols, mask_list, spec, ids),
                        spacing=spacing, intensity=[float(np.mean(lows)), float(np.mean(highs))])
     net_args = {"spatial_dims": 2, "in_shape": [1, *size], "out_channels": 1, "latent_size": int(latent_size),
                 "channels": list(channels), "strides": [2] * len(channels), "num_res_units": 1}
@@ -249,24 +253,24 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     return model, history
 
 
-def _stem(path: Path) -> str:
-    ext = next((e for e in sorted(EXTENSIONS, key=len, reverse=True) if path.name.lower().endswith(e)), path.suffix)
-    return CHANNEL.sub("", path.name[: len(path.name) - len(ext)])
-
-
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.name.lower().endswith(EXTENSIONS)) if folder.is_dir() else []
+    return datasets._images(folder) if folder.is_dir() else []
+
+
+def _case(path: Path) -> str:
+    return CHANNEL.sub("", datasets._stem(path))  # nnU-Net: case_0000 is channel 0 of "case"
 
 
 def normal_cohort(dataset_dir) -> tuple[list, list | None]:
     """The normal scans of a dataset folder (``imagesTr/``, nnU-Net/Decathlon layout) as ImageData named
     by case, and their foreground masks (``labelsTr/`` > 0) when that folder exists, else None."""
     root = Path(dataset_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder.")
     files = _files(root / "imagesTr")
     if not files:
         raise UserError(f"{root} holds no normal scans: put them in {root / 'imagesTr'} (NIfTI, NRRD or MHA files).")
-    names = [_stem(p) for p in files]
+    names = [_case(p) for p in files]
     if len(set(names)) < len(names):
         raise UserError("A case in imagesTr has several channel files; the VAE trains on one-channel scans.")
     modality = _modality(root)
@@ -279,7 +283,7 @@ def normal_cohort(dataset_dir) -> tuple[list, list | None]:
         images.append(img)
     if not (root / "labelsTr").is_dir():
         return images, None
-    labels = {_stem(p): p for p in _files(root / "labelsTr")}
+    labels = {datasets._stem(p): p for p in _files(root / "labelsTr")}
     missing = [n for n in names if n not in labels]
     if missing:
         raise UserError(f"{len(missing)} scans in imagesTr have no mask of the same name in labelsTr "
