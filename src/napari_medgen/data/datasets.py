@@ -50,7 +50,7 @@ class CohortDataset:
     modality: str = ""  # "CT" or "" (MRI and other arbitrary units)
 
 
-def _stem(path: Path) -> str:
+def case_stem(path: Path) -> str:
     name = path.name
     for ext in sorted(EXTENSIONS, key=len, reverse=True):
         if name.lower().endswith(ext):
@@ -58,7 +58,7 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _images(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                   and p.name.lower().endswith(EXTENSIONS))
 
@@ -79,7 +79,7 @@ def _classes_from_json(labels) -> list:
     return [by_value.get(i, "background" if i == 0 else f"class {i}") for i in range(n)]
 
 
-def _modality(meta: dict) -> str:
+def dataset_modality(meta: dict) -> str:
     names = meta.get("modality") or meta.get("channel_names") or {}
     if isinstance(names, dict) and len(names) > 1:
         raise DatasetError(f"The dataset has {len(names)} image channels; only one-channel datasets can be trained.")
@@ -105,7 +105,7 @@ def discover(root: "str | Path") -> CohortDataset:
     if not cases:
         raise DatasetError(f"{root} holds no labelled cases.")
     return CohortDataset(root, str(meta.get("name") or root.name), cases,
-                         _classes_from_json(meta.get("labels")), _modality(meta))
+                         _classes_from_json(meta.get("labels")), dataset_modality(meta))
 
 
 def _from_datalist(root: Path, items: list) -> list[Case]:
@@ -118,7 +118,7 @@ def _from_datalist(root: Path, items: list) -> list[Case]:
         for key in ("image", "label"):
             if not (root / item[key]).is_file():
                 raise DatasetError(f"dataset.json lists {item[key]}, which does not exist.")
-        cases.append(Case(CHANNEL.sub("", _stem(image)), image, label))
+        cases.append(Case(CHANNEL.sub("", case_stem(image)), image, label))
     return sorted(cases, key=lambda c: c.name)
 
 
@@ -128,9 +128,9 @@ def _from_folders(root: Path) -> list[Case]:
         raise DatasetError(f"{root} is not a dataset folder: it needs imagesTr/ and labelsTr/ "
                            "(or a dataset.json with a 'training' list).")
     images: dict[str, list[Path]] = {}
-    for p in _images(img_dir):
-        images.setdefault(CHANNEL.sub("", _stem(p)), []).append(p)
-    labels = {_stem(p): p for p in _images(lab_dir)}
+    for p in image_files(img_dir):
+        images.setdefault(CHANNEL.sub("", case_stem(p)), []).append(p)
+    labels = {case_stem(p): p for p in image_files(lab_dir)}
     multi = [n for n, ps in images.items() if len(ps) > 1]
     if multi:
         raise DatasetError(f"Case {multi[0]} has {len(images[multi[0]])} channel files; only one-channel "

@@ -254,11 +254,11 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
 
 
 def _files(folder: Path) -> list[Path]:
-    return datasets._images(folder) if folder.is_dir() else []
+    return datasets.image_files(folder) if folder.is_dir() else []
 
 
 def _case(path: Path) -> str:
-    return CHANNEL.sub("", datasets._stem(path))  # nnU-Net: case_0000 is channel 0 of "case"
+    return CHANNEL.sub("", datasets.case_stem(path))  # nnU-Net: case_0000 is channel 0 of "case"
 
 
 def normal_cohort(dataset_dir) -> tuple[list, list | None]:
@@ -283,7 +283,7 @@ def normal_cohort(dataset_dir) -> tuple[list, list | None]:
         images.append(img)
     if not (root / "labelsTr").is_dir():
         return images, None
-    labels = {datasets._stem(p): p for p in _files(root / "labelsTr")}
+    labels = {datasets.case_stem(p): p for p in _files(root / "labelsTr")}
     missing = [n for n in names if n not in labels]
     if missing:
         raise UserError(f"{len(missing)} scans in imagesTr have no mask of the same name in labelsTr "
@@ -297,7 +297,7 @@ def _modality(root: Path) -> str:
         meta = json.loads((root / "dataset.json").read_text())
     except (OSError, ValueError):
         return ""
-    return datasets._modality(meta) if isinstance(meta, dict) else ""
+    return datasets.dataset_modality(meta) if isinstance(meta, dict) else ""
 
 
 def train_vae_cohort(dataset_dir, **kwargs):
