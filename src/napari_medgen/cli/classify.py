@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from .options import add_common, check_output
+from .options import add_budget, add_common, check_output
 from ..errors import UserError
 
 
@@ -29,10 +29,7 @@ def add_parser(sub) -> None:
     t.add_argument("--pretrained", default=None,
                    help="start from a network: brain-tissue-2d, a segmentation or VAE .medgen.pt, a MONAI "
                         "bundle folder or a MONAI UNet state dict (default: random initial weights)")
-    t.add_argument("--steps", type=int, default=300, help="training budget in optimizer steps (default 300)")
-    t.add_argument("--seconds", type=float, default=None,
-                   help="training budget in seconds of wall time; whichever of --steps/--seconds ends first "
-                        "(default: no time limit)")
+    add_budget(t, steps=300)
     t.add_argument("--size", type=int, nargs="+", default=None,
                    help="network input size in pixels, e.g. 128 128 or 64 64 64 (default 128x128 in 2D, "
                         "64^3 in 3D)")

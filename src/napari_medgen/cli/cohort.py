@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_common, check_output
+from .options import add_budget, add_common, check_output
 from ..errors import UserError
 
 
@@ -26,10 +26,7 @@ def add_parser(sub) -> None:
                                    "DistributedDataParallel; only rank 0 writes the model.")
     p.add_argument("dataset", help="dataset folder (Medical Segmentation Decathlon / nnU-Net layout)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="training budget in optimizer steps (default 1000 unless --seconds)")
-    p.add_argument("--seconds", type=float, default=None,
-                   help="training budget in seconds of wall time (default: no time limit)")
+    add_budget(p)  # no budget given: 1000 steps
     p.add_argument("--dims", type=int, choices=(2, 3), default=2,
                    help="2 for a 2D U-Net (slice by slice) or 3 for a 3D U-Net (default 2)")
     p.add_argument("--axis", type=int, default=0, help="2D: slice axis in (z, y, x) order (default 0)")

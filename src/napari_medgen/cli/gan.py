@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_common, check_output
+from .options import add_budget, add_common, check_output
 from .progress import terminal_job
 from ..errors import UserError
 
@@ -14,8 +14,7 @@ def add_parser(sub) -> None:
     p.add_argument("images", nargs="+", help="image files (same pixel spacing)")
     p.add_argument("--labels", nargs="*", default=None, help="label map per image: train mask-to-image synthesis")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
-    p.add_argument("--seconds", type=float, default=180.0, help="training budget in seconds (default 180)")
-    p.add_argument("--steps", type=int, default=None, help="training budget in steps (whichever ends first)")
+    add_budget(p, seconds=180.0)
     p.add_argument("--downsample", type=int, default=2, help="train on slices reduced by this factor")
     p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
     add_common(p)

@@ -13,6 +13,15 @@ def add_common(p) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
 
 
+def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None) -> None:
+    """``--seconds`` and ``--steps``: the training budget every trainer takes (whichever ends first)."""
+    p.add_argument("--seconds", type=float, default=seconds,
+                   help="training budget in seconds of wall time; training stops at whichever of --seconds/--steps "
+                        f"ends first (default: {seconds if seconds is not None else 'no time limit'})")
+    p.add_argument("--steps", type=int, default=steps,
+                   help=f"training budget in optimizer steps (default: {steps if steps is not None else 'no step limit'})")
+
+
 def check_output(path: "str | os.PathLike", overwrite: bool) -> None:
     """Before any computation: refuse to replace an existing file unless ``--overwrite`` was given,
     and refuse an output that cannot be written (a read-only folder, a file in the way)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .options import add_common, check_output
+from .options import add_budget, add_common, check_output
 from .progress import terminal_job
 from ..errors import UserError
 
@@ -25,10 +25,7 @@ def add_parser(sub) -> None:
                    help="classification: targets are class names; regression: targets are numbers "
                         "(default classification)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
-    p.add_argument("--steps", type=int, default=300, help="training budget in optimizer steps (default 300)")
-    p.add_argument("--seconds", type=float,
-                   help="training budget in seconds of wall time; stops at whichever of --steps/--seconds "
-                        "ends first (default: no time limit)")
+    add_budget(p, steps=300)
     p.add_argument("--size", type=int, nargs="+",
                    help="frame size in pixels for the network, e.g. 64 64 (default 64x64, or 32^3 for 3D frames)")
     p.add_argument("--bidirectional", action="store_true",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_common, check_output
+from .options import add_budget, add_common, check_output
 from ..errors import UserError
 
 
@@ -22,8 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sparse", action="store_true", help="scribbles: 0 is unknown, not background")
     p.add_argument("--background-label", type=int, default=None,
                    help="with --sparse: the label value painted on background")
-    p.add_argument("--seconds", type=float, default=60.0, help="time budget of the training call (default 60)")
-    p.add_argument("--steps", type=int, default=None, help="also stop after this many steps")
+    add_budget(p, seconds=60.0)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default by start model)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 8 on a CPU, 32 on a GPU")
     p.add_argument("--predict", default=None,

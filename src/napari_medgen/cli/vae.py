@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_common, check_output
+from .options import add_budget, add_common, check_output
 from .progress import terminal_job
 from ..errors import UserError
 
@@ -14,8 +14,7 @@ def add_parser(sub) -> None:
                    "scans, optional labelsTr/ foreground masks), validated on held-out subjects")
     p.add_argument("--mask", nargs="*", default=None, help="foreground mask per image file (same order)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
-    p.add_argument("--seconds", type=float, default=120.0, help="training budget in seconds (default 120)")
-    p.add_argument("--steps", type=int, default=None, help="training budget in steps (whichever ends first)")
+    add_budget(p, seconds=120.0)
     p.add_argument("--latent", type=int, default=64, help="latent size")
     p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
     add_common(p)

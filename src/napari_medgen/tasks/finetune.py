@@ -117,11 +117,6 @@ class Prior:
         """Pseudo-label slices along ``axis``: (indices, targets) with IGNORE off the interpolation and in the band."""
         known = np.isfinite(self.margin) & (self.margin >= band_mm)
         target = np.where(known, self.labels.astype(np.int32), IGNORE)
-        if self.caps is not None:  # and the sphere caps beyond the end slices, where they hold the structure
-            cap = np.moveaxis(np.moveaxis(self.caps, axis, 0).reshape(self.caps.shape[axis], -1).any(1)
-                              [:, None, None] & np.ones_like(np.moveaxis(self.caps, axis, 0), bool), 0, axis)
-            cap &= ~known & (self.cap_margin >= band_mm) & np.isfinite(self.cap_margin)
-            target = np.where(cap, self.caps.astype(np.int32), target)
         moved = take_slices(target, axis)
         index = np.flatnonzero((moved != IGNORE).reshape(len(moved), -1).any(1))
         return index, np.ascontiguousarray(moved[index])
