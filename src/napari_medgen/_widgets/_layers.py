@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
-from qtpy.QtWidgets import QHBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QSpinBox, QWidget
 
 from ..io import Geometry, ImageData
 
@@ -99,3 +99,12 @@ def row(*widgets) -> QWidget:
     for x in widgets:
         lay.addWidget(x)
     return w
+
+
+def spin(lo: int, hi: int, value: int, tip: str = "") -> QSpinBox:
+    """An integer box with its range, start value and tooltip."""
+    s = QSpinBox()
+    s.setRange(lo, hi)
+    s.setValue(value)
+    s.setToolTip(tip)
+    return s

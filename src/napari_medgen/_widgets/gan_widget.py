@@ -8,7 +8,7 @@ import napari
 import numpy as np
 from napari.utils.notifications import show_error
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPushButton, QSpinBox
+from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPushButton
 
 from ..io import Geometry
 from ..io.read import ImageData
@@ -19,19 +19,12 @@ from ..tasks.gan import interpolate_seeds, real_slices, synthesize, train_gan
 from ..tasks.synthesis_report import format_report, side_by_side, synthesis_report
 from ._plot import LivePlot
 from ._model_files import save_model_file
-from ._layers import find_output, layer_image, row, show_result
+from ._layers import find_output, layer_image, row, show_result, spin
 from ._panel import Panel
 from ._runner import JobRunner, device_chooser
 
 MODES = ["unconditional", "mask-to-image (needs labels)"]
 COND_TASK = Task.CONDITIONAL_GAN
-
-
-def _spin(lo: int, hi: int, value: int) -> QSpinBox:
-    s = QSpinBox()
-    s.setRange(lo, hi)
-    s.setValue(value)
-    return s
 
 
 class GANWidget(Panel):
@@ -51,11 +44,11 @@ class GANWidget(Panel):
                                         tooltip="Mask-to-image mode: the label map paired with the image.")
         self.mode = QComboBox()
         self.mode.addItems(MODES)
-        self.seconds = _spin(5, 86_400, 180)
+        self.seconds = spin(5, 86_400, 180)
         self.seconds.setToolTip("Training budget in seconds (the best EMA generator so far is kept)")
-        self.steps = _spin(0, 1_000_000, 0)
+        self.steps = spin(0, 1_000_000, 0)
         self.steps.setToolTip("Optional budget in steps (0: seconds only); whichever ends first")
-        self.downsample = _spin(1, 8, 2)
+        self.downsample = spin(1, 8, 2)
         self.downsample.setToolTip("Train on slices reduced by this factor (faster; pixel spacing grows with it)")
         self.device, self.device_line = device_chooser()
         self.train_button = QPushButton("Train")
@@ -67,9 +60,9 @@ class GANWidget(Panel):
         self.model_line.setWordWrap(True)
         self.loss_plot = LivePlot("GAN losses", "step", height=1.6)
 
-        self.n = _spin(1, 10_000, 16)
-        self.seed = _spin(0, 2**31 - 1, 0)
-        self.seed_b = _spin(0, 2**31 - 1, 1)
+        self.n = spin(1, 10_000, 16)
+        self.seed = spin(0, 2**31 - 1, 0)
+        self.seed_b = spin(0, 2**31 - 1, 1)
         synth, interp, cond = QPushButton("Synthesize N"), QPushButton("Interpolate seed→seed B"), \
             QPushButton("Image from current label slice")
         synth.clicked.connect(self.synthesize)

@@ -9,7 +9,7 @@ from magicgui.widgets import create_widget
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QListWidget,
-                            QListWidgetItem, QPushButton, QSlider, QSpinBox)
+                            QListWidgetItem, QPushButton, QSlider)
 
 from ..models.checkpoint import SUFFIX, Model
 from ..models.config import Task
@@ -17,21 +17,13 @@ from ..tasks.anomaly import DEFAULTS, EXPLAIN, METHODS, SIGNS, anomaly_map, norm
 from ..tasks.vae import interpolate_slices, reconstruct, synthesize_vae
 from ..tasks.vae_training import train_vae
 from ..tasks.volume_input import stack_geometry
-from ._layers import layer_array, layer_image, row, show_result
+from ._layers import layer_array, layer_image, row, show_result, spin
 from ._model_files import save_model_file
 from ._panel import Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
 SLIDER_STEPS = 1000
-
-
-def _spin(lo: int, hi: int, value: int, tip: str = "") -> QSpinBox:
-    s = QSpinBox()
-    s.setRange(lo, hi)
-    s.setValue(value)
-    s.setToolTip(tip)
-    return s
 
 
 class VAEWidget(Panel):
@@ -51,9 +43,9 @@ class VAEWidget(Panel):
         self.normals.native.setMaximumHeight(70)
         self.train_mask = self.layer_picker(napari.layers.Labels, nullable=True,
                                             tooltip="Optional: learn only inside this mask (e.g. the brain).")
-        self.seconds = _spin(5, 86_400, 120, "Training budget in seconds (the best weights so far are kept)")
-        self.steps = _spin(0, 1_000_000, 0, "Optional budget in steps (0: seconds only); whichever ends first")
-        self.latent = _spin(2, 1024, 64, "Size of the VAE's latent code")
+        self.seconds = spin(5, 86_400, 120, "Training budget in seconds (the best weights so far are kept)")
+        self.steps = spin(0, 1_000_000, 0, "Optional budget in steps (0: seconds only); whichever ends first")
+        self.latent = spin(2, 1024, 64, "Size of the VAE's latent code")
         self.device, self.device_line = device_chooser()
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
@@ -95,9 +87,9 @@ class VAEWidget(Panel):
         self.slices.itemClicked.connect(self._jump)
 
         # --- generation ---
-        self.n_samples = _spin(1, 256, 8)
-        self.seed = _spin(0, 2**31 - 1, 0)
-        self.slice_a, self.slice_b = _spin(0, 10_000, 0), _spin(0, 10_000, 10)
+        self.n_samples = spin(1, 256, 8)
+        self.seed = spin(0, 2**31 - 1, 0)
+        self.slice_a, self.slice_b = spin(0, 10_000, 0), spin(0, 10_000, 10)
         sample_button, interp_button = QPushButton("Sample N"), QPushButton("Interpolate A→B")
         sample_button.clicked.connect(self.sample)
         interp_button.clicked.connect(self.interpolate)

@@ -6,9 +6,8 @@ Runs in one process, or under ``torchrun --nproc_per_node=N`` with DistributedDa
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from .options import add_budget, add_common, check_output
+from .options import add_budget, add_common, check_model_output
 from ..errors import UserError
 
 
@@ -53,14 +52,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..engine import distributed as dist
-    from ..models.checkpoint import SUFFIX
     from ..tasks.cohort import checkpoint_path, train_cohort
     from .progress import terminal_job
 
-    out = Path(args.out)
-    if not out.name.endswith(SUFFIX):
-        raise UserError(f"The model file name must end with {SUFFIX}.")
-    check_output(out, args.overwrite)
+    out = check_model_output(args.out, args.overwrite)
     ckpt = checkpoint_path(out)
     if ckpt.exists() and not args.resume and not args.overwrite:
         raise FileExistsError(f"{ckpt} is left from an earlier run; use --resume to continue it or "

@@ -34,3 +34,15 @@ def check_output(path: "str | os.PathLike", overwrite: bool) -> None:
     if p.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; use --overwrite to replace it.")
     check_writable(p, overwrite=True)
+
+
+def check_model_output(path: "str | os.PathLike", overwrite: bool) -> Path:
+    """:func:`check_output` for a model file, whose name must end with ``.medgen.pt``."""
+    from ..errors import UserError
+    from ..models.checkpoint import SUFFIX
+
+    p = Path(path)
+    if not p.name.endswith(SUFFIX):
+        raise UserError(f"The model file name must end with {SUFFIX}.")
+    check_output(p, overwrite)
+    return p

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_budget, add_common, check_output
+from .options import add_budget, add_common, check_model_output, check_output
 from ..errors import UserError
 
 
@@ -34,16 +34,12 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..io import read_path, write_image
-    from ..models.checkpoint import SUFFIX
     from ..tasks.finetune import complete_labels, finetune
     from .progress import terminal_job
 
-    out = Path(args.out)
-    if not out.name.endswith(SUFFIX):
-        raise UserError(f"The model file name must end with {SUFFIX}.")
-    for target in (out, Path(args.predict) if args.predict else None):
-        if target is not None:
-            check_output(target, args.overwrite)
+    out = check_model_output(args.out, args.overwrite)
+    if args.predict:
+        check_output(args.predict, args.overwrite)
     image = read_path(args.image)[0]
     labels = read_path(args.labels)[0]
     if labels.data.shape != image.data.shape or not labels.geometry.same_grid(image.geometry):

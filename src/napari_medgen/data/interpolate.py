@@ -6,7 +6,8 @@ most negative (Raya & Udupa 1990, the idea behind 3D Slicer's "fill between slic
 label present on only one of the two slices tapers to nothing at the other.  Slices painted
 along several axes are each interpolated along their own axis; where two axes both fill a
 voxel, the axis with more painted slices wins.  Nothing is extrapolated beyond the first or
-last painted slice.  Instant on a CPU (two distance transforms per label and painted slice).
+last painted slice; :func:`extrapolate_ends` does that separately (sphere caps), for callers that
+want a guess there.  Instant on a CPU (two distance transforms per label and painted slice).
 """
 from __future__ import annotations
 
@@ -125,13 +126,13 @@ def _scaled(sd: np.ndarray, scale: float) -> np.ndarray:
     return (scale * ndimage.map_coordinates(sd, coords, order=1, mode="nearest")).astype(np.float32)
 
 
-def extrapolate_ends(labels: np.ndarray, axis: int, index, spacing=None, reach: float = 1.0):
+def extrapolate_ends(labels: np.ndarray, axis: int, index, spacing=None):
     """Labels beyond the first and last painted slices ``index`` along ``axis``: each label's end slice
     shrunk about its centroid as the cross-section of a sphere fitted to the end slice and its painted
     neighbour (areas on two slices fix the centre and radius; one painted slice is taken as the
-    widest), tapering to nothing where the sphere ends (``reach`` scales that length).  A shape that
-    grows towards its end is taken as widest there.  Returns ``(labels, margin)`` like
-    :func:`interpolate_along` (filled only beyond the ends)."""
+    widest; a shape that grows towards its end is taken as widest there), tapering to nothing where
+    the sphere ends, and background beyond.  Returns ``(labels, margin)`` like :func:`interpolate_along`
+    (filled only beyond the ends; past a sphere's end the margin is the distance past it)."""
     lab = np.moveaxis(np.asarray(labels), axis, 0)
     sp = [1.0] * lab.ndim if spacing is None else [float(s) for s in spacing]
     plane_spacing = [s for i, s in enumerate(sp) if i != axis]
@@ -155,7 +156,7 @@ def extrapolate_ends(labels: np.ndarray, axis: int, index, spacing=None, reach: 
             sd = signed_distance(mask, plane_spacing)
             k = end + direction
             while 0 <= k < len(lab):
-                h = abs(k - end) * dz / reach
+                h = abs(k - end) * dz
                 if u + h >= radius:  # beyond the sphere: background, surer the farther
                     margin[k] = np.where(out[k] != 0, margin[k], np.minimum(margin[k], u + h - radius))
                     k += direction

@@ -20,7 +20,6 @@ The loop owns everything else, so every trainer behaves alike:
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass

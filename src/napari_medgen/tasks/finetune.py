@@ -11,7 +11,7 @@ as context channels, sample patches around the painted structure, its boundary a
 background, and keep the weights that agree best with the painted slices and the
 pseudo-labels.  :func:`complete_labels` then fills the user's volume: the network's
 prediction near the painted structure, blended with the interpolation between painted
-slices and kept only where connected to the paint.  Calling ``finetune`` again with the
+slices and with sphere caps beyond the end slices, and kept only where connected to the paint.  Calling ``finetune`` again with the
 returned model continues from its weights.
 """
 from __future__ import annotations
@@ -97,7 +97,8 @@ def _inputs(image, labels, spacing, modality):
 
 class Prior:
     """What the painting says about the rest of the volume: the interpolated labels between painted
-    slices, their distance to the interpolated boundary, and the region of interest around the paint."""
+    slices, their distance to the interpolated boundary, sphere caps beyond the end slices (with their
+    margin), and the region of interest around the paint."""
 
     def __init__(self, lab: np.ndarray, t: Targets, spacing, *, sparse: bool, background_label=None,
                  interpolate: bool = True):
@@ -229,7 +230,8 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
     Painted slices are kept as painted.  Elsewhere: the model's prediction inside the region
     around the painted structure, blended (``prior_weight``; None: by how well interpolation
     re-makes a painted slice left out) with the shape-based interpolation between painted slices
-    (confident far from its boundary, undecided on it).  With ``restrict``: kept near a reliable
+    and sphere caps beyond the end slices (confident far from their boundary, undecided on it;
+    with fewer than three painted slices the caps count double).  With ``restrict``: kept near a reliable
     interpolation, growing beyond the first/last painted slice by at most one slice spacing per
     slice, and only the connected parts that touch the paint or the interpolation.
     Raises :class:`Cancelled` on stop.  Inputs are only read.
@@ -287,7 +289,10 @@ def _combine(probs, lab, t, prior, box, axis, spacing, *, sparse, prior_weight, 
         pmar = np.where(np.isfinite(prior.margin), prior.margin, prior.cap_margin)[box]
         known = np.isfinite(pmar)
         confidence = special.expit(np.where(known, pmar, 0.0) / inplane - 1.0) * known
-        w = prior_weight * confidence
+        # beyond the end slices with fewer than three painted: the network has seen too little to know where
+        # the structure ends (it under-segments there), so the sphere decides except at its boundary
+        cap_weight = min(1.0, 2 * prior_weight) if reliability is None else prior_weight
+        w = np.where(np.isfinite(prior.margin[box]), prior_weight, cap_weight) * confidence
         for c in range(probs.shape[0]):
             probs[c] = (1 - w) * probs[c] + w * (plab == c)
     pred = probs.argmax(0).astype(lab.dtype)
