@@ -32,7 +32,9 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
     # Train: the prediction layer appears with the first validation (live preview), then Stop keeps the best
     widget.train_button.click()
     qtbot.waitUntil(lambda: len(widget.plot.series.get("val Dice", ([], []))[0]) >= 2, timeout=60_000)
-    assert widget.prediction is not None and widget.prediction.data.any()  # shown before training ends
+    # the live preview (every few seconds) appears while training still runs (its budget is 600 s)
+    qtbot.waitUntil(lambda: widget.prediction is not None and widget.prediction.data.any(), timeout=60_000)
+    assert widget.runner.running
     with qtbot.waitSignal(widget.runner.done, timeout=60_000) as sig:
         widget.runner.stop_button.click()
     assert sig.args == ["finished"] and "stopped early" in widget.summary.text()
