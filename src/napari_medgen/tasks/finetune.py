@@ -11,8 +11,8 @@ as context channels, sample patches around the painted structure, its boundary a
 background, and keep the weights that agree best with the painted slices and the
 pseudo-labels.  :func:`complete_labels` then fills the user's volume: the network's
 prediction near the painted structure, blended with the interpolation between painted
-slices and with sphere caps beyond the end slices, and kept only where connected to the paint.  Calling ``finetune`` again with the
-returned model continues from its weights.
+slices and with sphere caps beyond the end slices, and kept only where connected to the
+paint.  Calling ``finetune`` again with the returned model continues from its weights.
 """
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
     around the painted structure, blended (``prior_weight``; None: by how well interpolation
     re-makes a painted slice left out) with the shape-based interpolation between painted slices
     and sphere caps beyond the end slices (confident far from their boundary, undecided on it;
-    with fewer than three painted slices the caps count double).  With ``restrict``: kept near a reliable
+    with fewer than three painted slices the caps weigh 4x the network).  With ``restrict``: kept near a reliable
     interpolation, growing beyond the first/last painted slice by at most one slice spacing per
     slice, and only the connected parts that touch the paint or the interpolation.
     Raises :class:`Cancelled` on stop.  Inputs are only read.
@@ -263,7 +263,6 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
     return out[0] if flat else out
 
 
-
 def _network_probs(m, img, spacing, modality, box, axis, flat, device, job) -> np.ndarray:
     """The model's class probabilities (C, *box) in volume order."""
     norm = np.moveaxis(normalize(img, m.config.normalization, modality)[box], axis, 0)  # (n, h, w) along axis
@@ -289,12 +288,19 @@ def _combine(probs, lab, t, prior, box, axis, spacing, *, sparse, prior_weight, 
         pmar = np.where(np.isfinite(prior.margin), prior.margin, prior.cap_margin)[box]
         known = np.isfinite(pmar)
         confidence = special.expit(np.where(known, pmar, 0.0) / inplane - 1.0) * known
-        # beyond the end slices with fewer than three painted: the network has seen too little to know where
-        # the structure ends (it under-segments there), so the sphere decides except at its boundary
-        cap_weight = min(1.0, 2 * prior_weight) if reliability is None else prior_weight
-        w = np.where(np.isfinite(prior.margin[box]), prior_weight, cap_weight) * confidence
+        w = prior_weight * confidence
+        target = [(plab == c).astype(np.float32) for c in range(probs.shape[0])]
+        if reliability is None:  # fewer than three painted slices: the network has seen too little to know
+            # where the structure ends (it under-segments there); beyond the ends the sphere's signed-distance
+            # probability counts 4x the network's, which decides only near the sphere's boundary
+            caps = np.isfinite(pmar) & ~np.isfinite(prior.margin[box])
+            sure = special.expit(np.where(known, pmar, 0.0) / inplane)
+            w = np.where(caps, min(1.0, 1.6 * prior_weight), w)
+            n = probs.shape[0]
+            target = [np.where(caps, np.where(plab == c, sure, (1 - sure) / max(1, n - 1)), tc)
+                      for c, tc in enumerate(target)]
         for c in range(probs.shape[0]):
-            probs[c] = (1 - w) * probs[c] + w * (plab == c)
+            probs[c] = (1 - w) * probs[c] + w * target[c]
     pred = probs.argmax(0).astype(lab.dtype)
     if restrict and not sparse:
         between = np.isfinite(prior.margin[box]) & ((reliability or 0.0) >= 0.8)  # stay near a good interpolation
@@ -303,6 +309,7 @@ def _combine(probs, lab, t, prior, box, axis, spacing, *, sparse, prior_weight, 
     if restrict:
         pred = _connected_to(pred, (lab != 0)[box] | prior.foreground[box])
     return pred
+
 
 def _continuous(pred, prior, between, painted, offset: int, axis: int, spacing, band_mm: float = 3.0):
     """``pred`` kept only where it continues the painting: on slices between painted ones within
