@@ -42,12 +42,12 @@ def test_long_job_keeps_viewer_responsive_throttles_and_cancels(make_napari_view
     viewer = make_napari_viewer()
     runner = JobRunner("test job")
     viewer.window.add_dock_widget(runner, name="test job")
-    ticks, seen, calls = [], [], []
+    ticks, seen = [], []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.monotonic()))
     timer.start(10)
     out: dict = {}
-    runner.start(chatty_job, 100_000, out, on_progress=lambda ev: (seen.append(ev), calls.append(time.monotonic())))
+    runner.start(chatty_job, 100_000, out, on_progress=seen.append)
     assert runner.running and runner.cancel_button.isEnabled() and not runner.stop_button.isVisible()
     qtbot.waitUntil(lambda: runner.bar.value() >= 300, timeout=30_000)
     with qtbot.waitSignal(runner.done, timeout=10_000) as sig:
@@ -64,7 +64,7 @@ def test_long_job_keeps_viewer_responsive_throttles_and_cancels(make_napari_view
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 300
     previews = sum(ev.preview is not None for ev in seen)
     assert 0 < previews < len(steps) / 2
-    assert previews / (calls[-1] - calls[0]) < 12
+    assert previews <= 1 + 12 * (ticks[-1] - ticks[0])  # at most ~10 per second of the job (batches may come at once)
 
 
 def test_stop_keeps_the_best_so_far(make_napari_viewer, qtbot):
