@@ -127,3 +127,11 @@ def test_job_state_tracks_a_run_without_qt():
         fit(Line(), Budget(steps=50), progress=job)
     state.finish(Cancelled())
     assert state.status == Status.CANCELLED and state.error is None
+
+
+def test_shrink_halves_the_batch_down_to_its_floor():
+    task = Line()
+    assert not task.shrink()  # no batch to shrink
+    task.batch_size, task.min_batch = 8, 2
+    assert task.shrink() and task.batch_size == 4 and task.shrink() and task.batch_size == 2
+    assert not task.shrink() and task.batch_size == 2

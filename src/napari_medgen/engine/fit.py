@@ -75,6 +75,7 @@ class TrainTask:
     optimizers: list  # their learning rates follow the loop's schedule
     metric_mode: str = "max"  # "max": higher validation metric is better; "min": lower
     ddp_networks: tuple = ()  # names of networks to wrap in DistributedDataParallel under torchrun
+    min_batch: int = 1  # the smallest batch shrink() halves down to
 
     def model(self, name: str = "net") -> torch.nn.Module:
         """The network to call in ``train_step`` (its DDP wrapper under torchrun)."""
@@ -92,8 +93,13 @@ class TrainTask:
         return None
 
     def shrink(self) -> bool:
-        """Use less memory after an out-of-memory error (e.g. halve the batch); False if it cannot."""
-        return False
+        """Use less memory after an out-of-memory error: halve ``batch_size`` (when the task has one)
+        while it is above ``min_batch``; False if it cannot."""
+        size = getattr(self, "batch_size", None)
+        if size is None or size <= self.min_batch:
+            return False
+        self.batch_size = size // 2
+        return True
 
     def nothing_learned(self, best_metric: Optional[float]) -> Optional[str]:
         """A sentence when the best weights learned nothing useful (the loop then raises); else None."""

@@ -156,12 +156,6 @@ class SegmentationTask(TrainTask):
                     "slices); paint more slices or train longer.")
         return None
 
-    def shrink(self):
-        if self.batch_size <= 1:
-            return False
-        self.batch_size //= 2
-        return True
-
 
 def train_segmenter(net: torch.nn.Module, volume: np.ndarray, painted: tuple, *, pseudo: tuple | None = None,
                     pseudo_weight: float = 0.5, context: int = 0, steps: int | None = None,

@@ -68,6 +68,7 @@ def predict(net: torch.nn.Module, x: np.ndarray, device, batch_size: int = 16) -
 class ClassifierTask(TrainTask):
     """Cross-entropy on class-balanced, augmented batches; transferred layers frozen for a while."""
 
+    min_batch = 2
     def __init__(self, net, x, y, classes, *, val=None, budget: Budget, frozen=(), freeze: float = 0.0,
                  lr: float = 1e-3, batch_size: int = 8, augment: bool = True, seed: int = 0):
         torch.manual_seed(seed)
@@ -117,12 +118,6 @@ class ClassifierTask(TrainTask):
         probs = predict(self.networks["net"], self.val[0], self.device)
         self.metrics = classification_metrics(probs, self.val[1], self.classes)
         return score(self.metrics)
-
-    def shrink(self):
-        if self.batch_size <= 2:
-            return False
-        self.batch_size //= 2
-        return True
 
     def nothing_learned(self, best):
         chance = 1.0 / len(self.classes)

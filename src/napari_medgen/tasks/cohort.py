@@ -97,12 +97,6 @@ class CohortTask(TrainTask):
             self.on_validate(self.steps, metric)
         return metric
 
-    def shrink(self):
-        if self.batch_size <= 1:
-            return False
-        self.batch_size //= 2
-        return True
-
 
 def checkpoint_path(out: "str | Path") -> Path:
     """Where a run writing ``out`` keeps its resumable checkpoint (itself a model file)."""

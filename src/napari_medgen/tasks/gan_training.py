@@ -76,6 +76,7 @@ def generate(net: torch.nn.Module, z: torch.Tensor, batch: int = 32) -> np.ndarr
 class _AdversarialTask(TrainTask):
     """Shared parts: generator, EMA, discriminator, optimisers, real images in [-1, 1], the last preview."""
 
+    min_batch = 2
     metric_mode = "min"
     ddp_networks = ("gen", "disc")
 
@@ -114,12 +115,6 @@ class _AdversarialTask(TrainTask):
     def take_preview(self):
         preview, self.preview = self.preview, None
         return preview
-
-    def shrink(self):
-        if self.batch_size <= 2:
-            return False
-        self.batch_size //= 2
-        return True
 
 
 class GANTask(_AdversarialTask):

@@ -90,12 +90,6 @@ class SequenceTask(TrainTask):
             return float((out.argmax(1).numpy() == y).mean())
         return float(np.abs(out[:, 0].numpy() - y).mean() * self.scale)  # MAE in target units
 
-    def shrink(self):
-        if self.batch_size <= 1:
-            return False
-        self.batch_size //= 2
-        return True
-
     def nothing_learned(self, best):
         frames, y = self.val
         if self.kind != "classification" or best is None or len(y) < 10:

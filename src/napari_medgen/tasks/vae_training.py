@@ -92,12 +92,6 @@ class VAETask(TrainTask):
             total += float(rec + self.beta * kl_per_pixel(mu.float(), logvar.float(), x[0].numel())) * len(x)
         return total / len(self.val)
 
-    def shrink(self):
-        if self.batch_size <= 1:
-            return False
-        self.batch_size //= 2
-        return True
-
 
 def _volumes(images, masks, what: str):
     items = list(images) if isinstance(images, (list, tuple)) else [images]
