@@ -10,7 +10,7 @@ The task gets ``progress=`` (a :class:`Job` carrying both stop requests) and run
 worker thread.  The worker never touches Qt: it records events in ``runner.state`` and a
 queue that the GUI thread drains at most ten times a second, so a chatty task cannot
 flood the event loop.  ``on_progress`` still sees every event, in order; only the newest
-event of a batch keeps its ``preview``, and no more often than :class:`PaintBudget` allows
+preview of a batch is delivered (on the event that carried it), and no more often than :class:`PaintBudget` allows
 (heavy live views update at <= 10 Hz on a GPU, about once a second on software OpenGL).
 "Stop" (training jobs) keeps the best so far, "Cancel" discards the run.  User errors
 (:class:`UserError`, missing/existing files, out of memory) become one sentence; anything
@@ -218,8 +218,10 @@ class JobRunner(QWidget):
         if not events:
             return
         now = time.monotonic()
-        keep = events[-1] if now >= self._next_preview else None  # previews (layer updates) follow PAINT too
-        if keep is not None and keep.preview is not None:
+        # the batch's newest preview (a later event may carry none); previews (layer updates) follow PAINT too
+        keep = next((ev for ev in reversed(events) if ev.preview is not None), None) \
+            if now >= self._next_preview else None
+        if keep is not None:
             self._next_preview = now + PAINT.interval(RELAY_MS / 1000)
         if self._on_progress is not None:
             for ev in events:
