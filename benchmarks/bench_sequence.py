@@ -114,10 +114,13 @@ def run_cine(args, rows):
     tr, ytr = cine_set(args.n_train, "train", seed=3)
     te, yte = cine_set(args.n_test, "test", seed=4)
     yte = np.array(yte)
-    for label, kw in (("CNN + bidirectional LSTM", {"bidirectional": True}),
+    for label, kw in (("CNN + bidirectional LSTM, fraction readout, 64x64", {"bidirectional": True,
+                                                                           "readout": "fraction", "size": [64, 64]}),
+                      ("CNN + bidirectional LSTM", {"bidirectional": True}),
                       ("per-frame CNN, averaged features", {"recurrent": False})):
         t0 = time.monotonic()
-        model, hist = train_sequence_model(tr, ytr, "regression", size=[32, 32], seconds=args.seconds, steps=None,
+        kw = {"size": [32, 32], **kw}
+        model, hist = train_sequence_model(tr, ytr, "regression", seconds=args.seconds, steps=None,
                                            batch_size=16, lr=3e-3, seed=0, **kw)
         train_s = time.monotonic() - t0
         pred = np.array([predict_sequence(model, s).value for s in te])

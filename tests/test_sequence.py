@@ -85,6 +85,35 @@ def test_regression_on_3d_frames_with_region(brain):
     np.testing.assert_allclose(res.signal, inside, rtol=1e-5)
 
 
+def _contracting_disks(n, seed):
+    """Dark disks that shrink and grow back over a bright background; the target is 1 - min area / max area."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:16, :16] - 7.5
+    seqs, ef = [], []
+    for _ in range(n):
+        big = rng.uniform(4.5, 7.0)
+        small = big * rng.uniform(0.45, 0.95)
+        radii = small + (big - small) * (0.5 + 0.5 * np.cos(np.linspace(0, 2 * np.pi, int(rng.integers(8, 13)))))
+        seqs.append(np.stack([np.where(np.hypot(yy, xx) < r, 10.0, 100.0) for r in radii]).astype(np.float32)
+                    + rng.normal(0, 3, (len(radii), 16, 16)).astype(np.float32))
+        ef.append(1 - (small / big) ** 2)
+    return seqs, np.array(ef)
+
+
+def test_fraction_readout_learns_an_ejection_fraction_and_reads_it_from_its_curve(tmp_path):
+    seqs, ef = _contracting_disks(48, 0)
+    model, _ = train_sequence_model(seqs, ef, "regression", readout="fraction", steps=150, lr=3e-3, seed=0,
+                                    **TINY)
+    test, truth = _contracting_disks(16, 1)
+    results = [predict_sequence(model, s) for s in test]
+    pred = np.array([r.value for r in results])
+    assert np.corrcoef(pred, truth)[0, 1] > 0.7  # it tracks the pool, not a constant
+    for r in results:  # the answer is the curve's own (max - min) / max, as a reader measures EDV and ESV
+        assert r.curve.max() == pytest.approx(1.0) and r.value == pytest.approx(1 - r.curve.min(), abs=1e-5)
+    again = predict_sequence(Model.load(model.save(tmp_path / "ef.medgen.pt"), expect="sequence"), test[0])
+    assert again.value == pytest.approx(results[0].value, abs=1e-5) and again.curve_name == results[0].curve_name
+
+
 def test_pretrained_encoder_is_transferred(order_model, brain):
     model, _ = order_model
     seqs, labels = _order_task(brain, 6, 3)
@@ -113,6 +142,11 @@ def test_cancel_discards_and_stop_before_start(brain):
     ([np.zeros((3, 8, 8)), np.zeros((3, 4, 8, 8))], ["a", "b"], {}, "mix 2D and 3D"),
     ([np.zeros((3, 8, 8)), np.zeros((3, 8, 8))], ["x", "2"], {"task": "regression"}, "must be numbers"),
     ([np.zeros((3, 8, 8)), np.zeros((3, 8, 8))], ["a", "b"], {"task": "segmentation"}, "Unknown task"),
+    ([np.zeros((3, 8, 8)), np.zeros((3, 8, 8))], [55, 60], {"task": "regression", "readout": "fraction"},
+     "between 0 and 1"),
+    ([np.zeros((3, 8, 8)), np.zeros((3, 8, 8))], ["a", "b"], {"readout": "fraction"}, "for regression"),
+    ([np.zeros((3, 8, 8)), np.zeros((3, 8, 8))], [1, 2], {"task": "regression", "readout": "mean"},
+     "Unknown readout"),
     ([np.zeros((3, 8, 8)), np.zeros((3, 8, 8))], ["a", "b"], {"regions": [np.ones((4, 4)), None]}, "frames are"),
     ([np.zeros((3, 8, 8)), np.zeros((3, 8, 8))], ["a", "b"], {"regions": [np.zeros((8, 8)), None]}, "empty"),
 ])

@@ -44,3 +44,18 @@ def test_bad_csv_is_one_line(folder, capsys):
                  str(folder / "x.medgen.pt"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("napari-medgen: error:") and "\n" not in err
+
+
+def test_fraction_readout_from_the_command_line(folder, capsys):
+    rows = [("file", "target")] + [(f"s{i}.nii.gz", 0.3 + 0.1 * i) for i in range(6)]
+    with open(folder / "ef.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    model = folder / "ef.medgen.pt"
+    assert main(["sequence-train", str(folder), "--csv", str(folder / "ef.csv"), "--task", "regression",
+                 "--readout", "fraction", "--out", str(model), "--steps", "2", "--size", "16", "16", "-q"]) == 0
+    assert main(["sequence-predict", str(folder / "s0.nii.gz"), "--model", str(model), "-q"]) == 0
+    value = float(capsys.readouterr().out.split(":")[-1].split()[0])
+    assert 0.0 <= value <= 1.0  # a fraction by construction, whatever two steps learned
+    assert main(["sequence-train", str(folder), "--csv", str(folder / "targets.csv"), "--readout", "fraction",
+                 "--out", str(folder / "x.medgen.pt"), "--steps", "2", "-q"]) == 2
+    assert "for regression" in capsys.readouterr().err

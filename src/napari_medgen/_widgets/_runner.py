@@ -91,6 +91,7 @@ class JobRunner(QWidget):
     def __init__(self, label: str = "job", parent: Optional[QWidget] = None, trains: bool = False):
         super().__init__(parent)
         self.state = JobState(label)
+        self._label = label
         self.worker = None
         self.last_error: Optional[BaseException] = None
         self._events: deque = deque()
@@ -134,15 +135,18 @@ class JobRunner(QWidget):
 
     # --- starting and stopping -------------------------------------------------------------
     def start(self, fn: Callable, *args, on_result: Optional[Callable] = None,
-              on_progress: Optional[Callable[[ProgressEvent], None]] = None, stoppable: bool = False, **kwargs):
+              on_progress: Optional[Callable[[ProgressEvent], None]] = None, stoppable: bool = False,
+              what: Optional[str] = None, **kwargs):
         """Run ``fn(*args, progress=<Job>, **kwargs)`` in a worker thread; returns the worker (None if busy).
 
         ``stoppable`` shows Stop (finish early, keep the best so far) next to Cancel: for training.
         ``on_result`` gets the return value in the GUI thread, ``on_progress`` each progress event.
+        ``what`` names this run in the status line (default: the runner's label).
         """
         if self.running:
             show_info(f"{self.label} is already running; cancel it first.")
             return None
+        self.state.label = what or self._label
         self.state.begin()
         _leave_a_core_for_the_gui()
         state = self.state

@@ -334,7 +334,7 @@ class FinetuneWidget(QWidget):
             return
         image, annotations = inputs
         self.runner.start(rank_slices, self.model, image, annotations, axis=int(self.model.params.axis),
-                          device=self.device.currentText(), on_result=self._ranked)
+                          device=self.device.currentText(), on_result=self._ranked, what="Suggest next slice")
 
     def _ranked(self, ranking: list) -> None:
         self.ranking = ranking

@@ -92,6 +92,9 @@ class SequenceWidget(Panel):
         self.steps.setRange(1, 100_000)
         self.steps.setValue(300)
         self.bidirectional = QCheckBox("bidirectional LSTM")
+        self.fraction = QCheckBox("answer is a fraction (max - min) / max, e.g. EF")
+        self.fraction.setToolTip("Regression only: the network tracks a volume per frame and answers "
+                                 "(largest - smallest) / largest, as an ejection fraction is measured.")
         self.device, self.device_line = device_chooser()
         csv_button = QPushButton("Targets from CSV...")
         csv_button.clicked.connect(self._load_csv)
@@ -120,6 +123,7 @@ class SequenceWidget(Panel):
         form.addRow("steps", self.steps)
         adv = self.advanced()
         adv.addRow(self.bidirectional)
+        adv.addRow(self.fraction)
         adv.addRow("device", self.device)
         adv.addRow(self.device_line)
         for w in (row(self.train_button, self.predict_button), row(save, load), self.runner, self.loss_plot,
@@ -222,6 +226,7 @@ class SequenceWidget(Panel):
         self.loss_plot.clear()
         self.runner.start(train_sequence_model, seqs, [targets[ly.name] for ly in layers], self.task.currentText(),
                           regions=regions, steps=self.steps.value(), bidirectional=self.bidirectional.isChecked(),
+                          readout="fraction" if self.fraction.isChecked() else "final",
                           device=self.device.currentText(), on_result=self._trained, on_progress=self._progress,
                           stoppable=True)
 

@@ -30,6 +30,10 @@ def add_parser(sub) -> None:
                    help="frame size in pixels for the network, e.g. 64 64 (default 64x64, or 32^3 for 3D frames)")
     p.add_argument("--bidirectional", action="store_true",
                    help="LSTM reads the frames in both directions (default: forward only)")
+    p.add_argument("--readout", choices=["final", "fraction"], default="final",
+                   help="regression answer: 'final' reads the LSTM's last state; 'fraction' is (max - min) / max "
+                        "of a learned per-frame volume, for targets between 0 and 1 such as an ejection fraction "
+                        "(default final)")
     p.add_argument("--pretrained",
                    help="a .medgen.pt model whose encoder weights start the frame encoder (default: random weights)")
     add_common(p)
@@ -94,6 +98,7 @@ def run_train(args) -> int:
     with terminal_job("sequence-train", args.quiet) as job:
         model, hist = train_sequence_model(seqs, targets, args.task, regions=regions, size=args.size,
                                            steps=args.steps, seconds=args.seconds, bidirectional=args.bidirectional,
+                                           readout=args.readout,
                                            pretrained=args.pretrained, device=args.device,
                                            name=Path(args.out).name.split(".")[0], progress=job)
     model.save(args.out)

@@ -84,6 +84,7 @@ class SliceSynthesisParams:
 @dataclass
 class GANParams(SliceSynthesisParams):
     latent_size: int = 64
+    architecture: str = "single-scale"  # or "cascade": half-resolution GAN + refiner (network "refine")
 
 
 @dataclass
@@ -115,6 +116,7 @@ class SequenceParams:
     recurrent: bool = True  # False: frame features averaged (order-blind)
     bidirectional: bool = False
     pretrained: str = ""  # where the frame encoder's starting weights came from
+    readout: str = "final"  # regression: "fraction" = (max - min) / max of a per-frame value (e.g. EF)
 
 
 @dataclass

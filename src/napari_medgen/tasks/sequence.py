@@ -21,7 +21,7 @@ from ..models.checkpoint import Model
 from ..models.config import ModelConfig, SequenceParams, Task
 from .sequence_data import (SequenceInputError, check_sequence, default_size, encode_targets, pad_batch, prepare,
                             signal)
-from .sequence_net import run_sequence, sequence_networks, transfer_encoder
+from .sequence_net import READOUTS, run_sequence, sequence_networks, transfer_encoder
 
 
 @dataclass
@@ -42,8 +42,9 @@ class SequenceTask(TrainTask):
     ddp_networks = ("net", "rnn", "head")
 
     def __init__(self, networks: dict, frames: list, y: np.ndarray, kind: str, val: list, *, lr: float,
-                 batch_size: int, augment: bool, seed: int, target_scale: Optional[list]):
+                 batch_size: int, augment: bool, seed: int, target_scale: Optional[list], readout: str = "final"):
         self.networks = networks
+        self.readout = readout
         self.ddp_networks = tuple(k for k in self.ddp_networks if k in networks)
         params = [p for net in networks.values() for p in net.parameters()]
         self.optimizers = [torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)]
@@ -64,7 +65,7 @@ class SequenceTask(TrainTask):
         idx = self.rng.choice(len(self.frames), self.batch_size, replace=False)
         seqs = [self._augment(self.frames[i]) for i in idx]
         x, lengths = pad_batch(seqs)
-        out, _ = run_sequence(self._nets(), x.to(self.device), lengths)
+        out, _ = run_sequence(self._nets(), x.to(self.device), lengths, self.readout)
         y = torch.as_tensor(self.y[idx]).to(self.device)
         loss = F.cross_entropy(out, y) if self.kind == "classification" else F.mse_loss(out[:, 0], y)
         opt = self.optimizers[0]
@@ -85,7 +86,7 @@ class SequenceTask(TrainTask):
 
     def validate(self):
         frames, y = self.val
-        out = _outputs(self.networks, frames, self.device)[0]
+        out = _outputs(self.networks, frames, self.device, self.readout)[0]
         if self.kind == "classification":
             return float((out.argmax(1).numpy() == y).mean())
         return float(np.abs(out[:, 0].numpy() - y).mean() * self.scale)  # MAE in target units
@@ -101,7 +102,8 @@ class SequenceTask(TrainTask):
         return None
 
 
-def _outputs(networks: dict, frames: list, device, batch_size: int = 8) -> tuple[torch.Tensor, list]:
+def _outputs(networks: dict, frames: list, device, readout: str = "final",
+             batch_size: int = 8) -> tuple[torch.Tensor, list]:
     """Sequence outputs (N, K) and per-frame outputs [(t_i, K)] on the CPU."""
     seq_out, frame_out = [], []
     for net in networks.values():
@@ -109,7 +111,7 @@ def _outputs(networks: dict, frames: list, device, batch_size: int = 8) -> tuple
     with torch.inference_mode():
         for i in range(0, len(frames), batch_size):
             x, lengths = pad_batch(frames[i:i + batch_size])
-            out, per = run_sequence(networks, x.to(device), lengths)
+            out, per = run_sequence(networks, x.to(device), lengths, readout)
             seq_out.append(out.float().cpu())
             frame_out += [p[:n].float().cpu() for p, n in zip(per, lengths.tolist())]
     return torch.cat(seq_out), frame_out
@@ -133,7 +135,8 @@ def _split(n: int, y: np.ndarray, kind: str, fraction: float, seed: int) -> tupl
 def train_sequence_model(sequences: Sequence, targets: Sequence, task: str = "classification", *,
                          regions: Optional[Sequence] = None, size: Optional[list] = None,
                          bidirectional: bool = False, recurrent: bool = True, features: int = 64,
-                         hidden: int = 64, channels: tuple = (16, 32, 64, 64), pretrained=None,
+                         hidden: int = 64, channels: tuple = (16, 32, 64, 64), readout: str = "final",
+                         pretrained=None,
                          steps: Optional[int] = 300, seconds: Optional[float] = None, lr: float = 3e-3,
                          batch_size: int = 8, val_fraction: float = 0.2, augment: bool = True,
                          patience: Optional[int] = None, name: str = "sequence", device="auto", seed: int = 0,
@@ -144,6 +147,8 @@ def train_sequence_model(sequences: Sequence, targets: Sequence, task: str = "cl
     ``regions`` (one mask or None per sequence) restrict each sequence to a region's bounding box.
     ``pretrained`` (a Model or model file) seeds the frame encoder with every tensor that fits.
     ``recurrent=False`` averages the frame features instead (an order-blind baseline).
+    ``readout="fraction"`` (regression, targets between 0 and 1) answers ``(max - min) / max`` of a
+    learned positive per-frame value, as an ejection fraction is read from the largest and smallest volume.
     Returns ``(model, history)``; the validation metric is accuracy or the mean absolute error.
     """
     job = Job.of(progress, stop, cancel)
@@ -162,13 +167,18 @@ def train_sequence_model(sequences: Sequence, targets: Sequence, task: str = "cl
     if len(regions) != len(arrays):
         raise SequenceInputError(f"Got {len(regions)} regions for {len(arrays)} sequences; give one (or None) each.")
     y, classes, target_scale = encode_targets(targets, task, len(arrays))
+    if readout not in READOUTS:
+        raise SequenceInputError(f"Unknown readout '{readout}'; use one of {', '.join(READOUTS)}.")
+    if readout == "fraction":
+        y, target_scale = _fraction_targets(y, task, target_scale)
     job.report(0, 1, "preparing frames")
     frames = [prepare(a, size, r, f"sequence {i + 1}") for i, (a, r) in enumerate(zip(arrays, regions))]
     n_out = len(classes) if task == "classification" else 1
     specs = sequence_networks(size, n_out, features=features, hidden=hidden, channels=channels,
                               bidirectional=bidirectional, recurrent=recurrent)
     params = SequenceParams(kind=task, classes=classes, spatial_dims=spatial, size=size,
-                            target_scale=target_scale, recurrent=recurrent, bidirectional=bidirectional)
+                            target_scale=target_scale, recurrent=recurrent, bidirectional=bidirectional,
+                            readout=readout)
     config = ModelConfig(task=Task.SEQUENCE, name=name, networks=specs, params=params,
                          normalization={"kind": "sequence-window", "percentiles": [1.0, 99.5]},
                          description=_describe(task, classes, spatial, size, recurrent, bidirectional))
@@ -180,7 +190,7 @@ def train_sequence_model(sequences: Sequence, targets: Sequence, task: str = "cl
     tr, va = _split(len(frames), y, task, val_fraction, seed)
     train_task = SequenceTask(model.networks, [frames[i] for i in tr], y[tr], task,
                               [[frames[i] for i in va], y[va]], lr=lr, batch_size=batch_size,
-                              augment=augment, seed=seed, target_scale=target_scale)
+                              augment=augment, seed=seed, target_scale=target_scale, readout=readout)
     history = fit(train_task, Budget(steps, seconds), device=device, patience=patience,
                   val_every=max(10, (steps or 300) // 15), progress=job, message="training sequence model")
     metric = "accuracy" if task == "classification" else "MAE"
@@ -190,6 +200,16 @@ def train_sequence_model(sequences: Sequence, targets: Sequence, task: str = "cl
     config.training = {"steps": history["step"][-1] if history["step"] else 0, "seconds": history["seconds"],
                        "returned": history["returned"], "stop_reason": history["stop_reason"]}
     return model, history
+
+
+def _fraction_targets(y: np.ndarray, task: str, scale: Optional[list]) -> tuple[np.ndarray, list]:
+    """Regression targets back in their own units, checked to be fractions."""
+    if task != "regression":
+        raise SequenceInputError("The fraction readout is for regression targets (such as an ejection fraction).")
+    raw = y * scale[1] + scale[0]
+    if raw.min() < 0 or raw.max() > 1:
+        raise SequenceInputError("The fraction readout needs targets between 0 and 1 (e.g. EF 0.55, not 55 %).")
+    return raw.astype(np.float32), [0.0, 1.0]
 
 
 def _describe(task: str, classes: list, spatial: int, size: list, recurrent: bool, bidirectional: bool) -> str:
@@ -212,7 +232,7 @@ def predict_sequence(model: Model, sequence, region=None, *, device="auto", prog
     try:
         for net in model.networks.values():
             net.to(dev)
-        out, per = _outputs(model.networks, [frames], dev)
+        out, per = _outputs(model.networks, [frames], dev, p.readout)
     finally:
         for net in model.networks.values():
             net.to("cpu")
@@ -227,6 +247,8 @@ def predict_sequence(model: Model, sequence, region=None, *, device="auto", prog
         offset, scale = p.target_scale or (0.0, 1.0)
         res.value = float(out[0, 0]) * scale + offset
         res.curve, res.curve_name = per[0][:, 0].numpy() * scale + offset, "value per frame"
+        if p.readout == "fraction":
+            res.curve, res.curve_name = per[0][:, 0].numpy(), "relative volume per frame"
     return res
 
 

@@ -6,6 +6,10 @@ subtraction from the first frame, as in DCE reading) into a feature vector;
 ``head``: a ``Linear`` layer applied to the LSTM's final state (the sequence's
 answer) and to its output at every frame (the per-frame curve).  Without ``rnn``
 the frame features are averaged (the order-blind baseline).
+
+The "fraction" readout answers ``(max - min) / max`` of a positive per-frame value
+(the head at every frame), as an ejection fraction is read from the end-diastolic
+and end-systolic volumes; its per-frame curve is that value relative to its maximum.
 """
 from __future__ import annotations
 
@@ -36,7 +40,11 @@ def sequence_networks(size: list, n_out: int, *, features: int = 64, hidden: int
     return specs
 
 
-def run_sequence(nets: dict, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+READOUTS = ("final", "fraction")
+
+
+def run_sequence(nets: dict, x: torch.Tensor, lengths: torch.Tensor,
+                 readout: str = "final") -> tuple[torch.Tensor, torch.Tensor]:
     """(sequence outputs (B, K), per-frame outputs (B, T, K)) for padded frames ``x`` (B, T, *S)."""
     b, t = x.shape[:2]
     keep = torch.arange(t, device=x.device)[None] < lengths.to(x.device)[:, None]  # (B, T): real frames
@@ -56,7 +64,16 @@ def run_sequence(nets: dict, x: torch.Tensor, lengths: torch.Tensor) -> tuple[to
         per_frame, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
         pooled = torch.cat(list(h_n[-(2 if rnn.bidirectional else 1):]), -1)  # last layer, both directions
     head = nets["head"]
+    if readout == "fraction":
+        return _fraction(F.softplus(head(per_frame)) + 1e-3, keep)
     return head(pooled), head(per_frame) * valid
+
+
+def _fraction(volume: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """((max - min) / max over the real frames (B, 1), volume / max (B, T, 1)) of a positive (B, T, 1) value."""
+    top = volume.masked_fill(~keep[..., None], 0.0).amax(1)
+    low = volume.masked_fill(~keep[..., None], float("inf")).amin(1)
+    return (top - low) / top, volume / top[:, None] * keep[..., None]
 
 
 def transfer_encoder(encoder: torch.nn.Module, source) -> int:

@@ -1,0 +1,69 @@
+"""Re-make README screenshots of dock widgets at laptop size (1366x768), driving them as a user would.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/readme_screenshots.py finetune --out docs/images
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import napari
+import numpy as np
+from qtpy.QtWidgets import QApplication
+
+from napari_medgen.sample_data import brain_t1, brain_tissue
+
+
+def wait_for(condition, timeout: float) -> None:
+    """Run the Qt event loop until ``condition()`` holds (or ``timeout`` seconds pass)."""
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def finetune(viewer: napari.Viewer) -> None:
+    """Three painted slices of the tissue map, Interpolate, one 45-second training round."""
+    from napari_medgen._widgets.finetune_widget import FinetuneWidget
+
+    brain, tissue = brain_t1(), brain_tissue()
+    viewer.add_image(brain.data, name="MNI152 T1", **brain.geometry.layer_kwargs())
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    ann = widget.new_annotation_layer()
+    painted = [25, 40, 55]
+    ann.data[painted] = tissue.data[painted]
+    ann.refresh()
+    widget.interpolate().visible = False  # shown in the layer list; the prediction is what this shot is about
+    widget.seconds.setValue(45)
+    done = []
+    widget.runner.done.connect(done.append)
+    widget.train_button.click()
+    wait_for(lambda: done, 300)
+    widget.suggest_button.click()
+    wait_for(lambda: widget.ranking_list.count() > 0, 60)
+    viewer.dims.set_current_step(0, 47)
+
+
+SHOTS = {"finetune": finetune}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("shots", nargs="*", default=list(SHOTS), choices=list(SHOTS))
+    ap.add_argument("--out", default="docs/images")
+    args = ap.parse_args()
+    for name in args.shots:
+        viewer = napari.Viewer()
+        viewer.window.resize(1366, 768)
+        SHOTS[name](viewer)
+        wait_for(lambda: False, 1.0)
+        path = Path(args.out) / f"{name}.png"
+        viewer.screenshot(str(path), canvas_only=False)
+        print("wrote", path, np.asarray(viewer.screenshot(canvas_only=False)).shape)
+        viewer.close()
+
+
+if __name__ == "__main__":
+    main()
