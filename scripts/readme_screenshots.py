@@ -56,8 +56,8 @@ def main() -> None:
     args = ap.parse_args()
     for name in args.shots:
         viewer = napari.Viewer()
-        viewer.window.resize(1366, 768)
         SHOTS[name](viewer)
+        viewer.window.resize(1366, 768)
         wait_for(lambda: False, 1.0)
         path = Path(args.out) / f"{name}.png"
         viewer.screenshot(str(path), canvas_only=False)

@@ -15,10 +15,9 @@ from typing import Optional
 
 import napari
 import numpy as np
-from magicgui.widgets import create_widget
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                            QListWidget, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget,
+                            QPushButton, QSpinBox)
 
 from ..data.interpolate import interpolate_labels
 from ..engine.jobs import Job, ProgressEvent
@@ -26,7 +25,8 @@ from ..io import Geometry, ImageData, write_image
 from ..models.segmentation import builtin_models, class_colors, class_names
 from ..tasks.finetune import FRESH, complete_labels, finetune
 from ..tasks.uncertainty import rank_slices
-from ._layers import show_result
+from ._layers import row, show_result
+from ._panel import Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
@@ -54,21 +54,20 @@ def train_round(image: ImageData, labels: np.ndarray, start, *, project: Optiona
     return model, history, prediction
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(Panel):
     """Image + annotation layers, start model, annotation style, budget; Interpolate / Train / Stop / Accept /
     Suggest / Save."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.model = None  # the latest trained Model
         self.prediction: Optional[napari.layers.Labels] = None
         self.ranking: list = []
         self.round = 0
         self._x = 0  # plot x: training steps of all rounds so far
 
-        self.image = create_widget(annotation=napari.layers.Image, label="image")
-        self.labels = create_widget(annotation=napari.layers.Labels, label="annotations")
+        self.image = self.layer_picker(napari.layers.Image, tooltip="The image to segment.")
+        self.labels = self.layer_picker(napari.layers.Labels, tooltip="The layer you paint a few slices of.")
         self.start = QComboBox()
         self.start.setEditable(True)
         self.start.addItems([FRESH] + builtin_models())
@@ -84,13 +83,13 @@ class FinetuneWidget(QWidget):
         self.axis.addItems(["auto", "0", "1", "2"])
         self.axis.setToolTip("Training slice axis; auto: the axis with the most painted slices. Slices painted "
                              "along the other axes count too.")
-        self.style = QComboBox()
-        self.style.addItems(["dense: painted slices are complete", "sparse: scribbles, 0 is unknown"])
+        self.painting = QComboBox()
+        self.painting.addItems(["dense: painted slices are complete", "sparse: scribbles, 0 is unknown"])
         self.background = QSpinBox()
         self.background.setRange(1, 255)
         self.background.setEnabled(False)
         self.background.setToolTip("Sparse mode: the label value you paint on background.")
-        self.style.currentIndexChanged.connect(lambda i: self.background.setEnabled(i == 1))
+        self.painting.currentIndexChanged.connect(lambda i: self.background.setEnabled(i == 1))
         self.seconds = QSpinBox()
         self.seconds.setRange(1, 36_000)
         self.seconds.setValue(60)
@@ -133,36 +132,26 @@ class FinetuneWidget(QWidget):
         for b in (self.accept_button, self.suggest_button, self.save_button):
             b.setEnabled(False)
 
-        form = QFormLayout()
+        form = self.form()
         form.addRow("image", self.image.native)
         form.addRow("annotations", self.labels.native)
         form.addRow("", new_layer)
         form.addRow("", interpolate)
         form.addRow("start from", start_row)
         form.addRow("", self.resume)
-        form.addRow("slice axis", self.axis)
-        form.addRow("style", self.style)
-        form.addRow("background label", self.background)
         form.addRow("budget", self.seconds)
-        form.addRow("device", self.device)
-        form.addRow("project", project_row)
-        actions = QHBoxLayout()
-        actions.addWidget(self.accept_button)
-        actions.addWidget(self.suggest_button)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addWidget(self.device_line)
-        lay.addWidget(self.train_button)
-        lay.addWidget(self.runner)
-        lay.addWidget(self.plot)
-        lay.addWidget(self.summary)
-        lay.addLayout(actions)
-        lay.addWidget(self.ranking_list)
-        lay.addWidget(self.save_button)
-        lay.addStretch(1)
-        for w in (self.image, self.labels):
-            self.viewer.layers.events.inserted.connect(w.reset_choices)
-            self.viewer.layers.events.removed.connect(w.reset_choices)
+        adv = self.advanced()
+        adv.addRow("slice axis", self.axis)
+        adv.addRow("style", self.painting)
+        adv.addRow("background label", self.background)
+        adv.addRow("device", self.device)
+        adv.addRow(self.device_line)
+        adv.addRow("project", project_row)
+        for w in (self.train_button, self.plot, self.summary, row(self.accept_button, self.suggest_button),
+                  self.ranking_list, self.save_button):
+            self.body.addWidget(w)
+        self.body.addStretch(1)
+        self.footer(self.runner)  # progress, Stop and Cancel stay visible whatever is scrolled
 
     # --- training --------------------------------------------------------------------------
     def _inputs(self):
@@ -221,7 +210,7 @@ class FinetuneWidget(QWidget):
         if inputs is None:
             return
         image, annotations = inputs
-        sparse = self.style.currentIndex() == 1
+        sparse = self.painting.currentIndex() == 1
         self._source = self.image.value
         self.runner.start(train_round, image, annotations, self._start_model(),
                           project=self.project.text().strip() or None, round_index=self.round + 1,
@@ -316,7 +305,7 @@ class FinetuneWidget(QWidget):
         if lab.ndim == 3:
             index[axis] = k
         pred = np.asarray(self.prediction.data[tuple(index)]).astype(np.int64)
-        if self.style.currentIndex() == 1:
+        if self.painting.currentIndex() == 1:
             pred = np.where(pred == 0, self.background.value(), pred)
         free = (np.asarray(lab.data[tuple(index)]) == 0) & (pred != 0)
         coords = list(np.nonzero(free))
