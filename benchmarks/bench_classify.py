@@ -2,35 +2,35 @@
 
 Data (all offline; nothing here is committed):
 
-- tuning set: axial slices of the packaged MNI152 2009 2 mm T1 with lesions inserted by
-  ``data.lesions.inject_lesions`` (seed 1), each lesion slice beside its lesion-free original;
+- lesion training set: axial slices of the packaged MNI152 2 mm T1 resampled to 1 mm, with lesions
+  inserted by ``data.lesions.inject_lesions`` (seed 1), each lesion slice beside its lesion-free original;
 - untuned lesion sets: nilearn's ICBM152 2009a 1 mm T1 (the same template family as the
   sample, at another resolution: NOT a new subject) and nibabel's test ``anatomical.nii`` (a
   different real subject, 2 mm), lesions from other seeds;
-- scan type (CT / T1 / EPI): training on the Debian ``invesalius-examples`` head CT
-  (``apt-get install invesalius-examples``), the sample T1 and volume 0 of nibabel's
-  ``example4d.nii.gz`` (EPI); testing on pydicom's ``CT_small.dcm``, ``anatomical.nii`` (T1),
-  nilearn's ICBM152 (T1, same template as training) and nibabel's ``functional.nii`` (EPI).
+- scan type, split by subject (see ``classify_scans.py`` for the sources): 2D CT / MR / US from
+  pydicom-data, pydicom, Debian's invesalius-examples and insighttoolkit5-examples, nibabel, nilearn
+  and dipy files; 3D T1 / EPI volumes, leave one subject out.
 
 Every model gets the same wall-clock budget; the baseline is MONAI's DenseNet121 on the same
 prepared inputs (Adam 1e-4, cross-entropy, random batches of 8) with last-layer Grad-CAM.
+The script writes the tables of the ``--parts`` it runs to ``--out``:
 
-    nice -n 10 python benchmarks/bench_classify.py --seconds 60 --out docs/bench_classify.md
+    pip install --no-deps --target /tmp/pydicom-data pydicom-data
+    pip install --no-deps --target /tmp/dipy-files dipy
+    apt-get install -y invesalius-examples insighttoolkit5-examples
+    nice -n 10 python benchmarks/bench_classify.py --parts scan2d scan3d --seconds 90 --out /tmp/scan.md
+    nice -n 10 python benchmarks/bench_classify.py --parts lesion --seconds 120 --out /tmp/lesion.md
 """
 from __future__ import annotations
 
 import argparse
 import platform
-import plistlib
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 import nibabel
 import nilearn
 import numpy as np
-import pydicom
 import torch
 import torch.nn.functional as F
 from monai.metrics import compute_roc_auc
@@ -39,7 +39,9 @@ from monai.visualize import GradCAM
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+import classify_scans
 from napari_medgen.data.lesions import inject_lesions
+from napari_medgen.data.resample import resize, target_shape
 from napari_medgen.errors import NothingLearnedError
 from napari_medgen.io import Geometry, ImageData, read_image
 from napari_medgen.sample_data import brain_t1, brain_tissue
@@ -48,8 +50,9 @@ from napari_medgen.tasks.classify_data import DEFAULT_SPEC, as_images, prepare, 
 
 NIBABEL = Path(nibabel.__file__).parent / "tests" / "data"
 NILEARN = Path(nilearn.__file__).parent / "datasets" / "data"
-CRANIUM = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
-LESIONS = {"n": 40, "radii": (2.0, 3.0, 4.0), "polarity": "both", "contrast": 0.5}
+LESIONS = {"n": 40, "radii": (2.0, 3.0, 4.0), "polarity": "both", "contrast": 0.5}  # radii in voxels
+TRAIN_MM = 1.0  # training lesions are inserted into the sample resampled to 1 mm: 2-4 mm radii, as on ICBM152
+SMALL_MM = 6.0  # lesions less than this across (in their slice) count as small
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -63,10 +66,10 @@ def head_mask(vol: np.ndarray) -> np.ndarray:
     return ndimage.binary_erosion(m, iterations=2)
 
 
-def lesion_slices(img: ImageData, mask: np.ndarray, seed: int, step: int = 1, min_area: int = 300):
+def lesion_slices(img: ImageData, mask: np.ndarray, seed: int, step: int = 1, min_area: int = 300, radii=None):
     """(images, labels, lesion masks): each slice with a lesion, and lesion-free slices."""
     vol = img.data.astype(np.float32)
-    les, lm = inject_lesions(vol, mask, seed=seed, **LESIONS)
+    les, lm = inject_lesions(vol, mask, seed=seed, **{**LESIONS, **({"radii": radii} if radii else {})})
     geo = slice_geometry(img)
     out = ([], [], [])
     for z in range(0, len(vol), step):
@@ -80,6 +83,14 @@ def lesion_slices(img: ImageData, mask: np.ndarray, seed: int, step: int = 1, mi
     return out
 
 
+def at_spacing(img: ImageData, mask: np.ndarray, mm: float) -> tuple[ImageData, np.ndarray]:
+    """``img`` and its mask resampled to isotropic ``mm`` (linear / nearest)."""
+    shape = target_shape(img.data.shape, img.geometry.spacing, [mm] * 3)
+    data = resize(img.data.astype(np.float32), shape)
+    m = resize(mask.astype(np.float32), shape) > 0.5
+    return ImageData(data, Geometry((mm,) * 3, img.geometry.origin, np.eye(3)), img.name), m
+
+
 def icbm() -> tuple[ImageData, np.ndarray]:
     img = read_image(NILEARN / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
     gm = read_image(NILEARN / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz").data
@@ -87,47 +98,9 @@ def icbm() -> tuple[ImageData, np.ndarray]:
     return img, (gm + wm) > 0.5
 
 
-def cranium() -> ImageData:
-    with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(CRANIUM) as tar:
-            tar.extractall(tmp, filter="data")
-        main = next(Path(tmp).glob("*/main.plist"))
-        meta = plistlib.loads(main.read_bytes())
-        vol = np.fromfile(main.parent / meta["matrix"]["filename"], np.int16).reshape(meta["matrix"]["shape"])
-    sx, sy, sz = meta["spacing"]
-    return ImageData(vol, Geometry((sz, sy, sx), (0, 0, 0), np.eye(3)), "Cranium CT", metadata={"modality": "CT"})
-
-
-def axial(img: ImageData, label: str, step: int = 1, min_fraction: float = 0.15):
-    """Axial slices of ``img`` that are at least ``min_fraction`` foreground."""
-    vol = img.data
-    fg = vol > threshold_otsu(vol)
-    geo = slice_geometry(img)
-    keep = [z for z in range(0, len(vol), step) if fg[z].mean() >= min_fraction]
-    return [ImageData(vol[z], geo, f"{img.name} {z}", metadata=dict(img.metadata)) for z in keep], [label] * len(keep)
-
-
-def frame(path: Path, t: int, name: str) -> ImageData:
-    nii = nibabel.load(path)
-    arr = np.asarray(nii.dataobj[..., t], np.float32)
-    zooms = nii.header.get_zooms()[:3]
-    return ImageData(np.ascontiguousarray(arr.transpose(2, 1, 0)), Geometry(zooms[::-1], (0, 0, 0), np.eye(3)), name)
-
-
-def crops(img: ImageData, n: int, rng) -> list[ImageData]:
-    """``n`` random sub-volumes (60-100 % of each extent): more 3D training images from one scan."""
-    out = []
-    for i in range(n):
-        ext = [max(4, int(s * rng.uniform(0.6, 1.0))) for s in img.data.shape]
-        start = [int(rng.integers(0, s - e + 1)) for s, e in zip(img.data.shape, ext)]
-        sl = tuple(slice(a, a + e) for a, e in zip(start, ext))
-        out.append(ImageData(img.data[sl], img.geometry, f"{img.name} crop {i}", metadata=dict(img.metadata)))
-    return out
-
-
 # --- baseline ------------------------------------------------------------------------------------
-def train_densenet(images, labels, classes, size, spacing, seconds, dims):
-    x = torch.as_tensor(np.stack([prepare(im, DEFAULT_SPEC, spacing, size)[0] for im in as_images(images)]))[:, None]
+def train_densenet(images, labels, classes, size, spacing, seconds, dims, spec=DEFAULT_SPEC):
+    x = torch.as_tensor(np.stack([prepare(im, spec, spacing, size)[0] for im in as_images(images)]))[:, None]
     y = torch.as_tensor([classes.index(lab) for lab in labels])
     net = DenseNet121(spatial_dims=dims, in_channels=1, out_channels=len(classes))
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -144,17 +117,17 @@ def train_densenet(images, labels, classes, size, spacing, seconds, dims):
     return net.eval(), steps
 
 
-def densenet_predict(net, images, classes, size, spacing, target=None):
+def densenet_predict(net, images, classes, size, spacing, target=None, spec=DEFAULT_SPEC):
     probs, maps = [], []
     cam = GradCAM(net, target_layers="class_layers.relu", postprocessing=unit_scale)
     for im in images:
-        x, _ = prepare(im, DEFAULT_SPEC, spacing, size)
+        x, placement = prepare(im, spec, spacing, size)
         xt = torch.as_tensor(x)[None, None]
         with torch.no_grad():
             probs.append(torch.softmax(net(xt), 1)[0].numpy())
         if target is not None:
             hm = cam(xt.requires_grad_(True), class_idx=classes.index(target))[0, 0].detach().numpy()
-            maps.append(to_image_grid(hm, prepare(im, DEFAULT_SPEC, spacing, size)[1], im.data.shape))
+            maps.append(to_image_grid(hm, placement, im.data.shape))
     return np.array(probs), maps
 
 
@@ -163,10 +136,10 @@ def auroc(p_pos: np.ndarray, truth: np.ndarray) -> float:
     return float(compute_roc_auc(torch.as_tensor(p_pos, dtype=torch.float32), torch.as_tensor(truth * 1.0)))
 
 
-def pointing(maps, masks) -> float:
-    hits = [ndimage.distance_transform_edt(~m)[np.unravel_index(np.argmax(h), h.shape)] <= 10
-            for h, m in zip(maps, masks) if m is not None]
-    return float(np.mean(hits))
+def pointing_hits(maps, masks) -> np.ndarray:
+    """Per lesion image: does the heatmap maximum lie within 10 px of the lesion?"""
+    return np.array([ndimage.distance_transform_edt(~m)[np.unravel_index(np.argmax(h), h.shape)] <= 10
+                     for h, m in zip(maps, masks) if m is not None])
 
 
 def ours_lesion_eval(model, images, masks):
@@ -175,9 +148,24 @@ def ours_lesion_eval(model, images, masks):
     return p, [r.heatmap for r, m in zip(rs, masks) if m is not None]
 
 
-def lesion_row(name, p, maps, labels, masks, seconds):
+def lesion_row(name, p, maps, labels, masks, seconds, mm: float) -> str:
+    """AUROC and pointing game, overall and for small / larger lesions (lesion slices of that size vs all healthy)."""
     truth = np.array([lab == "lesion" for lab in labels])
-    return f"| {name} | {auroc(p, truth):.3f} | {pointing(maps, [m for m in masks if m is not None]):.2f} | {seconds:.0f} |"
+    lesion_masks = [m for m in masks if m is not None]
+    hits = pointing_hits(maps, lesion_masks)
+    small = np.array([2 * np.sqrt(m.sum() / np.pi) * mm < SMALL_MM for m in lesion_masks])
+    cells = [f"{auroc(p, truth):.3f}", f"{hits.mean():.2f}"]
+    for sel in (small, ~small):
+        pp = np.concatenate([p[truth][sel], p[~truth]])
+        tt = np.r_[np.ones(sel.sum()), np.zeros((~truth).sum())]
+        cells += [f"{auroc(pp, tt):.3f}", f"{hits[sel].mean():.2f}"] if sel.any() else ["-", "-"]
+    return f"| {name} | {' | '.join(cells)} | {seconds:.0f} |"
+
+
+def size_counts(labels, masks, mm: float) -> str:
+    across = [2 * np.sqrt(m.sum() / np.pi) * mm for m in masks if m is not None]
+    return (f"{sum(a < SMALL_MM for a in across)} lesion slices < {SMALL_MM:.0f} mm across, "
+            f"{sum(a >= SMALL_MM for a in across)} larger")
 
 
 def train_ours(images, labels, seconds, **kw):
@@ -189,63 +177,169 @@ def train_ours(images, labels, seconds, **kw):
     return model, time.monotonic() - t0
 
 
+# --- scan type -----------------------------------------------------------------------------------
+PCT = {"kind": "percentile", "lower": 0.5, "upper": 99.5}  # the same for every class: no HU window from tags
+
+
+def scan_rows(names, labels, fold, probs, classes) -> list[str]:
+    """Per-subject rows and the totals: image accuracy, balanced accuracy, subject accuracy."""
+    rows = ["| class | held-out subject | fold | images | ours | DenseNet121 |", "|---|---|---|---|---|---|"]
+    hits = {"ours": [], "dn": []}
+    subj = {"ours": [], "dn": []}
+    truth = []
+    for i, name in enumerate(names):
+        t = classes.index(labels[i])
+        cells = []
+        for m in ("ours", "dn"):
+            ok = probs[m][i].argmax(1) == t
+            hits[m] += list(ok)
+            subj[m].append(probs[m][i].mean(0).argmax() == t)
+            cells.append(f"{ok.mean():.2f}")
+        truth += [t] * len(probs["ours"][i])
+        rows.append(f"| {labels[i]} | {name} | {fold[i]} | {len(probs['ours'][i])} | {cells[0]} | {cells[1]} |")
+    truth = np.array(truth)
+    bal = {m: np.mean([np.mean(np.array(h)[truth == c]) for c in np.unique(truth)]) for m, h in hits.items()}
+    rows += [f"| all | accuracy over images | | {len(truth)} | {np.mean(hits['ours']):.2f} | "
+             f"{np.mean(hits['dn']):.2f} |",
+             f"| all | balanced accuracy (mean over classes) | | {len(truth)} | {bal['ours']:.2f} | {bal['dn']:.2f} |",
+             f"| all | subjects right (mean probability of their images) | | {len(names)} | "
+             f"{np.mean(subj['ours']):.2f} | {np.mean(subj['dn']):.2f} |"]
+    return rows
+
+
+def scan_type(args, dims: int) -> list[str]:
+    """Scan type on held-out subjects: 2D CT / MR / US by subject folds, 3D T1 / EPI leave-one-subject-out."""
+    icbm_t1 = (lambda: icbm()[0])
+    if dims == 2:
+        subs = classify_scans.subjects_2d(args.pydicom_data, classify_scans.cranium, icbm_t1, args.dipy_files)
+        names, labels, loads = [s.name for s in subs], [s.label for s in subs], [s.load for s in subs]
+        fold = classify_scans.folds(labels, args.folds)
+        data = [ld() for ld in loads]
+        size, kw, seconds = (128, 128), {}, args.seconds
+    else:
+        subs = classify_scans.subjects_3d(icbm_t1, None)
+        names, labels = [n for n, _, _ in subs], [lab for _, lab, _ in subs]
+        fold = list(range(len(subs)))
+        data = [[ld()] for _, _, ld in subs]
+        size, kw, seconds = (32, 32, 32), {"body": {"channels": [8, 16, 32], "strides": [2, 2]}}, args.seconds3d
+    classes = sorted(set(labels))
+    probs = {"ours": [None] * len(names), "dn": [None] * len(names)}
+    rng = np.random.default_rng(1)
+    steps = []
+    for k in sorted(set(fold)):
+        x, y = [], []
+        for i in (i for i in range(len(names)) if fold[i] != k):
+            ims = data[i] if dims == 2 else classify_scans.crops(data[i][0], classify_scans.PER_SUBJECT, rng)
+            x += [ims[j % len(ims)] for j in range(classify_scans.PER_SUBJECT)]  # each subject equally often
+            y += [labels[i]] * classify_scans.PER_SUBJECT
+        model, _ = train_ours(x, y, seconds, size=size, normalization=PCT, val_fraction=0, **kw)
+        spacing = model.params.spacing
+        dn, n = train_densenet(x, y, classes, size, spacing, seconds, dims, spec=PCT)
+        steps.append(n)
+        for i in (i for i in range(len(names)) if fold[i] == k):
+            probs["ours"][i] = np.array([[classify(model, im, heatmap=False).probabilities[c] for c in classes]
+                                         for im in data[i]])
+            probs["dn"][i] = densenet_predict(dn, data[i], classes, size, spacing, spec=PCT)[0]
+        print(f"fold {k} done", flush=True)
+    per_class = {c: labels.count(c) for c in classes}
+    head = (f"\n### Scan type {dims}D ({' / '.join(classes)}), held-out subjects\n\n"
+            f"Subjects per class: {per_class}. "
+            + (f"{args.folds} folds by subject (round robin within each class); each model trains {seconds:.0f} s "
+               f"per fold on the other folds' subjects, up to {classify_scans.PER_SUBJECT} images per subject "
+               "(axial slices spread over the volume, frames of a clip), each subject repeated to "
+               f"{classify_scans.PER_SUBJECT} so that every subject weighs the same"
+               if dims == 2 else
+               f"leave one subject out; each model trains {seconds:.0f} s per fold on "
+               f"{classify_scans.PER_SUBJECT} random sub-volumes (60-100 % extent) of each other subject")
+            + f"; network grid {'x'.join(map(str, size))}; DenseNet121 made {min(steps)}-{max(steps)} steps "
+            "in the same time. Intensities: per-image percentiles 0.5-99.5 for every image (no HU window "
+            "chosen from the DICOM modality tag). Accuracy of the held-out subjects' images:\n")
+    return [head] + scan_rows(names, labels, fold, probs, classes)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--seconds", type=float, default=60.0, help="training wall time per 2D model")
+    ap.add_argument("--seconds3d", type=float, default=30.0, help="training wall time per 3D model and fold")
     ap.add_argument("--out", default="docs/bench_classify.md")
+    ap.add_argument("--parts", nargs="+", default=["lesion", "transfer", "scan2d", "scan3d"],
+                    choices=["lesion", "transfer", "scan2d", "scan3d"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
-    ap.add_argument("--lesion-only", action="store_true",
-                    help="only ours from brain-tissue-2d on the lesion sets (e.g. with a longer budget)")
+    ap.add_argument("--folds", type=int, default=3, help="subject folds of the 2D scan-type set")
+    ap.add_argument("--pydicom-data", type=Path, default=Path("/tmp/pydicom-data/data_store/data"),
+                    help="pydicom-data's files: pip install --target /tmp/pydicom-data pydicom-data")
+    ap.add_argument("--dipy-files", type=Path, default=Path("/tmp/dipy-files/dipy/data/files"),
+                    help="dipy's shipped files: pip install --no-deps --target /tmp/dipy-files dipy")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    S = args.seconds
-    lines = [f"## Classification (issue 13)\n",
+    lines = ["## Classification (issue 13)\n",
              f"CPU only (torch {torch.__version__}, 1 thread, {platform.machine()}, a 2-core machine shared with "
-             f"other jobs; no GPU in this session). Every model trains for the same wall time, {S:.0f} s. "
+             f"other jobs; no GPU in this session). Within a table every model trains for the same wall time. "
              "Ours = `train_classifier` (U-Net body, per-pixel class evidence pooled by log-sum-exp, Grad-CAM on the "
              "full-resolution output); baseline = MONAI `DenseNet121`, Adam 1e-4, cross-entropy, same prepared "
-             "inputs (resampled, normalised, fitted to 128x128 / 32^3), Grad-CAM on its last layer.\n"]
+             "inputs (resampled, normalised, fitted to the same grid), Grad-CAM on its last layer.\n"]
+    if "lesion" in args.parts or "transfer" in args.parts:
+        lines += lesion_parts(args)
+    for dims, part in ((2, "scan2d"), (3, "scan3d")):
+        if part in args.parts:
+            lines += scan_type(args, dims)
+            print("\n".join(lines[-12:]), flush=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
 
+
+def lesion_parts(args) -> list[str]:
+    S, lines = args.seconds, []
     # 1. lesion presence and pointing game
     b, t = brain_t1(), brain_tissue()
-    tr_imgs, tr_labels, _ = lesion_slices(b, t.data > 0, seed=1)
+    old_imgs, old_labels, _ = lesion_slices(b, t.data > 0, seed=1)
+    fine, fine_mask = at_spacing(b, t.data > 0, TRAIN_MM)
+    tr_imgs, tr_labels, tr_masks = lesion_slices(fine, fine_mask, seed=1, step=2, min_area=1200)
     ic_img, ic_mask = icbm()
-    ev = {"ICBM152 2009a 1 mm (same template, other resolution)": lesion_slices(ic_img, ic_mask, seed=7, step=3,
-                                                                             min_area=1200),
-          "nibabel anatomical.nii (other subject, 2 mm)": None}
     anat = read_image(NIBABEL / "anatomical.nii")
-    ev["nibabel anatomical.nii (other subject, 2 mm)"] = lesion_slices(anat, head_mask(anat.data.astype(np.float32)),
-                                                                       seed=3, min_area=150)
-    lines.append(f"### Lesion present? (2D axial slices)\n\nTrained on the tuning set ({len(tr_imgs)} slices of the "
-                 f"sample, {tr_labels.count('lesion')} with lesions; inserted lesions: {LESIONS}). Pointing game: "
-                 "share of lesion slices whose heatmap maximum lies within 10 px of the lesion mask.\n")
-    models = {}
-    models["ours, from brain-tissue-2d"] = train_ours(tr_imgs, tr_labels, S, pretrained="brain-tissue-2d")
-    if not args.lesion_only:
+    ev = {"ICBM152 2009a 1 mm (same template, other resolution)":
+          (lesion_slices(ic_img, ic_mask, seed=7, step=3, min_area=1200), float(ic_img.geometry.spacing[1])),
+          "nibabel anatomical.nii (other subject, 2 mm)":
+          (lesion_slices(anat, head_mask(anat.data.astype(np.float32)), seed=3, min_area=150),
+           float(anat.geometry.spacing[1]))}
+    lines.append(f"### Lesion present? (2D axial slices)\n\nTraining set: every 2nd axial slice of the sample T1 "
+                 f"resampled to {TRAIN_MM:g} mm with lesions inserted there ({LESIONS}, radii in voxels, seed 1), each "
+                 f"lesion slice beside its lesion-free original: {len(tr_imgs)} slices, {tr_labels.count('lesion')} "
+                 f"with lesions ({size_counts(tr_labels, tr_masks, TRAIN_MM)}). The row 'lesions at 2 mm' trains instead on "
+                 f"the earlier set: the same lesions inserted at the sample's own 2 mm ({len(old_imgs)} slices), "
+                 "so twice as large. Test sets (untuned, other seeds): the same lesion generator, 2-4 mm radii on "
+                 "ICBM152 at 1 mm, 4-8 mm on anatomical.nii at 2 mm. Pointing game: share of lesion slices whose heatmap "
+                 f"maximum lies within 10 px of the lesion mask; 'small' = less than {SMALL_MM:.0f} mm across in its "
+                 "slice (AUROC of those lesion slices against all healthy slices).\n")
+    models = {"ours, from brain-tissue-2d": train_ours(tr_imgs, tr_labels, S, pretrained="brain-tissue-2d")}
+    if "lesion" in args.parts:
+        models["ours, from brain-tissue-2d, lesions at 2 mm"] = train_ours(old_imgs, old_labels, S,
+                                                                         pretrained="brain-tissue-2d")
         models["ours, from scratch"] = train_ours(tr_imgs, tr_labels, S)
-        dn, dn_steps = train_densenet(tr_imgs, tr_labels, ["healthy", "lesion"], (128, 128), [2.0, 2.0], S, 2)
-    for ev_name, (imgs, labels, masks) in ev.items():
-        lines += [f"\n{ev_name}: {len(imgs)} slices, {labels.count('lesion')} with lesions.\n",
-                  "| model | lesion AUROC | pointing game | train s |", "|---|---|---|---|"]
+        spacing = models["ours, from brain-tissue-2d"][0].params.spacing
+        dn, dn_steps = train_densenet(tr_imgs, tr_labels, ["healthy", "lesion"], (128, 128), spacing, S, 2)
+    for ev_name, ((imgs, labels, masks), ev_mm) in ev.items():
+        lines += [f"\n{ev_name}: {len(imgs)} slices, {labels.count('lesion')} with lesions "
+                  f"({size_counts(labels, masks, ev_mm)}).\n",
+                  "| model | lesion AUROC | pointing game | AUROC small | pointing small | AUROC larger | "
+                  "pointing larger | train s |", "|---|---|---|---|---|---|---|---|"]
         for name, (model, secs) in models.items():
             if model is None:
-                lines.append(f"| {name} | learned nothing | - | {secs:.0f} |")
+                lines.append(f"| {name} | learned nothing | - | - | - | - | - | {secs:.0f} |")
                 continue
             p, maps = ours_lesion_eval(model, imgs, masks)
-            lines.append(lesion_row(name, p, maps, labels, masks, secs))
-        if args.lesion_only:
+            lines.append(lesion_row(name, p, maps, labels, masks, secs, ev_mm))
+        if "lesion" not in args.parts:
             continue
-        probs, maps = densenet_predict(dn, [im for im in imgs], ["healthy", "lesion"], (128, 128), [2.0, 2.0],
+        probs, maps = densenet_predict(dn, [im for im in imgs], ["healthy", "lesion"], (128, 128), spacing,
                                        target="lesion")
         lesion_maps = [mp for mp, m in zip(maps, masks) if m is not None]
-        lines.append(lesion_row(f"DenseNet121 ({dn_steps} steps)", probs[:, 1], lesion_maps, labels, masks, S))
-        print("\n".join(lines[-6:]), flush=True)
+        lines.append(lesion_row(f"DenseNet121 ({dn_steps} steps)", probs[:, 1], lesion_maps, labels, masks, S, ev_mm))
+        print("\n".join(lines[-7:]), flush=True)
 
-    if args.lesion_only:
-        Path(args.out).write_text("\n".join(lines) + "\n")
-        return
+    if "transfer" not in args.parts:
+        return lines
     # 2. transfer vs scratch by training-set size (evaluated on the ICBM set)
-    imgs, labels, masks = next(iter(ev.values()))
+    (imgs, labels, masks), _ = next(iter(ev.values()))
     truth = np.array([lab == "lesion" for lab in labels])
     rng = np.random.default_rng(0)
     pos = [i for i, lab in enumerate(tr_labels) if lab == "lesion"]
@@ -269,56 +363,7 @@ def main() -> None:
         lines.append("".join(row))
         print(lines[-1], flush=True)
 
-    # 3. scan type, 2D and 3D
-    ct = cranium()
-    epi0 = frame(NIBABEL / "example4d.nii.gz", 0, "example4d EPI")
-    tr = [axial(ct, "CT", 3), axial(b, "T1", 2), axial(epi0, "EPI", 1)]
-    s_imgs = [im for ims, _ in tr for im in ims]
-    s_labels = [lab for _, labs in tr for lab in labs]
-    ct_small = read_image(pydicom.data.get_testdata_file("CT_small.dcm"))
-    func = frame(NIBABEL / "functional.nii", 0, "functional EPI")
-    tests = {"CT: pydicom CT_small.dcm": ([ct_small], ["CT"]),
-             "T1: nibabel anatomical.nii": axial(anat, "T1", 1),
-             "T1: ICBM152 1 mm (same template as training)": axial(ic_img, "T1", 6),
-             "EPI: nibabel functional.nii": axial(func, "EPI", 1, 0.05)}
-    classes = ["CT", "EPI", "T1"]
-    lines += ["\n### Scan type (CT / T1 / EPI)\n",
-              f"Training: {len(s_imgs)} slices (Cranium CT every 3rd axial slice, sample T1 every 2nd, example4d "
-              "volume 0). 3D: 8 random sub-volumes (60-100 % extent) of each of the same three volumes, 32^3 "
-              "network grid. Test sets are other scans; accuracy per test set (n).\n"]
-    runs = {"2D": (s_imgs, s_labels, tests, (128, 128))}
-    rng = np.random.default_rng(1)
-    vols = [crops(v, 8, rng) for v in (ct, b, epi0)]
-    runs["3D"] = ([c for cs in vols for c in cs], [lab for lab in ("CT", "T1", "EPI") for _ in range(8)],
-                  {"T1: nibabel anatomical.nii": ([anat], ["T1"]),
-                   "T1: ICBM152 1 mm (same template)": ([ic_img], ["T1"]),
-                   "EPI: nibabel functional.nii": ([func], ["EPI"]),
-                   "EPI: example4d volume 1 (same subject, other time point)":
-                       ([frame(NIBABEL / "example4d.nii.gz", 1, "example4d 1")], ["EPI"])}, (32, 32, 32))
-    for dim, (x, y, tset, size) in runs.items():
-        kw = {"size": size} if dim == "2D" else {"size": size, "body": {"channels": [8, 16, 32], "strides": [2, 2]}}
-        model, secs = train_ours(x, y, S, **kw)
-        spacing = model.params.spacing if model is not None else [4.0] * len(size)
-        dn, dn_steps = train_densenet(x, y, classes, size, spacing, S, len(size))
-        lines += [f"\n{dim}: ours {secs:.0f} s, DenseNet121 {dn_steps} steps in {S:.0f} s.\n",
-                  "| test set | n | ours | DenseNet121 |", "|---|---|---|---|"]
-        tot = {"ours": [], "dn": [], "cls": []}
-        for name, (ims, labs) in tset.items():
-            ours = ([classify(model, im, heatmap=False).label == lab for im, lab in zip(ims, labs)] if model
-                    else [False] * len(ims))
-            dnp = densenet_predict(dn, ims, classes, size, spacing)[0]
-            dnr = [classes[int(p.argmax())] == lab for p, lab in zip(dnp, labs)]
-            tot["ours"] += ours
-            tot["dn"] += dnr
-            tot["cls"] += list(labs)
-            lines.append(f"| {name} | {len(ims)} | {np.mean(ours):.2f} | {np.mean(dnr):.2f} |")
-        lines.append(f"| all (accuracy) | {len(tot['dn'])} | {np.mean(tot['ours']):.2f} | {np.mean(tot['dn']):.2f} |")
-        per = {k: [np.mean([ok for ok, c in zip(v, tot["cls"]) if c == cl]) for cl in sorted(set(tot["cls"]))]
-               for k, v in tot.items() if k != "cls"}
-        lines.append(f"| all (balanced: mean over true classes) | {len(tot['dn'])} | {np.mean(per['ours']):.2f} | "
-                     f"{np.mean(per['dn']):.2f} |")
-        print("\n".join(lines[-8:]), flush=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    return lines
 
 
 if __name__ == "__main__":

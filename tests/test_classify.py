@@ -82,6 +82,17 @@ def test_matrix_size_carries_no_information(brain):
     assert pa == pb and np.abs(a - b).mean() < 0.02
 
 
+def test_a_finer_image_is_low_passed_not_aliased():
+    """Noise of 0.5 mm pixels on a 2 mm grid averages out as a 2 mm acquisition would (anti-aliasing)."""
+    noise = np.random.default_rng(0).random((256, 256)).astype(np.float32)
+    img = ImageData(noise, Geometry((0.5, 0.5), (0, 0), np.eye(2)))
+    x, placement = prepare(img, {"kind": "window", "low": 0.0, "high": 1.0}, [2.0, 2.0], (64, 64))
+    assert placement.shape == (64, 64)
+    # a 4x4 box average would leave std(noise) / 4; plain bilinear resampling leaves about half of it
+    assert x[4:-4, 4:-4].std() < 0.35 * noise.std()
+    assert abs(x.mean() - noise.mean()) < 0.02
+
+
 def test_to_image_grid_inverts_crop_and_pad():
     values = np.arange(64, dtype=np.float32).reshape(8, 8)
     placement = Placement(shape=(12, 4), offset=(-2, 2))  # rows cropped, columns padded
@@ -126,6 +137,28 @@ def test_transfer_from_a_unet_state_dict(tmp_path, contrasts):
     assert torch.equal(model.networks["net"].state_dict()[enc], net.state_dict()[enc])  # frozen all along
     with pytest.raises(UserError, match="holds a 2D network; these images need a 3D one"):
         pretrained_source(str(tmp_path / "mine.pt"), 3)
+
+
+def test_transfer_from_a_torchvision_resnet(tmp_path, contrasts, brain):
+    from torchvision.models import resnet18
+
+    src = resnet18(weights=None).state_dict()  # the user's own weights file (random here; nothing downloaded)
+    torch.save(src, tmp_path / "r18.pth")
+    imgs, labels = contrasts
+    model, h = train_classifier(imgs[:4], labels[:4], pretrained=str(tmp_path / "r18.pth"), size=(64, 64),
+                                steps=2, batch_size=2, freeze=1.0, val_fraction=0, augment=False)
+    own = model.networks["net"].state_dict()
+    assert model.config.networks["net"].arch == "FlexibleUNet" and "resnet18" in model.params.pretrained
+    assert torch.equal(own["encoder.layer3.1.conv2.weight"], src["layer3.1.conv2.weight"])  # frozen all along
+    assert torch.allclose(own["encoder.conv1.weight"], src["conv1.weight"].sum(1, keepdim=True))  # RGB -> grey
+    r = classify(model.save(tmp_path / "r18cls"), imgs[0])
+    assert r.heatmap.shape == imgs[0].data.shape and 0 <= r.heatmap.min() < r.heatmap.max() <= 1
+    assert r.probabilities == pytest.approx(classify(model, imgs[0], heatmap=False).probabilities)
+    with pytest.raises(UserError, match="holds 2D ResNet weights; these images need a 3D network"):
+        pretrained_source(str(tmp_path / "r18.pth"), 3)
+    torch.save({k: v for k, v in src.items() if not k.startswith("layer4.1.")}, tmp_path / "odd.pth")
+    with pytest.raises(UserError, match=r"ResNet with \[2, 2, 2, 1\] blocks per stage"):
+        pretrained_source(str(tmp_path / "odd.pth"), 2)
 
 
 def test_bad_inputs_are_one_sentence(tmp_path, contrasts):

@@ -83,7 +83,8 @@ class ClassifyWidget(Panel):
         self.pretrained.setEditable(True)
         self.pretrained.addItems(["none (from scratch)", *builtin_models()])
         self.pretrained.setToolTip("Start from a network that knows medical images: a built-in or .medgen.pt "
-                                   "segmentation U-Net, a VAE .medgen.pt, a MONAI bundle folder or UNet state dict.")
+                                   "segmentation U-Net, a VAE .medgen.pt, a MONAI bundle folder, a MONAI UNet state dict "
+                                   "or a torchvision ResNet state dict (2D).")
         self.steps = QSpinBox()
         self.steps.setRange(1, 100_000)
         self.steps.setValue(300)

@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
                    help="model file to write (.medgen.pt is appended if missing)")
     t.add_argument("--pretrained", default=None,
                    help="start from a network: brain-tissue-2d, a segmentation or VAE .medgen.pt, a MONAI "
-                        "bundle folder or a MONAI UNet state dict (default: random initial weights)")
+                        "bundle folder, a MONAI UNet state dict or a torchvision ResNet state dict (2D) "
+                        "(default: random initial weights)")
     add_budget(t, steps=300)
     t.add_argument("--size", type=int, nargs="+", default=None,
                    help="network input size in pixels, e.g. 128 128 or 64 64 64 (default 128x128 in 2D, "

@@ -12,7 +12,11 @@ Transfer: the body can start from a network that already knows medical images:
 - the encoder of a napari-medgen VAE (``VarAutoEncoder``), trained e.g. on the user's own
   unlabelled scans: its down-sampling units in order onto the U-Net's;
 - a state dict of a MONAI ``UNet`` (``.pt``/``.pth``, loaded with ``weights_only``), with the
-  architecture read from its shapes.
+  architecture read from its shapes;
+- a torchvision ResNet state dict (2D, e.g. ImageNet weights the user saved with
+  ``torch.save(resnet18(weights=...).state_dict(), path)``): the body is then a MONAI
+  ``FlexibleUNet`` with that ResNet as encoder (its first convolution summed over the colour
+  channels for one-channel images); its decoder still gives a full-resolution map.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from .config import NetSpec
 
 FEATURES = 16  # channels of the body's output map
 DEFAULT_BODY = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
+RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
+           ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}  # (blocks per stage, bottleneck)
 _DECODER = re.compile(r"(^|\.)(model|submodule)\.2\.")
 
 
@@ -55,12 +61,17 @@ HEATMAP_LAYER = "body"  # Grad-CAM target: the body's full-resolution output
 
 
 def classifier_specs(n_classes: int, spatial_dims: int, body: dict | None = None) -> dict:
-    """``{"net": UNet body, "head": per-voxel linear head}`` as :class:`NetSpec` s."""
-    b = {**DEFAULT_BODY, **(body or {})}
-    args = {"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": FEATURES,
-            "channels": list(b["channels"]), "strides": list(b["strides"]),
-            "num_res_units": int(b["num_res_units"])}
-    return {"net": NetSpec("UNet", args),
+    """``{"net": body, "head": per-voxel linear head}`` as :class:`NetSpec` s; the body is a UNet, or a
+    ``FlexibleUNet`` when ``body`` names a ResNet ``backbone``."""
+    if body and body.get("backbone"):
+        net = NetSpec("FlexibleUNet", {"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": FEATURES,
+                                       "backbone": str(body["backbone"]), "pretrained": False})
+    else:
+        b = {**DEFAULT_BODY, **(body or {})}
+        net = NetSpec("UNet", {"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": FEATURES,
+                               "channels": list(b["channels"]), "strides": list(b["strides"]),
+                               "num_res_units": int(b["num_res_units"])})
+    return {"net": net,
             "head": NetSpec("FullyConnectedNet", {"in_channels": FEATURES, "out_channels": n_classes,
                                                   "hidden_channels": []})}
 
@@ -70,9 +81,9 @@ def is_encoder(name: str) -> bool:
     return not _DECODER.search(name)
 
 
-def size_multiple(body: dict) -> int:
-    """Input sizes must be a multiple of this for the U-Net's skip connections to line up."""
-    return int(math.prod(body["strides"]))
+def size_multiple(args: dict) -> int:
+    """Input sizes must be a multiple of this for the body's skip connections to line up."""
+    return 32 if args.get("backbone") else int(math.prod(args["strides"]))
 
 
 # --- pretrained sources --------------------------------------------------------------------------
@@ -125,6 +136,8 @@ def _state_dict_file(path: Path, spatial_dims: int) -> tuple[dict, dict, str]:
         raise UserError(f"{path.name} is not a weights file ({type(err).__name__}).") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
+    if isinstance(sd, dict) and "conv1.weight" in sd and "layer1.0.conv1.weight" in sd:
+        return _torchvision_resnet(sd, path, spatial_dims)
     enc = [k for k in (sd if isinstance(sd, dict) else {}) if k.endswith("conv.unit0.conv.weight")
            and k.startswith("model.") and is_encoder(k)]
     if not enc:
@@ -136,6 +149,20 @@ def _state_dict_file(path: Path, spatial_dims: int) -> tuple[dict, dict, str]:
     units = max(int(k.split("conv.unit")[1].split(".")[0]) for k in sd if "conv.unit" in k) + 1
     body = {"channels": [int(t.shape[0]) for t in w], "strides": [2] * (len(w) - 1), "num_res_units": units}
     return body, sd, f"U-Net weights {path.name}"
+
+
+def _torchvision_resnet(sd: dict, path: Path, spatial_dims: int) -> tuple[dict, dict, str]:
+    """A torchvision ResNet state dict as the encoder of a FlexibleUNet body (first conv summed to one channel)."""
+    if sd["conv1.weight"].ndim - 2 != spatial_dims:
+        raise UserError(f"{path.name} holds 2D ResNet weights; these images need a {spatial_dims}D network.")
+    blocks = tuple(len({k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    name = RESNETS.get((blocks, "layer1.0.conv3.weight" in sd))
+    if name is None:
+        raise UserError(f"{path.name} is a ResNet with {list(blocks)} blocks per stage; only ResNet 18, 34, 50, "
+                        "101 and 152 can be transferred.")
+    state = {"encoder." + k: v for k, v in sd.items() if not k.startswith("fc.")}
+    state["encoder.conv1.weight"] = sd["conv1.weight"].sum(1, keepdim=True)
+    return {"backbone": name}, state, f"torchvision {name} weights {path.name}"
 
 
 def _vae_encoder_as_unet(vae: nn.Module, body: dict, spatial_dims: int) -> dict:

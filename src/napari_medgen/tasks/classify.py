@@ -88,7 +88,8 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     percentiles 0.5-99.95 for MRI), resampled to the isotropic ``spacing`` (default: the median field of view
     fits ``size``) and centred in ``size``; :func:`classify` does the same.  ``pretrained``: a
     segmentation U-Net (``"brain-tissue-2d"``, a ``.medgen.pt`` file, a MONAI bundle folder), a VAE
-    ``.medgen.pt`` or a MONAI UNet state dict; its layers are frozen for the first ``freeze``
+    ``.medgen.pt``, a MONAI UNet state dict or a torchvision ResNet state dict (2D: the body becomes a
+    ResNet-encoder U-Net); its layers are frozen for the first ``freeze``
     fraction of the budget.  Validation: ``val_images``/``val_labels``, else a stratified
     ``val_fraction``; ``history["metrics"]`` holds accuracy, balanced accuracy, AUROC per class and
     the confusion matrix of the returned weights.  Budget, stop, cancel and progress are
@@ -104,11 +105,9 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     src_body, state, source = (None, None, "")
     if pretrained is not None:
         src_body, state, source = pretrained_source(pretrained, dims)
-    arch = {**(src_body or {}), **(body or {})}
-    specs = classifier_specs(len(classes), dims, arch)
-    arch = {k: specs["net"].args[k] for k in ("channels", "strides", "num_res_units")}
+    specs = classifier_specs(len(classes), dims, {**(src_body or {}), **(body or {})})
     size = tuple(int(s) for s in (size or DEFAULT_SIZE[dims]))
-    mult = size_multiple(arch)
+    mult = size_multiple(specs["net"].args)
     if len(size) != dims or any(s % mult for s in size):
         raise UserError(f"The network size must be {dims} numbers, each a multiple of {mult} (got {list(size)}).")
     spacing = [float(s) for s in (spacing or default_spacing(imgs, size))]

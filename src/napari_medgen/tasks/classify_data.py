@@ -2,7 +2,7 @@
 
 Every image, at training and at inference, goes through :func:`prepare`: intensity
 normalisation by the model's spec (``auto``: a Hounsfield window for CT, per-image
-percentiles 0.5-99.95 otherwise), resampling to the model's isotropic spacing, then a centred
+percentiles 0.5-99.95 otherwise), anti-aliased resampling to the model's isotropic spacing, then a centred
 crop or zero pad to the model's fixed size, so the matrix size carries no information.
 :func:`to_image_grid` maps a map on the network grid back onto the image's own grid.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from ..data.normalize import normalize, resolve
 from ..data.resample import resize, target_shape
@@ -81,8 +82,16 @@ def image_spec(spec: dict | None, image: ImageData) -> dict:
 
 
 def prepare(image: ImageData, spec: dict | None, spacing, size) -> tuple[np.ndarray, Placement]:
-    """Normalise, resample to ``spacing`` and centre in ``size``: a float32 array of shape ``size``."""
+    """Normalise, resample to ``spacing`` and centre in ``size``: a float32 array of shape ``size``.
+
+    An image finer than ``spacing`` is low-passed first (Gaussian, sigma ``(factor - 1) / 2`` pixels,
+    as scikit-image anti-aliases), so a 1 mm scan on a 1.8 mm grid looks like a 1.8 mm acquisition,
+    not like the aliased texture that plain linear resampling leaves.
+    """
     arr = normalize(image.data, image_spec(spec, image))
+    sigma = [max(0.0, (t / s - 1) / 2) for s, t in zip(image.geometry.spacing, spacing)]
+    if max(sigma) > 0:
+        arr = ndimage.gaussian_filter(arr, sigma, mode="nearest")
     shape = target_shape(arr.shape, image.geometry.spacing, spacing)
     arr = resize(arr, shape)
     out = np.zeros(tuple(size), np.float32)
