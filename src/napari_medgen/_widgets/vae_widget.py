@@ -255,6 +255,7 @@ class VAEWidget(Panel):
         self.explanation.setText(f"Method: {result.explanation}")
         self._update_threshold_line()
         self._fill_slices()
+        self.scroll.ensureWidgetVisible(self.slices)  # the result, its explanation and the slice list in view
 
     def set_threshold(self, value: float) -> None:
         """Re-threshold the last heatmap (no model run): updates the mask layer and slice list."""

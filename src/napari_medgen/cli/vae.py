@@ -27,8 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="heatmap file (e.g. heatmap.nii.gz)")
     p.add_argument("--mask-out", help="anomaly mask file")
     p.add_argument("--method", choices=["combined", "restoration", "samples", "residual", "intensity"],
-                   help="combined (default: intensity outlier or VAE restoration residual, whichever is larger "
-                        "relative to normal), restoration (MAP restoration), samples, residual, intensity")
+                   help="combined (default: plain intensity plus tissue-intensity and VAE-restoration evidence "
+                        "where extreme on normal scans; darker than normal from the restoration), restoration (MAP "
+                        "restoration), samples, residual, intensity")
     p.add_argument("--sign", choices=["both", "positive", "negative"],
                    help="positive: brighter than normal, negative: darker, both (default)")
     p.add_argument("--percentile", type=float, help="threshold as a percentile of normal scores (default 99)")

@@ -9,9 +9,15 @@ where ``x_normal`` is
   gradient descent towards an image the VAE finds likely while staying close to ``x`` in L1;
 - ``"intensity"``: no network: the distance (in standard deviations) to the nearest normal
   tissue intensity, a per-tissue intensity model fitted on the normal validation slices;
-- ``"combined"``: what the threshold knows and what the model knows: the larger of the
-  intensity outlier and the restoration residual, each in units of its own 99th percentile
-  on normal validation slices (so neither can drown the other).
+- ``"combined"``: what the threshold knows and what the model knows.  Its parts are the plain
+  intensity (distance from the scan's foreground median in units of its interquartile range: the
+  threshold itself, standardised per scan), the per-tissue intensity outlier and the restoration
+  residual; each is turned into a tail probability ``p`` against the same part's scores on normal
+  validation slices (``-log10 p``, so all share one calibrated scale).  Brighter than normal: the
+  plain intensity leads and the other parts add what exceeds their 1% normal tail; darker than
+  normal: the restoration residual (normal CSF is as dark as a dark lesion; only the model's
+  anatomy tells them apart).  So the score keeps the threshold's order where the model sees
+  nothing extreme, and adds the model's evidence where it does.
 
 Post-processing (Baur et al., MedIA 2021): keep the sign that matters (``"positive"`` for
 bright lesions, ``"negative"`` for dark, ``"both"``), restrict to the foreground mask,
@@ -36,12 +42,20 @@ from .vae import check_distribution, decode_mean, guard_logvar, prepare, require
 METHODS = ("combined", "restoration", "samples", "residual", "intensity")
 SIGNS = ("both", "positive", "negative")
 PERCENTILES = [50.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.9]
-UNIT = 99.0  # the combined score measures each part in units of its normal validation score at this percentile
+TAILS = [1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4]  # calibrated tail probabilities
+PARTS = ("brightness", "intensity", "restoration")  # the parts of "combined"
+# the parts each tail uses, its lead first: brighter than normal is what a threshold knows; darker is left to
+# the model (normal CSF is as dark as a dark lesion: only anatomy tells them apart)
+TAIL_PARTS = {"positive": ("brightness", "intensity", "restoration"), "negative": ("restoration",)}
+GATE = 2.0  # -log10 p: a part that does not lead adds its evidence beyond its 1% normal tail
+PART_NAMES = {"brightness": "plain intensity", "intensity": "tissue intensity outlier",
+              "restoration": "VAE restoration residual"}
 DEFAULTS = {"method": "combined", "sign": "both", "percentile": 99.0, "median": 5, "min_size": 10,
             "samples": 8, "restore_steps": 30, "restore_weight": 0.05, "restore_lr": 0.1}
 EXPLAIN = {
-    "combined": "combined: the larger of the intensity outlier and the VAE restoration residual, each scaled by "
-                "its normal 99th percentile (finds what a threshold finds, and mis-shaped or iso-intense tissue)",
+    "combined": "combined: plain intensity (what a threshold sees) plus tissue-intensity and VAE-restoration "
+                "evidence where it is extreme on normal scans; darker than normal from the VAE restoration alone "
+                "(normal CSF is dark too)",
     "restoration": "VAE restoration residual: what the VAE removes when asked for the nearest normal image",
     "samples": "mean of VAE posterior samples: reconstruction residual averaged over samples",
     "residual": "plain VAE reconstruction residual (fast, blurrier)",
@@ -197,39 +211,98 @@ def _restore_kw(opts: dict) -> dict:
     return {"steps": opts["restore_steps"], "weight": opts["restore_weight"], "lr": opts["restore_lr"]}
 
 
-def _unit(model: Model, part: str, sign: str) -> float:
-    cal = model.params.thresholds or {}
-    vals = cal.get("values", {}).get(f"{part}/{sign}")
-    if vals is None:
-        raise UserError(f"This model has no calibration for {part} scores (trained by an older version?); "
-                        "choose the residual, samples or restoration method, or train it again.")
-    return max(float(np.interp(UNIT, cal["percentiles"], vals)), 1e-6)
+def robust_z(normed: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The plain threshold's view: intensity minus the scan's own foreground median, in units of its
+    interquartile range (per-scan standardisation: another scanner or subject lands on the same scale)."""
+    x = np.asarray(normed, np.float32)
+    fg = x[mask] if mask is not None else x[x > 1e-4]
+    if fg.size < 100:
+        return np.zeros_like(x)
+    q1, med, q3 = np.percentile(fg[:: max(1, fg.size // 400_000)], [25, 50, 75])
+    out = (x - med) / max(q3 - q1, 1e-6)
+    return (out if mask is None else out * mask).astype(np.float32)
+
+
+def _signed_part(model: Model, part: str, normed: np.ndarray, residual: np.ndarray,
+                 mask: np.ndarray | None) -> np.ndarray:
+    """A part of the combined score before sign selection: positive where brighter than normal."""
+    if part == "brightness":
+        return robust_z(normed, mask)
+    if part == "intensity":
+        return intensity_outlier(normed, model.params.tissue)
+    return np.asarray(residual, np.float32)
+
+
+def surprise(score: np.ndarray, values) -> np.ndarray:
+    """``-log10`` of the tail probability of ``score`` under normal scores whose quantiles at the tail
+    probabilities :data:`TAILS` are ``values``; beyond the largest, the tail continues exponentially."""
+    q, first = np.unique(np.asarray(values, np.float64), return_index=True)
+    logp = -np.log10(np.asarray(TAILS, np.float64))[first]
+    if len(q) < 2:
+        return (score > q[0]).astype(np.float32) * logp[-1]
+    slope = (logp[-1] - logp[-2]) / max(q[-1] - q[-2], 1e-9)
+    out = np.interp(score, q, logp)
+    beyond = score > q[-1]
+    out[beyond] = logp[-1] + slope * (score[beyond] - q[-1])
+    return out.astype(np.float32)
+
+
+def _tails(model: Model) -> dict:
+    tails = (model.params.thresholds or {}).get("tails")
+    if not tails:
+        raise UserError("This model has no calibration for combined scores (trained by an older version); choose "
+                        "the residual, samples, restoration or intensity method, or train it again.")
+    return tails
+
+
+def combined_parts(model: Model, normed: np.ndarray, normal: np.ndarray, sign: str, mask: np.ndarray | None,
+                   median: int, axis: int = 0) -> dict:
+    """``{"part/tail": surprise map}`` for the parts of "combined" in every tail that ``sign`` keeps
+    (:data:`TAIL_PARTS`)."""
+    tails = _tails(model)
+    out = {}
+    for tail in (("positive", "negative") if sign == "both" else (sign,)):
+        for part in TAIL_PARTS[tail]:
+            score = postprocess(_signed_part(model, part, normed, normed - normal, mask), tail, mask, median, axis)
+            out[f"{part}/{tail}"] = surprise(score, tails[f"{part}/{tail}"])
+    return out
+
+
+def combine(parts: dict, mask: np.ndarray | None = None, gate: float = GATE) -> tuple[np.ndarray, np.ndarray]:
+    """(score, which part contributed most): each tail's lead part (the first of :data:`TAIL_PARTS`) in
+    full, every other part by how far it exceeds ``gate``; so the lead's order stays wherever the others
+    are not extreme, and they add their evidence where they are."""
+    leads = {f"{v[0]}/{k}" for k, v in TAIL_PARTS.items()}
+    terms = np.stack([v if k in leads else np.clip(v - gate, 0, None) for k, v in parts.items()])
+    which = np.array([PARTS.index(k.split("/")[0]) for k in parts])[terms.argmax(0)]
+    score = terms.sum(0)
+    return (score if mask is None else score * mask).astype(np.float32), which
 
 
 def scores(model: Model, normed: np.ndarray, normal: np.ndarray | None, method: str, sign: str,
            mask: np.ndarray | None, median: int, axis: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """(score, which) for a normalised image and the VAE's normal estimate of it (same shape);
-    ``which`` (combined only) is True where the intensity part is the larger one."""
-    if method in ("intensity", "combined"):
-        if not model.params.tissue:
-            raise UserError("This model has no intensity model (trained by an older version); choose the "
-                            "residual, samples or restoration method, or train it again.")
-        inten = postprocess(intensity_outlier(normed, model.params.tissue), sign, mask, median, axis)
-        if method == "intensity":
-            return inten, None
-        vae = postprocess(normed - normal, sign, mask, median, axis)
-        a, b = inten / _unit(model, "intensity", sign), vae / _unit(model, "restoration", sign)
-        return np.maximum(a, b).astype(np.float32), a >= b
+    ``which`` (combined only) is the index in :data:`PARTS` of the part that set each voxel's score."""
+    if method in ("intensity", "combined") and not model.params.tissue:
+        raise UserError("This model has no intensity model (trained by an older version); choose the "
+                        "residual, samples or restoration method, or train it again.")
+    if method == "intensity":
+        return postprocess(intensity_outlier(normed, model.params.tissue), sign, mask, median, axis), None
+    if method == "combined":
+        return combine(combined_parts(model, normed, normal, sign, mask, median, axis), mask)
     return postprocess(normed - normal, sign, mask, median, axis), None
 
 
-def calibrate(model: Model, val_slices: np.ndarray, device: str = "auto", job: Job | None = None) -> None:
-    """Store percentiles of the scores of normal validation slices (n, H, W) for every method and sign
-    (the parts of "combined" first: it is measured in their units)."""
+def calibrate(model: Model, val_slices: np.ndarray, device: str = "auto", job: Job | None = None,
+              unclipped: np.ndarray | None = None) -> None:
+    """Store percentiles of the scores of normal validation slices (n, H, W) for every method and sign,
+    and the tail quantiles of every part of "combined" (measured first: "combined" is in their units),
+    which scores ``unclipped`` (the same slices not clipped at the intensity window) where given."""
     stack = val_slices[:, None].astype(np.float32)
+    raw = stack[:, 0] if unclipped is None else np.asarray(unclipped, np.float32)
     fg = stack[:, 0] > 0 if model.params.masked else None
-    table = {}
-    model.params.thresholds = {"percentiles": PERCENTILES, "values": table}
+    table, tails = {}, {}
+    model.params.thresholds = {"percentiles": PERCENTILES, "values": table, "tails": tails}
     order = ("residual", "samples", "restoration", "intensity", "combined")
     normals = {}
     for k, method in enumerate(order):
@@ -239,9 +312,17 @@ def calibrate(model: Model, val_slices: np.ndarray, device: str = "auto", job: J
             kw = _restore_kw(DEFAULTS) if method == "restoration" else {}
             normals[method] = normal_estimate(model, stack, None if fg is None else fg[:, None], method,
                                               samples=DEFAULTS["samples"], device=device, job=job, **kw)[:, 0]
+        if method == "combined":
+            normals["combined"] = raw + normals["restoration"] - stack[:, 0]
+            for part in PARTS:
+                signed = _signed_part(model, part, raw, raw - normals["combined"], fg)
+                for tail in ("positive", "negative"):
+                    score = postprocess(signed, tail, fg, DEFAULTS["median"])
+                    vals = score[fg] if fg is not None else score.ravel()
+                    tails[f"{part}/{tail}"] = [float(v) for v in np.quantile(vals, 1 - np.asarray(TAILS))]
         for sign in SIGNS:
-            score, _ = scores(model, stack[:, 0], normals.get(method, normals.get("restoration")), method, sign, fg,
-                              DEFAULTS["median"])
+            score, _ = scores(model, raw if method == "combined" else stack[:, 0],
+                              normals.get(method, normals.get("restoration")), method, sign, fg, DEFAULTS["median"])
             vals = score[fg] if fg is not None else score.ravel()
             table[f"{method}/{sign}"] = [float(v) for v in np.percentile(vals, PERCENTILES)]
 
@@ -258,9 +339,9 @@ def normal_threshold(model: Model, method: str, sign: str, percentile: float) ->
 def _explain(method: str, which: np.ndarray | None, binary: np.ndarray) -> str:
     text = EXPLAIN[method]
     if which is not None and binary.any():
-        share = float(which[binary].mean())
-        text += (f". Of the flagged voxels, {100 * share:.0f}% are intensity outliers and "
-                 f"{100 * (1 - share):.0f}% stand out only to the VAE.")
+        shares = np.bincount(which[binary], minlength=len(PARTS)) / binary.sum()
+        text += ". Flagged voxels, by the part that flagged them: " + ", ".join(
+            f"{PART_NAMES[p]} {100 * v:.0f}%" for p, v in zip(PARTS, shares)) + "."
     return text
 
 
@@ -289,21 +370,24 @@ def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, si
     axis = model.params.axis if prep.volume.ndim == 3 else 0
     job.report(0, 2, "scoring")
     net_method = "restoration" if opts["method"] == "combined" else opts["method"]
-    normal_vol = None
+    change = None
     if net_method != "intensity":
         stack = prep.stack
         fg_stack = stack > 0 if prep.mask is not None else None  # masked images are zero outside
         busy = stack.reshape(len(stack), -1).any(1)
-        normal = stack.copy()  # slices without foreground score zero
+        change = np.zeros_like(stack)  # slices without foreground score zero
         if busy.any():
-            normal[busy] = normal_estimate(model, stack[busy], None if fg_stack is None else fg_stack[busy],
+            change[busy] = normal_estimate(model, stack[busy], None if fg_stack is None else fg_stack[busy],
                                            net_method, samples=opts["samples"], device=device, job=job,
-                                           **_restore_kw(opts))
-        normal_vol = prep.to_volume(normal)
+                                           **_restore_kw(opts)) - stack[busy]
+        # a faithful normal image: the image's own detail plus the model's change, brought back to its grid
+        # (resampling the model's image instead would flag all detail finer than the training spacing)
+        change = prep.to_volume(change)
         if prep.mask is not None:
-            normal_vol = normal_vol * prep.mask
-    score, which = scores(model, prep.normed, normal_vol, opts["method"], opts["sign"], prep.mask, opts["median"],
-                          axis)
+            change = change * prep.mask
+    normed = prep.unclipped if opts["method"] == "combined" else prep.normed
+    normal_vol = None if net_method == "intensity" else normed + change
+    score, which = scores(model, normed, normal_vol, opts["method"], opts["sign"], prep.mask, opts["median"], axis)
     thr = float(threshold) if threshold is not None else normal_threshold(
         model, opts["method"], opts["sign"], opts["percentile"])
     binary = anomaly_mask(score, thr, opts["min_size"])

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.normalize import normalize
+from ..data.normalize import intensity_window, normalize
 from ..data.resample import inplane_spacing, resize, target_shape
 from ..data.slices import fit_to_size, put_slices, take_slices
 from ..engine.device import select_device
@@ -54,8 +54,14 @@ def check_mask(mask, shape) -> np.ndarray | None:
     return m
 
 
-def normalized(volume: np.ndarray, mask: np.ndarray | None, spec: dict) -> np.ndarray:
-    img = normalize(volume, spec)
+def normalized(volume: np.ndarray, mask: np.ndarray | None, spec: dict, clip: bool = True) -> np.ndarray:
+    """``volume`` in the model's units, zero outside ``mask``; ``clip=False`` keeps what lies beyond the
+    intensity window (bright lesions keep their order) instead of flattening it at 0 and 1."""
+    if clip or spec.get("kind") not in ("percentile", "window"):
+        img = normalize(volume, spec)
+    else:
+        lo, hi = intensity_window(np.asarray(volume, np.float32), spec)
+        img = ((np.asarray(volume, np.float32) - lo) / max(hi - lo, 1e-6)).astype(np.float32)
     return img * mask if mask is not None else img
 
 
@@ -120,6 +126,7 @@ class Prepared:
     volume: np.ndarray  # the image as given (finite)
     mask: np.ndarray | None
     normed: np.ndarray  # normalised, on the image's grid
+    unclipped: np.ndarray  # the same without clipping at the intensity window (scored by "combined")
     stack: np.ndarray  # (n, 1, H, W) at the network's size and the training pixel spacing
     to_volume: Callable[[np.ndarray], np.ndarray]  # (n, 1, H, W) network output -> the image's grid
 
@@ -154,7 +161,7 @@ def prepare(model: Model, image, mask=None) -> Prepared:
             back = resize(np.ascontiguousarray(back), plane)
         return put_slices(back, axis, ndim=vol.ndim).astype(np.float32)
 
-    return Prepared(vol, m, normed, stack, to_volume)
+    return Prepared(vol, m, normed, normalized(vol, m, model.config.normalization, clip=False), stack, to_volume)
 
 
 def decode_mean(model: Model, stack: np.ndarray, samples: int = 0, batch: int = 32, device: str = "auto",

@@ -104,14 +104,15 @@ def _volumes(images, masks, what: str):
     return items, vols, [check_mask(m, v.shape) for m, v in zip(mask_list, vols)]
 
 
-def _slice_stacks(vols, masks, spec, size, axis, shapes) -> list[np.ndarray]:
+def _slice_stacks(vols, masks, spec, size, axis, shapes, clip: bool = True) -> list[np.ndarray]:
     """One (n, 1, H, W) stack of informative slices per volume, each normalised by ``spec`` on its own
-    intensities (CT: the fixed window; MRI: its own percentiles) and resampled in-plane to ``shapes``."""
+    intensities (CT: the fixed window; MRI: its own percentiles; unclipped with ``clip=False``) and
+    resampled in-plane to ``shapes``."""
     stacks = []
     for v, m, shape in zip(vols, masks, shapes):
         a = axis if v.ndim == 3 else 0
         keep = informative_slices(v, axis, mask=m) if v.ndim == 3 else np.array([0])
-        slices = take_slices(normalized(v, m, spec), a)[keep]
+        slices = take_slices(normalized(v, m, spec, clip), a)[keep]
         if tuple(slices.shape[1:]) != tuple(shape):
             slices = resize(np.ascontiguousarray(slices), shape)
         stacks.append(fit_to_size(slices, size)[:, None].astype(np.float32))
@@ -203,6 +204,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     slice_shape = tuple(int(max(s[i] for s in shapes)) for i in range(2))
     size = tuple(int(math.ceil(s / 2 ** len(channels)) * 2 ** len(channels)) for s in slice_shape)
     stacks = _slice_stacks(vols, mask_list, spec, size, axis, shapes)
+    raws = _slice_stacks(vols, mask_list, spec, size, axis, shapes, clip=False)  # the same slices, for calibration
     n_slices = sum(len(s) for s in stacks)
     if n_slices < MIN_SLICES:
         raise UserError(f"Training needs at least {MIN_SLICES} slices with foreground; these images give {n_slices}.")
@@ -211,10 +213,13 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     if val_images is not None:
         v_items, vv, vm = _volumes(val_images, val_masks, "validation")
         _common_spec(normalization, [*items, *v_items], [*vols, *vv])  # one modality for both
-        val = np.concatenate(_slice_stacks(vv, vm, spec, size, axis, _plane_shapes(v_items, vv, axis, spacing)))
+        v_shapes = _plane_shapes(v_items, vv, axis, spacing)
+        val = np.concatenate(_slice_stacks(vv, vm, spec, size, axis, v_shapes))
+        val_raw = np.concatenate(_slice_stacks(vv, vm, spec, size, axis, v_shapes, clip=False))
         train, split = np.concatenate(stacks), "given"
     elif held:  # several subjects: hold out whole ones
         val = np.concatenate([s for s, i in zip(stacks, ids) if i in held])
+        val_raw = np.concatenate([s for s, i in zip(raws, ids) if i in held])
         train = np.concatenate([s for s, i in zip(stacks, ids) if i not in held])
         split = "subject"
     else:  # one subject: a random share of its slices
@@ -222,6 +227,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
         order = np.random.default_rng(seed).permutation(len(data))
         n_val = max(2, int(round(val_fraction * len(data))))
         val, train, split = data[order[:n_val]], data[order[n_val:]], "slices"
+        val_raw = np.concatenate(raws)[order[:n_val]]
     if len(val) == 0:
         raise UserError("The validation images give no slices with foreground.")
     lows, highs = zip(*(intensity_window(v, spec) for v in vols))
@@ -243,7 +249,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     # calibration continues after a stop request (the model is wanted) but honours a cancel
     calib = Job(lambda ev: job.report(ev.step, ev.total, "calibrating thresholds"), None, job.cancelled)
     model.params.tissue = tissue_model(val[:, 0])
-    calibrate(model, val[:, 0], device=device, job=calib)
+    calibrate(model, val[:, 0], device=device, job=calib, unclipped=val_raw[:, 0])
     return model, history
 
 
