@@ -119,7 +119,7 @@ def main() -> None:
 
     t0 = time.monotonic()
     model, history = train_gan(ImageData(train, Geometry((1.0, *spacing))), steps=args.steps, seconds=None,
-                               width=args.width)
+                               width=args.width, architecture="single-scale")
     gan_seconds = time.monotonic() - t0
     gan = synthesize(model, n, seed=1).data
 
@@ -148,7 +148,7 @@ def main() -> None:
         mem = r["memorisation"]
         lines.append(f"| {name} | {r['mmd']:.4f} | {r['ms_ssim_diversity']:.3f} | {r['fd_medgen']:.4f} | "
                      f"{mem['median']:.3f} / {mem['max']:.3f} |")
-    lines += ["", f"Training time on CPU: GAN {args.steps} steps (batch 16, width {args.width}) "
+    lines += ["", f"Training time on CPU: GAN (single-scale) {args.steps} steps (batch 16, width {args.width}) "
               f"{gan_seconds:.0f} s ({gan_seconds / args.steps:.2f} s/step)"
               + f"; VAE {args.vae_steps} steps {vae_seconds:.0f} s.",
               "",

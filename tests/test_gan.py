@@ -17,8 +17,9 @@ from napari_medgen.tasks.gan import (TooFewImagesError, interpolate_seeds, synth
 from napari_medgen.tasks.synthesis_report import format_report, side_by_side, synthesis_report
 
 DS = 4  # 8 mm slices (30 x 25 px): a GAN learns brain-like shapes in ~20 s on one CPU thread
-# budgets in steps only (no seconds limit): the same model whatever the machine load
-FAST = {"width": 8, "seed": 0, "device": "cpu", "seconds": None}
+# budgets in steps only (no seconds limit): the same model whatever the machine load; one GAN at full
+# resolution (the default two-scale cascade is tested in test_gan_cascade.py)
+FAST = {"width": 8, "seed": 0, "device": "cpu", "seconds": None, "architecture": "single-scale"}
 
 
 @pytest.fixture(scope="module")

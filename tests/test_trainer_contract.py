@@ -18,7 +18,7 @@ from napari_medgen.tasks.finetune import finetune
 from napari_medgen.tasks.gan import train_gan
 from napari_medgen.tasks.vae_training import train_vae
 
-TRAINERS = ("segmentation", "vae", "gan", "conditional-gan")
+TRAINERS = ("segmentation", "vae", "gan", "gan-single-scale", "conditional-gan")
 CUDA_CALLS = ("synchronize", "empty_cache", "mem_get_info", "get_device_properties", "current_device",
               "set_device", "device_count")
 
@@ -41,8 +41,8 @@ def train(name: str, x: dict, **kw):
                         **kw)
     if name == "vae":
         return train_vae(x["t1"], x["mask"], channels=(4, 8, 8), latent_size=4, batch_size=4, augment=False, **kw)
-    if name == "gan":
-        return train_gan(x["t1"], width=4, batch_size=4, **kw)
+    if name.startswith("gan"):  # the default two-scale cascade, or one GAN at full resolution
+        return train_gan(x["t1"], width=4, batch_size=4, architecture=name[4:] or "cascade", **kw)
     return train_conditional_gan(x["t1"], x["labels"], width=4, batch_size=4, **kw)
 
 

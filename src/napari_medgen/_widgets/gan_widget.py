@@ -15,7 +15,7 @@ from ..io.read import ImageData
 from ..models.checkpoint import SUFFIX, Model, ModelFileError
 from ..models.config import Task
 from ..tasks.conditional_gan import synthesize_from_labels, train_conditional_gan
-from ..tasks.gan import interpolate_seeds, real_slices, synthesize, train_gan
+from ..tasks.gan import ARCHITECTURES, interpolate_seeds, real_slices, synthesize, train_gan
 from ..tasks.synthesis_report import format_report, side_by_side, synthesis_report
 from ._plot import LivePlot
 from ._model_files import save_model_file
@@ -44,11 +44,15 @@ class GANWidget(Panel):
                                         tooltip="Mask-to-image mode: the label map paired with the image.")
         self.mode = QComboBox()
         self.mode.addItems(MODES)
-        self.seconds = spin(5, 86_400, 180)
+        self.seconds = spin(5, 86_400, 600)
         self.seconds.setToolTip("Training budget in seconds (the best EMA generator so far is kept)")
         self.steps = spin(0, 1_000_000, 0)
         self.steps.setToolTip("Optional budget in steps (0: seconds only); whichever ends first")
-        self.downsample = spin(1, 8, 2)
+        self.architecture = QComboBox()
+        self.architecture.addItems(ARCHITECTURES)
+        self.architecture.setToolTip("cascade: a half-resolution GAN, then a refiner adding full-resolution detail "
+                                     "(fast on a CPU); single-scale: one GAN at full resolution")
+        self.downsample = spin(1, 8, 1)
         self.downsample.setToolTip("Train on slices reduced by this factor (faster; pixel spacing grows with it)")
         self.device, self.device_line = device_chooser()
         self.train_button = QPushButton("Train")
@@ -91,7 +95,9 @@ class GANWidget(Panel):
         form.addRow(row(load, save))
         form.addRow(self.model_line)
         self.body.addWidget(train_box)
-        self.advanced("Advanced training options").addRow("steps (0: none)", self.steps)
+        advanced = self.advanced("Advanced training options")
+        advanced.addRow("steps (0: none)", self.steps)
+        advanced.addRow("architecture", self.architecture)
         self.train_advanced = self.sections["Advanced training options"]
         gen_box = QGroupBox("Synthesize")
         form = QFormLayout(gen_box)
@@ -134,7 +140,7 @@ class GANWidget(Panel):
                 return
             self.runner.start(train_conditional_gan, layer_image(layer), layer_image(labels), **kwargs)
         else:
-            self.runner.start(train_gan, layer_image(layer), **kwargs)
+            self.runner.start(train_gan, layer_image(layer), architecture=self.architecture.currentText(), **kwargs)
 
     def _on_progress(self, ev) -> None:
         if "d_loss" in ev.metrics:
@@ -154,7 +160,7 @@ class GANWidget(Panel):
 
     def _describe(self, what: str) -> None:
         p = self.model.params
-        kind = "mask-to-image GAN" if self.model.task == COND_TASK else "GAN"
+        kind = "mask-to-image GAN" if self.model.task == COND_TASK else f"{p.architecture} GAN"
         self.model_line.setText(f"{what}: {kind}, {p.n_train} training slices of {tuple(p.native_shape)} "
                                 f"at {p.spacing[0]:g} x {p.spacing[1]:g} mm.")
 

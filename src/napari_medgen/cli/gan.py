@@ -14,8 +14,11 @@ def add_parser(sub) -> None:
     p.add_argument("images", nargs="+", help="image files (same pixel spacing)")
     p.add_argument("--labels", nargs="*", default=None, help="label map per image: train mask-to-image synthesis")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
-    add_budget(p, seconds=180.0)
-    p.add_argument("--downsample", type=int, default=2, help="train on slices reduced by this factor")
+    add_budget(p, seconds=600.0)
+    p.add_argument("--downsample", type=int, default=1, help="train on slices reduced by this factor (default 1: "
+                                                             "native resolution)")
+    p.add_argument("--architecture", choices=("cascade", "single-scale"), default="cascade",
+                   help="cascade (default): half-resolution GAN + full-resolution refiner; single-scale: one GAN")
     p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
     add_common(p)
     p.set_defaults(func=run_train)
@@ -65,7 +68,7 @@ def run_train(args) -> int:
         if args.labels:
             model, history = train_conditional_gan(images, [read_image(p) for p in args.labels], progress=job, **kw)
         else:
-            model, history = train_gan(images, progress=job, **kw)
+            model, history = train_gan(images, architecture=args.architecture, progress=job, **kw)
     model.save(args.out)
     note = " (stopped early: EMA weights so far)" if history["stopped"] else ""
     print(f"Trained {history['step'][-1] if history['step'] else 0} steps in {history['seconds']:.0f} s{note}; "

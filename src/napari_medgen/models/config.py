@@ -84,7 +84,7 @@ class SliceSynthesisParams:
 @dataclass
 class GANParams(SliceSynthesisParams):
     latent_size: int = 64
-    architecture: str = "single-scale"  # or "cascade": half-resolution GAN + refiner (network "refine")
+    architecture: str = "single-scale"  # or "cascade": GAN on 4x reduced slices + refiner (network "refine")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 The data side (informative slices scaled to [0, 1] on one in-plane grid, shared with the
 mask-to-image GAN), :func:`train_gan` (the recipe of :mod:`~napari_medgen.tasks.gan_training` run
 by the one training loop) and sampling: :func:`synthesize` and :func:`interpolate_seeds`, in the
-training data's intensity scale and pixel spacing.
+training data's intensity scale and pixel spacing.  The default architecture is the two-scale cascade
+of :mod:`~napari_medgen.tasks.cascade_gan`; ``"single-scale"`` trains one GAN at full resolution.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from ..io.geometry import Geometry
 from ..io.read import ImageData
 from ..models.checkpoint import Model, build_network
 from ..models.config import GANParams, ModelConfig, NetSpec, Task
-from .gan_training import GANTask, generate, latents, spectral_discriminator
+from .cascade_gan import (FACTOR, CascadeTask, RefineTask, cascade_generate, refiner_config, stage_schedule,
+                          zero_output)
+from .gan_training import GANTask, generate, latents, patch_layers, spectral_discriminator
 from .volume_input import as_volume, check_batch, check_count, stack_geometry
 
 MIN_SLICES = 8
@@ -54,8 +57,9 @@ def _plane_spacing(item: ImageData, axis: int) -> tuple:
 
 
 def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, size=None,
-                    min_slices: int = MIN_SLICES) -> dict:
-    """Informative slices of ``images`` scaled to [0, 1], all on one in-plane grid.
+                    min_slices: int = MIN_SLICES, multiple: int = 8) -> dict:
+    """Informative slices of ``images`` scaled to [0, 1], all on one in-plane grid (by default the
+    slices' own shape padded to a ``multiple`` of pixels).
 
     Returns ``{"images": (n, H, W) float32, "labels": (n, H, W) int or None, "spacing",
     "native_shape", "size", "intensity": [low, high], "normalization"}``. Slices of mixed
@@ -86,7 +90,7 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
             lab_stacks.append(take_slices(np.asarray(labs[k].data), axis, idx)[:, ::downsample, ::downsample])
     shapes = [s.shape[-2:] for s in stacks]
     native = tuple(int(max(s[d] for s in shapes)) for d in (0, 1))
-    size = tuple(int(s) for s in size) if size else tuple(-(-n // 8) * 8 for n in native)
+    size = tuple(int(s) for s in size) if size else tuple(-(-n // multiple) * multiple for n in native)
     imgs = np.concatenate([fit_to_size(s, size) for s in stacks])
     if len(imgs) < min_slices:
         dims = ", ".join(f"{i.data.shape}" for i in items)
@@ -139,44 +143,72 @@ def budget_kwargs(steps, seconds) -> dict:
     return {"val_every": None, "val_seconds": max(2.0, seconds / 10)}
 
 
-def train_gan(images, axis: int = 0, steps: int | None = None, seconds: float | None = 180.0, batch_size: int = 16,
-              latent_size: int = 64, width: int = 16, downsample: int = 1, lr: float = 5e-4,
-              ema_decay: float = 0.99, seed: int = 0, device="auto", progress=None, stop=None, cancel=None):
+ARCHITECTURES = ("cascade", "single-scale")
+
+
+def train_gan(images, axis: int = 0, steps: int | None = None, seconds: float | None = 600.0, batch_size: int = 16,
+              latent_size: int = 64, width: int = 16, downsample: int = 1, architecture: str = "cascade",
+              lr: float = 5e-4, ema_decay: float = 0.99, seed: int = 0, device="auto", progress=None, stop=None,
+              cancel=None):
     """Train a GAN on the informative slices of ``images`` (ImageData/arrays, one or several volumes).
 
-    The budget is ``steps`` and/or ``seconds`` (three minutes by default).  Every tenth slice is
-    held out; the EMA generator with the lowest patch distance to them is kept.  Progress carries
-    ``d_loss``/``g_loss`` and, at each validation, a preview of the EMA generator on fixed seeds
-    (``(8, H, W)`` in training intensity units).  Returns ``(model, history)``; a stop request
+    ``architecture``: ``"cascade"`` (default: a GAN at quarter resolution, then a refiner adding the
+    full-resolution detail, see :mod:`~napari_medgen.tasks.cascade_gan`) or ``"single-scale"`` (one
+    GAN at full resolution).  The budget is ``steps`` and/or ``seconds`` (ten minutes by default).
+    The EMA generator whose samples have the lowest patch distance (at every pyramid level) to the
+    slices is kept: to all of them for the cascade, to a held-out tenth for single-scale.  Progress
+    carries ``d_loss``/``g_loss`` and, at each validation, a preview of the EMA generator on fixed
+    seeds (``(8, H, W)`` in training intensity units).  Returns ``(model, history)``; a stop request
     keeps the best weights so far (``history["stopped"]``), a cancel raises ``Cancelled``.
     """
     job = Job.of(progress, stop, cancel)
     check_batch(batch_size)
-    data = training_slices(images, axis, downsample=downsample)
+    if architecture not in ARCHITECTURES:
+        raise UserError(f"Unknown GAN architecture '{architecture}'; choose one of {', '.join(ARCHITECTURES)}.")
+    cascade = architecture == "cascade"
+    data = training_slices(images, axis, downsample=downsample, multiple=8 * FACTOR if cascade else 8)
     params = GANParams(axis=int(axis), size=data["size"], latent_size=int(latent_size), spacing=data["spacing"],
                        native_shape=data["native_shape"], intensity=data["intensity"], downsample=int(downsample),
-                       n_train=int(len(data["images"])))
-    config = ModelConfig(task=Task.GAN, name="gan", networks={"net": gan_config(data["size"], latent_size, width)},
-                         params=params, normalization=data["normalization"], description="unconditional 2D GAN")
+                       n_train=int(len(data["images"])), architecture=architecture)
+    size = [s // FACTOR for s in data["size"]] if cascade else data["size"]
+    specs = {"net": gan_config(size, latent_size, width), **({"refine": refiner_config(width)} if cascade else {})}
+    config = ModelConfig(task=Task.GAN, name="gan", networks=specs, params=params,
+                         normalization=data["normalization"], description=f"unconditional 2D GAN ({architecture})")
     torch.manual_seed(seed)
-    gen_net = build_network(config.networks["net"])
-    val = holdout(len(data["images"]))
+    gen_net = build_network(specs["net"])
+    # the cascade is validated by the distance between its samples and all the slices (a distribution
+    # distance needs many slices: a tenth of a few dozen is a handful); single-scale holds out a tenth
+    val = np.array([], int) if cascade else holdout(len(data["images"]))
     train = np.delete(data["images"], val, axis=0)
-    task = GANTask(gen_net, spectral_discriminator(1, channels=2 * width), train, data["images"][val],
-                   latent_size=latent_size, to_intensity=lambda u: _to_intensity(u, params), lr=lr,
-                   ema_decay=ema_decay, batch_size=batch_size, seed=seed)
-    history = run_adversarial(task, job, steps, seconds, device)
-    model = Model(config, {"net": task.networks["ema"].module.eval()})
+    held = train if cascade else data["images"][val]
+    to_intensity = lambda u: _to_intensity(u, params)  # noqa: E731
+    kw = dict(lr=lr, ema_decay=ema_decay, batch_size=batch_size, seed=seed)
+    if cascade:
+        low = _pool(train, FACTOR)
+        coarse = GANTask(gen_net, spectral_discriminator(1, 2 * width, patch_layers(size)), low, low,
+                         latent_size=latent_size, to_intensity=None, **kw)
+        refine = RefineTask(zero_output(build_network(specs["refine"])),
+                            spectral_discriminator(2, 2 * width, patch_layers(data["size"])), train, l1_weight=10.0,
+                            **kw)
+        task = CascadeTask(coarse, refine, held, to_intensity=to_intensity)
+        history = run_adversarial(task, job, steps, seconds, device, schedule=stage_schedule(task))
+        nets = {"net": task.networks["coarse.ema"].module.eval(), "refine": task.networks["refine.ema"].module.eval()}
+    else:
+        task = GANTask(gen_net, spectral_discriminator(1, 2 * width, patch_layers(size)), train, held,
+                       latent_size=latent_size, to_intensity=to_intensity, **kw)
+        history = run_adversarial(task, job, steps, seconds, device)
+        nets = {"net": task.networks["ema"].module.eval()}
+    model = Model(config, nets)
     model.config.training = summary(history, n_train=len(train), n_val=len(val))
     return model, history
 
 
-def run_adversarial(task, job: Job, steps, seconds, device) -> dict:
+def run_adversarial(task, job: Job, steps, seconds, device, **fit_kw) -> dict:
     """:func:`fit` with the task's latest preview attached to the progress events."""
     relay = Job(lambda ev: job.report(ev.step, ev.total, ev.message, preview=task.take_preview(), **ev.metrics),
                 job.should_stop, job.cancelled)
     return fit(task, Budget(steps, seconds), device=device, progress=relay, message="training",
-               **budget_kwargs(steps, seconds))
+               **budget_kwargs(steps, seconds), **fit_kw)
 
 
 def summary(history: dict, **extra) -> dict:
@@ -196,18 +228,25 @@ def _check_gan(model: Model) -> None:
         raise UserError(f"This is a {model.task or 'unknown'} model, not an (unconditional) GAN.")
 
 
+def _decode(model: Model, z: torch.Tensor, device) -> np.ndarray:
+    """Images in [0, 1] from latents, by the model's architecture."""
+    dev = select_device(device)
+    if model.params.architecture == "cascade":
+        return cascade_generate(model.net.to(dev), model.networks["refine"].to(dev), z, model.params.size)
+    return generate(model.net.to(dev), z)
+
+
 def synthesize(model: Model, n: int = 16, seed: int = 0, device="auto", progress=None, stop=None) -> ImageData:
     """``n`` new slices from ``seed`` (sample i depends only on seed and i) as an (n, H, W) stack
     in the training intensity scale and pixel spacing."""
     n = check_count(n)
     _check_gan(model)
     job = Job.of(progress, stop)
-    net = model.net.to(select_device(device))
     z = latents(n, seed, model.params.latent_size)
     out = []
     for i in range(0, n, 32):
         job.check()
-        out.append(generate(net, z[i:i + 32]))
+        out.append(_decode(model, z[i:i + 32], device))
         job.report(min(i + 32, n), n, "synthesizing")
     data = _to_intensity(np.concatenate(out), model.params)
     return ImageData(data, stack_geometry(model.params.spacing), name=f"GAN samples seed {seed}",
@@ -226,6 +265,6 @@ def interpolate_seeds(model: Model, seed_a: int, seed_b: int, steps: int = 8, de
     t = torch.linspace(0, 1, steps)[:, None]
     so = torch.sin(omega)
     z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / so if so > 1e-6 else (1 - t) * a + t * b
-    data = _to_intensity(generate(model.net.to(select_device(device)), z), model.params)
+    data = _to_intensity(_decode(model, z, device), model.params)
     return ImageData(data, stack_geometry(model.params.spacing), name=f"GAN interpolation {seed_a}-{seed_b}",
                      metadata={"seeds": [int(seed_a), int(seed_b)]})

@@ -33,6 +33,11 @@ def spectral_discriminator(in_channels: int, channels: int = 32, layers: int = 3
     return disc
 
 
+def patch_layers(size, most: int = 3) -> int:
+    """Strided layers of a patch discriminator for images of ``size`` (its last convolutions need 4 px)."""
+    return max(1, min(most, int(np.log2(max(1, min(size)))) - 2))
+
+
 def diff_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Differentiable augmentation (brightness, contrast, translation, cutout) for the discriminator."""
     n, dev = x.shape[0], x.device
