@@ -67,7 +67,12 @@ class SequenceTask(TrainTask):
         x, lengths = pad_batch(seqs)
         out, _ = run_sequence(self._nets(), x.to(self.device), lengths, self.readout)
         y = torch.as_tensor(self.y[idx]).to(self.device)
-        loss = F.cross_entropy(out, y) if self.kind == "classification" else F.mse_loss(out[:, 0], y)
+        if self.kind == "classification":
+            loss = F.cross_entropy(out, y)
+        elif self.readout == "fraction":  # targets are fractions: a robust loss in their own units
+            loss = F.smooth_l1_loss(out[:, 0], y, beta=0.02)
+        else:
+            loss = F.mse_loss(out[:, 0], y)
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -7,8 +7,8 @@ subtraction from the first frame, as in DCE reading) into a feature vector;
 answer) and to its output at every frame (the per-frame curve).  Without ``rnn``
 the frame features are averaged (the order-blind baseline).
 
-The "fraction" readout answers ``(max - min) / max`` of a positive per-frame value
-(the head at every frame), as an ejection fraction is read from the end-diastolic
+The "fraction" readout answers ``(largest - smallest) / largest`` of a positive per-frame
+value (the head at every frame), as an ejection fraction is read from the end-diastolic
 and end-systolic volumes; its per-frame curve is that value relative to its maximum.
 """
 from __future__ import annotations
@@ -69,11 +69,21 @@ def run_sequence(nets: dict, x: torch.Tensor, lengths: torch.Tensor,
     return head(pooled), head(per_frame) * valid
 
 
-def _fraction(volume: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """((max - min) / max over the real frames (B, 1), volume / max (B, T, 1)) of a positive (B, T, 1) value."""
-    top = volume.masked_fill(~keep[..., None], 0.0).amax(1)
-    low = volume.masked_fill(~keep[..., None], float("inf")).amin(1)
-    return (top - low) / top, volume / top[:, None] * keep[..., None]
+def _fraction(volume: torch.Tensor, keep: torch.Tensor, sharpness: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """((largest - smallest) / largest (B, 1), volume / max (B, T, 1)) of a positive (B, T, 1) per-frame value.
+
+    Largest and smallest are log-mean-exp of the relative volume (temperature ``sharpness``): between
+    the mean and the true extreme, exact for a constant curve, and every frame near an extreme gets
+    gradient (a hard max/min trains erratically)."""
+    top = volume[..., 0].masked_fill(~keep, 0.0).amax(1, keepdim=True)
+    rel = volume[..., 0] / top
+    log_n = keep.sum(1).float().log()
+
+    def soft_max(x):
+        return sharpness * (torch.logsumexp((x / sharpness).masked_fill(~keep, float("-inf")), 1) - log_n)
+
+    hi, lo = soft_max(rel), -soft_max(-rel)
+    return ((hi - lo) / hi)[:, None], (rel * keep)[..., None]
 
 
 def transfer_encoder(encoder: torch.nn.Module, source) -> int:
