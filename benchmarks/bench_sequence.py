@@ -40,7 +40,8 @@ and one-pixel motion. Every method gets the same lesion region (the lesion dilat
 networks see its bounding box at 32x32, the baseline its mean curve. Ejection fraction: 600 / 300
 cine loops of 1-1.5 cardiac cycles (cycle 12-20 frames, random phase), a dark blood pool with a
 bright wall over a real slice, EF 0.2-0.75 from the volume of an ellipsoid of revolution over the
-sampled frames, multiplicative Rayleigh speckle and Gaussian noise; networks at 32x32, no region.
+sampled frames, multiplicative Rayleigh speckle and Gaussian noise; networks at 32x32 (the
+fraction readout at 64x64, chosen on the tuning sequences), no region.
 Both networks: MONAI Regressor frame encoder on two channels (the frame and its subtraction from
 the first frame), layer-normalised features; the CNN + LSTM reads them with an LSTM (64 units,
 bidirectional for EF), the baseline averages them (it sees no order, only each frame's difference
