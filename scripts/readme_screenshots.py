@@ -46,7 +46,29 @@ def finetune(viewer: napari.Viewer) -> None:
     viewer.dims.set_current_step(0, 47)
 
 
-SHOTS = {"finetune": finetune}
+def gan(viewer: napari.Viewer) -> None:
+    """The default training (architecture and budget) on the sample brain, then 16 samples."""
+    from napari_medgen._widgets.gan_widget import GANWidget
+
+    brain = brain_t1()
+    viewer.add_image(brain.data, name="MNI152 T1", **brain.geometry.layer_kwargs())
+    widget = GANWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="GAN")
+    for action in (widget.train, widget.synthesize):
+        done: list = []
+
+        def finished(status, done=done):
+            done.append(status)
+
+        widget.runner.done.connect(finished)
+        action()
+        wait_for(lambda: done, 1200)
+        widget.runner.done.disconnect(finished)
+    viewer.layers["MNI152 T1"].visible = False
+    viewer.grid.enabled = False
+
+
+SHOTS = {"finetune": finetune, "gan": gan}
 
 
 def main() -> None:

@@ -135,3 +135,11 @@ def test_shrink_halves_the_batch_down_to_its_floor():
     task.batch_size, task.min_batch = 8, 2
     assert task.shrink() and task.batch_size == 4 and task.shrink() and task.batch_size == 2
     assert not task.shrink() and task.batch_size == 2
+
+
+def test_progress_names_the_training_step_under_a_time_budget():
+    """With only seconds, the bar's step is a percentage; plots read the real training step."""
+    seen = []
+    fit(Line(), Budget(seconds=0.5), progress=seen.append)
+    steps = [e.train_step for e in seen if "loss" in e.metrics]
+    assert steps == sorted(steps) and steps[-1] > 100 >= max(e.step for e in seen)

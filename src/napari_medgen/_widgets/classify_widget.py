@@ -210,9 +210,9 @@ class ClassifyWidget(Panel):
 
     def _progress(self, ev) -> None:
         if "loss" in ev.metrics:
-            self.plot.add("loss", ev.step, ev.metrics["loss"], draw=ev.step % 10 == 0)
+            self.plot.add("loss", ev.train_step, ev.metrics["loss"], draw=ev.train_step % 10 == 0)
         if "val_metric" in ev.metrics:
-            self.plot.add("validation", ev.step, ev.metrics["val_metric"])
+            self.plot.add("validation", ev.train_step, ev.metrics["val_metric"])
 
     def _trained(self, result) -> None:
         self.model, history = result

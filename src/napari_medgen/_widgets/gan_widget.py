@@ -144,10 +144,10 @@ class GANWidget(Panel):
 
     def _on_progress(self, ev) -> None:
         if "d_loss" in ev.metrics:
-            draw = ev.step % 10 == 0 or ev.step == ev.total
+            draw = ev.train_step % 10 == 0 or ev.step == ev.total
             for name in ("d_loss", "g_loss", "l1"):
                 if name in ev.metrics:
-                    self.loss_plot.add(name, ev.step, ev.metrics[name], draw=draw)
+                    self.loss_plot.add(name, ev.train_step, ev.metrics[name], draw=draw)
         if ev.preview is not None:
             show_result(self.viewer, np.asarray(ev.preview), self._preview_geometry, name="GAN preview",
                         key="gan:preview", colormap="gray")
@@ -238,8 +238,14 @@ class GANWidget(Panel):
                     colormap="gray")
 
     def _show(self, item: ImageData, what: str) -> None:
-        """Show a sample stack ("samples", "interpolation") and move the viewer to its first image."""
+        """Show a sample stack ("samples", "interpolation") alone in view, at its first image."""
+        for key in ("gan:preview", "gan:samples", "gan:interpolation"):  # one stack at a time, not stacked up
+            other = find_output(self.viewer, key)
+            if other is not None:
+                other.visible = False
         layer = show_result(self.viewer, item, name=f"GAN {what}", key=f"gan:{what}", colormap="gray")
+        layer.visible = True
+        self.viewer.reset_view()
         self.viewer.dims.set_point(0, float(layer.data_to_world([0, 0, 0])[0]))
 
     # --- report -----------------------------------------------------------------------------------

@@ -233,7 +233,7 @@ class SequenceWidget(Panel):
     def _progress(self, ev) -> None:
         for k in ("loss", "val_metric"):
             if k in ev.metrics:
-                self.loss_plot.add(k, ev.step, float(ev.metrics[k]))
+                self.loss_plot.add(k, ev.train_step, float(ev.metrics[k]))
 
     def _trained(self, result) -> None:
         self.model, hist = result

@@ -165,9 +165,9 @@ class VAEWidget(Panel):
 
     def _on_progress(self, ev) -> None:
         if "reconstruction" in ev.metrics:
-            draw = ev.step % 10 == 0 or ev.step == ev.total
-            self.loss_plot.add("reconstruction", ev.step, ev.metrics["reconstruction"], draw=False)
-            self.loss_plot.add("KL", ev.step, ev.metrics["kl"], draw=draw)
+            draw = ev.train_step % 10 == 0 or ev.step == ev.total
+            self.loss_plot.add("reconstruction", ev.train_step, ev.metrics["reconstruction"], draw=False)
+            self.loss_plot.add("KL", ev.train_step, ev.metrics["kl"], draw=draw)
 
     def _trained(self, result) -> None:
         self.model, history = result

@@ -257,7 +257,7 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
                     break
             if main:
                 shown = step if budget.steps else int(100 * budget.fraction(step, now - t0))
-                job.report(shown, total, message, **metrics)
+                job.report(shown, total, message, steps=step, **metrics)  # shown may be % of a time budget
         if step and (not history["val_step"] or history["val_step"][-1] != step):
             evaluate(step)
     except BaseException:  # cancel, error or interrupt: the task's networks go back to the start

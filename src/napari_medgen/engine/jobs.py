@@ -39,6 +39,11 @@ class ProgressEvent:
     def fraction(self) -> float:
         return min(1.0, self.step / self.total) if self.total else 0.0
 
+    @property
+    def train_step(self) -> int:
+        """The training step reported (``step`` is a percentage when a trainer has only a time budget)."""
+        return int(self.metrics.get("steps", self.step))
+
 
 ProgressCallback = Callable[[ProgressEvent], None]
 StopRequest = Union[threading.Event, Callable[[], bool], None]
