@@ -2,6 +2,7 @@
 slice, and a quality report with the most suspicious (memorised?) pairs side by side."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import napari
@@ -238,7 +239,12 @@ class GANWidget(Panel):
                     colormap="gray")
 
     def _show(self, item: ImageData, what: str) -> None:
-        """Show a sample stack ("samples", "interpolation") alone in view, at its first image."""
+        """Show a sample stack ("samples", "interpolation") alone in view, at its first image, its slices
+        placed where the training image's slices lie in plane (so toggling between them compares like with like)."""
+        src = self.image.value
+        if src is not None and src.ndim >= 2:
+            corner = tuple(float(c) for c in src.extent.world[0][-2:])  # the training image's in-plane corner
+            item = replace(item, geometry=Geometry(item.geometry.spacing, (*item.geometry.origin[:-2], *corner)))
         for key in ("gan:preview", "gan:samples", "gan:interpolation"):  # one stack at a time, not stacked up
             other = find_output(self.viewer, key)
             if other is not None:
