@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from napari_medgen.data.slices import fit_to_size
 from napari_medgen.io import Geometry
 from napari_medgen.io.read import ImageData
 from napari_medgen.errors import UserError
@@ -15,6 +14,7 @@ from napari_medgen.tasks.volume_input import NonFiniteWarning
 from napari_medgen.tasks.gan import (TooFewImagesError, interpolate_seeds, synthesize, train_gan,
                                      training_slices)
 from napari_medgen.tasks.synthesis_report import format_report, side_by_side, synthesis_report
+from gan_slices import interleaved
 
 DS = 4  # 8 mm slices (30 x 25 px): a GAN learns brain-like shapes in ~20 s on one CPU thread
 # budgets in steps only (no seconds limit): the same model whatever the machine load; one GAN at full
@@ -24,11 +24,7 @@ FAST = {"width": 8, "seed": 0, "device": "cpu", "seconds": None, "architecture":
 
 @pytest.fixture(scope="module")
 def split(brain):
-    """Interleaved training / held-out axial slices of the sample brain, in scanner units."""
-    data = training_slices(brain, downsample=DS)
-    lo, hi = data["intensity"]
-    stack = fit_to_size(data["images"], data["native_shape"]) * (hi - lo) + lo
-    return stack[0::2], stack[1::2], (lo, hi)
+    return interleaved(brain, DS)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_medgen.data.slices import fit_to_size
 from napari_medgen.io import Geometry
 from napari_medgen.io.read import ImageData
 from napari_medgen.models.checkpoint import Model
@@ -16,6 +15,7 @@ from napari_medgen.tasks.cascade_gan import FACTOR, RefineTask, refined, refiner
 from napari_medgen.tasks.gan_training import spectral_discriminator
 from napari_medgen.tasks.gan import interpolate_seeds, synthesize, train_gan, training_slices
 from napari_medgen.tasks.synthesis_report import pyramid_swd, synthesis_report
+from gan_slices import interleaved
 
 DS = 2  # 4 mm slices (59 x 50 px, padded to 64 x 64): the coarse GAN trains at 16 x 16, the refiner at 64 x 64
 KW = {"width": 8, "batch_size": 8, "seed": 0, "device": "cpu", "seconds": None}
@@ -23,10 +23,7 @@ KW = {"width": 8, "batch_size": 8, "seed": 0, "device": "cpu", "seconds": None}
 
 @pytest.fixture(scope="module")
 def split(brain):
-    data = training_slices(brain, downsample=DS)
-    lo, hi = data["intensity"]
-    stack = fit_to_size(data["images"], data["native_shape"]) * (hi - lo) + lo
-    return stack[0::2], stack[1::2], (lo, hi)
+    return interleaved(brain, DS)
 
 
 STEPS = 250

@@ -245,7 +245,10 @@ class GANWidget(Panel):
         if src is not None and src.ndim >= 2:
             corner = tuple(float(c) for c in src.extent.world[0][-2:])  # the training image's in-plane corner
             item = replace(item, geometry=Geometry(item.geometry.spacing, (*item.geometry.origin[:-2], *corner)))
-        for key in ("gan:preview", "gan:samples", "gan:interpolation"):  # one stack at a time, not stacked up
+        preview = find_output(self.viewer, "gan:preview")
+        if preview is not None:  # the training preview is stale once the model samples (and would set the view)
+            self.viewer.layers.remove(preview)
+        for key in ("gan:samples", "gan:interpolation"):  # one stack at a time, not stacked up
             other = find_output(self.viewer, key)
             if other is not None:
                 other.visible = False
