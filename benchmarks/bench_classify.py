@@ -18,7 +18,8 @@ The script writes the tables of the ``--parts`` it runs to ``--out``:
     pip install --no-deps --target /tmp/pydicom-data pydicom-data
     pip install --no-deps --target /tmp/dipy-files dipy
     apt-get install -y invesalius-examples insighttoolkit5-examples
-    nice -n 10 python benchmarks/bench_classify.py --parts scan2d scan3d --seconds 90 --out /tmp/scan.md
+    nice -n 10 python benchmarks/bench_classify.py --parts scan2d --seconds 180 --out /tmp/scan2d.md
+    nice -n 10 python benchmarks/bench_classify.py --parts scan3d --seconds3d 60 --out /tmp/scan3d.md
     nice -n 10 python benchmarks/bench_classify.py --parts lesion --seconds 120 --out /tmp/lesion.md
 """
 from __future__ import annotations
@@ -182,28 +183,31 @@ PCT = {"kind": "percentile", "lower": 0.5, "upper": 99.5}  # the same for every 
 
 
 def scan_rows(names, labels, fold, probs, classes) -> list[str]:
-    """Per-subject rows and the totals: image accuracy, balanced accuracy, subject accuracy."""
-    rows = ["| class | held-out subject | fold | images | ours | DenseNet121 |", "|---|---|---|---|---|---|"]
-    hits = {"ours": [], "dn": []}
-    subj = {"ours": [], "dn": []}
+    """Per-subject rows and the totals (image accuracy, balanced accuracy, subject accuracy), one column per model."""
+    models = list(probs)
+    rows = ["| class | held-out subject | fold | images | " + " | ".join(models) + " |",
+            "|---|---|---|---|" + "---|" * len(models)]
+    hits = {m: [] for m in models}
+    subj = {m: [] for m in models}
     truth = []
     for i, name in enumerate(names):
         t = classes.index(labels[i])
         cells = []
-        for m in ("ours", "dn"):
+        for m in models:
             ok = probs[m][i].argmax(1) == t
             hits[m] += list(ok)
             subj[m].append(probs[m][i].mean(0).argmax() == t)
             cells.append(f"{ok.mean():.2f}")
-        truth += [t] * len(probs["ours"][i])
-        rows.append(f"| {labels[i]} | {name} | {fold[i]} | {len(probs['ours'][i])} | {cells[0]} | {cells[1]} |")
+        truth += [t] * len(ok)
+        rows.append(f"| {labels[i]} | {name} | {fold[i]} | {len(ok)} | {' | '.join(cells)} |")
     truth = np.array(truth)
     bal = {m: np.mean([np.mean(np.array(h)[truth == c]) for c in np.unique(truth)]) for m, h in hits.items()}
-    rows += [f"| all | accuracy over images | | {len(truth)} | {np.mean(hits['ours']):.2f} | "
-             f"{np.mean(hits['dn']):.2f} |",
-             f"| all | balanced accuracy (mean over classes) | | {len(truth)} | {bal['ours']:.2f} | {bal['dn']:.2f} |",
+    rows += [f"| all | accuracy over images | | {len(truth)} | " + " | ".join(f"{np.mean(hits[m]):.2f}" for m in models)
+             + " |",
+             f"| all | balanced accuracy (mean over classes) | | {len(truth)} | "
+             + " | ".join(f"{bal[m]:.2f}" for m in models) + " |",
              f"| all | subjects right (mean probability of their images) | | {len(names)} | "
-             f"{np.mean(subj['ours']):.2f} | {np.mean(subj['dn']):.2f} |"]
+             + " | ".join(f"{np.mean(subj[m]):.2f}" for m in models) + " |"]
     return rows
 
 
@@ -223,7 +227,8 @@ def scan_type(args, dims: int) -> list[str]:
         data = [[ld()] for _, _, ld in subs]
         size, kw, seconds = (32, 32, 32), {"body": {"channels": [8, 16, 32], "strides": [2, 2]}}, args.seconds3d
     classes = sorted(set(labels))
-    probs = {"ours": [None] * len(names), "dn": [None] * len(names)}
+    ours = {f"ours, {p} pooling": p for p in args.poolings}
+    probs = {m: [None] * len(names) for m in [*ours, "DenseNet121"]}
     rng = np.random.default_rng(1)
     steps = []
     for k in sorted(set(fold)):
@@ -232,14 +237,17 @@ def scan_type(args, dims: int) -> list[str]:
             ims = data[i] if dims == 2 else classify_scans.crops(data[i][0], classify_scans.PER_SUBJECT, rng)
             x += [ims[j % len(ims)] for j in range(classify_scans.PER_SUBJECT)]  # each subject equally often
             y += [labels[i]] * classify_scans.PER_SUBJECT
-        model, _ = train_ours(x, y, seconds, size=size, normalization=PCT, val_fraction=0, **kw)
-        spacing = model.params.spacing
+        held = [i for i in range(len(names)) if fold[i] == k]
+        for m, pooling in ours.items():
+            model, _ = train_ours(x, y, seconds, size=size, normalization=PCT, val_fraction=0, pooling=pooling, **kw)
+            spacing = model.params.spacing
+            for i in held:
+                probs[m][i] = np.array([[classify(model, im, heatmap=False).probabilities[c] for c in classes]
+                                        for im in data[i]])
         dn, n = train_densenet(x, y, classes, size, spacing, seconds, dims, spec=PCT)
         steps.append(n)
-        for i in (i for i in range(len(names)) if fold[i] == k):
-            probs["ours"][i] = np.array([[classify(model, im, heatmap=False).probabilities[c] for c in classes]
-                                         for im in data[i]])
-            probs["dn"][i] = densenet_predict(dn, data[i], classes, size, spacing, spec=PCT)[0]
+        for i in held:
+            probs["DenseNet121"][i] = densenet_predict(dn, data[i], classes, size, spacing, spec=PCT)[0]
         print(f"fold {k} done", flush=True)
     per_class = {c: labels.count(c) for c in classes}
     head = (f"\n### Scan type {dims}D ({' / '.join(classes)}), held-out subjects\n\n"
@@ -266,6 +274,10 @@ def main() -> None:
                     choices=["lesion", "transfer", "scan2d", "scan3d"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--folds", type=int, default=3, help="subject folds of the 2D scan-type set")
+    ap.add_argument("--poolings", nargs="+", default=["mean", "lse"], choices=["mean", "lse"],
+                    help="scan type: one 'ours' column per pooling")
+    ap.add_argument("--fine-spacing", type=float, default=1.2, help="lesion part: grid spacing (mm) of the finer row")
+    ap.add_argument("--fine-size", type=int, default=160, help="lesion part: grid size of the finer row")
     ap.add_argument("--pydicom-data", type=Path, default=Path("/tmp/pydicom-data/data_store/data"),
                     help="pydicom-data's files: pip install --target /tmp/pydicom-data pydicom-data")
     ap.add_argument("--dipy-files", type=Path, default=Path("/tmp/dipy-files/dipy/data/files"),
@@ -275,8 +287,9 @@ def main() -> None:
     lines = ["## Classification (issue 13)\n",
              f"CPU only (torch {torch.__version__}, 1 thread, {platform.machine()}, a 2-core machine shared with "
              f"other jobs; no GPU in this session). Within a table every model trains for the same wall time. "
-             "Ours = `train_classifier` (U-Net body, per-pixel class evidence pooled by log-sum-exp, Grad-CAM on the "
-             "full-resolution output); baseline = MONAI `DenseNet121`, Adam 1e-4, cross-entropy, same prepared "
+             "Ours = `train_classifier` (U-Net body, per-pixel class evidence pooled by log-sum-exp or by the mean, "
+             "as each table says; Grad-CAM on the full-resolution output); baseline = MONAI `DenseNet121`, "
+             "Adam 1e-4, cross-entropy, same prepared "
              "inputs (resampled, normalised, fitted to the same grid), Grad-CAM on its last layer.\n"]
     if "lesion" in args.parts or "transfer" in args.parts:
         lines += lesion_parts(args)
@@ -309,12 +322,18 @@ def lesion_parts(args) -> list[str]:
                  "so twice as large. Test sets (untuned, other seeds): the same lesion generator, 2-4 mm radii on "
                  "ICBM152 at 1 mm, 4-8 mm on anatomical.nii at 2 mm. Pointing game: share of lesion slices whose heatmap "
                  f"maximum lies within 10 px of the lesion mask; 'small' = less than {SMALL_MM:.0f} mm across in its "
-                 "slice (AUROC of those lesion slices against all healthy slices).\n")
+                 "slice (AUROC of those lesion slices against all healthy slices). The row "
+                 f"'{args.fine_spacing:g} mm grid' is the first row on the grid spacing={args.fine_spacing:g}, "
+                 f"size={args.fine_size}x{args.fine_size} instead of the default (the median field of view fitted to "
+                 "128x128).\n")
     models = {"ours, from brain-tissue-2d": train_ours(tr_imgs, tr_labels, S, pretrained="brain-tissue-2d")}
     if "lesion" in args.parts:
         models["ours, from brain-tissue-2d, lesions at 2 mm"] = train_ours(old_imgs, old_labels, S,
                                                                          pretrained="brain-tissue-2d")
         models["ours, from scratch"] = train_ours(tr_imgs, tr_labels, S)
+        fine_name = f"ours, from brain-tissue-2d, {args.fine_spacing:g} mm grid ({args.fine_size}x{args.fine_size})"
+        models[fine_name] = train_ours(tr_imgs, tr_labels, S, pretrained="brain-tissue-2d",
+                                       spacing=[args.fine_spacing] * 2, size=(args.fine_size,) * 2)
         spacing = models["ours, from brain-tissue-2d"][0].params.spacing
         dn, dn_steps = train_densenet(tr_imgs, tr_labels, ["healthy", "lesion"], (128, 128), spacing, S, 2)
     for ev_name, ((imgs, labels, masks), ev_mm) in ev.items():

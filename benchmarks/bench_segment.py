@@ -35,7 +35,6 @@ def volume(case: str):
 
 def worker(case: str, mode: str, threads: int, repeats: int) -> dict:
     """``mode`` "bare"/"segment": one call, peak RAM. ``mode`` "time": both, alternating, min seconds."""
-    import numpy as np
     import psutil
     import torch
     from monai.inferers import sliding_window_inference

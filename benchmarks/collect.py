@@ -5,7 +5,7 @@
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-ORDER = ["segment", "finetune", "vae", "gan", "sequence", "classify", "cohort", "responsiveness"]
+ORDER = ["segment", "finetune", "vae", "diffusion", "gan", "sequence", "classify", "cohort", "responsiveness"]
 HEADER = """# Benchmarks
 
 Measured figures, each from one run of the script named in its section (`benchmarks/bench_*.py`),

@@ -56,6 +56,23 @@ def test_learns_contrast_and_reports_metrics(contrast_model, contrasts, tmp_path
     assert sum(a.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_mean_pooling_learns_a_whole_image_property(contrasts, tmp_path):
+    """pooling="mean": the class score is the image's average evidence (kept in the model file)."""
+    imgs, labels = contrasts
+    model, history = train_classifier(imgs, labels, size=(48, 48), body=TINY, steps=80, val_every=10,
+                                      pooling="mean")
+    assert history["metrics"]["balanced_accuracy"] >= 0.75
+    again = load_classifier(model.save(tmp_path / "mean.medgen.pt"))
+    assert again.params.pooling == "mean"
+    net = __import__("napari_medgen.tasks.classify", fromlist=["x"]).network(again)
+    x = torch.as_tensor(prepare(imgs[0], again.config.normalization, again.params.spacing, again.params.size)[0])
+    with torch.no_grad():
+        e = net.evidence(x[None, None])
+        assert torch.allclose(net(x[None, None]), e.flatten(2).mean(2), atol=1e-5)
+    with pytest.raises(UserError, match="Pooling must be one of lse, mean"):
+        train_classifier(imgs, labels, size=(48, 48), body=TINY, steps=1, pooling="max")
+
+
 def test_heatmap_on_the_images_own_grid(contrast_model, brain):
     model, _ = contrast_model
     geo = Geometry((1.0, 3.0), (5.0, -7.0), np.eye(2))
@@ -91,6 +108,19 @@ def test_a_finer_image_is_low_passed_not_aliased():
     # a 4x4 box average would leave std(noise) / 4; plain bilinear resampling leaves about half of it
     assert x[4:-4, 4:-4].std() < 0.35 * noise.std()
     assert abs(x.mean() - noise.mean()) < 0.02
+
+
+def test_grid_spacing_is_the_users_choice(contrasts):
+    """One number = isotropic grid spacing in mm; the heatmap still lands on the image's own grid."""
+    imgs, labels = contrasts
+    model, _ = train_classifier(imgs[:4], labels[:4], size=(48, 48), spacing=4.0, body=TINY, steps=1,
+                                val_fraction=0)
+    assert model.params.spacing == [4.0, 4.0]
+    x, placement = prepare(imgs[0], model.config.normalization, model.params.spacing, model.params.size)
+    assert placement.shape == tuple(round(n * s / 4.0) for n, s in zip(imgs[0].data.shape, imgs[0].geometry.spacing))
+    assert classify(model, imgs[0]).heatmap.shape == imgs[0].data.shape
+    with pytest.raises(UserError, match="grid spacing must be 2 positive numbers"):
+        train_classifier(imgs[:4], labels[:4], size=(48, 48), spacing=0, body=TINY, steps=1)
 
 
 def test_to_image_grid_inverts_crop_and_pad():

@@ -30,9 +30,10 @@ def test_train_from_layers_then_classify(viewer, qtbot, brain, tissue, tmp_path)
     for i, z in enumerate(range(30, 66, 6)):
         w.set_label(f"slice {z}", "T2" if i % 2 else "T1")
     w.steps.setValue(4)
+    w.pooling.setCurrentText("mean")
     w.train()
     _wait(qtbot, w)
-    assert w.runner.last_error is None and w.model is not None
+    assert w.runner.last_error is None and w.model is not None and w.model.params.pooling == "mean"
     assert w.model.params.classes == ["T1", "T2"] and "validation" in w.metrics_line.text()
     assert w.plot.series["loss"][0]
     vlayer = viewer.add_image(vol, name="volume", **kw, metadata={"modality": "MR"})

@@ -22,6 +22,7 @@ _EXPORTS = {
     "tasks.anomaly": ["AnomalyResult", "anomaly_map"],
     "tasks.vae": ["interpolate_slices", "reconstruct", "synthesize_vae"],
     "tasks.vae_training": ["train_vae", "train_vae_cohort"],
+    "tasks.diffusion_training": ["add_diffusion"],
     "data.annotations": ["AnnotationError"],
     "tasks.finetune": ["finetune", "complete_labels"],
     "data.interpolate": ["interpolate_labels"],

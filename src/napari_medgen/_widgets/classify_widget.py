@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLab
                             QListWidgetItem, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QWidget)
 
 from ..models.checkpoint import Model
+from ..models.encoders import POOLINGS
 from ..models.segmentation import builtin_models
 from ..tasks.classify import classify, load_classifier, train_classifier
 from ..tasks.classify_data import read_label_csv
@@ -85,6 +86,10 @@ class ClassifyWidget(Panel):
         self.pretrained.setToolTip("Start from a network that knows medical images: a built-in or .medgen.pt "
                                    "segmentation U-Net, a VAE .medgen.pt, a MONAI bundle folder, a MONAI UNet state dict "
                                    "or a torchvision ResNet state dict (2D).")
+        self.pooling = QComboBox()
+        self.pooling.addItems(list(POOLINGS))
+        self.pooling.setToolTip("How per-pixel class evidence becomes the image's class. "
+                                + "; ".join(f"{k}: {v}" for k, v in POOLINGS.items()) + ".")
         self.steps = QSpinBox()
         self.steps.setRange(1, 100_000)
         self.steps.setValue(300)
@@ -133,7 +138,9 @@ class ClassifyWidget(Panel):
         form2.addRow("top slices", self.slices)
         self.body.addWidget(train_box)
         self.body.addWidget(use_box)
-        self.advanced().addRow("device", self.device)
+        advanced = self.advanced()
+        advanced.addRow("pooling", self.pooling)
+        advanced.addRow("device", self.device)
         self.body.addWidget(self.device_line)
         self.body.addWidget(self.runner)
         self.body.addStretch(1)
@@ -205,6 +212,7 @@ class ClassifyWidget(Panel):
         self.plot.clear()
         self.runner.start(train_classifier, images, labels, steps=self.steps.value(),
                           pretrained=None if pre.startswith("none") or not pre else pre,
+                          pooling=self.pooling.currentText(),
                           device=self.device.currentText(), on_result=self._trained, on_progress=self._progress,
                           stoppable=True)
 

@@ -14,6 +14,8 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
 from ..models.checkpoint import SUFFIX, Model
 from ..models.config import Task
 from ..tasks.anomaly import DEFAULTS, EXPLAIN, METHODS, SIGNS, anomaly_map, normal_threshold
+from ..tasks.diffusion_restore import has_diffusion
+from ..tasks.diffusion_training import add_diffusion
 from ..tasks.vae import interpolate_slices, reconstruct, synthesize_vae
 from ..tasks.vae_training import train_vae
 from ..tasks.volume_input import stack_geometry
@@ -46,6 +48,11 @@ class VAEWidget(Panel):
         self.seconds = spin(5, 86_400, 120, "Training budget in seconds (the best weights so far are kept)")
         self.steps = spin(0, 1_000_000, 0, "Optional budget in steps (0: seconds only); whichever ends first")
         self.latent = spin(2, 1024, 64, "Size of the VAE's latent code")
+        self.diffusion_seconds = spin(10, 86_400, 300, "Training budget of the diffusion model in seconds")
+        self.diffusion_button = QPushButton("Add diffusion")
+        self.diffusion_button.setToolTip("Train a diffusion model of the normal images (and mask) for the current "
+                                         "VAE: a second anomaly method, 'diffusion', saved in the same model file")
+        self.diffusion_button.clicked.connect(self.add_diffusion)
         self.device, self.device_line = device_chooser()
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
@@ -61,9 +68,7 @@ class VAEWidget(Panel):
         self.mask = self.layer_picker(napari.layers.Labels, nullable=True,
                                       tooltip="Optional: score only inside this mask.")
         self.method = QComboBox()
-        self.method.addItems(METHODS)
-        self.method.setCurrentText(DEFAULTS["method"])
-        self.method.setToolTip("\n".join(f"{m}: {EXPLAIN[m]}" for m in METHODS))
+        self._list_methods()
         self.sign = QComboBox()
         self.sign.addItems(SIGNS)
         self.sign.setToolTip("positive: brighter than normal (e.g. FLAIR lesions); negative: darker; both")
@@ -95,8 +100,9 @@ class VAEWidget(Panel):
         interp_button.clicked.connect(self.interpolate)
 
         self.runner = JobRunner("VAE")
-        self.runner.started.connect(lambda: self.train_button.setEnabled(False))
-        self.runner.done.connect(lambda _s: self.train_button.setEnabled(True))
+        for button in (self.train_button, self.diffusion_button):
+            self.runner.started.connect(lambda b=button: b.setEnabled(False))
+            self.runner.done.connect(lambda _s, b=button: b.setEnabled(True))
 
         train_box = QGroupBox("Train on normal scans")
         form = QFormLayout(train_box)
@@ -111,6 +117,7 @@ class VAEWidget(Panel):
         adv = self.advanced("Advanced training options")
         adv.addRow("steps (0: none)", self.steps)
         adv.addRow("latent size", self.latent)
+        adv.addRow("diffusion (s)", row(self.diffusion_seconds, self.diffusion_button))
         self.train_advanced = self.sections["Advanced training options"]
         score_box = QGroupBox("Score a scan")
         form = QFormLayout(score_box)
@@ -141,27 +148,69 @@ class VAEWidget(Panel):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
 
     # --- model ---
-    def train(self) -> None:
-        """Train a VAE on the selected normal layers (and mask) in a worker thread."""
+    def _normal_inputs(self):
+        """(layers, images, masks) of the normal images to train on, or None after saying why."""
         layers = list(self.normals.value)
         if not layers:
             show_error("Select one or more normal Image layers to train on.")
-            return
+            return None
         if any(layer.rgb for layer in layers):
             show_error("The VAE works on single-channel images; choose grey-value layers, not RGB.")
-            return
+            return None
         mask = self.train_mask.value
         images = [layer_image(layer) for layer in layers]
         masks = [layer_array(mask)] * len(images) if mask is not None else None
         if masks is not None and any(m.shape != im.data.shape for m, im in zip(masks, images)):
             show_error(f"The mask '{mask.name}' {masks[0].shape} does not match every training image; "
                        "choose a mask of the same shape.")
+            return None
+        return layers, images, masks
+
+    def train(self) -> None:
+        """Train a VAE on the selected normal layers (and mask) in a worker thread."""
+        got = self._normal_inputs()
+        if got is None:
             return
+        layers, images, masks = got
         self.loss_plot.clear()
         self.runner.start(train_vae, images, masks, steps=self.steps.value() or None, seconds=self.seconds.value(),
                           latent_size=self.latent.value(), device=self.device.currentText(),
                           name=f"vae {layers[0].name}", stoppable=True, on_result=self._trained,
                           on_progress=self._on_progress)
+
+    def add_diffusion(self) -> None:
+        """Train a diffusion model of the selected normal layers for the current VAE, in a worker thread."""
+        if self.model is None:
+            show_error("Train or load a VAE first; the diffusion model is added to it.")
+            return
+        got = self._normal_inputs()
+        if got is None:
+            return
+        _layers, images, masks = got
+        self.loss_plot.clear()
+        self.runner.start(add_diffusion, self.model, images, masks, seconds=self.diffusion_seconds.value(),
+                          device=self.device.currentText(), stoppable=True, on_result=self._diffusion_added,
+                          on_progress=self._on_diffusion_progress)
+
+    def _on_diffusion_progress(self, ev) -> None:
+        if "loss" in ev.metrics:
+            draw = ev.train_step % 10 == 0 or ev.step == ev.total
+            self.loss_plot.add("diffusion noise error", ev.train_step, ev.metrics["loss"], draw=draw)
+
+    def _diffusion_added(self, result) -> None:
+        self.model, history = result
+        note = " (stopped early: best weights so far)" if history["stopped"] else ""
+        self._describe(f"Diffusion added{note} in {history['seconds']:.0f} s, kept {history['returned']}")
+        self.method.setCurrentText("diffusion")
+
+    def _list_methods(self) -> None:
+        """The scoring methods this model has ("diffusion" only with a diffusion network), keeping the choice."""
+        methods = [m for m in METHODS if m != "diffusion" or has_diffusion(self.model)]
+        current = self.method.currentText() or DEFAULTS["method"]
+        self.method.clear()
+        self.method.addItems(methods)
+        self.method.setCurrentText(current if current in methods else DEFAULTS["method"])
+        self.method.setToolTip("\n".join(f"{m}: {EXPLAIN[m]}" for m in methods))
 
     def _on_progress(self, ev) -> None:
         if "reconstruction" in ev.metrics:
@@ -177,8 +226,10 @@ class VAEWidget(Panel):
     def _describe(self, what: str) -> None:
         p = self.model.params
         latent = self.model.config.networks["net"].args["latent_size"]
+        extra = ", + diffusion restoration" if has_diffusion(self.model) else ""
         self.model_line.setText(f"{what}: {self.model.name}, slices {tuple(p.size)}, "
-                                f"latent {latent}{', masked' if p.masked else ''}.")
+                                f"latent {latent}{', masked' if p.masked else ''}{extra}.")
+        self._list_methods()
 
     def load_model(self, path: Optional[str] = None) -> None:
         if path is None:

@@ -34,6 +34,13 @@ def add_parser(sub) -> None:
     t.add_argument("--size", type=int, nargs="+", default=None,
                    help="network input size in pixels, e.g. 128 128 or 64 64 64 (default 128x128 in 2D, "
                         "64^3 in 3D)")
+    t.add_argument("--spacing", type=float, default=None, metavar="MM",
+                   help="grid spacing in mm, the same along every axis (default: the median image's field of "
+                        "view fits --size); e.g. 1.2 with --size 160 160 for findings a few mm wide in a head")
+    t.add_argument("--pooling", choices=["lse", "mean"], default="lse",
+                   help="how per-pixel class evidence becomes the image's class: lse = where it is strongest "
+                        "(findings, lesions), mean = over the whole image (scan type, sequence, body part) "
+                        "(default lse)")
     t.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of each class held out for validation, 0 to 1 (default 0.2)")
     add_common(t)
@@ -72,6 +79,7 @@ def run_train(args) -> int:
     with terminal_job("classify-train", quiet=args.quiet) as job:
         model, history = train_classifier([str(f) for f in files], labels, pretrained=args.pretrained,
                                           steps=args.steps, seconds=args.seconds, size=args.size,
+                                          spacing=args.spacing, pooling=args.pooling,
                                           val_fraction=args.val_fraction, device=args.device,
                                           name=Path(out).name[:-len(SUFFIX)], progress=job)
     model.save(out)

@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
     add_budget(p, seconds=120.0)
     p.add_argument("--latent", type=int, default=64, help="latent size")
     p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
+    p.add_argument("--diffusion", type=float, default=0.0, metavar="SECONDS",
+                   help="also train a diffusion model of the same normal scans for this many seconds (scoring "
+                        "method 'diffusion'; kept in the same model file; 0: none, the default; 300 is a start)")
     add_common(p)
     p.set_defaults(func=run_train)
 
@@ -26,10 +29,11 @@ def add_parser(sub) -> None:
     p.add_argument("--mask", help="foreground mask (restricts scoring)")
     p.add_argument("--out", required=True, help="heatmap file (e.g. heatmap.nii.gz)")
     p.add_argument("--mask-out", help="anomaly mask file")
-    p.add_argument("--method", choices=["combined", "restoration", "samples", "residual", "intensity"],
+    p.add_argument("--method", choices=["combined", "restoration", "samples", "residual", "intensity", "diffusion"],
                    help="combined (default: plain intensity plus tissue-intensity and VAE-restoration evidence "
                         "where extreme on normal scans; darker than normal from the restoration), restoration (MAP "
-                        "restoration), samples, residual, intensity")
+                        "restoration), samples, residual, intensity, diffusion (needs a model trained "
+                        "with --diffusion)")
     p.add_argument("--sign", choices=["both", "positive", "negative"],
                    help="positive: brighter than normal, negative: darker, both (default)")
     p.add_argument("--percentile", type=float, help="threshold as a percentile of normal scores (default 99)")
@@ -88,11 +92,18 @@ def run_train(args) -> int:
     from ..tasks.vae_training import train_vae
 
     check_output(args.out, args.overwrite)
+    if args.diffusion < 0:
+        raise UserError(f"The diffusion budget must be 0 (none) or more seconds (got {args.diffusion:g}).")
     images, masks = _training_data(args)
     with terminal_job("vae-train", args.quiet) as job:
         model, hist = train_vae(images, masks, steps=args.steps, seconds=args.seconds, latent_size=args.latent,
                                 axis=args.axis, device=args.device, name=Path(args.out).name.split(".")[0],
                                 progress=job)
+    if args.diffusion:
+        from ..tasks.diffusion_training import add_diffusion
+
+        with terminal_job("vae-train diffusion", args.quiet) as job:
+            model, _ = add_diffusion(model, images, masks, seconds=args.diffusion, device=args.device, progress=job)
     model.save(args.out)
     note = " (stopped early; best weights so far)" if hist["stopped"] else ""
     held = f"; validated on held-out {', '.join(hist['val_subjects'])}" if hist["val_subjects"] else ""

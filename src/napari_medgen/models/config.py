@@ -66,6 +66,7 @@ class VAEParams:
     spacing: Optional[list] = None  # in-plane (y, x) pixel spacing of the training slices, when known
     intensity: Optional[list] = None  # [low, high] training intensities mapped to [0, 1] (samples come back in them)
     tissue: Optional[dict] = None  # per-tissue intensity model of normal data (means, sds), for "combined" scoring
+    diffusion: Optional[dict] = None  # network "diffusion": its schedule, noise level and DDIM steps (restoration)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class ClassificationParams:
     metrics: Optional[dict] = None
     pretrained: str = ""  # where the encoder came from
     sharpness: float = 5.0  # log-sum-exp pooling of the per-voxel class evidence (large: max, small: mean)
+    pooling: str = "lse"  # "lse" (findings: where the evidence is strongest) or "mean" (whole-image properties)
 
 
 @dataclass

@@ -37,12 +37,22 @@ RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34",
 _DECODER = re.compile(r"(^|\.)(model|submodule)\.2\.")
 
 
-class EvidenceClassifier(nn.Module):
-    """``body`` (dense features) -> per-voxel ``head`` (class evidence) -> log-sum-exp pool (class logits)."""
+POOLINGS = {"lse": "a class is present where its evidence is strongest (findings, lesions)",
+            "mean": "a class is a property of the whole image (scan type, sequence, body part)"}
 
-    def __init__(self, body: nn.Module, head: nn.Module, sharpness: float = 5.0):
+
+class EvidenceClassifier(nn.Module):
+    """``body`` (dense features) -> per-voxel ``head`` (class evidence) -> pooled class logits.
+
+    ``pooling="lse"``: log-sum-exp with ``sharpness`` (large: max, small: mean), for findings
+    that occupy a few voxels; ``"mean"``: the average evidence, for a property of the whole image.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module, sharpness: float = 5.0, pooling: str = "lse"):
         super().__init__()
-        self.body, self.head, self.sharpness = body, head, float(sharpness)
+        if pooling not in POOLINGS:
+            raise UserError(f"Pooling must be one of {', '.join(POOLINGS)} (got '{pooling}').")
+        self.body, self.head, self.sharpness, self.pooling = body, head, float(sharpness), pooling
 
     def evidence(self, x: torch.Tensor) -> torch.Tensor:
         """Per-voxel class evidence (B, C, *spatial)."""
@@ -53,6 +63,8 @@ class EvidenceClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.evidence(x).flatten(2).float()
+        if self.pooling == "mean":
+            return e.mean(2)
         r = self.sharpness
         return (torch.logsumexp(r * e, dim=2) - math.log(e.shape[2])) / r
 

@@ -7,17 +7,21 @@ where ``x_normal`` is
 - ``"samples"``: the mean of several decoded posterior samples;
 - ``"restoration"``: a MAP restoration (after You et al., MIDL 2019): ``x`` is moved by
   gradient descent towards an image the VAE finds likely while staying close to ``x`` in L1;
+- ``"diffusion"``: a diffusion model's restoration from partial noise (AnoDDPM; the model's network
+  ``"diffusion"``, added by :func:`~napari_medgen.tasks.diffusion_training.add_diffusion`);
 - ``"intensity"``: no network: the distance (in standard deviations) to the nearest normal
   tissue intensity, a per-tissue intensity model fitted on the normal validation slices;
 - ``"combined"``: what the threshold knows and what the model knows.  Its parts are the plain
   intensity (distance from the scan's foreground median in units of its interquartile range: the
-  threshold itself, standardised per scan), the per-tissue intensity outlier and the restoration
-  residual; each is turned into a tail probability ``p`` against the same part's scores on normal
-  validation slices (``-log10 p``, so all share one calibrated scale).  Brighter than normal: the
-  plain intensity leads and the other parts add what exceeds their 1% normal tail; darker than
+  threshold itself, standardised per scan) and the restoration residual, centred per tissue on the
+  scan itself (:func:`tissue_centred`) and rescaled so that its 2% tail matches that of normal
+  validation slices (a new subject, scanner or resolution changes the residual's spread); each is
+  turned into a tail probability ``p`` against the same part's scores on normal validation slices
+  (``-log10 p``, so both share one calibrated scale).  Brighter than normal: the plain intensity
+  alone (the restoration does not remove bright lesions reliably enough to add to it); darker than
   normal: the restoration residual (normal CSF is as dark as a dark lesion; only the model's
-  anatomy tells them apart).  So the score keeps the threshold's order where the model sees
-  nothing extreme, and adds the model's evidence where it does.
+  anatomy tells them apart), plus, when only dark lesions are asked for, plain darkness up to its
+  1% normal tail.  So bright lesions keep the threshold's order and dark ones get the model's.
 
 Post-processing (Baur et al., MedIA 2021): keep the sign that matters (``"positive"`` for
 bright lesions, ``"negative"`` for dark, ``"both"``), restrict to the foreground mask,
@@ -37,29 +41,34 @@ from ..engine.device import select_device
 from ..engine.jobs import Job
 from ..errors import UserError
 from ..models.checkpoint import Model
+from .diffusion_restore import diffusion_restore, has_diffusion, require_diffusion
 from .vae import check_distribution, decode_mean, guard_logvar, prepare, require_vae
 
-METHODS = ("combined", "restoration", "samples", "residual", "intensity")
+METHODS = ("combined", "restoration", "samples", "residual", "intensity", "diffusion")  # diffusion: if the model has it
 SIGNS = ("both", "positive", "negative")
 PERCENTILES = [50.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.9]
 TAILS = [1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4]  # calibrated tail probabilities
-PARTS = ("brightness", "intensity", "restoration")  # the parts of "combined"
+PARTS = ("brightness", "restoration")  # the parts of "combined"
 # the parts each tail uses, its lead first: brighter than normal is what a threshold knows; darker is left to
-# the model (normal CSF is as dark as a dark lesion: only anatomy tells them apart)
-TAIL_PARTS = {"positive": ("brightness", "intensity", "restoration"), "negative": ("restoration",)}
-GATE = 2.0  # -log10 p: a part that does not lead adds its evidence beyond its 1% normal tail
-PART_NAMES = {"brightness": "plain intensity", "intensity": "tissue intensity outlier",
-              "restoration": "VAE restoration residual"}
+# the model (normal CSF is as dark as a dark lesion: only anatomy tells them apart), plain darkness supporting it
+# (capped at GATE) when the dark tail is asked for alone
+TAIL_PARTS = {"positive": ("brightness",), "negative": ("restoration", "brightness")}
+GATE = 2.0  # -log10 p: a supporting part counts up to its 1% normal tail, never beyond
+RESCALE_TAIL = 0.02  # each scan's restoration residual is rescaled to match normal validation at this tail
+TISSUE_BINS = 24  # the restoration residual is centred per bin of normal-estimate intensity
+PART_NAMES = {"brightness": "plain intensity", "restoration": "VAE restoration residual"}
 DEFAULTS = {"method": "combined", "sign": "both", "percentile": 99.0, "median": 5, "min_size": 10,
             "samples": 8, "restore_steps": 30, "restore_weight": 0.05, "restore_lr": 0.1}
 EXPLAIN = {
-    "combined": "combined: plain intensity (what a threshold sees) plus tissue-intensity and VAE-restoration "
-                "evidence where it is extreme on normal scans; darker than normal from the VAE restoration alone "
-                "(normal CSF is dark too)",
+    "combined": "combined: brighter than normal from plain intensity (what a threshold sees), darker than normal "
+                "from the VAE restoration residual, centred per tissue and calibrated on normal scans (normal CSF "
+                "is dark too)",
     "restoration": "VAE restoration residual: what the VAE removes when asked for the nearest normal image",
     "samples": "mean of VAE posterior samples: reconstruction residual averaged over samples",
     "residual": "plain VAE reconstruction residual (fast, blurrier)",
     "intensity": "intensity outlier: distance to the nearest normal tissue intensity, in standard deviations",
+    "diffusion": "diffusion restoration residual: what a diffusion model of normal slices does not put back when "
+                 "the slice is partly noised and denoised (AnoDDPM, Gaussian noise)",
 }
 
 
@@ -131,6 +140,8 @@ def normal_estimate(model: Model, stack: np.ndarray, mask: np.ndarray | None, me
         return decode_mean(model, stack, samples=samples, device=device, job=job)
     if method == "restoration":
         return restore(model, stack, mask, device=device, job=job, **restore_kw)
+    if method == "diffusion":
+        return diffusion_restore(model, stack, mask, device=device, job=job)
     raise UserError(f"Unknown anomaly method '{method}'; use one of {', '.join(METHODS)}.")
 
 
@@ -223,14 +234,32 @@ def robust_z(normed: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return (out if mask is None else out * mask).astype(np.float32)
 
 
+def tissue_centred(residual: np.ndarray, normal: np.ndarray, mask: np.ndarray | None, bins: int = TISSUE_BINS):
+    """``residual`` minus the scan's own median residual among voxels whose normal estimate is equally bright
+    (``bins`` quantile bins of the foreground).  A restoration changes each tissue by its own systematic amount
+    (on the benchmark's brains it brightened white matter and darkened the ventricles), and by a different amount
+    on each scan and resolution; a lesion is what departs from its tissue's change.  Medians over bins of thousands of
+    voxels are robust to lesions covering a few percent of the brain."""
+    r = np.asarray(residual, np.float32)
+    fg = mask if mask is not None else np.asarray(normal) > 1e-4
+    if fg.sum() < 20 * bins:
+        return r
+    ref, v = np.asarray(normal, np.float32)[fg], r[fg]
+    which = np.digitize(ref, np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    order = np.argsort(which, kind="stable")
+    starts = np.searchsorted(which[order], np.arange(bins))
+    medians = np.array([np.median(part) if part.size else 0.0 for part in np.split(v[order], starts[1:])])
+    out = np.zeros_like(r)
+    out[fg] = v - medians[which]
+    return out
+
+
 def _signed_part(model: Model, part: str, normed: np.ndarray, residual: np.ndarray,
                  mask: np.ndarray | None) -> np.ndarray:
     """A part of the combined score before sign selection: positive where brighter than normal."""
     if part == "brightness":
         return robust_z(normed, mask)
-    if part == "intensity":
-        return intensity_outlier(normed, model.params.tissue)
-    return np.asarray(residual, np.float32)
+    return tissue_centred(residual, np.asarray(normed, np.float32) - residual, mask)
 
 
 def surprise(score: np.ndarray, values) -> np.ndarray:
@@ -258,22 +287,33 @@ def _tails(model: Model) -> dict:
 def combined_parts(model: Model, normed: np.ndarray, normal: np.ndarray, sign: str, mask: np.ndarray | None,
                    median: int, axis: int = 0) -> dict:
     """``{"part/tail": surprise map}`` for the parts of "combined" in every tail that ``sign`` keeps
-    (:data:`TAIL_PARTS`)."""
+    (:data:`TAIL_PARTS`; with both signs only each tail's lead: plain darkness would lift normal CSF
+    above faint lesions of either kind)."""
     tails = _tails(model)
     out = {}
     for tail in (("positive", "negative") if sign == "both" else (sign,)):
-        for part in TAIL_PARTS[tail]:
+        for part in TAIL_PARTS[tail][:1] if sign == "both" else TAIL_PARTS[tail]:
             score = postprocess(_signed_part(model, part, normed, normed - normal, mask), tail, mask, median, axis)
-            out[f"{part}/{tail}"] = surprise(score, tails[f"{part}/{tail}"])
+            table = tails[f"{part}/{tail}"]
+            out[f"{part}/{tail}"] = surprise(score if part == "brightness" else rescaled(score, table, mask), table)
     return out
+
+
+def rescaled(score: np.ndarray, table, mask: np.ndarray | None, tail: float = RESCALE_TAIL) -> np.ndarray:
+    """``score`` scaled so that its own ``tail`` quantile (over ``mask``) is that of normal validation scores
+    (``table``, at :data:`TAILS`): the scan is mostly normal, lesions cover far less than ``tail`` of it."""
+    vals = score[mask] if mask is not None else score.ravel()
+    own = float(np.quantile(vals, 1 - tail)) if vals.size else 0.0
+    normal = float(np.interp(-np.log10(tail), -np.log10(np.asarray(TAILS)), table))
+    return score * (normal / own) if own > 1e-9 and normal > 0 else score
 
 
 def combine(parts: dict, mask: np.ndarray | None = None, gate: float = GATE) -> tuple[np.ndarray, np.ndarray]:
     """(score, which part contributed most): each tail's lead part (the first of :data:`TAIL_PARTS`) in
-    full, every other part by how far it exceeds ``gate``; so the lead's order stays wherever the others
-    are not extreme, and they add their evidence where they are."""
+    full, a supporting part up to ``gate`` (its normal 1% tail): it orders what the lead leaves tied or
+    unsure but can never outweigh the lead's extreme evidence."""
     leads = {f"{v[0]}/{k}" for k, v in TAIL_PARTS.items()}
-    terms = np.stack([v if k in leads else np.clip(v - gate, 0, None) for k, v in parts.items()])
+    terms = np.stack([v if k in leads else np.minimum(v, gate) for k, v in parts.items()])
     which = np.array([PARTS.index(k.split("/")[0]) for k in parts])[terms.argmax(0)]
     score = terms.sum(0)
     return (score if mask is None else score * mask).astype(np.float32), which
@@ -325,6 +365,21 @@ def calibrate(model: Model, val_slices: np.ndarray, device: str = "auto", job: J
                               normals.get(method, normals.get("restoration")), method, sign, fg, DEFAULTS["median"])
             vals = score[fg] if fg is not None else score.ravel()
             table[f"{method}/{sign}"] = [float(v) for v in np.percentile(vals, PERCENTILES)]
+    if has_diffusion(model):
+        calibrate_diffusion(model, val_slices, device, job)
+
+
+def calibrate_diffusion(model: Model, val_slices: np.ndarray, device: str = "auto", job: Job | None = None) -> None:
+    """Add the percentiles of "diffusion" scores of normal validation slices (n, H, W) for every sign."""
+    stack = val_slices[:, None].astype(np.float32)
+    fg = stack[:, 0] > 0 if model.params.masked else None
+    normal = normal_estimate(model, stack, None if fg is None else fg[:, None], "diffusion", device=device,
+                             job=job)[:, 0]
+    cal = model.params.thresholds = model.params.thresholds or {"percentiles": PERCENTILES, "values": {}}
+    for sign in SIGNS:
+        score = postprocess(stack[:, 0] - normal, sign, fg, DEFAULTS["median"])
+        vals = score[fg] if fg is not None else score.ravel()
+        cal["values"][f"diffusion/{sign}"] = [float(v) for v in np.percentile(vals, cal["percentiles"])]
 
 
 def normal_threshold(model: Model, method: str, sign: str, percentile: float) -> float:
@@ -365,6 +420,8 @@ def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, si
     opts.update({k: v for k, v in given.items() if v is not None})
     if opts["method"] not in METHODS:
         raise UserError(f"Unknown anomaly method '{opts['method']}'; use one of {', '.join(METHODS)}.")
+    if opts["method"] == "diffusion":
+        require_diffusion(model)
     msgs = check_distribution(model, image, mask)
     prep = prepare(model, image, mask)
     axis = model.params.axis if prep.volume.ndim == 3 else 0

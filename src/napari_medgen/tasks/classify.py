@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..io import Geometry
 from ..models.checkpoint import Model, ModelFileError
 from ..models.config import ClassificationParams, ModelConfig, Task
-from ..models.encoders import (HEATMAP_LAYER, EvidenceClassifier, classifier_specs, pretrained_source,
+from ..models.encoders import (HEATMAP_LAYER, POOLINGS, EvidenceClassifier, classifier_specs, pretrained_source,
                                size_multiple, transfer)
 from .classify_data import DEFAULT_SPEC, as_image, as_images, default_spacing, encode_labels, prepare, to_image_grid
 from .classify_training import ClassifierTask, classification_metrics, predict
@@ -52,7 +52,8 @@ def unit_scale(cam: torch.Tensor) -> torch.Tensor:
 
 def network(model: Model) -> EvidenceClassifier:
     """The classifier as one module (shares the model's networks)."""
-    return EvidenceClassifier(model.networks["net"], model.networks["head"], model.params.sharpness)
+    p = model.params
+    return EvidenceClassifier(model.networks["net"], model.networks["head"], p.sharpness, p.pooling)
 
 
 def load_classifier(model) -> Model:
@@ -77,7 +78,8 @@ def _split(y: np.ndarray, fraction: float, rng) -> tuple[np.ndarray, np.ndarray]
 
 def train_classifier(images, labels, *, classes=None, val_images=None, val_labels=None,
                      val_fraction: float = 0.2, size=None, spacing=None, normalization: dict | None = None,
-                     pretrained=None, freeze: float = 0.3, body: dict | None = None, sharpness: float = 5.0,
+                     pretrained=None, freeze: float = 0.3, body: dict | None = None, pooling: str = "lse",
+                     sharpness: float = 5.0,
                      steps: int | None = 300, seconds: float | None = None, lr: float | None = None,
                      batch_size: int = 8, augment: bool = True, patience: int | None = None,
                      val_every: int | None = None, device="auto", seed: int = 0, name: str = "classifier",
@@ -85,15 +87,18 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     """Train a classifier on ``images`` (arrays, ImageData or files; all 2D or all 3D) and their ``labels``.
 
     Every image is normalised (``normalization``; default ``auto``: a HU window for CT, per-image
-    percentiles 0.5-99.95 for MRI), resampled to the isotropic ``spacing`` (default: the median field of view
-    fits ``size``) and centred in ``size``; :func:`classify` does the same.  ``pretrained``: a
-    segmentation U-Net (``"brain-tissue-2d"``, a ``.medgen.pt`` file, a MONAI bundle folder), a VAE
-    ``.medgen.pt``, a MONAI UNet state dict or a torchvision ResNet state dict (2D: the body becomes a
-    ResNet-encoder U-Net); its layers are frozen for the first ``freeze``
-    fraction of the budget.  Validation: ``val_images``/``val_labels``, else a stratified
+    percentiles 0.5-99.95 for MRI), resampled to ``spacing`` (mm, one number for isotropic; default: the
+    median field of view fits ``size``) and centred in ``size``; :func:`classify` does the same.  A finer
+    grid (e.g. ``spacing=1.2, size=(160, 160)`` for a head) helps findings a few mm wide on fine scans,
+    at more time per step.  ``pretrained``: a segmentation U-Net (``"brain-tissue-2d"``, a ``.medgen.pt``
+    file, a MONAI bundle folder), a VAE ``.medgen.pt``, a MONAI UNet state dict or a torchvision ResNet
+    state dict (2D: the body becomes a ResNet-encoder U-Net); its layers are frozen for the first
+    ``freeze`` fraction of the budget.  Validation: ``val_images``/``val_labels``, else a stratified
     ``val_fraction``; ``history["metrics"]`` holds accuracy, balanced accuracy, AUROC per class and
-    the confusion matrix of the returned weights.  Budget, stop, cancel and progress are
-    :func:`~napari_medgen.engine.fit.fit`'s.
+    the confusion matrix of the returned weights.  ``pooling``: how per-voxel class evidence becomes
+    the image's score: ``"lse"`` (log-sum-exp with ``sharpness``; a finding anywhere decides) or
+    ``"mean"`` (the whole image decides: scan type, sequence, body part).  Budget, stop, cancel and
+    progress are :func:`~napari_medgen.engine.fit.fit`'s.
     """
     job = Job.of(progress, stop, cancel)
     imgs = as_images(images)
@@ -101,6 +106,8 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     if len(labels) != len(imgs):
         raise UserError(f"There are {len(imgs)} images but {len(labels)} labels; give one label per image.")
     classes, y = encode_labels(labels, classes)
+    if pooling not in POOLINGS:
+        raise UserError(f"Pooling must be one of {', '.join(POOLINGS)} (got '{pooling}').")
     dims = imgs[0].data.ndim
     src_body, state, source = (None, None, "")
     if pretrained is not None:
@@ -110,10 +117,13 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     mult = size_multiple(specs["net"].args)
     if len(size) != dims or any(s % mult for s in size):
         raise UserError(f"The network size must be {dims} numbers, each a multiple of {mult} (got {list(size)}).")
-    spacing = [float(s) for s in (spacing or default_spacing(imgs, size))]
+    spacing = default_spacing(imgs, size) if spacing is None else spacing
+    spacing = [float(spacing)] * dims if np.isscalar(spacing) else [float(s) for s in spacing]
+    if len(spacing) != dims or min(spacing) <= 0:
+        raise UserError(f"The grid spacing must be {dims} positive numbers in mm (got {spacing}).")
     spec = dict(normalization or DEFAULT_SPEC)
     params = ClassificationParams(classes=classes, spatial_dims=dims, size=list(size), spacing=spacing,
-                                  pretrained=source, sharpness=float(sharpness))
+                                  pretrained=source, sharpness=float(sharpness), pooling=pooling)
     config = ModelConfig(task=Task.CLASSIFICATION, name=name, networks=specs, params=params,
                          normalization=spec, description=f"{dims}D classifier of {', '.join(map(str, classes))}"
                          + (f", from the {source}" if source else ""))
