@@ -325,7 +325,7 @@ def lesion_parts(args) -> list[str]:
                  "slice (AUROC of those lesion slices against all healthy slices). The row "
                  f"'{args.fine_spacing:g} mm grid' is the first row on the grid spacing={args.fine_spacing:g}, "
                  f"size={args.fine_size}x{args.fine_size} instead of the default (the median field of view fitted to "
-                 "128x128).\n")
+                 "128x128). Every 'ours' row pools by `lse` (the default).\n")
     models = {"ours, from brain-tissue-2d": train_ours(tr_imgs, tr_labels, S, pretrained="brain-tissue-2d")}
     if "lesion" in args.parts:
         models["ours, from brain-tissue-2d, lesions at 2 mm"] = train_ours(old_imgs, old_labels, S,

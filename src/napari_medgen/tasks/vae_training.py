@@ -236,6 +236,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
                        spacing=spacing, intensity=[float(np.mean(lows)), float(np.mean(highs))])
     net_args = {"spatial_dims": 2, "in_shape": [1, *size], "out_channels": 1, "latent_size": int(latent_size),
                 "channels": list(channels), "strides": [2] * len(channels), "num_res_units": 1}
+    torch.manual_seed(seed)  # the starting weights too: the same seed gives the same model
     model = Model(ModelConfig(task=Task.VAE, name=name, networks={"net": NetSpec("VarAutoEncoder", net_args)},
                               params=params, normalization=spec, description="VAE trained on normal scans"))
     task = VAETask(model.net, train, val, lr=lr, beta=beta, batch_size=batch_size, augment=augment, seed=seed)
