@@ -42,7 +42,8 @@ from napari_medgen.io import Geometry, ImageData, read_image
 from napari_medgen.models.checkpoint import Model
 from napari_medgen.models.config import Task
 from napari_medgen.sample_data import brain_t1, brain_tissue
-from napari_medgen.tasks.anomaly import anomaly_map, postprocess
+from napari_medgen.tasks.anomaly import anomaly_map
+from napari_medgen.tasks.anomaly_scores import postprocess
 from napari_medgen.tasks.vae_training import train_vae
 
 TEST = (38, 54)  # held-out block (axial slices of the 2 mm brain)

@@ -1,7 +1,7 @@
 """The combined anomaly score: tail probabilities calibrated on normal scores; the threshold's order kept."""
 import numpy as np
 
-from napari_medgen.tasks.anomaly import GATE, TAILS, combine, rescaled, surprise, tissue_centred
+from napari_medgen.tasks.anomaly_scores import GATE, TAILS, combine, rescaled, surprise, tissue_centred
 
 
 def test_surprise_is_minus_log10_of_the_normal_tail_probability():
