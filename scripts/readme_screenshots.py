@@ -68,7 +68,42 @@ def gan(viewer: napari.Viewer) -> None:
     viewer.grid.enabled = False
 
 
-SHOTS = {"finetune": finetune, "gan": gan}
+def vae(viewer: napari.Viewer) -> None:
+    """The default VAE training on the sample brain, then the combined score of bright and dark lesions
+    inserted into a copy of it."""
+    from napari_medgen._widgets.vae_widget import VAEWidget
+    from napari_medgen.data.lesions import inject_lesions
+
+    brain, tissue = brain_t1(), brain_tissue()
+    mask = tissue.data > 0
+    lesioned, _ = inject_lesions(brain.data, mask, n=8, radii=(2.0, 3.0, 4.5), polarity="both", contrast=0.35,
+                                 slices=range(38, 54), seed=0)
+    kw = brain.geometry.layer_kwargs()
+    viewer.add_image(brain.data, name="MNI152 T1 (normal)", **kw)
+    viewer.add_labels(mask.astype(np.uint8), name="brain", **kw)
+    viewer.add_image(lesioned, name="T1 with lesions", **kw)
+    widget = VAEWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="VAE anomaly")
+    widget.normals.value = [viewer.layers["MNI152 T1 (normal)"]]
+    widget.train_mask.value = viewer.layers["brain"]
+    widget.image.value = viewer.layers["T1 with lesions"]
+    widget.mask.value = viewer.layers["brain"]
+    for action in (widget.train, widget.score):
+        done: list = []
+
+        def finished(status, done=done):
+            done.append(status)
+
+        widget.runner.done.connect(finished)
+        action()
+        wait_for(lambda: done, 600)
+        widget.runner.done.disconnect(finished)
+    viewer.layers["MNI152 T1 (normal)"].visible = False
+    viewer.layers["brain"].visible = False
+    widget.go_to_slice(int(np.argmax(widget.result.slice_scores)))
+
+
+SHOTS = {"finetune": finetune, "gan": gan, "vae": vae}
 
 
 def main() -> None:
