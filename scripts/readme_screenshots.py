@@ -103,7 +103,48 @@ def vae(viewer: napari.Viewer) -> None:
     widget.go_to_slice(int(np.argmax(widget.result.slice_scores)))
 
 
-SHOTS = {"finetune": finetune, "gan": gan, "vae": vae}
+def classify(viewer: napari.Viewer) -> None:
+    """Lesion present? 22 labelled axial slices (half with inserted lesions), the default training from the
+    built-in encoder, then a held-out slice with a lesion: probabilities and the Grad-CAM overlay."""
+    from napari_medgen._widgets.classify_widget import ClassifyWidget
+    from napari_medgen.data.lesions import inject_lesions
+
+    brain, tissue = brain_t1(), brain_tissue()
+    mask = tissue.data > 0
+    lesioned, truth = inject_lesions(brain.data, mask, n=40, radii=(2.0, 3.0), polarity="both", contrast=0.5,
+                                     slices=range(20, 75), seed=1)
+    scale = brain.geometry.layer_kwargs()["scale"][1:]
+    labels = {}
+    for i, z in enumerate(range(24, 68, 2)):  # every other one of these slices with its lesions
+        has = i % 2 == 1 and bool(truth[z].any())
+        name = f"slice {z}" + (" (lesion)" if has else "")
+        viewer.add_image(lesioned[z] if has else brain.data[z], name=name, scale=scale, metadata={"modality": "MR"})
+        labels[name] = "lesion" if has else "healthy"
+    test = max(range(35, 56, 2), key=lambda z: truth[z].sum())  # never trained on
+    viewer.add_image(lesioned[test], name=f"held-out slice {test}", scale=scale, metadata={"modality": "MR"})
+    outline = viewer.add_labels(truth[test].astype(np.uint8), name="true lesion (outline)", scale=scale)
+    outline.contour = 1
+    widget = ClassifyWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Classify")
+    for name, label in labels.items():
+        widget.set_label(name, label)
+    widget.pretrained.setCurrentText("brain-tissue-2d")
+    widget.image.value = viewer.layers[f"held-out slice {test}"]
+    for action in (widget.train, widget.classify):
+        done: list = []
+
+        def finished(status, done=done):
+            done.append(status)
+
+        widget.runner.done.connect(finished)
+        action()
+        wait_for(lambda: done, 900)
+        widget.runner.done.disconnect(finished)
+    for layer in viewer.layers:
+        layer.visible = layer.name.startswith(("held-out", "true lesion")) or layer is widget.heatmap_layer
+
+
+SHOTS = {"finetune": finetune, "gan": gan, "vae": vae, "classify": classify}
 
 
 def main() -> None:

@@ -72,3 +72,9 @@ def test_train_without_labels_says_so(viewer, qtbot, brain, monkeypatch):
                       "No classifier yet: train one or load a .medgen.pt classifier.",
                       "The label file missing.csv does not exist."]
     assert not w.table.isVisibleTo(w) and w.csv_box.isVisibleTo(w)
+
+
+def test_auroc_line_says_when_undefined():
+    from napari_medgen._widgets.classify_widget import auroc_text
+
+    assert auroc_text(0.876) == "0.88" and "one class" in auroc_text(float("nan"))

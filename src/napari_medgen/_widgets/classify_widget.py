@@ -5,6 +5,7 @@ the image (same geometry), and for volumes the slices ranked by the heatmap (cli
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import napari
@@ -27,6 +28,11 @@ from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
 SOURCES = ["open layers (label each)", "folder + CSV (file,label)"]
+
+
+def auroc_text(value: float) -> str:
+    """AUROC for the metrics line; undefined when the validation images hold one class only."""
+    return f"{value:.2f}" if math.isfinite(value) else "n/a (one class in validation)"
 
 
 class ProbabilityBars(FigureCanvasQTAgg):
@@ -228,7 +234,8 @@ class ClassifyWidget(Panel):
         text = f"Trained {self.model.params.classes} on {history['n_train']} images"
         if m:
             text += (f"; validation ({m['n']}): accuracy {m['accuracy']:.2f}, balanced "
-                     f"{m['balanced_accuracy']:.2f}, AUROC {m['auroc_macro']:.2f}, confusion {m['confusion_matrix']}")
+                     f"{m['balanced_accuracy']:.2f}, AUROC {auroc_text(m['auroc_macro'])}, "
+                     f"confusion {m['confusion_matrix']}")
         self.metrics_line.setText(text + ".")
 
     def load_model(self, path: Optional[str] = None) -> None:
