@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vae import (SIGNED, TEST, TRAIN, TYPES, VAL, auroc_auprc, baselines, lesions,  # noqa: E402
+from bench_vae import (SIGNED, TEST, TRAIN, TYPES, VAL, all_rows, auroc_auprc, baselines, lesions,  # noqa: E402
                        subjects_for)
 
 from napari_medgen.io import ImageData  # noqa: E402
@@ -126,11 +126,7 @@ def main():
         f"mean over {args.seeds} lesion seeds ({args.first_seed}-{args.first_seed + args.seeds - 1}). Sign per "
         "lesion type: bright positive, dark negative, mixed and mis-shaped both. Scoring time per test block "
         "(1 thread): " + ", ".join(f"{NAMES[k]} {v:.1f} s" for k, v in timing.items()) + ".", "", *table(rows), "",
-        "All rows (mean AUROC, AUPRC over seeds):", "", "| subject | lesions | method | AUROC | AUPRC |",
-        "|---|---|---|---|---|"]
-    for (subj, kind, name), ms in rows.items():
-        m = np.mean(ms, axis=0)
-        lines.append(f"| {subj} | {kind} | {name} | {m[0]:.3f} | {m[1]:.3f} |")
+        "All rows (mean AUROC, AUPRC over seeds):", "", *all_rows(rows)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -251,6 +251,15 @@ def describe(model, label) -> str:
             f"best weights at step {tr.get('best_step')}, {tr.get('seconds', 0):.0f} s of training")
 
 
+def all_rows(rows) -> list[str]:
+    """Markdown table of every (subject, lesions, method) row: mean AUROC and AUPRC over the lesion seeds."""
+    lines = ["| subject | lesions | method | AUROC | AUPRC |", "|---|---|---|---|---|"]
+    for (subj, kind, name), ms in rows.items():
+        m = np.mean(ms, axis=0)
+        lines.append(f"| {subj} | {kind} | {name} | {m[0]:.3f} | {m[1]:.3f} |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=120.0, help="VAE training budget (the default of train_vae)")
@@ -297,10 +306,7 @@ def main():
              f"{args.seeds} lesion seeds ({args.first_seed}-{args.first_seed + args.seeds - 1}; settings were chosen on "
              f"100-101). Load average at the end: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}. Scoring time per "
              "test block (1 thread): " + ", ".join(f"{k} {v:.1f} s" for k, v in timing.items()) + ".", "",
-             "| subject | lesions | method | AUROC | AUPRC |", "|---|---|---|---|---|"]
-    for (subj, kind, name), ms in rows.items():
-        m = np.mean(ms, axis=0)
-        lines.append(f"| {subj} | {kind} | {name} | {m[0]:.3f} | {m[1]:.3f} |")
+             *all_rows(rows)]
     lines += ["", "Combined score (best of its signs) against the best plain threshold of the same run "
               "(target: AUPRC above the threshold's on mixed lesions, AUROC never more than 0.02 below):", "",
               "| subject | lesions | combined AUROC | best threshold AUROC | Δ | combined AUPRC | best threshold AUPRC"

@@ -23,6 +23,20 @@ def wait_for(condition, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def run_in_turn(widget, actions, timeout: float) -> None:
+    """Click each of ``actions`` (widget methods that start a job) once the previous job has ended."""
+    for action in actions:
+        done: list = []
+
+        def finished(status, done=done):
+            done.append(status)
+
+        widget.runner.done.connect(finished)
+        action()
+        wait_for(lambda: done, timeout)
+        widget.runner.done.disconnect(finished)
+
+
 def finetune(viewer: napari.Viewer) -> None:
     """Three painted slices of the tissue map, Interpolate, one 45-second training round."""
     from napari_medgen._widgets.finetune_widget import FinetuneWidget
@@ -54,16 +68,7 @@ def gan(viewer: napari.Viewer) -> None:
     viewer.add_image(brain.data, name="MNI152 T1", **brain.geometry.layer_kwargs())
     widget = GANWidget(viewer)
     viewer.window.add_dock_widget(widget, name="GAN")
-    for action in (widget.train, widget.synthesize):
-        done: list = []
-
-        def finished(status, done=done):
-            done.append(status)
-
-        widget.runner.done.connect(finished)
-        action()
-        wait_for(lambda: done, 1200)
-        widget.runner.done.disconnect(finished)
+    run_in_turn(widget, (widget.train, widget.synthesize), 1200)
     viewer.layers["MNI152 T1"].visible = False
     viewer.grid.enabled = False
 
@@ -88,16 +93,7 @@ def vae(viewer: napari.Viewer) -> None:
     widget.train_mask.value = viewer.layers["brain"]
     widget.image.value = viewer.layers["T1 with lesions"]
     widget.mask.value = viewer.layers["brain"]
-    for action in (widget.train, widget.score):
-        done: list = []
-
-        def finished(status, done=done):
-            done.append(status)
-
-        widget.runner.done.connect(finished)
-        action()
-        wait_for(lambda: done, 600)
-        widget.runner.done.disconnect(finished)
+    run_in_turn(widget, (widget.train, widget.score), 600)
     viewer.layers["MNI152 T1 (normal)"].visible = False
     viewer.layers["brain"].visible = False
     widget.go_to_slice(int(np.argmax(widget.result.slice_scores)))
@@ -130,16 +126,7 @@ def classify(viewer: napari.Viewer) -> None:
         widget.set_label(name, label)
     widget.pretrained.setCurrentText("brain-tissue-2d")
     widget.image.value = viewer.layers[f"held-out slice {test}"]
-    for action in (widget.train, widget.classify):
-        done: list = []
-
-        def finished(status, done=done):
-            done.append(status)
-
-        widget.runner.done.connect(finished)
-        action()
-        wait_for(lambda: done, 900)
-        widget.runner.done.disconnect(finished)
+    run_in_turn(widget, (widget.train, widget.classify), 900)
     for layer in viewer.layers:
         layer.visible = layer.name.startswith(("held-out", "true lesion")) or layer is widget.heatmap_layer
 
