@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_python_example() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## Python and the command line", 1)[1]
     return re.search(r"```python\n(.*?)\n```", section, re.S).group(1)
 
@@ -35,7 +35,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, tissue):
 
 
 def test_readme_job_example_runs():
-    section = (ROOT / "README.md").read_text().split("## Long jobs: one mechanism", 1)[1]
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Long jobs: one mechanism", 1)[1]
     ns: dict = {}
     exec(compile(re.search(r"```python\n(.*?)\n```", section, re.S).group(1), "README.md", "exec"), ns)  # noqa: S102
     ns["cancel"].set()

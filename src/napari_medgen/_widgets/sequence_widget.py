@@ -178,7 +178,7 @@ class SequenceWidget(Panel):
 
     def load_targets(self, path: str) -> int:
         """Fill targets from a CSV matched on layer names or source file names; returns how many matched."""
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
         cols = {c.strip().lower(): c for c in (rows[0] if rows else {})}
         key = next((cols[c] for c in ("layer", "file", "path", "name") if c in cols), None)

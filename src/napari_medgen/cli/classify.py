@@ -154,7 +154,7 @@ def _classify_share(mine: list[Path], n_cases: int, kept: dict, model, args, qui
 
     rows, failed, n_kept, n_new = [], [], 0, 0
     try:
-        with open(log, "w", newline="") as fh:
+        with open(log, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(header)
             for i, case in enumerate(mine, 1):
@@ -216,7 +216,7 @@ def _read_table(path: Path, header: list[str]) -> dict[str, dict]:
     """Rows of an earlier table by file; a table with other columns is refused (it is not ours)."""
     if path.is_dir():
         raise UserError(f"Cannot write {path}: it is a folder; give a file name.")
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         lines = list(csv.reader(fh))
     if lines and lines[0] != header:
         raise UserError(f"{path} already exists and is not a table of this classifier ({','.join(header)}); "

@@ -67,7 +67,7 @@ def read_table(folder: Path, table: Path) -> list[dict]:
     """Rows of (file, target, region) from the CSV, paths resolved against ``folder``."""
     if not table.is_file():
         raise UserError(f"The CSV {table} does not exist.")
-    with open(table, newline="") as fh:
+    with open(table, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
         raise UserError(f"{table.name} has no rows; it needs a header with file and target columns.")
@@ -129,7 +129,7 @@ def run_predict(args) -> int:
         lines += [[str(path), k, f"{k * step:g} {unit}", f"{c:.6g}", f"{s:.6g}"]
                   for k, (c, s) in enumerate(zip(res.curve, res.signal))]
     if args.curves:
-        with open(args.curves, "w", newline="") as fh:
+        with open(args.curves, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["file", "frame", "time", results[0][3].curve_name, "signal"])
             w.writerows(lines)

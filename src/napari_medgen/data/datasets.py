@@ -95,7 +95,7 @@ def discover(root: "str | Path") -> CohortDataset:
     meta = {}
     if (root / "dataset.json").is_file():
         try:
-            meta = json.loads((root / "dataset.json").read_text())
+            meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as err:
             raise DatasetError(f"{root / 'dataset.json'} is not valid JSON ({err}).") from None
     if isinstance(meta.get("training"), list) and meta["training"]:

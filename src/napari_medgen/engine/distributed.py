@@ -203,7 +203,7 @@ def merge_summary(rows: list[dict], path: "str | os.PathLike", fields: Sequence[
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.partial")
     try:
-        tmp.write_text(buf.getvalue())
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)

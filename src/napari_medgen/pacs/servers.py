@@ -19,7 +19,7 @@ def servers_file() -> Path:
 def load_servers() -> list[dict]:
     """Remembered servers, most recent first: ``[{"url": ..., "user": ...}]`` (a broken file reads as none)."""
     try:
-        items = json.loads(servers_file().read_text())
+        items = json.loads(servers_file().read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     return [{"url": str(i["url"]), "user": str(i.get("user", ""))} for i in items
@@ -32,5 +32,5 @@ def remember_server(url: str, user: str = "") -> None:
     path = servers_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(items[:MAX_SERVERS], indent=1))
+    tmp.write_text(json.dumps(items[:MAX_SERVERS], indent=1), encoding="utf-8")
     os.replace(tmp, path)

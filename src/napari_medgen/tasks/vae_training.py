@@ -295,7 +295,7 @@ def normal_cohort(dataset_dir) -> tuple[list, list | None]:
 def _modality(root: Path) -> str:
     """"CT" when the folder's dataset.json says so (one channel), else ""."""
     try:
-        meta = json.loads((root / "dataset.json").read_text())
+        meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return ""
     return datasets.dataset_modality(meta) if isinstance(meta, dict) else ""
