@@ -27,6 +27,7 @@ def test_train_from_layers_then_classify(viewer, qtbot, brain, tissue, tmp_path)
         viewer.add_image(data, name=f"slice {z}", scale=kw["scale"][1:], metadata={"modality": "MR"})
     w = ClassifyWidget(viewer)
     viewer.window.add_dock_widget(w)
+    assert w.bars.isHidden()  # no empty chart before the first result
     for i, z in enumerate(range(30, 66, 6)):
         w.set_label(f"slice {z}", "T2" if i % 2 else "T1")
     w.steps.setValue(4)
@@ -46,7 +47,7 @@ def test_train_from_layers_then_classify(viewer, qtbot, brain, tissue, tmp_path)
     assert r is not None and w.heatmap_layer.blending == "additive"
     assert w.heatmap_layer.data.shape == viewer.layers["slice 30"].data.shape
     assert np.allclose(w.heatmap_layer.scale, viewer.layers["slice 30"].scale)
-    assert len(w.bars.ax.patches) == 2 and w.slices.count() == 0
+    assert len(w.bars.ax.patches) == 2 and not w.bars.isHidden() and w.slices.count() == 0
     assert vlayer.data is vol  # inputs untouched
     n_layers = len(viewer.layers)
     w.classify()  # again: the heatmap layer is replaced, not added twice
@@ -78,3 +79,20 @@ def test_auroc_line_says_when_undefined():
     from napari_medgen._widgets.classify_widget import auroc_text
 
     assert auroc_text(0.876) == "0.88" and "one class" in auroc_text(float("nan"))
+
+
+def test_seconds_cap_ends_training(viewer, qtbot, brain):
+    """A step budget no laptop finishes soon still ends at the 'at most' seconds."""
+    from napari_medgen._widgets.classify_widget import ClassifyWidget
+
+    for i, z in enumerate(range(30, 62, 4)):
+        viewer.add_image(brain.data[z], name=f"slice {z}", metadata={"modality": "MR"})
+    w = ClassifyWidget(viewer)
+    for i, z in enumerate(range(30, 62, 4)):
+        w.set_label(f"slice {z}", "low" if z < 46 else "high")
+    w.steps.setValue(100_000)
+    w.seconds.setValue(3)
+    w.train()
+    _wait(qtbot, w, timeout=60_000)
+    assert w.runner.last_error is None and w.model is not None
+    assert w.model.config.training["seconds"] < 20 and not w.model.config.training["stopped"]

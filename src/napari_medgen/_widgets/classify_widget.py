@@ -14,14 +14,14 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit, QListWidget,
-                            QListWidgetItem, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QWidget)
+                            QListWidgetItem, QPushButton, QTableWidget, QTableWidgetItem, QWidget)
 
 from ..models.checkpoint import Model
 from ..models.encoders import POOLINGS
 from ..models.segmentation import builtin_models
 from ..tasks.classify import classify, load_classifier, train_classifier
 from ..tasks.classify_data import read_label_csv
-from ._layers import layer_image, row, show_result
+from ._layers import layer_image, row, show_result, spin
 from ._model_files import save_model_file
 from ._panel import Panel
 from ._plot import LivePlot
@@ -36,7 +36,7 @@ def auroc_text(value: float) -> str:
 
 
 class ProbabilityBars(FigureCanvasQTAgg):
-    """Horizontal bars of class probabilities."""
+    """Horizontal bars of class probabilities (hidden until there are some)."""
 
     def __init__(self):
         fig = Figure(figsize=(4, 1.6), tight_layout=True)
@@ -59,6 +59,7 @@ class ProbabilityBars(FigureCanvasQTAgg):
             spine.set_color("#888")
         for i, v in enumerate(values):
             ax.text(min(v + 0.02, 0.85), i, f"{v:.2f}", color="w", va="center", fontsize=7)
+        self.setVisible(bool(probs))
         if draw:
             self.draw_idle()
 
@@ -96,9 +97,12 @@ class ClassifyWidget(Panel):
         self.pooling.addItems(list(POOLINGS))
         self.pooling.setToolTip("How per-pixel class evidence becomes the image's class. "
                                 + "; ".join(f"{k}: {v}" for k, v in POOLINGS.items()) + ".")
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 100_000)
-        self.steps.setValue(300)
+        self.steps = spin(1, 100_000, 300, "Training budget in optimizer steps.")
+        self.steps.setSuffix(" steps")
+        self.seconds = spin(1, 36_000, 180, "Training stops at this wall time if the steps are not done by "
+                            "then (a laptop CPU makes fewer steps per second than a GPU).")
+        self.seconds.setPrefix("at most ")
+        self.seconds.setSuffix(" s")
         self.device, self.device_line = device_chooser()
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
@@ -132,7 +136,7 @@ class ClassifyWidget(Panel):
         csv_form.addRow("labels", row(self.csv, browse_csv))
         form.addRow(self.csv_box)
         form.addRow("pretrained", self.pretrained)
-        form.addRow("steps", self.steps)
+        form.addRow("budget", row(self.steps, self.seconds))
         form.addRow(row(self.train_button, load, save))
         form.addRow(self.plot)
         form.addRow(self.metrics_line)
@@ -216,7 +220,7 @@ class ClassifyWidget(Panel):
             return
         pre = self.pretrained.currentText().strip()
         self.plot.clear()
-        self.runner.start(train_classifier, images, labels, steps=self.steps.value(),
+        self.runner.start(train_classifier, images, labels, steps=self.steps.value(), seconds=float(self.seconds.value()),
                           pretrained=None if pre.startswith("none") or not pre else pre,
                           pooling=self.pooling.currentText(),
                           device=self.device.currentText(), on_result=self._trained, on_progress=self._progress,

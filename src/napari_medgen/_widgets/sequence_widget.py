@@ -18,12 +18,12 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QPushButton, QTableWidget, QTableWidgetItem
 
 from ..io.timeseries import is_time_series
 from ..models.checkpoint import Model
 from ..tasks.sequence import load_sequence_model, predict_sequence, train_sequence_model
-from ._layers import layer_array, row
+from ._layers import layer_array, row, spin
 from ._panel import Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
@@ -88,9 +88,12 @@ class SequenceWidget(Panel):
                               "(empty = not used).")
         self.region = QComboBox()
         self.region.setToolTip("A Labels or Shapes layer that restricts the model and the signal to a region.")
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 100_000)
-        self.steps.setValue(300)
+        self.steps = spin(1, 100_000, 300, "Training budget in optimizer steps.")
+        self.steps.setSuffix(" steps")
+        self.seconds = spin(1, 36_000, 180, "Training stops at this wall time if the steps are not done by "
+                            "then (a laptop CPU makes fewer steps per second than a GPU).")
+        self.seconds.setPrefix("at most ")
+        self.seconds.setSuffix(" s")
         self.bidirectional = QCheckBox("bidirectional LSTM")
         self.fraction = QCheckBox("answer is a fraction (max - min) / max, e.g. EF")
         self.fraction.setToolTip("Regression only: the network tracks a volume per frame and answers "
@@ -120,7 +123,7 @@ class SequenceWidget(Panel):
         form = self.form()
         form.addRow("task", self.task)
         form.addRow("region", self.region)
-        form.addRow("steps", self.steps)
+        form.addRow("budget", row(self.steps, self.seconds))
         adv = self.advanced()
         adv.addRow(self.bidirectional)
         adv.addRow(self.fraction)
@@ -225,7 +228,7 @@ class SequenceWidget(Panel):
         regions = [self.region_mask(ly) for ly in layers]
         self.loss_plot.clear()
         self.runner.start(train_sequence_model, seqs, [targets[ly.name] for ly in layers], self.task.currentText(),
-                          regions=regions, steps=self.steps.value(), bidirectional=self.bidirectional.isChecked(),
+                          regions=regions, steps=self.steps.value(), seconds=float(self.seconds.value()), bidirectional=self.bidirectional.isChecked(),
                           readout="fraction" if self.fraction.isChecked() else "final",
                           device=self.device.currentText(), on_result=self._trained, on_progress=self._progress,
                           stoppable=True)
