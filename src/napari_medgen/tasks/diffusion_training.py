@@ -21,7 +21,7 @@ from ..models.config import NetSpec
 from .anomaly import calibrate_diffusion
 from .diffusion_restore import CONFIGS, NET, SCHEDULE, net_args, to_net, training_scheduler
 from .vae import require_vae
-from .vae_training import (MIN_SLICES, _plane_shapes, _slice_stacks, _volumes, augmentation, held_out_subjects,
+from .vae_training import (MIN_SLICES, augmentation, checked_volumes, held_out_subjects, plane_shapes, slice_stacks,
                            subject_ids)
 from .volume_input import check_batch
 
@@ -93,10 +93,10 @@ def _normal_split(model: Model, images, masks, val_images, val_masks, val_fracti
     p, spec = model.params, model.config.normalization
 
     def stacks(items, vols, mask_list):
-        shapes = _plane_shapes(items, vols, p.axis, p.spacing)
-        return _slice_stacks(vols, mask_list, spec, tuple(p.size), p.axis, shapes)
+        shapes = plane_shapes(items, vols, p.axis, p.spacing)
+        return slice_stacks(vols, mask_list, spec, tuple(p.size), p.axis, shapes)
 
-    items, vols, mask_list = _volumes(images, masks, "training")
+    items, vols, mask_list = checked_volumes(images, masks, "training")
     if (mask_list[0] is not None) != bool(p.masked):
         raise UserError("The VAE was trained " + ("inside foreground masks; give masks" if p.masked else
                         "without masks; leave them out") + " for the diffusion model's normal images too.")
@@ -105,7 +105,7 @@ def _normal_split(model: Model, images, masks, val_images, val_masks, val_fracti
     if n_slices < MIN_SLICES:
         raise UserError(f"Training needs at least {MIN_SLICES} slices with foreground; these images give {n_slices}.")
     if val_images is not None:
-        val = np.concatenate(stacks(*_volumes(val_images, val_masks, "validation")))
+        val = np.concatenate(stacks(*checked_volumes(val_images, val_masks, "validation")))
         return np.concatenate(per_volume), val, "given", []
     ids = subject_ids(items)
     held = held_out_subjects(ids, val_fraction, seed)

@@ -93,7 +93,7 @@ class VAETask(TrainTask):
         return total / len(self.val)
 
 
-def _volumes(images, masks, what: str):
+def checked_volumes(images, masks, what: str):
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise UserError(f"Give at least one {what} image.")
@@ -104,7 +104,7 @@ def _volumes(images, masks, what: str):
     return items, vols, [check_mask(m, v.shape) for m, v in zip(mask_list, vols)]
 
 
-def _slice_stacks(vols, masks, spec, size, axis, shapes, clip: bool = True) -> list[np.ndarray]:
+def slice_stacks(vols, masks, spec, size, axis, shapes, clip: bool = True) -> list[np.ndarray]:
     """One (n, 1, H, W) stack of informative slices per volume, each normalised by ``spec`` on its own
     intensities (CT: the fixed window; MRI: its own percentiles; unclipped with ``clip=False``) and
     resampled in-plane to ``shapes``."""
@@ -128,7 +128,7 @@ def _spacing(items, vols, axis) -> list | None:
     return [round(float(s), 6) for s in np.median(sp, axis=0)]
 
 
-def _plane_shapes(items, vols, axis, spacing) -> list[tuple]:
+def plane_shapes(items, vols, axis, spacing) -> list[tuple]:
     """Each volume's slice shape at the training ``spacing``."""
     shapes = []
     for it, v in zip(items, vols):
@@ -197,25 +197,25 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     """
     job = Job.of(progress, stop, cancel)
     check_batch(batch_size)
-    items, vols, mask_list = _volumes(images, masks, "training")
+    items, vols, mask_list = checked_volumes(images, masks, "training")
     spec = _common_spec(normalization, items, vols)
     spacing = _spacing(items, vols, axis)
-    shapes = _plane_shapes(items, vols, axis, spacing)
+    shapes = plane_shapes(items, vols, axis, spacing)
     slice_shape = tuple(int(max(s[i] for s in shapes)) for i in range(2))
     size = tuple(int(math.ceil(s / 2 ** len(channels)) * 2 ** len(channels)) for s in slice_shape)
-    stacks = _slice_stacks(vols, mask_list, spec, size, axis, shapes)
-    raws = _slice_stacks(vols, mask_list, spec, size, axis, shapes, clip=False)  # the same slices, for calibration
+    stacks = slice_stacks(vols, mask_list, spec, size, axis, shapes)
+    raws = slice_stacks(vols, mask_list, spec, size, axis, shapes, clip=False)  # the same slices, for calibration
     n_slices = sum(len(s) for s in stacks)
     if n_slices < MIN_SLICES:
         raise UserError(f"Training needs at least {MIN_SLICES} slices with foreground; these images give {n_slices}.")
     ids = subject_ids(items)
     held = [] if val_images is not None else held_out_subjects(ids, val_fraction, seed)
     if val_images is not None:
-        v_items, vv, vm = _volumes(val_images, val_masks, "validation")
+        v_items, vv, vm = checked_volumes(val_images, val_masks, "validation")
         _common_spec(normalization, [*items, *v_items], [*vols, *vv])  # one modality for both
-        v_shapes = _plane_shapes(v_items, vv, axis, spacing)
-        val = np.concatenate(_slice_stacks(vv, vm, spec, size, axis, v_shapes))
-        val_raw = np.concatenate(_slice_stacks(vv, vm, spec, size, axis, v_shapes, clip=False))
+        v_shapes = plane_shapes(v_items, vv, axis, spacing)
+        val = np.concatenate(slice_stacks(vv, vm, spec, size, axis, v_shapes))
+        val_raw = np.concatenate(slice_stacks(vv, vm, spec, size, axis, v_shapes, clip=False))
         train, split = np.concatenate(stacks), "given"
     elif held:  # several subjects: hold out whole ones
         val = np.concatenate([s for s, i in zip(stacks, ids) if i in held])
