@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vae import (SIGNED, TEST, TRAIN, TYPES, VAL, all_rows, auroc_auprc, baselines, lesions,  # noqa: E402
+from bench_vae import (SIGNED, TEST, TRAIN, TYPES, VAL, all_rows, auroc_auprc, baselines, lesions, report,  # noqa: E402
                        subjects_for)
 
 from napari_medgen.io import ImageData  # noqa: E402
@@ -127,11 +127,7 @@ def main():
         "lesion type: bright positive, dark negative, mixed and mis-shaped both. Scoring time per test block "
         "(1 thread): " + ", ".join(f"{NAMES[k]} {v:.1f} s" for k, v in timing.items()) + ".", "", *table(rows), "",
         "All rows (mean AUROC, AUPRC over seeds):", "", *all_rows(rows)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(f"total {time.monotonic() - t0:.0f} s")
+    report(lines, args.out, t0)
 
 
 if __name__ == "__main__":

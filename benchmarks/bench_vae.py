@@ -260,6 +260,15 @@ def all_rows(rows) -> list[str]:
     return lines
 
 
+def report(lines: list[str], out, t0: float) -> None:
+    """Print the markdown report, write it to ``out`` if given, and the total wall time."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        Path(out).write_text(text)
+    print(f"total {time.monotonic() - t0:.0f} s")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=120.0, help="VAE training budget (the default of train_vae)")
@@ -311,11 +320,7 @@ def main():
               "(target: AUPRC above the threshold's on mixed lesions, AUROC never more than 0.02 below):", "",
               "| subject | lesions | combined AUROC | best threshold AUROC | Δ | combined AUPRC | best threshold AUPRC"
               " | Δ | target |", "|---|---|---|---|---|---|---|---|---|", *verdicts(rows)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(f"total {time.monotonic() - t0:.0f} s")
+    report(lines, args.out, t0)
 
 
 if __name__ == "__main__":

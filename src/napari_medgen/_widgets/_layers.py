@@ -108,3 +108,14 @@ def spin(lo: int, hi: int, value: int, tip: str = "") -> QSpinBox:
     s.setValue(value)
     s.setToolTip(tip)
     return s
+
+
+def budget_boxes(steps: int = 300, seconds: int = 180) -> tuple[QSpinBox, QSpinBox]:
+    """A training budget as two boxes, "N steps" and "at most S s": training ends at whichever comes first."""
+    step_box = spin(1, 100_000, steps, "Training budget in optimizer steps.")
+    step_box.setSuffix(" steps")
+    time_box = spin(1, 36_000, seconds, "Training stops at this wall time if the steps are not done by then "
+                    "(a laptop CPU makes fewer steps per second than a GPU).")
+    time_box.setPrefix("at most ")
+    time_box.setSuffix(" s")
+    return step_box, time_box

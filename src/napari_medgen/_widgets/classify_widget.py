@@ -21,7 +21,7 @@ from ..models.encoders import POOLINGS
 from ..models.segmentation import builtin_models
 from ..tasks.classify import classify, load_classifier, train_classifier
 from ..tasks.classify_data import read_label_csv
-from ._layers import layer_image, row, show_result, spin
+from ._layers import budget_boxes, layer_image, row, show_result
 from ._model_files import save_model_file
 from ._panel import Panel
 from ._plot import LivePlot
@@ -97,12 +97,7 @@ class ClassifyWidget(Panel):
         self.pooling.addItems(list(POOLINGS))
         self.pooling.setToolTip("How per-pixel class evidence becomes the image's class. "
                                 + "; ".join(f"{k}: {v}" for k, v in POOLINGS.items()) + ".")
-        self.steps = spin(1, 100_000, 300, "Training budget in optimizer steps.")
-        self.steps.setSuffix(" steps")
-        self.seconds = spin(1, 36_000, 180, "Training stops at this wall time if the steps are not done by "
-                            "then (a laptop CPU makes fewer steps per second than a GPU).")
-        self.seconds.setPrefix("at most ")
-        self.seconds.setSuffix(" s")
+        self.steps, self.seconds = budget_boxes()
         self.device, self.device_line = device_chooser()
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QPushButto
 from ..io.timeseries import is_time_series
 from ..models.checkpoint import Model
 from ..tasks.sequence import load_sequence_model, predict_sequence, train_sequence_model
-from ._layers import layer_array, row, spin
+from ._layers import budget_boxes, layer_array, row
 from ._panel import Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
@@ -88,12 +88,7 @@ class SequenceWidget(Panel):
                               "(empty = not used).")
         self.region = QComboBox()
         self.region.setToolTip("A Labels or Shapes layer that restricts the model and the signal to a region.")
-        self.steps = spin(1, 100_000, 300, "Training budget in optimizer steps.")
-        self.steps.setSuffix(" steps")
-        self.seconds = spin(1, 36_000, 180, "Training stops at this wall time if the steps are not done by "
-                            "then (a laptop CPU makes fewer steps per second than a GPU).")
-        self.seconds.setPrefix("at most ")
-        self.seconds.setSuffix(" s")
+        self.steps, self.seconds = budget_boxes()
         self.bidirectional = QCheckBox("bidirectional LSTM")
         self.fraction = QCheckBox("answer is a fraction (max - min) / max, e.g. EF")
         self.fraction.setToolTip("Regression only: the network tracks a volume per frame and answers "
