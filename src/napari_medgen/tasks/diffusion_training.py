@@ -21,7 +21,7 @@ from ..models.config import NetSpec
 from .anomaly import calibrate_diffusion
 from .diffusion_restore import CONFIGS, NET, SCHEDULE, net_args, to_net, training_scheduler
 from .vae import require_vae
-from .vae_training import (MIN_SLICES, augmentation, checked_volumes, held_out_subjects, plane_shapes, slice_stacks,
+from .vae_training import (MIN_SLICES, augmentation, checked_volumes, plane_shapes, slice_stacks, split_rows,
                            subject_ids)
 from .volume_input import check_batch
 
@@ -107,15 +107,9 @@ def _normal_split(model: Model, images, masks, val_images, val_masks, val_fracti
     if val_images is not None:
         val = np.concatenate(stacks(*checked_volumes(val_images, val_masks, "validation")))
         return np.concatenate(per_volume), val, "given", []
-    ids = subject_ids(items)
-    held = held_out_subjects(ids, val_fraction, seed)
-    if held:
-        pick = lambda keep: np.concatenate([s for s, i in zip(per_volume, ids) if (i in held) == keep])  # noqa: E731
-        return pick(False), pick(True), "subject", held
+    rows, val_rows, split, held = split_rows(per_volume, subject_ids(items), val_fraction, seed)
     data = np.concatenate(per_volume)
-    order = np.random.default_rng(seed).permutation(len(data))
-    n_val = max(2, int(round(val_fraction * len(data))))
-    return data[order[n_val:]], data[order[:n_val]], "slices", []
+    return data[rows], data[val_rows], split, held
 
 
 def add_diffusion(model: Model, images, masks=None, *, seconds: float | None = 300.0, steps: int | None = None,

@@ -166,6 +166,20 @@ def held_out_subjects(ids, val_fraction: float, seed: int = 0) -> list[str]:
     return sorted(subjects[i] for i in order[:n_val])
 
 
+def split_rows(per_volume: list[np.ndarray], ids, val_fraction: float, seed: int = 0):
+    """(training rows, validation rows, split, held-out subjects) of the slices of ``per_volume`` (one stack
+    per volume of subject ``ids``) concatenated: whole subjects held out when there are several, else a
+    random ``val_fraction`` of the slices (at least two)."""
+    held = held_out_subjects(ids, val_fraction, seed)
+    if held:
+        is_val = np.repeat([i in held for i in ids], [len(s) for s in per_volume])
+        return np.flatnonzero(~is_val), np.flatnonzero(is_val), "subject", held
+    n = sum(len(s) for s in per_volume)
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(2, int(round(val_fraction * n)))
+    return order[n_val:], order[:n_val], "slices", []
+
+
 def _intensity_stats(vols, masks, spec, ids) -> dict | None:
     """The raw intensity range new images are checked against; None for a cohort scaled per scan (MRI
     percentiles), whose scanners' units differ by design."""
@@ -209,25 +223,17 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     if n_slices < MIN_SLICES:
         raise UserError(f"Training needs at least {MIN_SLICES} slices with foreground; these images give {n_slices}.")
     ids = subject_ids(items)
-    held = [] if val_images is not None else held_out_subjects(ids, val_fraction, seed)
     if val_images is not None:
         v_items, vv, vm = checked_volumes(val_images, val_masks, "validation")
         _common_spec(normalization, [*items, *v_items], [*vols, *vv])  # one modality for both
         v_shapes = plane_shapes(v_items, vv, axis, spacing)
         val = np.concatenate(slice_stacks(vv, vm, spec, size, axis, v_shapes))
         val_raw = np.concatenate(slice_stacks(vv, vm, spec, size, axis, v_shapes, clip=False))
-        train, split = np.concatenate(stacks), "given"
-    elif held:  # several subjects: hold out whole ones
-        val = np.concatenate([s for s, i in zip(stacks, ids) if i in held])
-        val_raw = np.concatenate([s for s, i in zip(raws, ids) if i in held])
-        train = np.concatenate([s for s, i in zip(stacks, ids) if i not in held])
-        split = "subject"
-    else:  # one subject: a random share of its slices
+        train, split, held = np.concatenate(stacks), "given", []
+    else:
+        rows, val_rows, split, held = split_rows(stacks, ids, val_fraction, seed)
         data = np.concatenate(stacks)
-        order = np.random.default_rng(seed).permutation(len(data))
-        n_val = max(2, int(round(val_fraction * len(data))))
-        val, train, split = data[order[:n_val]], data[order[n_val:]], "slices"
-        val_raw = np.concatenate(raws)[order[:n_val]]
+        train, val, val_raw = data[rows], data[val_rows], np.concatenate(raws)[val_rows]
     if len(val) == 0:
         raise UserError("The validation images give no slices with foreground.")
     lows, highs = zip(*(intensity_window(v, spec) for v in vols))
