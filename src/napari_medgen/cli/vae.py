@@ -30,8 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="heatmap file (e.g. heatmap.nii.gz)")
     p.add_argument("--mask-out", help="anomaly mask file")
     p.add_argument("--method", choices=["combined", "restoration", "samples", "residual", "intensity", "diffusion"],
-                   help="combined (default: plain intensity plus tissue-intensity and VAE-restoration evidence "
-                        "where extreme on normal scans; darker than normal from the restoration), restoration (MAP "
+                   help="combined (default: brighter than normal from plain intensity, darker than normal from "
+                        "the VAE restoration residual, both calibrated on normal scans), restoration (MAP "
                         "restoration), samples, residual, intensity, diffusion (needs a model trained "
                         "with --diffusion)")
     p.add_argument("--sign", choices=["both", "positive", "negative"],

@@ -41,6 +41,12 @@ POOLINGS = {"lse": "a class is present where its evidence is strongest (findings
             "mean": "a class is a property of the whole image (scan type, sequence, body part)"}
 
 
+def check_pooling(pooling: str) -> None:
+    """One sentence for a pooling that is not one of :data:`POOLINGS`."""
+    if pooling not in POOLINGS:
+        raise UserError(f"Pooling must be one of {', '.join(POOLINGS)} (got '{pooling}').")
+
+
 class EvidenceClassifier(nn.Module):
     """``body`` (dense features) -> per-voxel ``head`` (class evidence) -> pooled class logits.
 
@@ -50,8 +56,7 @@ class EvidenceClassifier(nn.Module):
 
     def __init__(self, body: nn.Module, head: nn.Module, sharpness: float = 5.0, pooling: str = "lse"):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise UserError(f"Pooling must be one of {', '.join(POOLINGS)} (got '{pooling}').")
+        check_pooling(pooling)
         self.body, self.head, self.sharpness, self.pooling = body, head, float(sharpness), pooling
 
     def evidence(self, x: torch.Tensor) -> torch.Tensor:

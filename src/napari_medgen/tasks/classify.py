@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..io import Geometry
 from ..models.checkpoint import Model, ModelFileError
 from ..models.config import ClassificationParams, ModelConfig, Task
-from ..models.encoders import (HEATMAP_LAYER, POOLINGS, EvidenceClassifier, classifier_specs, pretrained_source,
+from ..models.encoders import (HEATMAP_LAYER, EvidenceClassifier, check_pooling, classifier_specs, pretrained_source,
                                size_multiple, transfer)
 from .classify_data import DEFAULT_SPEC, as_image, as_images, default_spacing, encode_labels, prepare, to_image_grid
 from .classify_training import ClassifierTask, classification_metrics, predict
@@ -106,8 +106,7 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     if len(labels) != len(imgs):
         raise UserError(f"There are {len(imgs)} images but {len(labels)} labels; give one label per image.")
     classes, y = encode_labels(labels, classes)
-    if pooling not in POOLINGS:
-        raise UserError(f"Pooling must be one of {', '.join(POOLINGS)} (got '{pooling}').")
+    check_pooling(pooling)  # before any image is prepared
     dims = imgs[0].data.ndim
     src_body, state, source = (None, None, "")
     if pretrained is not None:
