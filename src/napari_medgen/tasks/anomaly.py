@@ -204,22 +204,30 @@ def scores(model: Model, normed: np.ndarray, normal: np.ndarray | None, method: 
     return postprocess(normed - normal, sign, mask, median, axis), None
 
 
+CALIBRATED = ("residual", "samples", "restoration", "intensity", "combined", "diffusion")  # in the order measured
+
+
 def calibrate(model: Model, val_slices: np.ndarray, device: str = "auto", job: Job | None = None,
-              unclipped: np.ndarray | None = None) -> None:
-    """Store percentiles of the scores of normal validation slices (n, H, W) for every method and sign,
-    and the tail quantiles of every part of "combined" (measured first: "combined" is in their units),
-    which scores ``unclipped`` (the same slices not clipped at the intensity window) where given."""
+              unclipped: np.ndarray | None = None, methods: tuple | None = None) -> None:
+    """Store percentiles of the scores of normal validation slices (n, H, W) for every method the model has
+    and every sign, and the tail quantiles of every part of "combined" (measured first: "combined" is in
+    their units), which scores ``unclipped`` (the same slices not clipped at the intensity window) where
+    given.  With ``methods`` (e.g. ``("diffusion",)`` after that network was added) only those are
+    measured and the rest of the calibration is kept."""
     stack = val_slices[:, None].astype(np.float32)
     raw = stack[:, 0] if unclipped is None else np.asarray(unclipped, np.float32)
     fg = stack[:, 0] > 0 if model.params.masked else None
-    table, tails = {}, {}
-    model.params.thresholds = {"percentiles": PERCENTILES, "values": table, "tails": tails}
-    order = ("residual", "samples", "restoration", "intensity", "combined")
+    if not (methods and model.params.thresholds):
+        model.params.thresholds = {"percentiles": PERCENTILES, "values": {}, "tails": {}}
+    cal = model.params.thresholds
+    table, tails = cal["values"], cal.setdefault("tails", {})
+    wanted = set(methods or [m for m in CALIBRATED if m != "diffusion" or has_diffusion(model)])
+    order = [m for m in CALIBRATED if m in wanted or (m == "restoration" and "combined" in wanted)]
     normals = {}
     for k, method in enumerate(order):
         if job is not None:
             job.report(k, len(order), "calibrating thresholds")
-        if method in ("residual", "samples", "restoration"):
+        if method in ("residual", "samples", "restoration", "diffusion"):
             kw = _restore_kw(DEFAULTS) if method == "restoration" else {}
             normals[method] = normal_estimate(model, stack, None if fg is None else fg[:, None], method,
                                               samples=DEFAULTS["samples"], device=device, job=job, **kw)[:, 0]
@@ -235,22 +243,7 @@ def calibrate(model: Model, val_slices: np.ndarray, device: str = "auto", job: J
             score, _ = scores(model, raw if method == "combined" else stack[:, 0],
                               normals.get(method, normals.get("restoration")), method, sign, fg, DEFAULTS["median"])
             vals = score[fg] if fg is not None else score.ravel()
-            table[f"{method}/{sign}"] = [float(v) for v in np.percentile(vals, PERCENTILES)]
-    if has_diffusion(model):
-        calibrate_diffusion(model, val_slices, device, job)
-
-
-def calibrate_diffusion(model: Model, val_slices: np.ndarray, device: str = "auto", job: Job | None = None) -> None:
-    """Add the percentiles of "diffusion" scores of normal validation slices (n, H, W) for every sign."""
-    stack = val_slices[:, None].astype(np.float32)
-    fg = stack[:, 0] > 0 if model.params.masked else None
-    normal = normal_estimate(model, stack, None if fg is None else fg[:, None], "diffusion", device=device,
-                             job=job)[:, 0]
-    cal = model.params.thresholds = model.params.thresholds or {"percentiles": PERCENTILES, "values": {}}
-    for sign in SIGNS:
-        score = postprocess(stack[:, 0] - normal, sign, fg, DEFAULTS["median"])
-        vals = score[fg] if fg is not None else score.ravel()
-        cal["values"][f"diffusion/{sign}"] = [float(v) for v in np.percentile(vals, cal["percentiles"])]
+            table[f"{method}/{sign}"] = [float(v) for v in np.percentile(vals, cal["percentiles"])]
 
 
 def normal_threshold(model: Model, method: str, sign: str, percentile: float) -> float:

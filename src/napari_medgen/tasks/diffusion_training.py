@@ -18,7 +18,7 @@ from ..engine.jobs import Job
 from ..errors import UserError
 from ..models.checkpoint import Model, build_network
 from ..models.config import NetSpec
-from .anomaly import calibrate_diffusion
+from .anomaly import calibrate
 from .diffusion_restore import CONFIGS, NET, SCHEDULE, net_args, to_net, training_scheduler
 from .vae import require_vae
 from .vae_training import (MIN_SLICES, augmentation, checked_volumes, plane_shapes, slice_stacks, split_rows,
@@ -166,5 +166,5 @@ def add_diffusion(model: Model, images, masks=None, *, seconds: float | None = 3
     history.update(split=split, val_subjects=held)
     # calibration continues after a stop request (the model is wanted) but honours a cancel
     calib = Job(lambda ev: job.report(ev.step, ev.total, "calibrating thresholds"), None, job.cancelled)
-    calibrate_diffusion(new, val[:, 0], device=device, job=calib)
+    calibrate(new, val[:, 0], device=device, job=calib, methods=("diffusion",))
     return new, history
