@@ -143,3 +143,14 @@ def test_patches_centre_on_painted_pixels_and_augmentation_keeps_unknown_unknown
     xa, ya = augment_batch(x, y, np.random.default_rng(0), affine_prob=1.0)
     assert xa.shape == x.shape and ya.dtype == torch.int64
     assert set(np.unique(ya.numpy())) <= {IGNORE, 2, 3, 4} and (ya == IGNORE).sum() > (y == IGNORE).sum()  # unknown never turns into background 0
+
+
+def test_unclipped_normalisation_keeps_values_beyond_the_window():
+    """Bright lesions above a CT window keep their order when clipping is off; inside it nothing changes."""
+    from napari_medgen.data.normalize import normalize
+
+    hu = np.array([-1000.0, 0.0, 40.0, 80.0, 1500.0, 3000.0], np.float32)
+    spec = {"kind": "window", "low": -1000, "high": 1000}
+    clipped, raw = normalize(hu, spec), normalize(hu, spec, clip=False)
+    assert np.allclose(clipped[:4], raw[:4]) and clipped[4] == clipped[5] == 1.0
+    assert raw[5] > raw[4] > 1.0

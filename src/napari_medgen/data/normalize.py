@@ -28,8 +28,9 @@ def resolve(spec: dict | None, image: np.ndarray | None = None, modality: str = 
     return dict(MRI_DEFAULT)
 
 
-def normalize(image: np.ndarray, spec: dict | None = None, modality: str = "") -> np.ndarray:
-    """Return a float32 copy of ``image`` normalised by ``spec`` (NaN/Inf become the image minimum)."""
+def normalize(image: np.ndarray, spec: dict | None = None, modality: str = "", clip: bool = True) -> np.ndarray:
+    """Return a float32 copy of ``image`` normalised by ``spec`` (NaN/Inf become the image minimum);
+    ``clip=False`` keeps what lies beyond a window or percentile range (below 0, above 1)."""
     spec = resolve(spec, image, modality)
     img = np.asarray(image, dtype=np.float32)
     finite = np.isfinite(img)
@@ -42,7 +43,7 @@ def normalize(image: np.ndarray, spec: dict | None = None, modality: str = "") -
     lo, hi = intensity_window(img, spec)
     if hi <= lo:
         return np.zeros_like(img)
-    return ((np.clip(img, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    return (((np.clip(img, lo, hi) if clip else img) - lo) / (hi - lo)).astype(np.float32)
 
 
 def intensity_window(image: np.ndarray, spec: dict) -> tuple[float, float]:

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.normalize import intensity_window, normalize
+from ..data.normalize import normalize
 from ..data.resample import inplane_spacing, resize, target_shape
 from ..data.slices import fit_to_size, put_slices, take_slices
 from ..engine.device import select_device
@@ -57,11 +57,7 @@ def check_mask(mask, shape) -> np.ndarray | None:
 def normalized(volume: np.ndarray, mask: np.ndarray | None, spec: dict, clip: bool = True) -> np.ndarray:
     """``volume`` in the model's units, zero outside ``mask``; ``clip=False`` keeps what lies beyond the
     intensity window (bright lesions keep their order) instead of flattening it at 0 and 1."""
-    if clip or spec.get("kind") not in ("percentile", "window"):
-        img = normalize(volume, spec)
-    else:
-        lo, hi = intensity_window(np.asarray(volume, np.float32), spec)
-        img = ((np.asarray(volume, np.float32) - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+    img = normalize(volume, spec, clip=clip)
     return img * mask if mask is not None else img
 
 
