@@ -271,7 +271,8 @@ def main() -> None:
     ap.add_argument("--seconds3d", type=float, default=30.0, help="training wall time per 3D model and fold")
     ap.add_argument("--out", default="docs/bench_classify.md")
     ap.add_argument("--parts", nargs="+", default=["lesion", "transfer", "scan2d", "scan3d"],
-                    choices=["lesion", "transfer", "scan2d", "scan3d"])
+                    choices=["lesion", "lesion1", "transfer", "scan2d", "scan3d"],
+                    help="lesion1: only the lesion table's first row (e.g. at another --seconds)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--folds", type=int, default=3, help="subject folds of the 2D scan-type set")
     ap.add_argument("--poolings", nargs="+", default=["mean", "lse"], choices=["mean", "lse"],
@@ -291,7 +292,7 @@ def main() -> None:
              "as each table says; Grad-CAM on the full-resolution output); baseline = MONAI `DenseNet121`, "
              "Adam 1e-4, cross-entropy, same prepared "
              "inputs (resampled, normalised, fitted to the same grid), Grad-CAM on its last layer.\n"]
-    if "lesion" in args.parts or "transfer" in args.parts:
+    if {"lesion", "lesion1", "transfer"} & set(args.parts):
         lines += lesion_parts(args)
     for dims, part in ((2, "scan2d"), (3, "scan3d")):
         if part in args.parts:

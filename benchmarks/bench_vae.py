@@ -10,9 +10,10 @@ example ``KmeansTest_T1UCharRaw`` (3 x 2 x 2 mm, uint8, with its skull-strip mas
 package ``insighttoolkit5-examples``), reoriented to the sample brain's axes and cropped to its
 brain, and (D) Colin27, one adult scanned 27 times and averaged (MRIcron's skull-stripped ``ch2bet``,
 1 mm, in MNI space; from the Debian package ``mricron-data``).  C and D are read at run time and
-never committed; the VAE and its calibration never see them.  With ``--cohort`` a second VAE is
-trained on two subjects (the sample brain's and Colin27's training slices, validated on both
-subjects' ``VAL`` slices) and tested on C, which neither model saw.  Lesion types: bright, dark,
+never committed; the VAE and its calibration never see them.  With ``--cohort`` three more VAEs are
+trained, leave one subject out: each on two of the three real brains (the sample brain, C, D: their
+slices at the heights of ``TRAIN``, validated on their ``VAL`` slices) and tested on the third, which it
+never saw (the sample brain's fold is tested on A and B).  Lesion types: bright, dark,
 mixed (alternating bright and dark), and iso-intense but mis-shaped (an ellipsoid filled with the
 brain tissue 6 mm away: normal intensities, wrong structure).  Metrics on the test block's brain
 voxels: AUROC and AUPRC of each heatmap; baselines are plain thresholds of the image's own
@@ -195,25 +196,27 @@ def verdicts(rows) -> list[str]:
 def subjects_for(t1, brain, vol) -> list[dict]:
     """The test subjects: A (the training brain's own held-out block), B, C and D (see the module docstring)."""
     out = [{"name": "A: sample brain 2 mm", "vol": vol, "brain": brain, "geo": t1.geometry,
-            "block": np.arange(*TEST), "scale": 1.0}]
+            "block": np.arange(*TEST), "scale": 1.0, "brain_of": "sample", "at": lambda rng: np.arange(*rng)}]
     try:
         hi_t1, hi_mask = nilearn_1mm()
         hb = hi_mask.data > 0
         block = matching_slices(t1.geometry, TEST, hi_t1.geometry, hi_t1.data.shape[0])
         out.append({"name": "B: MNI152 2009 1 mm", "vol": np.where(hb, hi_t1.data, 0).astype(np.float32),
-                    "brain": hb, "geo": hi_t1.geometry, "block": block, "scale": 2.0})
+                    "brain": hb, "geo": hi_t1.geometry, "block": block, "scale": 2.0, "brain_of": "sample"})
     except ImportError:
         print("nilearn is not installed: subject B skipped")
     if ITK_DATA.is_dir():
         cv, cb, cg = itk_t1(t1.geometry)
         out.append({"name": "C: ITK example T1 (other adult)", "vol": cv, "brain": cb, "geo": cg,
-                    "block": block_like(cb, brain, np.arange(*TEST)), "scale": 1.0})
+                    "block": block_like(cb, brain, np.arange(*TEST)), "scale": 1.0, "brain_of": "itk",
+                    "at": lambda rng: block_like(cb, brain, np.arange(*rng))})
     else:
         print("apt-get install insighttoolkit5-examples for subject C")
     if COLIN.exists():
         dv, db, dg = colin27()
         out.append({"name": "D: Colin27 1 mm (other adult)", "vol": dv, "brain": db, "geo": dg,
-                    "block": matching_slices(t1.geometry, TEST, dg, dv.shape[0]), "scale": 2.0})
+                    "block": matching_slices(t1.geometry, TEST, dg, dv.shape[0]), "scale": 2.0, "brain_of": "colin",
+                    "at": lambda rng: matching_slices(t1.geometry, rng, dg, dv.shape[0])})
     else:
         print("apt-get install mricron-data for subject D")
     return out
@@ -229,19 +232,31 @@ def trained(path, retrain, images, masks, val_images, val_masks, seconds, seed, 
     return model
 
 
-def cohort_data(t1, brain, vol, colin):
-    """Training and validation pieces of two subjects, the sample brain and Colin27: ``TRAIN`` / ``VAL`` of the
-    sample brain and the slices of Colin27 at the same heights (its test-block and gap slices left out)."""
-    dv, db, dg = colin["vol"], colin["brain"], colin["geo"]
-    at = lambda rng: matching_slices(t1.geometry, rng, dg, dv.shape[0])  # noqa: E731
-    val_d = np.concatenate([at(r) for r in VAL])
-    train_d = np.concatenate([at(r) for r in TRAIN])
-    images = [ImageData(vol[a:b], t1.geometry, name="sample brain") for a, b in TRAIN]
-    images.append(ImageData(dv[train_d], dg, name="colin27"))
-    masks = [brain[a:b] for a, b in TRAIN] + [db[train_d]]
-    val_images = [ImageData(vol[a:b], t1.geometry, name="sample brain") for a, b in VAL]
-    val_images.append(ImageData(dv[val_d], dg, name="colin27"))
-    return images, masks, val_images, [brain[a:b] for a, b in VAL] + [db[val_d]]
+def cohort_data(brains):
+    """Training and validation pieces of several subjects: each one's slices at the heights of ``TRAIN`` and ``VAL``
+    (its test-block slices and the gaps beside them left out)."""
+    out = [], [], [], []
+    for b in brains:
+        for ranges, (imgs, masks) in ((TRAIN, out[:2]), (VAL, out[2:])):
+            rows = np.unique(np.clip(np.concatenate([b["at"](r) for r in ranges]), 0, len(b["vol"]) - 1))
+            imgs.append(ImageData(b["vol"][rows], b["geo"], name=b["brain_of"]))
+            masks.append(b["brain"][rows])
+    return out
+
+
+def cohort_runs(subjects, path, retrain, seconds, seed) -> tuple[list, list[str]]:
+    """Leave one subject out: a VAE trained on two of the three real brains, tested on the third (unseen)."""
+    brains = {s["brain_of"]: s for s in subjects if "at" in s}
+    runs, described = [], []
+    for held in brains:
+        rest = [b for k, b in brains.items() if k != held]
+        label = " + ".join(b["name"][:1] for b in rest)
+        model = trained(path.replace(".medgen.pt", f"_without_{held}.medgen.pt"), retrain, *cohort_data(rest),
+                        seconds, seed, f"bench-{label}")
+        tests = [s for s in subjects if s["brain_of"] == held]
+        runs.append((model, [{**s, "name": f"{s['name']}, model of {label}"} for s in tests]))
+        described.append(describe(model, f"Two-subject model {label}"))
+    return runs, described
 
 
 def describe(model, label) -> str:
@@ -275,8 +290,8 @@ def main():
     ap.add_argument("--model", default="/tmp/vae_bench.medgen.pt", help="cache: reuse if it exists")
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--train-seed", type=int, default=0, help="the VAE's seed (the tuning run used another)")
-    ap.add_argument("--cohort", action="store_true", help="also train on two subjects (sample brain + Colin27) "
-                    "and test on the ITK T1, which neither model saw")
+    ap.add_argument("--cohort", action="store_true", help="also train three two-subject models, leave one subject "
+                    "out (sample brain, ITK T1, Colin27), each tested on the brain it did not see")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--first-seed", type=int, default=0, help="lesion seeds from here (settings were chosen on 100-101)")
     ap.add_argument("--out", default="")
@@ -292,13 +307,10 @@ def main():
     subjects = subjects_for(t1, brain, vol)
     runs = [(model, subjects)]
     described = [describe(model, "One-brain model")]
-    colin = [s for s in subjects if s["name"].startswith("D:")]
-    unseen = [s for s in subjects if s["name"].startswith("C:")]
-    if args.cohort and colin and unseen:
-        two = trained(args.model.replace(".medgen.pt", "_cohort.medgen.pt"), args.retrain,
-                      *cohort_data(t1, brain, vol, colin[0]), args.seconds, args.train_seed, "bench-cohort")
-        runs.append((two, [{**s, "name": f"{s['name']}, two-subject model"} for s in unseen]))
-        described.append(describe(two, "Two-subject model (sample brain + Colin27)"))
+    if args.cohort and len({s["brain_of"] for s in subjects}) == 3:
+        more, text = cohort_runs(subjects, args.model, args.retrain, args.seconds, args.train_seed)
+        runs += more
+        described += text
     rows, timing = {}, {}
     for net, subs in runs:
         for subject in subs:

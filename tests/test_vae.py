@@ -9,6 +9,7 @@ import torch
 from monai.metrics import compute_roc_auc
 
 from napari_medgen.data.lesions import inject_lesions
+from napari_medgen.data.slices import mask_box
 from napari_medgen.engine.jobs import Cancelled
 from napari_medgen.errors import UserError
 from napari_medgen.io import Geometry, ImageData
@@ -123,13 +124,16 @@ def test_reconstruction_in_image_units(model, data):
 def test_sampling_is_seeded_in_training_units_and_interpolation_walks(model, data):
     vol, mask = data
     a, b = synthesize_vae(model, 4, seed=7), synthesize_vae(model, 4, seed=7)
-    assert a.data.shape == (4, *vol.shape[1:]) and np.array_equal(a.data, b.data)
+    box = mask_box(mask, 0)  # masked training sees the brain's bounding box: samples have its size
+    plane = vol[box].shape[1:]
+    assert a.data.shape == (4, *plane) and tuple(model.params.slice_shape) == plane
+    assert np.array_equal(a.data, b.data)
     assert not np.array_equal(a.data, synthesize_vae(model, 4, seed=8).data)
     assert a.data.max() > 0.3 * vol.max()  # the training intensity scale, not [0, 1]
     path = interpolate_slices(model, vol, 30, 70, steps=5, mask=mask)
-    assert path.shape == (5, *vol.shape[1:])
+    assert path.shape == (5, *plane)
     # the walk leaves slice 30 and approaches slice 70
-    d = lambda x, z: np.abs(x - vol[z]).mean()  # noqa: E731
+    d = lambda x, z: np.abs(x - vol[box][z]).mean()  # noqa: E731
     assert d(path[0], 30) < d(path[-1], 30) and d(path[-1], 70) < d(path[0], 70)
     with pytest.raises(UserError, match="between 1 and"):
         synthesize_vae(model, 100_000_000)
@@ -145,11 +149,25 @@ def test_bad_input_is_refused_clearly(model, data):
         anomaly_map(model, np.stack([vol, vol, vol], -1), None)
     with pytest.raises(UserError, match="at least 8 slices"):
         train_vae(vol[40:45], mask[40:45], steps=2)
-    with pytest.warns(OutOfDistributionWarning, match="Out of distribution"):
-        res = anomaly_map(model, vol[40:44] * 50.0 - 3000, mask[40:44], method="residual", device="cpu")
+    ct = np.where(mask[40:44], vol[40:44] / vol.max() * 80.0, -1000.0)  # the same slices in Hounsfield-like units
+    with pytest.warns(OutOfDistributionWarning, match="looks like a CT"):
+        res = anomaly_map(model, ct, mask[40:44], method="residual", device="cpu")
     assert res.warnings
     with pytest.warns(OutOfDistributionWarning, match="foreground mask"):
+        anomaly_map(model, vol[40:44, 4:-4, 4:-4], None, method="residual", device="cpu")
+    with pytest.raises(UserError, match="give the foreground mask"):  # the whole head, larger than the brain box
         anomaly_map(model, vol[40:44], None, method="residual", device="cpu")
+
+
+def test_other_scanner_units_change_nothing(model, data):
+    """An MRI model scales each scan by its own percentiles: another scanner's units give the same map, no warning."""
+    vol, mask = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfDistributionWarning)
+        ours = anomaly_map(model, vol[40:44], mask[40:44], method="combined", device="cpu")
+        theirs = anomaly_map(model, vol[40:44] * 7.5 + 300.0, mask[40:44], method="combined", device="cpu")
+    assert not theirs.warnings
+    np.testing.assert_allclose(theirs.score, ours.score, atol=1e-3)
 
 
 def test_stop_keeps_best_weights_and_cancels_scoring(model, data):

@@ -56,6 +56,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same samples (default 0)")
     p.add_argument("--between", nargs=3, metavar=("IMAGE", "A", "B"),
                    help="interpolate between slices A and B of IMAGE instead of sampling")
+    p.add_argument("--mask", help="with --between: IMAGE's foreground mask (needed if the VAE was trained masked)")
     p.add_argument("--out", required=True, help="stack file (n, H, W)")
     add_common(p)
     p.set_defaults(func=run_sample)
@@ -160,7 +161,8 @@ def run_sample(args) -> int:
     with terminal_job("vae-sample", args.quiet) as job:
         if args.between:
             path, a, b = args.between
-            stack = interpolate_slices(model, _read(path), int(a), int(b), steps=args.n, progress=job)
+            mask = _read(args.mask).data if args.mask else None
+            stack = interpolate_slices(model, _read(path), int(a), int(b), steps=args.n, mask=mask, progress=job)
             write_image(args.out, stack, overwrite=args.overwrite)
         else:
             item = synthesize_vae(model, args.n, seed=args.seed, progress=job)

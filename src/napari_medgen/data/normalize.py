@@ -23,7 +23,7 @@ def resolve(spec: dict | None, image: np.ndarray | None = None, modality: str = 
     spec = dict(spec or {"kind": "auto"})
     if spec["kind"] != "auto":
         return spec
-    if modality.upper() == "CT" or (image is not None and _looks_like_hounsfield(image)):
+    if modality.upper() == "CT" or (image is not None and looks_like_hounsfield(image)):
         return dict(CT_WINDOW)
     return dict(MRI_DEFAULT)
 
@@ -84,7 +84,7 @@ def modality_of(image) -> str:
     return ""
 
 
-def _looks_like_hounsfield(image: np.ndarray) -> bool:
+def looks_like_hounsfield(image: np.ndarray) -> bool:
     """CT in Hounsfield units, whatever the dtype: air near -1000 HU, nothing far below it except
     padding (-1024/-2048/-3024/-32768), bone and metal below a few thousand."""
     arr = np.asarray(image)

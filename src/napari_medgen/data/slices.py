@@ -37,6 +37,19 @@ def informative_slices(volume: np.ndarray, axis: int = 0, min_fraction: float = 
     return np.flatnonzero(frac >= min_fraction)
 
 
+def mask_box(mask: np.ndarray, axis: int = 0, margin: int = 4) -> tuple[slice, ...]:
+    """Index of the in-plane bounding box of ``mask`` over all its slices along ``axis`` (every slice kept),
+    widened by ``margin`` pixels: the part of a volume a masked model looks at. The whole array if it is empty."""
+    m = np.asarray(mask, bool)
+    idx = [slice(None)] * m.ndim
+    if not m.any():
+        return tuple(idx)
+    for ax in (k for k in range(m.ndim) if m.ndim == 2 or k != axis):
+        hit = np.flatnonzero(m.any(axis=tuple(k for k in range(m.ndim) if k != ax)))
+        idx[ax] = slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + margin + 1, m.shape[ax]))
+    return tuple(idx)
+
+
 def fit_to_size(stack: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Centre-crop or zero-pad the last two axes of ``stack`` to ``size``."""
     out = np.zeros(stack.shape[:-2] + tuple(size), dtype=stack.dtype)

@@ -15,9 +15,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.normalize import normalize
+from ..data.normalize import looks_like_hounsfield, normalize
 from ..data.resample import inplane_spacing, resize, target_shape
-from ..data.slices import fit_to_size, put_slices, take_slices
+from ..data.slices import fit_to_size, mask_box, put_slices, take_slices
 from ..engine.device import select_device
 from ..engine.jobs import Job
 from ..errors import UserError
@@ -97,7 +97,11 @@ def check_distribution(model: Model, image, mask=None) -> list[str]:
     arr = as_volume(image, model="the VAE")
     msgs = []
     stats = model.params.training_stats
-    if stats:
+    per_scan = (model.config.normalization or {}).get("kind") != "window"
+    if per_scan and looks_like_hounsfield(arr):
+        msgs.append("This image looks like a CT in Hounsfield units, but the VAE was trained on scans scaled one by one "
+                    "(MRI); scores may be meaningless.")
+    elif stats and not per_scan:
         m = check_mask(mask, arr.shape)
         vals = np.asarray(arr[m] if m is not None else arr, np.float32).ravel()[::7]
         lo, hi = np.percentile(vals, [0.5, 99.5])
@@ -128,14 +132,16 @@ class Prepared:
 
 
 def prepare(model: Model, image, mask=None) -> Prepared:
-    """Normalise, resample in-plane to the training pixel spacing (when both are known) and fit to the
-    network's size; slices larger than the network's field of view are refused with one sentence."""
+    """Normalise, cut to the mask's in-plane bounding box (as training did), resample in-plane to the training
+    pixel spacing (when both are known) and fit to the network's size; slices larger than the network's field of
+    view are refused with one sentence."""
     p = model.params
     vol = as_volume(image, model="the VAE")
     m = check_mask(mask, vol.shape)
     normed = normalized(vol, m, model.config.normalization)
     axis = p.axis if vol.ndim == 3 else 0
-    slices = take_slices(normed, axis)
+    box = mask_box(m, axis) if m is not None else ...
+    slices = take_slices(normed[box], axis)
     plane = slices.shape[1:]
     grid = plane
     geometry = getattr(image, "geometry", None)
@@ -146,16 +152,20 @@ def prepare(model: Model, image, mask=None) -> Prepared:
             slices = resize(np.ascontiguousarray(slices), grid)
     size = tuple(p.size)
     if grid[0] > size[0] or grid[1] > size[1]:
+        fix = ("give the foreground mask the VAE was trained with (only its bounding box is scored)"
+               if p.masked and m is None else "crop the image to the region of interest or train the VAE on images "
+               "of this size")
         raise UserError(f"The slices of this image ({grid[0]} x {grid[1]} pixels at the training spacing) are larger "
-                        f"than the VAE's field of view ({size[0]} x {size[1]}); crop the image to the region of "
-                        "interest or train the VAE on images of this size.")
+                        f"than the VAE's field of view ({size[0]} x {size[1]}); {fix}.")
     stack = fit_to_size(slices, size)[:, None].astype(np.float32)
 
     def to_volume(out: np.ndarray) -> np.ndarray:
         back = fit_to_size(out[:, 0], grid)
         if grid != plane:
             back = resize(np.ascontiguousarray(back), plane)
-        return put_slices(back, axis, ndim=vol.ndim).astype(np.float32)
+        full = np.zeros(vol.shape, np.float32)
+        full[box] = put_slices(back, axis, ndim=vol.ndim)
+        return full
 
     return Prepared(vol, m, normed, normalized(vol, m, model.config.normalization, clip=False), stack, to_volume)
 

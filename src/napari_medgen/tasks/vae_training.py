@@ -19,7 +19,7 @@ from ..data import datasets
 from ..data.datasets import CHANNEL
 from ..data.normalize import intensity_window, modality_of, resolve
 from ..data.resample import inplane_spacing, resize, target_shape
-from ..data.slices import fit_to_size, informative_slices, take_slices
+from ..data.slices import fit_to_size, informative_slices, mask_box, take_slices
 from ..engine.fit import Budget, TrainTask, fit
 from ..engine.jobs import Job
 from ..errors import UserError
@@ -106,13 +106,15 @@ def checked_volumes(images, masks, what: str):
 
 def slice_stacks(vols, masks, spec, size, axis, shapes, clip: bool = True) -> list[np.ndarray]:
     """One (n, 1, H, W) stack of informative slices per volume, each normalised by ``spec`` on its own
-    intensities (CT: the fixed window; MRI: its own percentiles; unclipped with ``clip=False``) and
-    resampled in-plane to ``shapes``."""
+    intensities (CT: the fixed window; MRI: its own percentiles; unclipped with ``clip=False``), cut to its
+    mask's in-plane bounding box (the foreground centred, whatever the field of view) and resampled in-plane
+    to ``shapes``."""
     stacks = []
     for v, m, shape in zip(vols, masks, shapes):
         a = axis if v.ndim == 3 else 0
         keep = informative_slices(v, axis, mask=m) if v.ndim == 3 else np.array([0])
-        slices = take_slices(normalized(v, m, spec, clip), a)[keep]
+        box = mask_box(m, a) if m is not None else ...
+        slices = take_slices(normalized(v, m, spec, clip)[box], a)[keep]
         if tuple(slices.shape[1:]) != tuple(shape):
             slices = resize(np.ascontiguousarray(slices), shape)
         stacks.append(fit_to_size(slices, size)[:, None].astype(np.float32))
@@ -128,12 +130,12 @@ def _spacing(items, vols, axis) -> list | None:
     return [round(float(s), 6) for s in np.median(sp, axis=0)]
 
 
-def plane_shapes(items, vols, axis, spacing) -> list[tuple]:
-    """Each volume's slice shape at the training ``spacing``."""
+def plane_shapes(items, vols, masks, axis, spacing) -> list[tuple]:
+    """Each volume's slice shape (cut to its mask's bounding box) at the training ``spacing``."""
     shapes = []
-    for it, v in zip(items, vols):
+    for it, v, m in zip(items, vols, masks):
         a = axis if v.ndim == 3 else 0
-        plane = take_slices(v, a).shape[1:]
+        plane = take_slices(v[mask_box(m, a)] if m is not None else v, a).shape[1:]
         geo = getattr(it, "geometry", None)
         if spacing is not None and geo is not None:
             g = geo.spacing
@@ -180,10 +182,10 @@ def split_rows(per_volume: list[np.ndarray], ids, val_fraction: float, seed: int
     return order[n_val:], order[:n_val], "slices", []
 
 
-def _intensity_stats(vols, masks, spec, ids) -> dict | None:
-    """The raw intensity range new images are checked against; None for a cohort scaled per scan (MRI
-    percentiles), whose scanners' units differ by design."""
-    if spec["kind"] != "window" and len(set(ids)) > 1:
+def _intensity_stats(vols, masks, spec) -> dict | None:
+    """The raw intensity range new images are checked against, for a fixed window (CT in HU) only: images scaled
+    per scan (MRI percentiles) have no common units, and any scanner's range is as good as another's."""
+    if spec["kind"] != "window":
         return None
     vals = np.concatenate([np.asarray(v if m is None else v[m], np.float32).ravel()[::7] for v, m in zip(vols, masks)])
     lo, hi = np.percentile(vals, [0.5, 99.5])
@@ -214,7 +216,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     items, vols, mask_list = checked_volumes(images, masks, "training")
     spec = _common_spec(normalization, items, vols)
     spacing = _spacing(items, vols, axis)
-    shapes = plane_shapes(items, vols, axis, spacing)
+    shapes = plane_shapes(items, vols, mask_list, axis, spacing)
     slice_shape = tuple(int(max(s[i] for s in shapes)) for i in range(2))
     size = tuple(int(math.ceil(s / 2 ** len(channels)) * 2 ** len(channels)) for s in slice_shape)
     stacks = slice_stacks(vols, mask_list, spec, size, axis, shapes)
@@ -226,7 +228,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     if val_images is not None:
         v_items, vv, vm = checked_volumes(val_images, val_masks, "validation")
         _common_spec(normalization, [*items, *v_items], [*vols, *vv])  # one modality for both
-        v_shapes = plane_shapes(v_items, vv, axis, spacing)
+        v_shapes = plane_shapes(v_items, vv, vm, axis, spacing)
         val = np.concatenate(slice_stacks(vv, vm, spec, size, axis, v_shapes))
         val_raw = np.concatenate(slice_stacks(vv, vm, spec, size, axis, v_shapes, clip=False))
         train, split, held = np.concatenate(stacks), "given", []
@@ -238,7 +240,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
         raise UserError("The validation images give no slices with foreground.")
     lows, highs = zip(*(intensity_window(v, spec) for v in vols))
     params = VAEParams(axis=axis, size=list(size), slice_shape=list(slice_shape), masked=mask_list[0] is not None,
-                       beta=beta, training_stats=_intensity_stats(vols, mask_list, spec, ids),
+                       beta=beta, training_stats=_intensity_stats(vols, mask_list, spec),
                        spacing=spacing, intensity=[float(np.mean(lows)), float(np.mean(highs))])
     net_args = {"spatial_dims": 2, "in_shape": [1, *size], "out_channels": 1, "latent_size": int(latent_size),
                 "channels": list(channels), "strides": [2] * len(channels), "num_res_units": 1}
