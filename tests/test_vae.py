@@ -155,8 +155,13 @@ def test_bad_input_is_refused_clearly(model, data):
     assert res.warnings
     with pytest.warns(OutOfDistributionWarning, match="foreground mask"):
         anomaly_map(model, vol[40:44, 4:-4, 4:-4], None, method="residual", device="cpu")
-    with pytest.raises(UserError, match="give the foreground mask"):  # the whole head, larger than the brain box
-        anomaly_map(model, vol[40:44], None, method="residual", device="cpu")
+    wide = np.pad(vol[40:44], ((0, 0), (20, 20), (20, 20)))  # a wider field of view than the brain's box
+    with pytest.raises(UserError, match="give the foreground mask"):
+        anomaly_map(model, wide, None, method="residual", device="cpu")
+    padded = anomaly_map(model, wide, np.pad(mask[40:44], ((0, 0), (20, 20), (20, 20))), method="residual",
+                         device="cpu")  # with its mask the same scan scores as without the padding
+    plain = anomaly_map(model, vol[40:44], mask[40:44], method="residual", device="cpu")
+    np.testing.assert_allclose(padded.score[:, 20:-20, 20:-20], plain.score, atol=1e-4)
 
 
 def test_other_scanner_units_change_nothing(model, data):

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.normalize import looks_like_hounsfield, normalize
+from ..data.normalize import intensity_window, looks_like_hounsfield, normalize
 from ..data.resample import inplane_spacing, resize, target_shape
 from ..data.slices import fit_to_size, mask_box, put_slices, take_slices
 from ..engine.device import select_device
@@ -56,9 +56,14 @@ def check_mask(mask, shape) -> np.ndarray | None:
 
 def normalized(volume: np.ndarray, mask: np.ndarray | None, spec: dict, clip: bool = True) -> np.ndarray:
     """``volume`` in the model's units, zero outside ``mask``; ``clip=False`` keeps what lies beyond the
-    intensity window (bright lesions keep their order) instead of flattening it at 0 and 1."""
-    img = normalize(volume, spec, clip=clip)
-    return img * mask if mask is not None else img
+    intensity window (bright lesions keep their order) instead of flattening it at 0 and 1. With a mask,
+    percentiles are those of the foreground, so the amount of background around it changes nothing."""
+    if mask is None:
+        return normalize(volume, spec, clip=clip)
+    if spec["kind"] == "percentile" and mask.any():
+        lo, hi = intensity_window(np.asarray(volume)[mask], spec)
+        spec = {"kind": "window", "low": lo, "high": hi}
+    return normalize(volume, spec, clip=clip) * mask
 
 
 def to_slices(volume: np.ndarray, size, axis: int = 0) -> np.ndarray:

@@ -31,6 +31,7 @@ from .vae import check_mask, guard_logvar, normalized
 from .volume_input import as_volume, check_batch
 
 MIN_SLICES = 8
+FOV_ROOM = 1.2  # a masked model's field of view: this much wider than the largest training box
 
 
 def augmentation(seed: int) -> mt.Compose:
@@ -218,7 +219,8 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     spacing = _spacing(items, vols, axis)
     shapes = plane_shapes(items, vols, mask_list, axis, spacing)
     slice_shape = tuple(int(max(s[i] for s in shapes)) for i in range(2))
-    size = tuple(int(math.ceil(s / 2 ** len(channels)) * 2 ** len(channels)) for s in slice_shape)
+    room = FOV_ROOM if mask_list[0] is not None else 1.0  # other subjects' brains and slices may be larger
+    size = tuple(int(math.ceil(s * room / 2 ** len(channels)) * 2 ** len(channels)) for s in slice_shape)
     stacks = slice_stacks(vols, mask_list, spec, size, axis, shapes)
     raws = slice_stacks(vols, mask_list, spec, size, axis, shapes, clip=False)  # the same slices, for calibration
     n_slices = sum(len(s) for s in stacks)
