@@ -132,6 +132,8 @@ def classify(viewer: napari.Viewer) -> None:
 
 
 SHOTS = {"finetune": finetune, "gan": gan, "vae": vae, "classify": classify}
+FILES = {"finetune": "finetune.png", "gan": "gan_widget.png", "vae": "vae_anomaly.png",
+         "classify": "classify_widget.png"}  # the names README.md shows
 
 
 def main() -> None:
@@ -144,7 +146,7 @@ def main() -> None:
         SHOTS[name](viewer)
         viewer.window.resize(1366, 768)
         wait_for(lambda: False, 1.0)
-        path = Path(args.out) / f"{name}.png"
+        path = Path(args.out) / FILES[name]
         viewer.screenshot(str(path), canvas_only=False)
         print("wrote", path, np.asarray(viewer.screenshot(canvas_only=False)).shape)
         viewer.close()
