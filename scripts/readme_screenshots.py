@@ -131,9 +131,9 @@ def classify(viewer: napari.Viewer) -> None:
         layer.visible = layer.name.startswith(("held-out", "true lesion")) or layer is widget.heatmap_layer
 
 
-SHOTS = {"finetune": finetune, "gan": gan, "vae": vae, "classify": classify}
-FILES = {"finetune": "finetune.png", "gan": "gan_widget.png", "vae": "vae_anomaly.png",
-         "classify": "classify_widget.png"}  # the names README.md shows
+# each shot and the file README.md shows it as
+SHOTS = {"finetune": (finetune, "finetune.png"), "gan": (gan, "gan_widget.png"), "vae": (vae, "vae_anomaly.png"),
+         "classify": (classify, "classify_widget.png")}
 
 
 def main() -> None:
@@ -143,10 +143,11 @@ def main() -> None:
     args = ap.parse_args()
     for name in args.shots:
         viewer = napari.Viewer()
-        SHOTS[name](viewer)
+        shot, file = SHOTS[name]
+        shot(viewer)
         viewer.window.resize(1366, 768)
         wait_for(lambda: False, 1.0)
-        path = Path(args.out) / FILES[name]
+        path = Path(args.out) / file
         viewer.screenshot(str(path), canvas_only=False)
         print("wrote", path, np.asarray(viewer.screenshot(canvas_only=False)).shape)
         viewer.close()

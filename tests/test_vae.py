@@ -130,6 +130,8 @@ def test_sampling_is_seeded_in_training_units_and_interpolation_walks(model, dat
     assert np.array_equal(a.data, b.data)
     assert not np.array_equal(a.data, synthesize_vae(model, 4, seed=8).data)
     assert a.data.max() > 0.3 * vol.max()  # the training intensity scale, not [0, 1]
+    lo, hi = model.params.intensity  # the scale the masked training slices were normalised by: the brain's
+    assert lo > np.percentile(vol[mask], 0.1) and hi < vol[mask].max()
     path = interpolate_slices(model, vol, 30, 70, steps=5, mask=mask)
     assert path.shape == (5, *plane)
     # the walk leaves slice 30 and approaches slice 70

@@ -54,16 +54,21 @@ def check_mask(mask, shape) -> np.ndarray | None:
     return m
 
 
-def normalized(volume: np.ndarray, mask: np.ndarray | None, spec: dict, clip: bool = True) -> np.ndarray:
-    """``volume`` in the model's units, zero outside ``mask``; ``clip=False`` keeps what lies beyond the
-    intensity window (bright lesions keep their order) instead of flattening it at 0 and 1. With a mask,
-    percentiles are those of the foreground, so the amount of background around it changes nothing."""
-    if mask is None:
-        return normalize(volume, spec, clip=clip)
-    if spec["kind"] == "percentile" and mask.any():
+def scan_spec(volume: np.ndarray, mask: np.ndarray | None, spec: dict) -> dict:
+    """The spec that scales this scan: with a mask, MRI percentiles become the window of its foreground's
+    percentiles, so the amount of background around the foreground changes nothing."""
+    if mask is not None and spec["kind"] == "percentile" and mask.any():
         lo, hi = intensity_window(np.asarray(volume)[mask], spec)
-        spec = {"kind": "window", "low": lo, "high": hi}
-    return normalize(volume, spec, clip=clip) * mask
+        return {"kind": "window", "low": lo, "high": hi}
+    return spec
+
+
+def normalized(volume: np.ndarray, mask: np.ndarray | None, spec: dict, clip: bool = True) -> np.ndarray:
+    """``volume`` in the model's units (scaled by :func:`scan_spec`), zero outside ``mask``; ``clip=False``
+    keeps what lies beyond the intensity window (bright lesions keep their order) instead of flattening it at
+    0 and 1."""
+    img = normalize(volume, scan_spec(volume, mask, spec), clip=clip)
+    return img * mask if mask is not None else img
 
 
 def to_slices(volume: np.ndarray, size, axis: int = 0) -> np.ndarray:

@@ -27,7 +27,7 @@ from ..io.read import read_image
 from ..models.checkpoint import Model
 from ..models.config import ModelConfig, NetSpec, Task, VAEParams
 from .anomaly import calibrate, tissue_model
-from .vae import check_mask, guard_logvar, normalized
+from .vae import check_mask, guard_logvar, normalized, scan_spec
 from .volume_input import as_volume, check_batch
 
 MIN_SLICES = 8
@@ -240,7 +240,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
         train, val, val_raw = data[rows], data[val_rows], np.concatenate(raws)[val_rows]
     if len(val) == 0:
         raise UserError("The validation images give no slices with foreground.")
-    lows, highs = zip(*(intensity_window(v, spec) for v in vols))
+    lows, highs = zip(*(intensity_window(v, scan_spec(v, m, spec)) for v, m in zip(vols, mask_list)))
     params = VAEParams(axis=axis, size=list(size), slice_shape=list(slice_shape), masked=mask_list[0] is not None,
                        beta=beta, training_stats=_intensity_stats(vols, mask_list, spec),
                        spacing=spacing, intensity=[float(np.mean(lows)), float(np.mean(highs))])
