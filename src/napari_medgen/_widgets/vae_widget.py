@@ -28,6 +28,12 @@ from ._runner import JobRunner, device_chooser
 SLIDER_STEPS = 1000
 
 
+def fit_line(what: str, history: dict) -> str:
+    """E.g. "Trained in 95 s, kept the best by validation, step 480"."""
+    note = " (stopped early: best weights so far)" if history["stopped"] else ""
+    return f"{what}{note} in {history['seconds']:.0f} s, kept {history['returned']}"
+
+
 class VAEWidget(Panel):
     """Train a VAE on normal Image layers; score a scan into heatmap, anomaly mask and slice list."""
 
@@ -199,8 +205,7 @@ class VAEWidget(Panel):
 
     def _diffusion_added(self, result) -> None:
         self.model, history = result
-        note = " (stopped early: best weights so far)" if history["stopped"] else ""
-        self._describe(f"Diffusion added{note} in {history['seconds']:.0f} s, kept {history['returned']}")
+        self._describe(fit_line("Diffusion added", history))
         self.method.setCurrentText("diffusion")
 
     def _list_methods(self) -> None:
@@ -220,8 +225,7 @@ class VAEWidget(Panel):
 
     def _trained(self, result) -> None:
         self.model, history = result
-        note = " (stopped early: best weights so far)" if history["stopped"] else ""
-        self._describe(f"Trained{note} in {history['seconds']:.0f} s, kept {history['returned']}")
+        self._describe(fit_line("Trained", history))
 
     def _describe(self, what: str) -> None:
         p = self.model.params

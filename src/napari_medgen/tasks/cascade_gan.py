@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..engine.fit import TrainTask, warmup_cosine
 from ..models.config import NetSpec
-from .gan_training import N_VAL_SAMPLES, GANTask, _AdversarialTask, generate, latents
+from .gan_training import N_VAL_SAMPLES, GANTask, Previews, _AdversarialTask, generate, latents
 from .synthesis_report import pyramid_swd
 
 FACTOR = 4  # the coarse GAN works on slices average-pooled by this factor
@@ -111,7 +111,7 @@ class RefineTask(_AdversarialTask):
         return {"loss": d_loss + g_loss + self.l1_weight * l1, "d_loss": d_loss, "g_loss": g_loss, "l1": l1}
 
 
-class CascadeTask(TrainTask):
+class CascadeTask(Previews, TrainTask):
     """Coarse GAN, then refiner, in one run; validation: mean patch SWD over all pyramid levels between
     the pipeline's samples and ``val_images`` (lower is better)."""
 
@@ -131,7 +131,6 @@ class CascadeTask(TrainTask):
         self.fixed = latents(N_VAL_SAMPLES, 12345, coarse.latent_size)
         self.to_intensity = to_intensity
         self.frac = 0.0
-        self.preview = None
         self.best_coarse = (float("inf"), None)  # (metric, coarse weights) of the best coarse-stage validation
 
     @property
@@ -167,10 +166,6 @@ class CascadeTask(TrainTask):
             self.best_coarse = (metric, {k: copy.deepcopy(net.state_dict())
                                          for k, net in self.stages["coarse"].networks.items()})
         return metric
-
-    def take_preview(self):
-        preview, self.preview = self.preview, None
-        return preview
 
     def nothing_learned(self, best_metric):
         if best_metric is None:

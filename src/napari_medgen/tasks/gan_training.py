@@ -78,7 +78,17 @@ def generate(net: torch.nn.Module, z: torch.Tensor, batch: int = 32) -> np.ndarr
     return torch.cat(out).numpy()
 
 
-class _AdversarialTask(TrainTask):
+class Previews:
+    """The last samples a GAN task drew at validation, handed to the progress report once."""
+
+    preview = None
+
+    def take_preview(self):
+        preview, self.preview = self.preview, None
+        return preview
+
+
+class _AdversarialTask(Previews, TrainTask):
     """Shared parts: generator, EMA, discriminator, optimisers, real images in [-1, 1], the last preview."""
 
     min_batch = 2
@@ -96,7 +106,6 @@ class _AdversarialTask(TrainTask):
         self.batch_size = batch_size
         self.rng = torch.Generator().manual_seed(seed)
         self.device = torch.device("cpu")
-        self.preview = None
 
     def to(self, device):
         self.device = device
@@ -116,10 +125,6 @@ class _AdversarialTask(TrainTask):
         opt_g.step()
         self.networks["ema"].update_parameters(self.networks["gen"])
         return d_loss, g_loss
-
-    def take_preview(self):
-        preview, self.preview = self.preview, None
-        return preview
 
 
 class GANTask(_AdversarialTask):
