@@ -187,3 +187,17 @@ def test_size_check_counts_every_pixel_type_right(tmp_path, ext, dtype, vector):
     announced, present = voxel_bytes(path)
     assert announced == present == arr.nbytes
     read_image(path)  # no false "truncated"
+
+
+def test_ct_opens_in_a_window_that_shows_soft_tissue(tmp_path, brain):
+    """napari's default (the full range, air to bone) shows a CT's soft tissue as one flat grey: a CT without
+    a DICOM window opens in a soft-tissue window, a DICOM file with one in its own, an MRI as napari shows it."""
+    import pydicom.data
+
+    ct = np.where(brain.data > 0, 40, -1000).astype(np.int16)  # soft tissue in air, Hounsfield units
+    ct[:, :3] = 1200  # and some bone
+    sitk.WriteImage(sitk.GetImageFromArray(ct), str(tmp_path / "head.nii.gz"))
+    assert read_image(tmp_path / "head.nii.gz").layer_data()[1]["contrast_limits"] == (-160.0, 240.0)
+    tagged = read_image(pydicom.data.get_testdata_file("MR_small.dcm"))  # Window Center 600, Width 1600
+    assert tagged.layer_data()[1]["contrast_limits"] == (-200.0, 1400.0)
+    assert "contrast_limits" not in brain.layer_data()[1]

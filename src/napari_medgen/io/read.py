@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .dicom import NOT_IMAGES, DicomSeriesError, read_series
+from .display import dicom_window, initial_contrast
 from .geometry import Geometry
 from .header import voxel_bytes
 from ..errors import UserError
@@ -49,6 +50,9 @@ class ImageData:
             kwargs["rgb"] = True
         if self.metadata.get("axis_labels"):  # e.g. ("t", "z", "y", "x") for a time series
             kwargs["axis_labels"] = tuple(self.metadata["axis_labels"])
+        window = initial_contrast(self)
+        if window is not None:
+            kwargs["contrast_limits"] = window
         names = self.metadata.get("class_names")
         if self.kind == "labels" and names:  # the status bar then names the class under the cursor
             kwargs["features"] = {"index": list(range(len(names))), "class": list(names)}
@@ -111,7 +115,7 @@ def read_image(path: "str | os.PathLike") -> ImageData:
     except (RuntimeError, OSError, EOFError) as err:
         raise ImageReadError(f"Cannot read {p.name}: the file is corrupt, truncated or not an image "
                              f"({_first_line(err)}).") from None
-    meta = {"source": str(p), "modality": _modality_from_image(img)}
+    meta = {"source": str(p), "modality": _modality_from_image(img), "window": _window_from_image(img)}
     item = _to_image_data(img, _stem(p), meta)
     if img.GetDimension() == 4:  # (t, z, y, x): label the time axis, keep the time step
         from .timeseries import from_4d_image
@@ -186,7 +190,8 @@ def _read_series(files: tuple, sid: str) -> ImageData:
     desc = tag("0008|103e") or tag("0008|0020") or sid[-12:]
     img, arr, geo, notes, extra = read_series(files, desc)
     meta = {"source": str(Path(files[0]).parent), "modality": modality, "series_uid": sid,
-            "series_description": desc, "n_files": len(files), **extra}
+            "series_description": desc, "n_files": len(files), "window": dicom_window(tag("0028|1050"), tag("0028|1051")),
+            **extra}
     item = _to_image_data(img, desc, meta)
     if geo is not None:  # slices regularised (true positions) or a stack of differently oriented images
         item.data, item.geometry = arr, geo
@@ -248,6 +253,11 @@ def _looks_dicom(f: Path) -> bool:
 def _modality_from_image(img) -> str:
     key = "0008|0060"
     return img.GetMetaData(key).strip() if img.HasMetaDataKey(key) else ""
+
+
+def _window_from_image(img) -> tuple[float, float] | None:
+    get = lambda k: img.GetMetaData(k).strip() if img.HasMetaDataKey(k) else ""
+    return dicom_window(get("0028|1050"), get("0028|1051"))
 
 
 def _stem(p: Path) -> str:
