@@ -131,9 +131,51 @@ def classify(viewer: napari.Viewer) -> None:
         layer.visible = layer.name.startswith(("held-out", "true lesion")) or layer is widget.heatmap_layer
 
 
+def sequence(viewer: napari.Viewer) -> None:
+    """DCE kinetics (persistent / plateau / washout): 90 synthetic series on slices of the sample brain, each typed
+    with its class, the lesion region, a 120-second training, then a series from other slices and its curve.
+
+    A dozen series teach the network nothing in minutes and 90 only a little (benchmarks/bench_sequence.py
+    trains on 600); the held-out layer's name gives its true class, so the picture shows whether it is right."""
+    import sys
+
+    from napari_medgen._widgets.sequence_widget import SequenceWidget
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from sequence_synth import kinetics_set
+
+    # 48-pixel crops keep every lesion at the centre, so the one region below fits them all closely
+    train, classes, masks = kinetics_set(90, "train", seed=1, crop=48)
+    test, test_classes, test_masks = kinetics_set(3, "test", seed=2, crop=48)
+    held_out = 2  # a washout lesion from slices never trained on
+    series = {f"DCE {i + 1}": (seq, cls) for i, (seq, cls) in enumerate(zip(train, classes))}
+    test_name = f"held-out ({test_classes[held_out]})"
+    series[test_name] = (test[held_out], None)
+    for name, (seq, _) in series.items():
+        viewer.add_image(seq, name=name, scale=(1, 2, 2), axis_labels=("t", "y", "x"),
+                         metadata={"modality": "MR", "time_step": 360 / (len(seq) - 1), "time_unit": "s"})
+    # one region for every series (the widget takes one): all the lesions
+    viewer.add_labels(np.any(masks + [test_masks[held_out]], axis=0).astype(np.uint8), name="lesion",
+                      scale=(2, 2), opacity=0.35)
+    widget = SequenceWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Time series")
+    for name, (_, cls) in series.items():
+        if cls is not None:
+            widget.set_target(name, cls)
+    widget.region.setCurrentText("lesion")
+    widget.steps.setValue(2000)  # the time box ends it
+    widget.seconds.setValue(120)
+    viewer.layers.selection.active = viewer.layers[test_name]
+    run_in_turn(widget, (widget.train, widget.predict), 600)
+    print(widget.model_label.text(), "|", widget.model.config.training, "|", widget.result_label.text())
+    for layer in viewer.layers:
+        layer.visible = layer.name in (test_name, "lesion")
+    viewer.dims.set_current_step(0, 3)
+
+
 # each shot and the file README.md shows it as
 SHOTS = {"finetune": (finetune, "finetune.png"), "gan": (gan, "gan_widget.png"), "vae": (vae, "vae_anomaly.png"),
-         "classify": (classify, "classify_widget.png")}
+         "classify": (classify, "classify_widget.png"), "sequence": (sequence, "sequence_widget.png")}
 
 
 def main() -> None:
