@@ -201,3 +201,21 @@ def test_ct_opens_in_a_window_that_shows_soft_tissue(tmp_path, brain):
     tagged = read_image(pydicom.data.get_testdata_file("MR_small.dcm"))  # Window Center 600, Width 1600
     assert tagged.layer_data()[1]["contrast_limits"] == (-200.0, 1400.0)
     assert "contrast_limits" not in brain.layer_data()[1]
+
+
+def test_nifti_with_intensity_scaling_opens_and_a_short_one_is_still_refused(tmp_path):
+    """Integer voxels with scl_slope/scl_inter (dcm2niix output, nilearn's templates) are read scaled; the size
+    check counts the bytes stored on disk, not ITK's float pixels."""
+    import nibabel as nib
+
+    raw = (np.arange(20 * 24 * 16) % 300).reshape(16, 24, 20).astype(np.int16)
+    img = nib.Nifti1Image(raw.T, np.diag([0.9, 0.9, 2.0, 1.0]))
+    img.header.set_slope_inter(1.5, -10.0)
+    nib.save(img, tmp_path / "scaled.nii")
+    item = read_image(tmp_path / "scaled.nii")
+    np.testing.assert_allclose(item.data, raw * 1.5 - 10.0)
+    assert item.geometry.spacing == pytest.approx((2.0, 0.9, 0.9))
+    data = (tmp_path / "scaled.nii").read_bytes()
+    (tmp_path / "short.nii").write_bytes(data[: len(data) - 2000])
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_image(tmp_path / "short.nii")

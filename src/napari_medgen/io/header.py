@@ -19,10 +19,10 @@ def voxel_bytes(path: Path, decompressed: "tuple[int, bytes] | None" = None) -> 
     """
     name = path.name.lower()
     if name.endswith(".nii"):
-        present = _nifti_present(path.stat().st_size, _head(path, 552))
-    elif name.endswith(".nii.gz") and decompressed is not None:
-        present = _nifti_present(*decompressed)
-    elif name.endswith((".mha", ".mhd")):
+        return _nifti_bytes(path.stat().st_size, _head(path, 552))
+    if name.endswith(".nii.gz"):
+        return _nifti_bytes(*decompressed) if decompressed is not None else None
+    if name.endswith((".mha", ".mhd")):
         present = _meta_present(path)
     elif name.endswith((".nrrd", ".nhdr")):
         present = _nrrd_present(path)
@@ -53,16 +53,29 @@ def _head(path: Path, n: int) -> bytes:
         return fh.read(n)
 
 
-def _nifti_present(total: int, head: bytes) -> "int | None":
-    """Bytes after ``vox_offset`` (NIfTI-1: float32 at 108; NIfTI-2: int64 at 168)."""
+def _nifti_bytes(total: int, head: bytes) -> "tuple[int, int] | None":
+    """``(announced, present)`` from the NIfTI header itself: ``dim`` x ``bitpix`` as stored on disk (ITK's pixel
+    type is the scaled one when ``scl_slope`` is set), and the bytes after ``vox_offset``.  NIfTI-1: dim int16[8]
+    at 40, bitpix int16 at 72, vox_offset float32 at 108; NIfTI-2: bitpix at 14, dim int64[8] at 16, vox_offset
+    int64 at 168."""
     if len(head) < 348:
         return None
     for order in "<>":
         size = struct.unpack(order + "i", head[:4])[0]
         if size == 348:
-            return total - int(struct.unpack(order + "f", head[108:112])[0])
-        if size == 540 and len(head) >= 176:
-            return total - struct.unpack(order + "q", head[168:176])[0]
+            dim, bitpix = struct.unpack(order + "8h", head[40:56]), struct.unpack(order + "h", head[72:74])[0]
+            offset = int(struct.unpack(order + "f", head[108:112])[0])
+        elif size == 540 and len(head) >= 176:
+            dim, bitpix = struct.unpack(order + "8q", head[16:80]), struct.unpack(order + "h", head[14:16])[0]
+            offset = struct.unpack(order + "q", head[168:176])[0]
+        else:
+            continue
+        if not 1 <= dim[0] <= 7 or bitpix <= 0:
+            return None
+        n = 1
+        for d in dim[1:dim[0] + 1]:
+            n *= max(int(d), 1)
+        return n * bitpix // 8, total - offset
     return None
 
 
