@@ -190,6 +190,17 @@ def test_2d_image(brain, tissue):
     assert complete_labels(model, image2d, labels2d, device="cpu").shape == image2d.shape
 
 
+def test_one_painted_slice_of_a_structure_wider_than_the_grid_trains(brain, brain_mask):
+    """One painted slice of a structure wider than the network's grid (a whole head on a 256 x 256 CT slice):
+    training goes to a coarser in-plane grid and works (it once failed inside torch on an empty pseudo-label stack)."""
+    big = np.repeat(np.repeat(brain.data[30:50], 2, axis=1), 2, axis=2)  # a brain 2x wider than the grid
+    ann = np.zeros(big.shape, np.uint8)
+    ann[10] = np.repeat(np.repeat(brain_mask[40], 2, axis=0), 2, axis=1)
+    model, history = finetune(None, big, ann, **{**FAST, "steps": 4})
+    assert history["slices"] == [10]
+    assert complete_labels(model, big, ann, device="cpu").shape == big.shape
+
+
 def test_one_painted_slice_extends_as_a_sphere_and_stops():
     from napari_medgen.data.interpolate import extrapolate_ends
     z, y, x = np.indices((31, 41, 41))

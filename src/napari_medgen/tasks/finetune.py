@@ -115,12 +115,13 @@ class Prior:
         self.box = roi_box(fg if fg.any() else lab != 0, [max(2, int(np.ceil(grow_mm / s))) for s in spacing])
 
     def pseudo(self, axis: int, band_mm: float):
-        """Pseudo-label slices along ``axis``: (indices, targets) with IGNORE off the interpolation and in the band."""
+        """Pseudo-label slices along ``axis``: (indices, targets) with IGNORE off the interpolation and in the band;
+        None when there are none (e.g. one painted slice)."""
         known = np.isfinite(self.margin) & (self.margin >= band_mm)
         target = np.where(known, self.labels.astype(np.int32), IGNORE)
         moved = take_slices(target, axis)
         index = np.flatnonzero((moved != IGNORE).reshape(len(moved), -1).any(1))
-        return index, np.ascontiguousarray(moved[index])
+        return (index, np.ascontiguousarray(moved[index])) if index.size else None
 
     def inplane_box(self, axis: int) -> tuple:
         (a0, a1), (b0, b1) = [self.box[i] for i in range(3) if i != axis]
