@@ -85,6 +85,7 @@ def test_dicom_series_and_nifti_of_same_data_overlay(tmp_path, brain, dicom_writ
     dicom_writer(img, tmp_path / "dicom", description="T1 sample")
     (series,) = read_path(tmp_path / "dicom")
     assert series.name == "T1 sample" and series.metadata["modality"] == "MR"
+    np.testing.assert_array_equal(read_image(tmp_path / "dicom").data, series.data)  # every verb takes the folder
     np.testing.assert_array_equal(series.data, brain.data)  # ordered by position, not by file name
     for idx in CORNERS:
         np.testing.assert_allclose(series.geometry.index_to_world(idx), brain.geometry.index_to_world(idx), atol=1e-3)
@@ -98,6 +99,8 @@ def test_dicom_folder_with_several_series_gives_one_layer_each(dicomdir_tests):
     assert ct.metadata["modality"] == "CT" and ct.data.ndim == 3
     xray = next(i for i in items if i.name == "Cervical LAT")
     assert xray.data.ndim == 2 and xray.geometry.ndim == 2
+    with pytest.raises(ImageReadError, match="holds 4 series"):  # a verb that takes one image asks for one series
+        read_image(dicomdir_tests / "77654033")
 
 
 def test_oblique_dicom_series_geometry_matches_simpleitk(tmp_path, dicom_writer):

@@ -107,8 +107,15 @@ def _read_dicom_seg(p: Path) -> list[ImageData] | None:
 
 
 def read_image(path: "str | os.PathLike") -> ImageData:
-    """Read one image file (NIfTI, NRRD, MetaImage, single DICOM) keeping dtype and geometry."""
+    """Read one image file (NIfTI, NRRD, MetaImage, single DICOM) or a folder holding one DICOM series,
+    keeping dtype and geometry."""
     p = Path(path)
+    if p.is_dir():
+        items = read_path(p)
+        if len(items) > 1:
+            names = ", ".join(f"'{it.name}'" for it in items[:4]) + (", ..." if len(items) > 4 else "")
+            raise ImageReadError(f"{p} holds {len(items)} series ({names}); give the folder of one of them.")
+        return items[0]
     try:
         _check_size(p, _check_gzip(p))
         img = sitk.ReadImage(str(p))
