@@ -18,7 +18,7 @@ from napari_medgen.tasks.cohort import checkpoint_path
 TINY = {"channels": (8, 16, 32), "batch_size": 4, "device": "cpu"}
 
 
-def make_cohort(root, n: int = 6, seed: int = 0):
+def make_cohort(root, n: int = 6, seed: int = 0, depth: int = 16):
     """``n`` small labelled volumes cut from the sample brain (shifted, flipped, rescaled intensities;
     case01 at 3 mm in-plane) in the nnU-Net layout: imagesTr/caseNN_0000.nii.gz + labelsTr/caseNN.nii.gz."""
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -27,8 +27,8 @@ def make_cohort(root, n: int = 6, seed: int = 0):
     rng = np.random.default_rng(seed)
     for i in range(n):
         z0 = 28 + 3 * i
-        img = t1.data[z0:z0 + 16, 10:106, 10:90].astype(np.float32)
-        lab = tissue.data[z0:z0 + 16, 10:106, 10:90]
+        img = t1.data[z0:z0 + depth, 10:106, 10:90].astype(np.float32)
+        lab = tissue.data[z0:z0 + depth, 10:106, 10:90]
         if i % 2:
             img, lab = img[:, :, ::-1], lab[:, :, ::-1]
         img = img * rng.uniform(0.7, 1.4) + rng.uniform(-50, 50)
@@ -127,3 +127,17 @@ def test_3d_model_and_ct_window(cohort):
 
     spec = dataset_normalization("CT", [np.arange(-100, 101, dtype=np.float32), np.full(10, 50, np.float32)])
     assert spec["kind"] == "window" and -100 < spec["low"] < -90 and 90 < spec["high"] < 100
+
+
+def test_3d_patches_fit_inside_the_cases_and_labels_must_share_the_grid(tmp_path):
+    """Thick-slice cohorts (20 slices here): a patch longer than the scans would be padding in every training
+    window, and the network then labelled whole edge slices of a longer scan; a label file on another grid
+    (same shape, other origin) is refused, not trained on."""
+    root = make_cohort(tmp_path / "Dataset002_Thick", n=3, depth=20)
+    model, _ = train_cohort(root, spatial_dims=3, steps=1, val_fraction=0.0, **TINY)
+    assert model.params.patch_size[0] <= 20
+    lab = read_image(root / "labelsTr" / "case02.nii.gz")
+    moved = Geometry(lab.geometry.spacing, np.asarray(lab.geometry.origin) + 5.0, lab.geometry.direction)
+    write_image(root / "labelsTr" / "case02.nii.gz", lab.data, moved, overwrite=True)
+    with pytest.raises(DatasetError, match="not on the voxel grid of case02_0000"):
+        train_cohort(root, spatial_dims=3, steps=1, val_fraction=0.0, **TINY)

@@ -185,6 +185,9 @@ def read_case(case: Case) -> tuple:
         raise DatasetError(f"{case.image.name} is not a one-channel 3D volume (shape {image.data.shape}).")
     if labels.data.shape != image.data.shape:
         raise DatasetError(f"{case.label.name} {labels.data.shape} does not match its image {image.data.shape}.")
+    if not labels.geometry.same_grid(image.geometry, atol=1e-2):
+        raise DatasetError(f"{case.label.name} is not on the voxel grid of {case.image.name} (same shape, but "
+                           "another spacing, origin or direction).")
     lab = labels.data
     if lab.dtype.kind == "f":
         if not np.array_equal(lab, np.round(lab)):
