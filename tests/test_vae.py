@@ -315,3 +315,13 @@ def test_same_seed_same_model(data):
     first = runs[0].net.state_dict()
     for other in runs[1:]:
         assert all(torch.equal(first[k], v) for k, v in other.net.state_dict().items())
+
+
+def test_scoring_reports_progress_while_restoring(model, data):
+    """The restoration is the slow part of scoring (minutes on a CT volume): it reports slice by slice, so a user
+    can tell it from a hang."""
+    vol, mask = data
+    seen = []
+    anomaly_map(model, vol[20:80], mask[20:80], method="restoration", device="cpu", progress=seen.append)
+    steps = [(ev.step, ev.total) for ev in seen if ev.message == "restoring slices"]
+    assert len(steps) >= 2 and steps[-1][0] == steps[-1][1] and steps[0][0] < steps[-1][0]

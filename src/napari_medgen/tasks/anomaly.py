@@ -115,6 +115,8 @@ def restore(model: Model, stack: np.ndarray, mask: np.ndarray | None = None, *, 
                 with torch.no_grad():
                     y -= lr * grad * keep
             out[i:i + batch] = y.detach().cpu().numpy()
+            if job is not None:
+                job.report(min(i + batch, len(stack)), len(stack), "restoring slices")
     finally:
         for p in net.parameters():
             p.requires_grad_(True)
