@@ -209,6 +209,8 @@ def test_bad_inputs_are_one_sentence(tmp_path, contrasts):
     bad.write_text("file,label\nscan1.nii.gz\n")
     with pytest.raises(UserError, match=r"^Row 1 of labels.csv is not 'file,label'"):
         read_label_csv(bad)
+    bad.write_text("name,class\nscan1.nii.gz,T1\n")  # a header of other names is a header too
+    assert read_label_csv(bad)[1] == ["T1"]
 
 
 def test_wrong_model_kind_is_refused(tmp_path):

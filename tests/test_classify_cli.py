@@ -46,6 +46,9 @@ def test_train_then_classify_with_heatmaps(folder, tmp_path, capsys):
     assert all(r[1] in ("T1", "T2") and abs(float(r[2]) + float(r[3]) - 1) < 1e-4 for r in rows[1:])
     hm, src = read_image(tmp_path / "hm" / "s25_heatmap.nii.gz"), read_image(folder / "s25.nii.gz")
     assert hm.data.shape == src.data.shape and hm.geometry.same_grid(src.geometry)
+    capsys.readouterr()
+    assert main(["classify", *files, "-m", str(model), "-o", str(tmp_path / "p2.csv"), "--heatmaps", files[0]]) == 2
+    assert capsys.readouterr().err.strip().endswith("--heatmaps takes a folder; " + files[0] + " is a file.")
 
 
 def test_bad_csv_and_unknown_file_are_one_line(folder, tmp_path, capsys):

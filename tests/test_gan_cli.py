@@ -20,6 +20,10 @@ def test_gan_verbs(tmp_path, capsys):
     assert main(["gan-report", out, "--model", model, "--real", str(T1_PATH), "--quiet",
                  "--json", str(tmp_path / "r.json")]) == 0
     assert "FD-medgen" in capsys.readouterr().out
+    assert main(["gan-report", out, "--model", model, "--real", str(T1_PATH), "--quiet",  # refused before computing
+                 "--json", str(tmp_path / "r.json")]) == 2
+    captured = capsys.readouterr()
+    assert "already exists" in captured.err and "FD-medgen" not in captured.out
     assert main(["gan-synthesize", "--model", model, "-n", "100000", "--out", str(tmp_path / "x.nii.gz"),
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip()

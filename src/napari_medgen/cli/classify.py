@@ -112,6 +112,8 @@ def run_classify(args) -> int:
         kept.update(_read_table(path, header))
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.heatmaps:
+        if Path(args.heatmaps).exists() and not Path(args.heatmaps).is_dir():
+            raise UserError(f"--heatmaps takes a folder; {args.heatmaps} is a file.")
         Path(args.heatmaps).mkdir(parents=True, exist_ok=True)
     with dist.session(args.device) as device:
         args.device = device

@@ -109,6 +109,8 @@ def run_report(args) -> int:
     from ..tasks.gan import real_slices
     from ..tasks.synthesis_report import format_report, synthesis_report
 
+    if args.json:
+        check_output(args.json, args.overwrite)
     model = _load(args.model)
     if model.task != "gan":
         raise UserError("gan-report compares samples of an unconditional GAN; this is a mask-to-image model.")
@@ -118,6 +120,6 @@ def run_report(args) -> int:
         report = synthesis_report(samples, real, training=real, progress=job)
     print(format_report(report))
     if args.json:
-        check_output(args.json, args.overwrite)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

@@ -129,6 +129,7 @@ def run_predict(args) -> int:
         lines += [[str(path), k, f"{k * step:g} {unit}", f"{c:.6g}", f"{s:.6g}"]
                   for k, (c, s) in enumerate(zip(res.curve, res.signal))]
     if args.curves:
+        Path(args.curves).parent.mkdir(parents=True, exist_ok=True)
         with open(args.curves, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["file", "frame", "time", results[0][3].curve_name, "signal"])

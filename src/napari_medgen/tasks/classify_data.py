@@ -150,7 +150,13 @@ def read_label_csv(csv_path, folder=None) -> tuple[list[Path], list[str]]:
         rows = [r for r in csv.reader(p.read_text(encoding="utf-8-sig").splitlines()) if any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"{p.name} is not a readable CSV file ({err}).") from None
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "label"]:
+    def names_file(row) -> bool:
+        first = row[0].strip() if row else ""
+        return bool(first) and (Path(first) if Path(first).is_absolute() else base / first).exists()
+
+    # a header row: 'file,label', or any first row (e.g. 'name,class') that names no file when the next one does
+    if rows and ([c.strip().lower() for c in rows[0][:2]] == ["file", "label"]
+                 or (len(rows) > 1 and not names_file(rows[0]) and names_file(rows[1]))):
         rows = rows[1:]
     if not rows:
         raise UserError(f"{p.name} lists no images; it needs rows 'file,label'.")
