@@ -43,7 +43,7 @@ def test_dicom_series_round_trip(slab, tmp_path, dicom_writer):
     assert (got.data == segment(ref, "brain-tissue-2d", tta=True)).mean() > 0.99
 
 
-def test_batch_continues_past_bad_cases(slab, tmp_path, capsys):
+def test_batch_continues_past_bad_cases(slab, tmp_path, capsys, dicom_writer):
     folder = tmp_path / "cases"
     folder.mkdir()
     for name in ("a.nii.gz", "b.nii.gz"):
@@ -51,11 +51,15 @@ def test_batch_continues_past_bad_cases(slab, tmp_path, capsys):
     (folder / "broken.nii.gz").write_bytes(b"not an image")
     rgb = sitk.GetImageFromArray(np.zeros((20, 20, 3), np.uint8), isVector=True)
     sitk.WriteImage(rgb, str(folder / "photo.mha"))
+    dicom_writer(sitk.ReadImage(str(slab)), folder / "series")  # a DICOM series folder beside the files
+    view = sitk.GetArrayFromImage(sitk.ReadImage(str(slab)))[12]
+    sitk.WriteImage(sitk.GetImageFromArray((255 * view / view.max()).astype(np.uint8)), str(folder / "view.png"))
     out = tmp_path / "out"
     assert main(["segment", str(folder), str(out), "-q"]) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["a_seg.nii.gz", "b_seg.nii.gz", "segment_summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_seg.nii.gz", "b_seg.nii.gz", "segment_summary.csv",
+                                                     "series_seg.nii.gz", "view_seg.nii.gz"]
     err = capsys.readouterr().err
-    assert "2 of 4 inputs failed" in err and "broken.nii.gz" in err and "RGB" in err
+    assert "2 of 6 inputs failed" in err and "broken.nii.gz" in err and "RGB" in err
     # a glob picks the same files
     assert main(["segment", str(folder / "[ab].nii.gz"), str(tmp_path / "g"), "-q"]) == 0
     assert len(list((tmp_path / "g").glob("*_seg.nii.gz"))) == 2

@@ -18,11 +18,13 @@ from ..errors import UserError
 
 LABEL_FILE = re.compile(r"label|mask|seg", re.IGNORECASE)  # label maps, masks and our own outputs
 SUMMARY_FIELDS = ("input", "output", "status", "seconds", "rank", "message")
+PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # 2D images (X-ray exports) in a batch folder
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("segment", help="segment images with a U-Net; labels keep the input's geometry",
-                       description="Segment one image (file or DICOM series folder), every image in a folder, "
+                       description="Segment one image (file or DICOM series folder), every image in a folder (NIfTI, NRRD, "
+                                   "MetaImage, PNG/JPEG/TIFF, and DICOM series folders beside them), "
                                    "or a glob such as 'scans/*.nii.gz'. OUTPUT is a file for one image, "
                                    "else a folder that receives <name>_seg.nii.gz per image. In a folder or "
                                    "glob, files whose names contain label, mask or seg are skipped.")
@@ -57,10 +59,10 @@ def find_cases(spec: str) -> tuple[list[Path], list[Path]]:
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist.")
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(EXTENSIONS)
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(EXTENSIONS + PICTURES)
                        and not f.name.lower().endswith(".dcm"))
-        if files:
-            return _without_labels(files, spec)
+        if files:  # and the DICOM folders beside them, one case each
+            return _without_labels(files + sorted(d for d in p.iterdir() if d.is_dir() and is_supported(d)), spec)
         if is_supported(p):
             return [p], []
         raise FileNotFoundError(f"{p} holds no image files and no DICOM series.")
