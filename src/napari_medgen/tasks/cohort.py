@@ -181,11 +181,11 @@ def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, se
         raise DatasetError("The label files hold no foreground (every voxel is 0).")
 
     multiple = 2 ** (len(channels) - 1)
-    # a patch never longer than the median case (rounded down): one longer is always half padding in training,
-    # and on a longer scan the network then meets windows it never saw
     step = max(16, multiple)
-    patch = list(patch_size or [min(p, max(step, s // step * step)) for p, s in
-                                zip(patch_size_for(fp["shape"], 128 if spatial_dims == 2 else 96, step), fp["shape"])])
+    patch = list(patch_size or patch_size_for(fp["shape"], 128 if spatial_dims == 2 else 96, step))
+    if spatial_dims == 3 and not patch_size:  # 3D: never longer than the median case (rounded down), or every
+        # training window of a thick-slice cohort is part padding and a longer scan's windows are new to the network
+        patch = [min(p, max(step, s // step * step)) for p, s in zip(patch, fp["shape"])]
     if len(patch) != spatial_dims or any(p % multiple for p in patch):
         raise DatasetError(f"The patch size must have {spatial_dims} sizes, each a multiple of {multiple}.")
     batch_size = int(batch_size or (8 if spatial_dims == 2 else 2))
