@@ -66,6 +66,10 @@ def test_per_frame_curve_variable_length_and_save_load(order_model, brain, tmp_p
     path = model.save(tmp_path / "order.medgen.pt")
     again = predict_sequence(Model.load(path, expect="sequence"), long)
     assert again.label == res.label and np.allclose(again.curve, res.curve, atol=1e-5)
+    # a series far shorter than any it was trained on is answered, with a warning saying so
+    assert not predict_sequence(model, seq).warnings
+    (warning,) = predict_sequence(model, seq[:2]).warnings
+    assert "has 2 frames; the model was trained on series of 6-10 frames" in warning
 
 
 def test_regression_on_3d_frames_with_region(brain):

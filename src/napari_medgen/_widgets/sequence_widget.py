@@ -266,7 +266,7 @@ class SequenceWidget(Panel):
             text = f"{layer.name}: {res.label} ({probs})"
         else:
             text = f"{layer.name}: {res.value:.4g}"
-        self.result_label.setText(text)
+        self.result_label.setText("\n".join([text, *res.warnings]))
         self.curve_plot.show_curves(res.curve, res.curve_name, res.signal, text)
         if self._curve_dock is None:
             self._curve_dock = self.viewer.window.add_dock_widget(self.curve_plot, area="bottom",

@@ -126,6 +126,8 @@ def run_predict(args) -> int:
         answer = (f"{res.label} ({res.probabilities[res.label]:.0%})" if res.label is not None
                   else f"{res.value:.4g}")
         print(f"{path}: {answer}")
+        for msg in res.warnings:
+            print(f"warning: {path}: {msg}")
         lines += [[str(path), k, f"{k * step:g} {unit}", f"{c:.6g}", f"{s:.6g}"]
                   for k, (c, s) in enumerate(zip(res.curve, res.signal))]
     if args.curves:

@@ -34,6 +34,7 @@ class SequenceResult:
     curve: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the model's output at each frame
     curve_name: str = ""
     signal: np.ndarray = field(default_factory=lambda: np.zeros(0))  # mean intensity per frame (in the region)
+    warnings: list = field(default_factory=list)  # why the answer may mean little (e.g. unlike the training series)
 
 
 class SequenceTask(TrainTask):
@@ -203,8 +204,19 @@ def train_sequence_model(sequences: Sequence, targets: Sequence, task: str = "cl
                       "n_validation": int(len(va)), "validation is training set": bool(len(va) == len(frames)
                                                                                          and len(tr) == len(va))}
     config.training = {"steps": history["step"][-1] if history["step"] else 0, "seconds": history["seconds"],
-                       "returned": history["returned"], "stop_reason": history["stop_reason"]}
+                       "returned": history["returned"], "stop_reason": history["stop_reason"],
+                       "frames": [int(min(len(f) for f in frames)), int(max(len(f) for f in frames))]}
     return model, history
+
+
+def _unlike_training(model: Model, n_frames: int) -> list[str]:
+    """A warning when a series is far shorter or longer than every training series (models of older versions
+    did not record their lengths)."""
+    seen = (model.config.training or {}).get("frames")
+    if not seen or seen[0] / 2 <= n_frames <= 2 * seen[1]:
+        return []
+    return [f"This series has {n_frames} frames; the model was trained on series of {seen[0]}-{seen[1]} frames, "
+            "so its answer may mean little."]
 
 
 def _fraction_targets(y: np.ndarray, task: str, scale: Optional[list]) -> tuple[np.ndarray, list]:
@@ -242,7 +254,7 @@ def predict_sequence(model: Model, sequence, region=None, *, device="auto", prog
         for net in model.networks.values():
             net.to("cpu")
     job.report(1, 1, "predicted")
-    res = SequenceResult(signal=signal(arr, region))
+    res = SequenceResult(signal=signal(arr, region), warnings=_unlike_training(model, len(arr)))
     if p.kind == "classification":
         prob = torch.softmax(out[0], 0).numpy()
         k = int(prob.argmax())
