@@ -82,3 +82,16 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
     # Save: a model the Segment widget and the CLI can load
     path = widget.save_model(str(tmp_path / "mine"))
     assert load_segmentation_model(path).params.finetune["rounds"] == 2
+
+
+def test_live_preview_on_a_2d_image(make_napari_viewer, brain):
+    """A 2D image (an X-ray, one CT slice) trains as a one-slice volume; its live previews land on the 2D layer
+    (they raised inside the progress handler)."""
+    viewer = make_napari_viewer()
+    img = viewer.add_image(brain.data[40], name="slice")
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget._source = img
+    widget._show_preview({"box": ((0, 1), (10, 20), (30, 50)), "labels": np.full((1, 10, 20), 2, np.uint8)})
+    pred = widget.prediction
+    assert pred.data.shape == img.data.shape and (pred.data == 2).sum() == 200 and pred.data[10:20, 30:50].all()

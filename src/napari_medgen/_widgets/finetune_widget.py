@@ -232,9 +232,11 @@ class FinetuneWidget(Panel):
     def _show_preview(self, preview: dict) -> None:
         """The network's current labels inside the region of interest, written into the prediction layer."""
         layer = self._prediction_layer(np.zeros(np.shape(self._source.data), np.uint8), preview=True)
-        box = tuple(slice(lo, hi) for lo, hi in preview["box"])
+        box, labels = preview["box"], np.asarray(preview["labels"])
         data = np.array(layer.data, copy=True)
-        data[box] = preview["labels"]
+        if data.ndim == len(box) - 1:  # a 2D image trains as a one-slice volume
+            box, labels = box[1:], labels[0]
+        data[tuple(slice(lo, hi) for lo, hi in box)] = labels
         layer.data = data
 
     def _trained(self, result: tuple) -> None:
