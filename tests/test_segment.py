@@ -244,3 +244,20 @@ def test_builtin_copes_with_scanner_like_changes(brain, tissue, builtin):
     lo, hi = builtin.config.training["holdout"]["slices"]
     m = segmentation_metrics(labels[lo:hi], ref[lo:hi], (2, 1, 1), TISSUE_CLASSES)
     assert m["CSF"]["dice"] > 0.5 and m["grey matter"]["dice"] > 0.75 and m["white matter"]["dice"] > 0.75, m
+
+
+def test_long_volumes_are_labelled_slab_by_slab_exactly(brain):
+    """A 2D model labels a volume a slab at a time (memory of one slab's probabilities, not the whole CT's); a 2.5D
+    model's neighbouring slices come along at the slab edges, so the labels are those of the whole volume at once
+    (which ``return_probabilities`` still computes), on a resampled grid too."""
+    torch.manual_seed(0)
+    config = segmentation_config("2.5d", 3, channels=(4, 8), strides=(2,), num_res_units=0, spacing=[3.0, 3.0])
+    config.networks["net"].args.update(in_channels=3)  # the slice and one neighbour on each side, as finetune()
+    config.params.context = 1
+    model = Model(config)
+    assert brain.data.shape[0] > 2 * 32  # several slabs
+    whole, _ = segment(brain, model, device="cpu", return_probabilities=True)
+    events = []
+    np.testing.assert_array_equal(segment(brain, model, device="cpu", progress=events.append), whole)
+    steps = [ev.step for ev in events if ev.message.startswith("slices")]
+    assert steps == sorted(steps) and steps[-1] == brain.data.shape[0]

@@ -20,6 +20,8 @@ from ..errors import UserError
 from .metrics import label_volumes_ml
 from .model_fit import ModelMismatchWarning, mismatch_warnings
 
+SLAB = 32  # slices a 2D model labels at a time (memory: one slab's class probabilities)
+
 
 class ImageInputError(UserError):
     """An image that a segmentation model cannot take."""
@@ -97,18 +99,21 @@ def segment_result(image, model, *, spacing=None, axis: int = 0, device="auto", 
     dims = cfg.spatial_dims
     work_axis = axis if len(spatial) == 3 else 0
     grid = _model_grid(spatial, spacing, cfg, work_axis)
-    if grid is not None:
-        x = _resize_grid(x, grid, dims, work_axis)
     job.check()
     args = m.config.networks["net"].args
-    divisor = int(np.prod(args["strides"])) if "strides" in args else 16  # U-Net input multiple
-    probs = predict(m.net, x, spatial_dims=dims, axis=work_axis, patch_size=cfg.patch_size,
-                    device=device, tta=tta, batch_size=batch_size, divisor=divisor,
-                    context=int(cfg.context or 0), progress=job)
-    del x
-    if grid is not None:
-        probs = _resize_grid(probs, spatial if dims == 3 else _inplane(spatial, work_axis), dims, work_axis)
-    labels = _argmax(probs)
+    kw = {"device": device, "tta": tta, "batch_size": batch_size, "context": int(cfg.context or 0),
+          "divisor": int(np.prod(args["strides"])) if "strides" in args else 16}  # U-Net input multiple
+    probs = None
+    if dims == 2 and len(spatial) == 3 and not probabilities:
+        labels = _slab_labels(m.net, x, spatial, grid, work_axis, job, **kw)
+    else:
+        if grid is not None:
+            x = _resize_grid(x, grid, dims, work_axis)
+        probs = predict(m.net, x, spatial_dims=dims, axis=work_axis, patch_size=cfg.patch_size, progress=job, **kw)
+        del x
+        if grid is not None:
+            probs = _resize_grid(probs, spatial if dims == 3 else _inplane(spatial, work_axis), dims, work_axis)
+        labels = _argmax(probs)
     if finite is not None:
         labels[~finite] = 0
     job.report(1, 1, "done")
@@ -164,6 +169,35 @@ def check_image(image, cfg, axis: int = 0, rgb: bool | None = None) -> np.ndarra
     if len(spatial) == 3 and not 0 <= axis < 3:
         raise ImageInputError(f"Axis {axis} does not exist in a 3D image; use 0, 1 or 2.")
     return arr
+
+
+def _slab_labels(net, x: np.ndarray, spatial, grid, axis: int, job: Job, *, context: int, **predict_kw) -> np.ndarray:
+    """Labels of a normalised (C, *spatial) volume by a 2D model, :data:`SLAB` slices along ``axis`` at a time, so
+    class probabilities and their resampled copy exist for one slab only (a 512 x 512 x 1000 CT would need about
+    12 GB for them at once).  A 2.5D model's neighbouring slices come along at the slab edges: every slice sees
+    the neighbours it would see in the whole volume."""
+    n, labels = spatial[axis], None
+    for s0 in range(0, n, SLAB):
+        s1 = min(n, s0 + SLAB)
+        lo, hi = max(0, s0 - context), min(n, s1 + context)
+        part = np.take(x, np.arange(lo, hi), axis=1 + axis)
+        if grid is not None:
+            part = _resize_grid(part, grid, 2, axis)
+        def relay(ev, lo=lo):  # the slab's slice counts become the volume's; other news (out of memory) passes
+            step = min(lo + ev.step, n)
+            job.report(step, n, f"slices {step}/{n}" if ev.message.startswith("slices") else ev.message)
+        probs = predict(net, part, spatial_dims=2, axis=axis, context=context,
+                        progress=Job(relay, job.should_stop, job.cancelled), **predict_kw)
+        probs = np.take(probs, np.arange(s0 - lo, s1 - lo), axis=1 + axis)
+        if grid is not None:
+            probs = _resize_grid(probs, _inplane(spatial, axis), 2, axis)
+        part_labels = _argmax(probs)
+        if labels is None:
+            labels = np.empty(spatial, part_labels.dtype)
+        index = [slice(None)] * len(spatial)
+        index[axis] = slice(s0, s1)
+        labels[tuple(index)] = part_labels
+    return labels
 
 
 def _argmax(probs: np.ndarray, chunk: int = 8) -> np.ndarray:
