@@ -83,6 +83,17 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
     path = widget.save_model(str(tmp_path / "mine"))
     assert load_segmentation_model(path).params.finetune["rounds"] == 2
 
+    # Cancel a round once it has drawn: the prediction layer and the plot are as before it, the model is round 2's
+    kept, last_x, model = pred.data.copy(), widget.plot.series["loss"][0][-1], widget.model
+    widget.seconds.setValue(600)
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: widget.plot.series["loss"][0][-1] > last_x + 10, timeout=60_000)
+    with qtbot.waitSignal(widget.runner.done, timeout=60_000) as sig:
+        widget.runner.cancel()
+    assert sig.args == ["cancelled"] and widget.model is model and widget.prediction is pred
+    np.testing.assert_array_equal(pred.data, kept)
+    assert widget.plot.series["loss"][0][-1] == last_x
+
 
 def test_live_preview_on_a_2d_image(make_napari_viewer, brain):
     """A 2D image (an X-ray, one CT slice) trains as a one-slice volume; its live previews land on the 2D layer

@@ -68,6 +68,7 @@ def test_train_synthesize_report_cancel(make_napari_viewer, qtbot, brain, tissue
         qtbot.waitUntil(lambda: "d_loss" in w.runner.status.text(), timeout=WAIT)
         w.runner.cancel()
     assert blocker.args[0] == "cancelled" and w.model is trained
+    assert "GAN preview" not in [layer.name for layer in viewer.layers]  # no preview of a discarded generator
 
     # mask-to-image: train on the paired tissue map, then render the label slice under the cursor
     w.labels.value = labels

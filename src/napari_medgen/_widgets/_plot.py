@@ -57,6 +57,13 @@ class LivePlot(QWidget):
         PAINT.record(time.perf_counter() - t0)
         self._redraw.setInterval(int(1000 * PAINT.interval(REDRAW_MS / 1000)))
 
+    def drop_after(self, x: float) -> None:
+        """Forget the points beyond ``x`` (a discarded run's), keeping what came before."""
+        for name, (xs, ys) in list(self.series.items()):
+            keep = sum(1 for v in xs if v <= x)
+            self.series[name] = (xs[:keep], ys[:keep])
+        self.update()
+
     def clear(self) -> None:
         self._redraw.stop()
         self.series.clear()

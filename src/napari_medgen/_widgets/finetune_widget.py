@@ -65,6 +65,7 @@ class FinetuneWidget(Panel):
         self.ranking: list = []
         self.round = 0
         self._x = 0  # plot x: training steps of all rounds so far
+        self._before = None  # (plot x, prediction layer, its data) when the running round started
 
         self.image = self.layer_picker(napari.layers.Image, tooltip="The image to segment.")
         self.labels = self.layer_picker(napari.layers.Labels, tooltip="The layer you paint a few slices of.")
@@ -116,6 +117,7 @@ class FinetuneWidget(Panel):
         self.runner = JobRunner("Fine-tune", trains=True)
         self.runner.started.connect(lambda: self._busy(True))
         self.runner.done.connect(lambda _s: self._busy(False))
+        self.runner.done.connect(self._undo_discarded_run)
         self.plot = LivePlot("training loss and validation Dice (painted + interpolated slices)")
         self.summary = QLabel("Paint a few slices of the annotation layer, then Train.")
         self.summary.setWordWrap(True)
@@ -212,6 +214,9 @@ class FinetuneWidget(Panel):
         image, annotations = inputs
         sparse = self.painting.currentIndex() == 1
         self._source = self.image.value
+        # what a cancelled or failed round puts back: the plot's points and the prediction layer as they were
+        layer = self.prediction if self.prediction is not None and self.prediction in self.viewer.layers else None
+        self._before = (self._x, layer, None if layer is None else np.array(layer.data, copy=True))
         self.runner.start(train_round, image, annotations, self._start_model(),
                           project=self.project.text().strip() or None, round_index=self.round + 1,
                           axis=self._axis(), device=self.device.currentText(), sparse=sparse,
@@ -228,6 +233,20 @@ class FinetuneWidget(Panel):
             self.plot.add("val Dice", self._x, m["val_metric"])
         if isinstance(ev.preview, dict) and "box" in ev.preview:
             self._show_preview(ev.preview)
+
+    def _undo_discarded_run(self, status: str) -> None:
+        """After a cancelled or failed round the viewer is as before it: no preview of a discarded network."""
+        if status == "finished" or self._before is None:
+            return
+        x, layer, data = self._before
+        self._before = None
+        self._x = x
+        self.plot.drop_after(x)
+        if self.prediction is not None and self.prediction is not layer and self.prediction in self.viewer.layers:
+            self.viewer.layers.remove(self.prediction)
+        self.prediction = layer
+        if layer is not None and layer in self.viewer.layers:
+            layer.data = data
 
     def _show_preview(self, preview: dict) -> None:
         """The network's current labels inside the region of interest, written into the prediction layer."""

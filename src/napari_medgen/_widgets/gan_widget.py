@@ -38,6 +38,7 @@ class GANWidget(Panel):
         self._reference = None  # real slices and samples of the last quality report
         self._samples = None
         self._preview_geometry = Geometry((1.0, 1.0, 1.0), (0.0,) * 3)  # of the running training's preview
+        self._training = False  # the runner's current job is a training (its preview goes if it is discarded)
 
         self.image = self.layer_picker(napari.layers.Image,
                                        tooltip="The scan whose slices the GAN learns (and the report compares with).")
@@ -84,6 +85,7 @@ class GANWidget(Panel):
         self.runner = JobRunner("GAN")
         self.runner.started.connect(lambda: self.train_button.setEnabled(False))
         self.runner.done.connect(lambda _s: self.train_button.setEnabled(True))
+        self.runner.done.connect(self._drop_discarded_preview)
 
         train_box = QGroupBox("Train")
         form = QFormLayout(train_box)
@@ -134,14 +136,21 @@ class GANWidget(Panel):
         self.loss_plot.clear()
         spacing = [s * self.downsample.value() for s in Geometry.from_layer(layer).spacing[-2:]]
         self._preview_geometry = Geometry((1.0, *spacing), (0.0,) * 3)
+        if self.conditional and self.labels.value is None:
+            show_error("Mask-to-image training needs a Labels layer paired with the image.")
+            return
+        self._training = True
         if self.conditional:
-            labels = self.labels.value
-            if labels is None:
-                show_error("Mask-to-image training needs a Labels layer paired with the image.")
-                return
-            self.runner.start(train_conditional_gan, layer_image(layer), layer_image(labels), **kwargs)
+            self.runner.start(train_conditional_gan, layer_image(layer), layer_image(self.labels.value), **kwargs)
         else:
             self.runner.start(train_gan, layer_image(layer), architecture=self.architecture.currentText(), **kwargs)
+
+    def _drop_discarded_preview(self, status: str) -> None:
+        """A cancelled or failed training leaves no preview of its discarded generator."""
+        training, self._training = self._training, False
+        preview = find_output(self.viewer, "gan:preview")
+        if training and status != "finished" and preview is not None:
+            self.viewer.layers.remove(preview)
 
     def _on_progress(self, ev) -> None:
         if "d_loss" in ev.metrics:
