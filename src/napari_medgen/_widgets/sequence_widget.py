@@ -255,6 +255,7 @@ class SequenceWidget(Panel):
             show_error("Open or select a layer with a time axis to predict.")
             return
         self._source = layer
+        self.result_label.setText("")  # never the last layer's answer beside this layer's failure
         self.runner.start(predict_sequence, self.model, layer_array(layer), self.region_mask(layer),
                           device=self.device.currentText(), on_result=self._predicted)
 

@@ -94,7 +94,8 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
     imgs = np.concatenate([fit_to_size(s, size) for s in stacks])
     if len(imgs) < min_slices:
         dims = ", ".join(f"{i.data.shape}" for i in items)
-        raise TooFewImagesError(f"Only {len(imgs)} informative slices were found along axis {axis} of images of shape "
+        found = f"{len(imgs)} informative slice" + ("" if len(imgs) == 1 else "s")
+        raise TooFewImagesError(f"Only {found} found along axis {axis} of images of shape "
                                 f"{dims}; a GAN needs at least {min_slices}: give a 3D volume or more images.")
     out_labels = None
     if labs is not None:
