@@ -122,7 +122,7 @@ def read_image(path: "str | os.PathLike") -> ImageData:
     except (RuntimeError, OSError, EOFError) as err:
         raise ImageReadError(f"Cannot read {p.name}: the file is corrupt, truncated or not an image "
                              f"({_first_line(err)}).") from None
-    meta = {"source": str(p), "modality": _modality_from_image(img), "window": _window_from_image(img)}
+    meta = {"source": str(p), "modality": _tag(img, "0008|0060"), "window": _window(img)}
     item = _to_image_data(img, _stem(p), meta)
     if img.GetDimension() == 4:  # (t, z, y, x): label the time axis, keep the time step
         from .timeseries import from_4d_image
@@ -190,15 +190,13 @@ def _read_series(files: tuple, sid: str) -> ImageData:
     info.SetFileName(files[0])
     info.LoadPrivateTagsOn()
     info.ReadImageInformation()
-    tag = lambda k: info.GetMetaData(k).strip() if info.HasMetaDataKey(k) else ""
-    modality = tag("0008|0060")
+    modality = _tag(info, "0008|0060")
     if modality in NOT_IMAGES:
         raise ImageReadError(f"{modality} objects are not images")
-    desc = tag("0008|103e") or tag("0008|0020") or sid[-12:]
+    desc = _tag(info, "0008|103e") or _tag(info, "0008|0020") or sid[-12:]
     img, arr, geo, notes, extra = read_series(files, desc)
     meta = {"source": str(Path(files[0]).parent), "modality": modality, "series_uid": sid,
-            "series_description": desc, "n_files": len(files), "window": dicom_window(tag("0028|1050"), tag("0028|1051")),
-            **extra}
+            "series_description": desc, "n_files": len(files), "window": _window(info), **extra}
     item = _to_image_data(img, desc, meta)
     if geo is not None:  # slices regularised (true positions) or a stack of differently oriented images
         item.data, item.geometry = arr, geo
@@ -257,14 +255,14 @@ def _looks_dicom(f: Path) -> bool:
         return False
 
 
-def _modality_from_image(img) -> str:
-    key = "0008|0060"
-    return img.GetMetaData(key).strip() if img.HasMetaDataKey(key) else ""
+def _tag(obj, key: str) -> str:
+    """A DICOM tag ("gggg|eeee") of a SimpleITK image or file reader, stripped; "" if absent."""
+    return obj.GetMetaData(key).strip() if obj.HasMetaDataKey(key) else ""
 
 
-def _window_from_image(img) -> tuple[float, float] | None:
-    get = lambda k: img.GetMetaData(k).strip() if img.HasMetaDataKey(k) else ""
-    return dicom_window(get("0028|1050"), get("0028|1051"))
+def _window(obj) -> tuple[float, float] | None:
+    """The display window of Window Center / Width."""
+    return dicom_window(_tag(obj, "0028|1050"), _tag(obj, "0028|1051"))
 
 
 def _stem(p: Path) -> str:

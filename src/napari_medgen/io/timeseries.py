@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from ..errors import UserError
 from .geometry import Geometry
-from .read import EXTENSIONS, ImageData, ImageReadError, _first_line, _looks_dicom, _stem, _walk_files
+from .read import EXTENSIONS, ImageData, ImageReadError, _first_line, _looks_dicom, _stem, _tag, _walk_files
 from .write import WRITE_EXTENSIONS
 
 FRAME_EXTENSIONS = tuple(e for e in EXTENSIONS if e != ".dcm") + (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -78,10 +78,6 @@ def _info(path: Path) -> Optional[sitk.ImageFileReader]:
     except RuntimeError:
         return None
     return reader
-
-
-def _tag(reader, key: str) -> str:
-    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
 
 
 def _cine_dicom(path: Path) -> Optional[ImageData]:
