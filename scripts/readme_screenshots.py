@@ -173,9 +173,46 @@ def sequence(viewer: napari.Viewer) -> None:
     viewer.dims.set_current_step(0, 3)
 
 
+def pacs(viewer: napari.Viewer) -> None:
+    """A real Orthanc (the test suite's, needs apt-get install orthanc orthanc-dicomweb) holding a synthetic oblique
+    CT series: search, open it, threshold its bone and send that back as a DICOM SEG."""
+    import os
+    import sys
+    import tempfile
+
+    from napari_medgen._widgets.pacs_widget import PacsWidget
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from orthanc import start_orthanc, write_ct_series
+
+    tmp = Path(tempfile.mkdtemp(prefix="medgen-pacs-shot-"))
+    os.environ["MEDGEN_CONFIG_DIR"] = str(tmp)  # the remembered servers list stays out of the user's own
+    server = start_orthanc(tmp / "orthanc")
+    try:
+        server.upload(write_ct_series(tmp / "ct"))
+        widget = PacsWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="PACS")
+        widget.url.setEditText(server.url)
+        widget.user.setText(server.user)
+        widget.password.setText(server.password)
+        widget.patient.setText("doe")
+        run_in_turn(widget, (widget.search,), 60)
+        wait_for(lambda: widget.series_table.rowCount() == 1 and not widget.runner.running, 60)
+        run_in_turn(widget, (widget.open_series,), 60)
+        ct = viewer.layers["CT oblique"]
+        bone = viewer.add_labels((ct.data > 500).astype(np.uint8), name="bone", scale=ct.scale,
+                                 translate=ct.translate, affine=ct.affine, metadata={"class_names": ["background", "bone"]})
+        widget.labels.value, widget.reference.value = bone, ct
+        run_in_turn(widget, (widget.send,), 60)
+        wait_for(lambda: widget.series_table.rowCount() == 2 and not widget.runner.running, 60)
+    finally:
+        server.stop()
+
+
 # each shot and the file README.md shows it as
 SHOTS = {"finetune": (finetune, "finetune.png"), "gan": (gan, "gan_widget.png"), "vae": (vae, "vae_anomaly.png"),
-         "classify": (classify, "classify_widget.png"), "sequence": (sequence, "sequence_widget.png")}
+         "classify": (classify, "classify_widget.png"), "sequence": (sequence, "sequence_widget.png"),
+         "pacs": (pacs, "pacs_widget.png")}
 
 
 def main() -> None:

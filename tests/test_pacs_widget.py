@@ -73,6 +73,7 @@ def test_search_open_and_send_back(qtbot, widget, stored, tmp_path):
     segs = [s for s in find_series(PacsServer(server.url, server.user, server.password),
                                    layer.metadata["study_uid"]) if s["Modality"] == "SEG"]
     assert len(segs) == 1 and "Stored SEG series" in w.info.text()
+    assert w.info.toolTip() == segs[0]["SeriesInstanceUID"] and w.info.minimumSizeHint().width() < 300  # fits the dock
     qtbot.waitUntil(lambda: w.series_table.rowCount() == 2 and not w.runner.running, timeout=30_000)
     assert w.series_table.item(1, 1).text() == "SEG"  # the list shows the new SEG series
     path = tmp_path / "bone.dcm"

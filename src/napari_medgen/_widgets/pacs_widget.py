@@ -230,7 +230,10 @@ class PacsWidget(Panel):
                           version, on_result=self._sent)
 
     def _sent(self, seg) -> None:
-        self.info.setText(f"Stored SEG series {seg.SeriesInstanceUID} ({len(seg.SegmentSequence)} segments).")
+        uid, n = str(seg.SeriesInstanceUID), len(seg.SegmentSequence)
+        # a UID cannot wrap: in full it would widen the panel past a laptop's dock (its end and the tooltip suffice)
+        self.info.setText(f"Stored SEG series ...{uid[-16:]} ({n} segment{'s' * (n != 1)}); hover for its full UID.")
+        self.info.setToolTip(uid)
         QTimer.singleShot(0, self._study_chosen)  # the new SEG series shows up in the list
 
     def save(self, path: Optional[str] = None) -> None:
