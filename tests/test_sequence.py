@@ -153,6 +153,7 @@ def test_cancel_discards_and_stop_before_start(brain):
      "Unknown readout"),
     ([np.zeros((3, 8, 8)), np.zeros((3, 8, 8))], ["a", "b"], {"regions": [np.ones((4, 4)), None]}, "frames are"),
     ([np.zeros((3, 8, 8)), np.zeros((3, 8, 8))], ["a", "b"], {"regions": [np.zeros((8, 8)), None]}, "empty"),
+    ([np.zeros((3, 8, 8)), np.zeros((1, 8, 8))], ["a", "b"], {"names": ["cine_a", "cine_b"]}, "^'cine_b' has 1 frame"),
 ])
 def test_bad_inputs_are_one_sentence(seqs, targets, kw, match):
     with pytest.raises(UserError, match=match) as err:

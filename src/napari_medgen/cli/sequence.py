@@ -97,6 +97,7 @@ def run_train(args) -> int:
     targets = [r["target"] for r in rows]
     with terminal_job("sequence-train", args.quiet) as job:
         model, hist = train_sequence_model(seqs, targets, args.task, regions=regions, size=args.size,
+                                           names=[r["file"].name for r in rows],
                                            steps=args.steps, seconds=args.seconds, bidirectional=args.bidirectional,
                                            readout=args.readout,
                                            pretrained=args.pretrained, device=args.device,

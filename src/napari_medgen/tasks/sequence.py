@@ -139,7 +139,8 @@ def _split(n: int, y: np.ndarray, kind: str, fraction: float, seed: int) -> tupl
 
 
 def train_sequence_model(sequences: Sequence, targets: Sequence, task: str = "classification", *,
-                         regions: Optional[Sequence] = None, size: Optional[list] = None,
+                         regions: Optional[Sequence] = None, names: Optional[Sequence[str]] = None,
+                         size: Optional[list] = None,
                          bidirectional: bool = False, recurrent: bool = True, features: int = 64,
                          hidden: int = 64, channels: tuple = (16, 32, 64, 64), readout: str = "final",
                          pretrained=None,
@@ -151,6 +152,7 @@ def train_sequence_model(sequences: Sequence, targets: Sequence, task: str = "cl
 
     ``task`` is "classification" (targets are class names or numbers) or "regression" (numbers).
     ``regions`` (one mask or None per sequence) restrict each sequence to a region's bounding box.
+    ``names`` (a layer or file name per sequence) name the sequence in messages ("sequence 2" without).
     ``pretrained`` (a Model or model file) seeds the frame encoder with every tensor that fits.
     ``recurrent=False`` averages the frame features instead (an order-blind baseline).
     ``readout="fraction"`` (regression, targets between 0 and 1) answers ``(max - min) / max`` of a
@@ -161,7 +163,8 @@ def train_sequence_model(sequences: Sequence, targets: Sequence, task: str = "cl
     sequences = list(sequences)
     if not sequences:
         raise SequenceInputError("No sequences to train on; give at least two.")
-    arrays = [check_sequence(s, f"sequence {i + 1}") for i, s in enumerate(sequences)]
+    names = [f"'{n}'" for n in names] if names is not None else [f"sequence {i + 1}" for i in range(len(sequences))]
+    arrays = [check_sequence(s, n) for s, n in zip(sequences, names)]
     dims = {a.ndim - 1 for a in arrays}
     if len(dims) > 1:
         raise SequenceInputError("The sequences mix 2D and 3D frames; train on one kind at a time.")
@@ -178,7 +181,7 @@ def train_sequence_model(sequences: Sequence, targets: Sequence, task: str = "cl
     if readout == "fraction":
         y, target_scale = _fraction_targets(y, task, target_scale)
     job.report(0, 1, "preparing frames")
-    frames = [prepare(a, size, r, f"sequence {i + 1}") for i, (a, r) in enumerate(zip(arrays, regions))]
+    frames = [prepare(a, size, r, n) for a, r, n in zip(arrays, regions, names)]
     n_out = len(classes) if task == "classification" else 1
     specs = sequence_networks(size, n_out, features=features, hidden=hidden, channels=channels,
                               bidirectional=bidirectional, recurrent=recurrent)
