@@ -325,3 +325,12 @@ def test_scoring_reports_progress_while_restoring(model, data):
     anomaly_map(model, vol[20:80], mask[20:80], method="restoration", device="cpu", progress=seen.append)
     steps = [(ev.step, ev.total) for ev in seen if ev.message == "restoring slices"]
     assert len(steps) >= 2 and steps[-1][0] == steps[-1][1] and steps[0][0] < steps[-1][0]
+
+
+def test_seconds_budget_covers_calibration(brain, tissue):
+    """A user's --seconds is the whole run: calibrating the thresholds comes out of it (it used to follow it)."""
+    import time
+    t0 = time.monotonic()
+    _, hist = train_vae([brain], [tissue.data > 0], val_every=None, device="cpu", **{**TINY, "seconds": 20.0})
+    total = time.monotonic() - t0
+    assert hist["seconds"] < 19 and total < 20.0 * 1.2, (hist["seconds"], total)

@@ -51,9 +51,9 @@ class VAEWidget(Panel):
         self.normals.native.setMaximumHeight(70)
         self.train_mask = self.layer_picker(napari.layers.Labels, nullable=True,
                                             tooltip="Optional: learn only inside this mask (e.g. the brain).")
-        self.seconds = spin(5, 86_400, 120, "Training budget in seconds (the best weights so far are kept). "
-                            "Calibrating the thresholds on the normal validation slices follows it and restores "
-                            "each of them: on a CPU that can take as long again, or longer for large slices.")
+        self.seconds = spin(5, 86_400, 120, "Budget of the whole run in seconds (the best weights so far are "
+                            "kept). Calibrating the thresholds on the normal validation slices comes out of it; "
+                            "training keeps at least half of it.")
         self.steps = spin(0, 1_000_000, 0, "Optional budget in steps (0: seconds only); whichever ends first")
         self.latent = spin(2, 1024, 64, "Size of the VAE's latent code")
         self.diffusion_seconds = spin(10, 86_400, 300, "Training budget of the diffusion model in seconds")

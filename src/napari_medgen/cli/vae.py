@@ -10,9 +10,9 @@ from ..errors import UserError
 
 def add_parser(sub) -> None:
     p = sub.add_parser("vae-train", help="train a VAE on normal scans (2D, slice by slice)",
-                       description="Train a VAE on normal scans (2D, slice by slice). --seconds is the training "
-                                   "budget; calibrating the anomaly thresholds on the validation slices comes after "
-                                   "it and takes extra time (it restores every validation slice).")
+                       description="Train a VAE on normal scans (2D, slice by slice). --seconds is the whole "
+                                   "run's budget: calibrating the anomaly thresholds on the validation slices (timed "
+                                   "on one slice first) comes out of it; training keeps at least half of it.")
     p.add_argument("images", nargs="+", help="normal image files, or one dataset folder (imagesTr/ of normal "
                    "scans, optional labelsTr/ foreground masks), validated on held-out subjects")
     p.add_argument("--mask", nargs="*", default=None, help="foreground mask per image file (same order)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,12 @@ from ..errors import UserError
 from ..io.read import read_image
 from ..models.checkpoint import Model
 from ..models.config import ModelConfig, NetSpec, Task, VAEParams
-from .anomaly import calibrate, tissue_model
+from .anomaly import calibrate, calibration_seconds, tissue_model
 from .vae import check_mask, guard_logvar, normalized, scan_spec
 from .volume_input import as_volume, check_batch
 
 MIN_SLICES = 8
+MIN_TRAIN_SHARE = 0.5  # of a seconds budget: training keeps at least this, however long calibration will take
 FOV_ROOM = 1.2  # a masked model's field of view: this much wider than the largest training box
 
 
@@ -201,7 +203,9 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     """Train a VAE on the slices of normal ``images`` (arrays or ImageData); return ``(model, history)``.
 
     The budget is ``steps`` and/or ``seconds`` (whichever ends first; two minutes by default, enough
-    for a first model on a laptop CPU).  ``masks`` (one per image, or None) restrict training to the
+    for a first model on a laptop CPU).  ``seconds`` is the whole call: preparing the slices and
+    calibrating the thresholds (timed on one slice beforehand) come out of it, training keeps at
+    least half of it.  ``masks`` (one per image, or None) restrict training to the
     foreground.  Each volume is normalised on its own intensities by the modality's spec (CT: a fixed
     Hounsfield window; MRI: its own percentiles) and resampled in-plane to the median pixel spacing.
     Validation slices are ``val_images`` if given, else those of whole held-out subjects when there
@@ -212,6 +216,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     (``history["stopped"]``) and still calibrates; a cancel (also during calibration) raises
     :class:`~napari_medgen.engine.jobs.Cancelled` and returns nothing.
     """
+    started = time.monotonic()
     job = Job.of(progress, stop, cancel)
     check_batch(batch_size)
     items, vols, mask_list = checked_volumes(images, masks, "training")
@@ -250,6 +255,11 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     model = Model(ModelConfig(task=Task.VAE, name=name, networks={"net": NetSpec("VarAutoEncoder", net_args)},
                               params=params, normalization=spec, description="VAE trained on normal scans"))
     task = VAETask(model.net, train, val, lr=lr, beta=beta, batch_size=batch_size, augment=augment, seed=seed)
+    model.params.tissue = tissue_model(val[:, 0])
+    if seconds:
+        job.report(0, 1, "timing the calibration")
+        reserve = calibration_seconds(model, val[:, 0], val_raw[:, 0], device, Job(None, None, job.cancelled))
+        seconds = max(seconds - (time.monotonic() - started) - reserve, MIN_TRAIN_SHARE * seconds)
     history = fit(task, Budget(steps, seconds), device=device, val_every=val_every, progress=job,
                   val_seconds=float("inf") if val_every else 15.0, message="training")
     model.config.training = {k: history[k] for k in ("best_step", "best_metric", "returned", "stopped",
@@ -259,7 +269,6 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     history.update(split=split, val_subjects=held)
     # calibration continues after a stop request (the model is wanted) but honours a cancel
     calib = Job(lambda ev: job.report(ev.step, ev.total, "calibrating thresholds"), None, job.cancelled)
-    model.params.tissue = tissue_model(val[:, 0])
     calibrate(model, val[:, 0], device=device, job=calib, unclipped=val_raw[:, 0])
     return model, history
 
