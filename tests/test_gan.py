@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+from napari_medgen.engine.jobs import Cancelled
 from napari_medgen.io import Geometry
 from napari_medgen.io.read import ImageData
 from napari_medgen.errors import UserError
@@ -63,6 +64,25 @@ def test_short_training_beats_known_bad_reference(trained, split):
     assert noise["fd_medgen"] > bad["fd_medgen"]
     pairs = side_by_side(gan, samples, train)
     assert pairs.shape == (5, train.shape[1], 2 * train.shape[2] + 4)
+
+
+def test_memorisation_baseline_is_as_many_real_slices_and_cancellable(trained, split):
+    """As gan-report runs it (reference = training): the baseline compares as many real slices as there are
+    samples with the others, never with themselves; it reports progress and honours Cancel."""
+    train, _, _ = split
+    samples = synthesize(trained[0], 4, seed=1).data
+    messages = []
+    report = synthesis_report(samples, train, training=train, progress=lambda ev: messages.append(ev.message))
+    base = report["memorisation_baseline"]
+    assert base["n"] == 4 and base["max"] < 0.999  # a slice compared with itself would score 1
+    assert "memorisation baseline" in messages
+    cancel = threading.Event()
+
+    def progress(ev):
+        if ev.message == "memorisation baseline":
+            cancel.set()
+    with pytest.raises(Cancelled):
+        synthesis_report(samples, train, training=train, progress=progress, stop=cancel.is_set)
 
 
 def test_seeds_reproduce_in_training_units_and_spacing(trained, split, tmp_path):

@@ -8,7 +8,7 @@
   small MONAI ``Regressor`` trained inside this project on the sample brain (slice position and
   tissue fractions). It is NOT comparable with Inception FID, only between reports of this project.
 - memorisation: for every sample the most similar training image by SSIM; the distribution of those
-  similarities (compare with ``memorisation_baseline``, the same for held-out reference images) and
+  similarities (compare with ``memorisation_baseline``, the same for as many reference images) and
   the most suspicious pairs.
 """
 from __future__ import annotations
@@ -77,21 +77,21 @@ def mean_pairwise_ms_ssim(x: torch.Tensor, max_pairs: int = 300, seed: int = 0) 
 
 
 @torch.no_grad()
-def nearest_by_ssim(x: torch.Tensor, train: torch.Tensor, job: Job | None = None,
-                    exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def nearest_by_ssim(x: torch.Tensor, train: torch.Tensor, job: Job | None = None, itself=None,
+                    message: str = "memorisation check") -> tuple[np.ndarray, np.ndarray]:
     """For each image of ``x`` the index of, and SSIM to, the most similar image of ``train``
-    (``exclude_self``: ``x`` is ``train`` and image k is not compared with itself)."""
+    (``itself[k]``: the index of image k of ``x`` in ``train``, which it is not compared with)."""
     metric = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=7, reduction="none")
     best, where = np.zeros(len(x), np.float32), np.zeros(len(x), np.int64)
     for k in range(len(x)):
         if job is not None:
             job.check()
         s = metric(x[k:k + 1].expand(len(train), -1, -1, -1), train).reshape(-1).numpy()
-        if exclude_self:
-            s[k] = -np.inf
+        if itself is not None:
+            s[itself[k]] = -np.inf
         where[k], best[k] = int(np.argmax(s)), float(np.max(s))
         if job is not None:
-            job.report(k + 1, len(x), "memorisation check")
+            job.report(k + 1, len(x), message)
     return where, best
 
 
@@ -158,15 +158,15 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
     ref = to_unit(reference, window)
     m = min(len(x), len(ref))
     report = {"n_samples": len(x), "n_reference": len(ref), "window": [float(w) for w in window]}
-    job.report(0, 4, "MMD")
+    job.report(0, 5, "MMD")
     report["mmd"] = float(MMDMetric(y_mapping=_per_pixel)(ref[:m], x[:m]))
     job.check()
     report["swd"] = pyramid_swd(x[:, 0].numpy(), ref[:, 0].numpy())  # patch SWD per pyramid level, finest first
-    job.report(1, 4, "MS-SSIM diversity")
+    job.report(1, 5, "MS-SSIM diversity")
     report["ms_ssim_diversity"] = mean_pairwise_ms_ssim(x)
     report["ms_ssim_reference"] = mean_pairwise_ms_ssim(ref)
     job.check()
-    job.report(2, 4, FD_NAME)
+    job.report(2, 5, FD_NAME)
     net = feature_net or load_feature_net()
     try:
         report["fd_medgen"] = float(FIDMetric()(features(x, net), features(ref, net)))
@@ -174,7 +174,7 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
         report["fd_medgen"] = float("nan")
     if training is not None:
         train = to_unit(fit_to_size(np.asarray(training), size), window)
-        where, best = nearest_by_ssim(x, train, job.sub(3, 1, 4))
+        where, best = nearest_by_ssim(x, train, job.sub(3, 1, 5))
         order = np.argsort(-best)[:n_suspicious]
         report["memorisation"] = {
             "nearest_index": where.tolist(), "nearest_ssim": best.tolist(),
@@ -182,9 +182,13 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
             "suspicious": [[int(i), int(where[i]), float(best[i])] for i in order]}
         same = training is reference or (np.shape(training) == reference.shape
                                           and np.array_equal(training, reference))
-        _, base = nearest_by_ssim(ref, train, exclude_self=same)
-        report["memorisation_baseline"] = {"median": float(np.median(base)), "max": float(base.max())}
-    job.report(4, 4, "done")
+        # as many real slices as samples (evenly spread): their maximum is then comparable with the samples'
+        pick = np.unique(np.linspace(0, len(ref) - 1, min(len(ref), len(x))).round().astype(int))
+        _, base = nearest_by_ssim(ref[pick], train, job.sub(4, 1, 5), pick if same else None,
+                                  "memorisation baseline")
+        report["memorisation_baseline"] = {"median": float(np.median(base)), "max": float(base.max()),
+                                           "n": int(len(pick))}
+    job.report(5, 5, "done")
     return report
 
 
@@ -200,7 +204,7 @@ def format_report(report: dict) -> str:
     if mem:
         base = report["memorisation_baseline"]
         lines.append(f"Nearest training SSIM: median {mem['median']:.3f}, max {mem['max']:.3f} "
-                     f"(real reference slices: median {base['median']:.3f}, max {base['max']:.3f})")
+                     f"({base['n']} real reference slices: median {base['median']:.3f}, max {base['max']:.3f})")
         lines.append("Most suspicious: " + ", ".join(f"sample {i} ~ train {j} ({s:.3f})"
                                                      for i, j, s in mem["suspicious"]))
     return "\n".join(lines)
