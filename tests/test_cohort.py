@@ -141,3 +141,21 @@ def test_3d_patches_fit_inside_the_cases_and_labels_must_share_the_grid(tmp_path
     write_image(root / "labelsTr" / "case02.nii.gz", lab.data, moved, overwrite=True)
     with pytest.raises(DatasetError, match="not on the voxel grid of case02_0000"):
         train_cohort(root, spatial_dims=3, steps=1, val_fraction=0.0, **TINY)
+
+
+def test_mixed_modalities_are_refused_and_stray_label_values_warned(tmp_path):
+    """A CT case beside MR cases would set one Hounsfield window that flattens every MR case; a label value
+    only one case holds (a stray paint stroke) silently became classes of its own."""
+    root = make_cohort(tmp_path / "Dataset003_Mixed", n=3)
+    lab = read_image(root / "labelsTr" / "case02.nii.gz")
+    stray = lab.data.copy()
+    stray[:2, :5, :5] = 7
+    write_image(root / "labelsTr" / "case02.nii.gz", stray, lab.geometry, overwrite=True)
+    with pytest.warns(UserWarning, match=r"7 only in case02; no case holds label values 4, 5, 6"):
+        model, _ = train_cohort(root, steps=1, val_fraction=0.0, **TINY)
+    img = read_image(root / "imagesTr" / "case00_0000.nii.gz")  # now a head CT: air -1000 HU, tissue 0-80 HU
+    hu = np.where(img.data > 100, img.data.astype(np.float32) / 20.0, -1000).astype(np.int16)
+    write_image(root / "imagesTr" / "case00_0000.nii.gz", hu, img.geometry, overwrite=True)
+    with pytest.raises(DatasetError, match=r"mixes CT scans in Hounsfield units \(case00\) with other scans "
+                                           r"\(case01, case02\)"):
+        train_cohort(root, steps=1, val_fraction=0.0, **TINY)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +205,45 @@ def foreground_sample(image: np.ndarray, labels: np.ndarray, name: str, n: int =
         rng = np.random.default_rng(zlib.crc32(name.encode()))
         values = rng.choice(values, n, replace=False)
     return values.astype(np.float32)
+
+
+def label_values(labels: np.ndarray) -> set:
+    """The label values present (slice by slice: no sorted copy of a large volume)."""
+    return set().union(*(np.unique(part).tolist() for part in np.asarray(labels).reshape(len(labels), -1)))
+
+
+def _names(names: list, most: int = 3) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def check_one_modality(facts: list) -> None:
+    """One sentence when a cohort mixes scans in Hounsfield units with others: one CT window would flatten
+    the others (a cohort's CT window is shared by all its cases)."""
+    ct = [name for name, is_ct, _ in facts if is_ct]
+    other = [name for name, is_ct, _ in facts if not is_ct]
+    if ct and other:
+        raise DatasetError(f"The cohort mixes CT scans in Hounsfield units ({_names(ct)}) with other scans "
+                           f"({_names(other)}); one normalisation cannot serve both, so train one modality at a time.")
+
+
+def warn_unusual_labels(facts: list) -> None:
+    """Warn (without a dataset.json naming the classes) about label values no case holds below the largest, or
+    held by one case only among several: a stray value becomes a class of its own."""
+    present = {}
+    for name, _, values in facts:
+        for v in values:
+            present.setdefault(int(v), []).append(name)
+    top = max(present, default=0)
+    missing = [v for v in range(1, top) if v not in present]
+    lone = {v: names[0] for v, names in present.items() if v > 0 and len(names) == 1} if len(facts) >= 3 else {}
+    parts = []
+    if lone:
+        parts.append("label value" + "s" * (len(lone) > 1) + " " + ", ".join(f"{v} only in {n}" for v, n in lone.items()))
+    if missing:
+        parts.append(f"no case holds label value{'s' * (len(missing) > 1)} {', '.join(map(str, missing))}")
+    if parts:
+        warnings.warn(f"Check the labels: {'; '.join(parts)}; each value up to {top} becomes a class (a dataset.json "
+                      "naming the classes makes a stray value an error).", stacklevel=2)
 
 
 def dataset_normalization(modality: str, samples: list) -> dict:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from ..data.augment import augment_batch
-from ..data.datasets import (DatasetError, PatchSampler, dataset_normalization, discover, fingerprint,
-                             foreground_sample, load_case, read_case, split)
+from ..data.datasets import (DatasetError, PatchSampler, check_one_modality, dataset_normalization, discover,
+                             fingerprint, foreground_sample, label_values, load_case, read_case, split,
+                             warn_unusual_labels)
 from ..data.normalize import resolve
 from ..data.sampling import patch_size_for
 from ..engine import distributed as dist
@@ -113,15 +114,18 @@ def _validation_arrays(image: np.ndarray, labels: np.ndarray, dims: int) -> tupl
     return np.asarray(image[pick], np.float32), labels[pick].astype(np.int64)
 
 
-def _load_shard(cases, spec_of, fp, dims, axis, modality, job, what):
-    """Read this rank's ``cases``; ``spec_of(samples)`` gives the normalisation (all ranks agree)."""
+def _load_shard(cases, spec_of, fp, dims, axis, modality, job, what, facts):
+    """Read this rank's ``cases``; ``spec_of(samples)`` gives the normalisation (all ranks agree).
+    ``facts`` gets ``(name, looks like CT, label values)`` of each case."""
     raw, samples, error = [], [], None
     try:
         for i, case in enumerate(cases):
             job.check()
             image, labels = read_case(case)
-            if resolve({"kind": "auto"}, image.data, modality or image.metadata.get("modality", ""))["kind"] == "window":
+            ct = resolve({"kind": "auto"}, image.data, modality or image.metadata.get("modality", ""))["kind"] == "window"
+            if ct:
                 samples.append(foreground_sample(image.data, labels, case.name))
+            facts.append((case.name, ct, label_values(labels)))
             raw.append((image, labels))
             if dist.is_main_process():
                 job.report(i + 1, len(cases), f"reading {what} cases")
@@ -170,10 +174,14 @@ def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, se
             return dataset_normalization("", [])
         return dataset_normalization("CT", [s for part in dist.gather(samples) for s in part])
 
-    spec, train_data = _load_shard(my_train, spec_of, fp, spatial_dims, axis, ds.modality, job, "training")
-    _, val_data = _load_shard(my_val, lambda _: spec, fp, spatial_dims, axis, ds.modality, job, "validation")
-    top = max([int(lab.max()) for _, lab in train_data + val_data] + [0])
-    (top,) = dist.max_over_ranks(top)
+    facts = []
+    spec, train_data = _load_shard(my_train, spec_of, fp, spatial_dims, axis, ds.modality, job, "training", facts)
+    _, val_data = _load_shard(my_val, lambda _: spec, fp, spatial_dims, axis, ds.modality, job, "validation", facts)
+    facts = [f for part in dist.gather(facts) for f in part]
+    check_one_modality(facts)
+    top = max(max(values, default=0) for _, _, values in facts)
+    if not ds.classes:
+        warn_unusual_labels(facts)
     classes = default_classes(ds.classes or int(top) + 1)
     if int(top) >= len(classes):
         raise DatasetError(f"The label files hold value {int(top)} but dataset.json names {len(classes)} classes.")
