@@ -59,3 +59,19 @@ def test_fraction_readout_from_the_command_line(folder, capsys):
     assert main(["sequence-train", str(folder), "--csv", str(folder / "targets.csv"), "--readout", "fraction",
                  "--out", str(folder / "x.medgen.pt"), "--steps", "2", "-q"]) == 2
     assert "for regression" in capsys.readouterr().err
+
+
+def test_a_3d_volume_is_read_as_frames_with_a_warning(folder, brain, capsys):
+    """A CT or MR volume given by mistake was silently answered as a time series of its slices."""
+    from napari_medgen.io import write_image
+
+    model = folder / "m.medgen.pt"
+    assert main(["sequence-train", str(folder), "--csv", str(folder / "targets.csv"), "--out", str(model),
+                 "--steps", "1", "--size", "16", "16", "-q"]) == 0
+    capsys.readouterr()
+    write_image(folder / "volume.nii.gz", brain.data[40:46, ::4, ::4], brain.geometry)
+    assert main(["sequence-predict", str(folder / "s0.nii.gz"), str(folder / "volume.nii.gz"), "--model", str(model),
+                 "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "volume.nii.gz holds no time axis; its first axis (6 slices 2 mm apart) is read as 6 frames" in err
+    assert "s0.nii.gz holds" not in err

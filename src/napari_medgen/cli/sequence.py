@@ -7,6 +7,7 @@ relative to the folder) and ``target`` (class name or number); an optional
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 from .options import add_budget, add_common, check_output
@@ -57,9 +58,12 @@ def read_sequence(path) -> tuple:
     from ..io.timeseries import is_time_series, time_step
 
     item = read_path(path)[0]
-    if not is_time_series(item.metadata) and item.data.ndim != 3:
-        raise UserError(f"{path} is not a time series (shape {item.data.shape}); give a 4D image, a cine "
-                        "DICOM, a folder of frames or a 3D (t, y, x) image.")
+    if not is_time_series(item.metadata):
+        if item.data.ndim != 3:
+            raise UserError(f"{path} is not a time series (shape {item.data.shape}); give a 4D image, a cine "
+                            "DICOM, a folder of frames or a 3D (t, y, x) image.")
+        warnings.warn(f"{Path(path).name} holds no time axis; its first axis ({len(item.data)} slices "
+                      f"{item.geometry.spacing[0]:.3g} mm apart) is read as {len(item.data)} frames.", stacklevel=2)
     return item.data, time_step(item.metadata)
 
 
