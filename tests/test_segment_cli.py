@@ -71,6 +71,18 @@ def test_unknown_model_is_one_line(slab, tmp_path, capsys):
     assert len(err) == 1 and "neither a built-in model" in err[0]
 
 
+def test_a_folder_of_two_series_into_one_file_is_refused(slab, tmp_path, capsys, dicom_writer):
+    """It used to create a folder named out.nii.gz holding two label files."""
+    img = sitk.ReadImage(str(slab))[:, :, :6]
+    (tmp_path / "study").mkdir()
+    for desc in ("T1 axial", "T1 repeat"):
+        for f in dicom_writer(img, tmp_path / desc, description=desc):
+            f.rename(tmp_path / "study" / f"{desc[3:]}_{f.name}")
+    assert main(["segment", str(tmp_path / "study"), str(tmp_path / "out.nii.gz"), "-q"]) == 2
+    assert "study holds 2 series, which give 2 label files; name a folder as OUTPUT" in capsys.readouterr().err
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
 def test_output_of_the_wrong_kind_is_refused(slab, tmp_path, capsys):
     out = tmp_path / "out.png"
     assert main(["segment", str(slab), str(out), "-q"]) == 2

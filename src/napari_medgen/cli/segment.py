@@ -121,6 +121,9 @@ def _segment_case(case: Path, out: Path, model, args, single: bool, label: str, 
             return [{"input": str(case), "output": str(target), "status": "exists"}]
     rows = []
     images = read_path(case)
+    if single and len(images) > 1 and _output_path(out, "", True) == out:
+        raise UserError(f"{case.name} holds {len(images)} series, which give {len(images)} label files; "
+                        "name a folder as OUTPUT.")
     for img in images:
         t0 = time.monotonic()
         name = img.name if case.is_file() else case.name + (f"_{img.name}" if len(images) > 1 else "")
