@@ -131,3 +131,29 @@ def test_shutdown_cancels_and_waits_for_the_worker(make_napari_viewer):
     assert runner.shutdown(timeout=5.0)
     assert time.monotonic() - t0 < 2.0 and not runner.running and out == {}
     assert runner.state.status is Status.CANCELLED
+
+
+def test_closing_the_panel_cancels_and_a_failing_live_view_does_not_stop_the_run(make_napari_viewer, qtbot,
+                                                                                 caplog):
+    """The dock's close button used to leave the job running unseen; its result then landed in the viewer."""
+    viewer = make_napari_viewer()
+    runner = JobRunner("test job")
+    panel = viewer.window.add_dock_widget(runner, name="test job")
+    out: dict = {}
+    runner.start(chatty_job, 100_000, out, on_result=lambda r: out.setdefault("shown", r))
+    qtbot.waitUntil(lambda: runner.bar.value() >= 20, timeout=30_000)
+    panel.setFloating(True)  # a floated panel is still the viewer's: the run goes on
+    qtbot.wait(300)
+    assert runner.running
+    with qtbot.waitSignal(runner.done, timeout=10_000) as sig:
+        viewer.window.remove_dock_widget(panel)
+    assert sig.args == ["cancelled"] and out == {}
+
+    def broken_view(ev):
+        raise ValueError("a live view's bug")
+    other = JobRunner("second job")
+    viewer.window.add_dock_widget(other, name="second job")
+    with caplog.at_level(logging.ERROR), qtbot.waitSignal(other.done, timeout=30_000) as sig:
+        other.start(chatty_job, 200, out, on_progress=broken_view)
+    assert sig.args == ["finished"] and "result" in out
+    assert "showing progress failed" in caplog.text

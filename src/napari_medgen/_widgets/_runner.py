@@ -12,7 +12,8 @@ queue that the GUI thread drains at most ten times a second, so a chatty task ca
 flood the event loop.  ``on_progress`` still sees every event, in order; only the newest
 preview of a batch is delivered (on the event that carried it), and no more often than :class:`PaintBudget` allows
 (heavy live views update at <= 10 Hz on a GPU, about once a second on software OpenGL).
-"Stop" (training jobs) keeps the best so far, "Cancel" discards the run.  User errors
+"Stop" (training jobs) keeps the best so far, "Cancel" discards the run, and so does closing the panel.  A
+live view that fails logs its traceback and stops updating; the run goes on.  User errors
 (:class:`UserError`, missing/existing files, out of memory) become one sentence; anything
 else is a bug: its traceback goes to the log and the notification says so.  Closing the
 viewer (or quitting) cancels a running job and waits for its worker, so nothing runs on
@@ -216,6 +217,10 @@ class JobRunner(QWidget):
         self._events.append(ev)
 
     def _drain(self) -> None:
+        if self._window is not None and not self._inside(self._window) and self.state.status is not \
+                Status.CANCELLING:  # the panel left the viewer (its dock was closed)
+            self.cancel()
+            show_info(f"{self.label}: its panel was closed, so the run was cancelled.")
         events = []
         while self._events:
             events.append(self._events.popleft())
@@ -228,10 +233,21 @@ class JobRunner(QWidget):
         if keep is not None:
             self._next_preview = now + PAINT.interval(RELAY_MS / 1000)
         if self._on_progress is not None:
-            for ev in events:
-                self._on_progress(ev if ev is keep or ev.preview is None else replace(ev, preview=None))
+            try:
+                for ev in events:
+                    self._on_progress(ev if ev is keep or ev.preview is None else replace(ev, preview=None))
+            except Exception:  # noqa: BLE001 - a live view's bug must not stop the run or reach Qt
+                log.exception("%s: showing progress failed (a bug); live updates stop for this run", self.label)
+                self._on_progress = None
         last = events[-1]
         self._show_progress(last)
+
+    def _inside(self, window: QWidget) -> bool:
+        """Whether ``window`` is still an ancestor (a floated dock keeps its main window as parent)."""
+        w = self.parentWidget()
+        while w is not None and w is not window:
+            w = w.parentWidget()
+        return w is window
 
     def _show_progress(self, ev: ProgressEvent) -> None:
         """Bar and status line, repainted at most as often as :data:`PAINT` allows (one paint for both)."""
