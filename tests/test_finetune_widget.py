@@ -88,11 +88,21 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
     widget.seconds.setValue(600)
     widget.train_button.click()
     qtbot.waitUntil(lambda: widget.plot.series["loss"][0][-1] > last_x + 10, timeout=60_000)
+    # meanwhile the prediction layer shows the unfinished network: Accept is off and takes nothing from it
+    annotated = ann.data.copy()
+    assert not widget.accept_button.isEnabled() and widget.accept_slice() == 0
+    np.testing.assert_array_equal(ann.data, annotated)
+    # the user renames the image and replaces its data: the previews still fit the run's grid, in the same layer
+    shown, show = [], widget._show_preview
+    widget._show_preview = lambda p: (show(p), shown.append(1))
+    img.name, img.data = "T1 renamed", brain.data[::2, ::2, ::2]
+    qtbot.waitUntil(lambda: len(shown) >= 1, timeout=60_000)
     with qtbot.waitSignal(widget.runner.done, timeout=60_000) as sig:
         widget.runner.cancel()
     assert sig.args == ["cancelled"] and widget.model is model and widget.prediction is pred
     np.testing.assert_array_equal(pred.data, kept)
     assert widget.plot.series["loss"][0][-1] == last_x
+    assert [ly.name for ly in viewer.layers].count(pred.name) == 1 and sum("prediction" in ly.name for ly in viewer.layers) == 1
 
 
 def test_live_preview_on_a_2d_image(make_napari_viewer, brain):
@@ -102,7 +112,7 @@ def test_live_preview_on_a_2d_image(make_napari_viewer, brain):
     img = viewer.add_image(brain.data[40], name="slice")
     widget = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune")
-    widget._source = img
+    widget._source, widget._shape = img, img.data.shape
     widget._show_preview({"box": ((0, 1), (10, 20), (30, 50)), "labels": np.full((1, 10, 20), 2, np.uint8)})
     pred = widget.prediction
     assert pred.data.shape == img.data.shape and (pred.data == 2).sum() == 200 and pred.data[10:20, 30:50].all()

@@ -66,6 +66,7 @@ class FinetuneWidget(Panel):
         self.round = 0
         self._x = 0  # plot x: training steps of all rounds so far
         self._before = None  # (plot x, prediction layer, its data) when the running round started
+        self._shape: tuple = ()  # the image grid of the running round
 
         self.image = self.layer_picker(napari.layers.Image, tooltip="The image to segment.")
         self.labels = self.layer_picker(napari.layers.Labels, tooltip="The layer you paint a few slices of.")
@@ -201,7 +202,7 @@ class FinetuneWidget(Panel):
             return None
         filled = interpolate_labels(data, spacing=Geometry.from_layer(lab).spacing)
         return show_result(self.viewer, filled, name=f"{lab.name} interpolated", kind="labels", source=lab,
-                           key=f"interpolated:{lab.name}", opacity=0.5)
+                           key=f"interpolated:{lab.unique_id}", opacity=0.5)
 
     def _axis(self) -> Optional[int]:
         return None if self.axis.currentIndex() == 0 else self.axis.currentIndex() - 1
@@ -214,6 +215,7 @@ class FinetuneWidget(Panel):
         image, annotations = inputs
         sparse = self.painting.currentIndex() == 1
         self._source = self.image.value
+        self._shape = tuple(np.shape(self._source.data))  # the grid trained on, whatever the layer holds later
         # what a cancelled or failed round puts back: the plot's points and the prediction layer as they were
         layer = self.prediction if self.prediction is not None and self.prediction in self.viewer.layers else None
         self._before = (self._x, layer, None if layer is None else np.array(layer.data, copy=True))
@@ -250,7 +252,7 @@ class FinetuneWidget(Panel):
 
     def _show_preview(self, preview: dict) -> None:
         """The network's current labels inside the region of interest, written into the prediction layer."""
-        layer = self._prediction_layer(np.zeros(np.shape(self._source.data), np.uint8), preview=True)
+        layer = self._prediction_layer(np.zeros(self._shape, np.uint8), preview=True)
         box, labels = preview["box"], np.asarray(preview["labels"])
         data = np.array(layer.data, copy=True)
         if data.ndim == len(box) - 1:  # a 2D image trains as a one-slice volume
@@ -284,12 +286,14 @@ class FinetuneWidget(Panel):
         colors = class_colors(self.model) if self.model is not None else None
         names = class_names(self.model) if self.model is not None else None
         self.prediction = show_result(self.viewer, data, name=name, kind="labels", source=src,
-                                      key=f"prediction:{src.name}", colormap=colors, class_names=names, opacity=0.4)
+                                      key=f"prediction:{src.unique_id}", colormap=colors, class_names=names, opacity=0.4)
         return self.prediction
 
     def _busy(self, busy: bool) -> None:
+        """While a round trains, the prediction layer shows an unfinished network: nothing may be taken from it."""
         self.train_button.setEnabled(not busy)
-        self.suggest_button.setEnabled(not busy and self.model is not None)
+        for b in (self.suggest_button, self.accept_button):
+            b.setEnabled(not busy and self.model is not None)
 
     # --- the loop's helpers ---------------------------------------------------------------------
     def view_axis(self) -> int:
@@ -317,6 +321,9 @@ class FinetuneWidget(Panel):
         In sparse mode predicted background is written as the background label.
         """
         lab = self.labels.value
+        if self.runner.running:
+            show_error("Wait for the round to finish (or cancel it): the prediction shows an unfinished network.")
+            return 0
         if self.prediction is None or lab is None or self.prediction.data.shape != lab.data.shape:
             show_error("Train first: there is no prediction on the annotation layer's grid.")
             return 0
