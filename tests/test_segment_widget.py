@@ -65,6 +65,14 @@ def test_run_gives_labels_volumes_metrics_and_csv(qtbot, setup, tmp_path):
     widget.tta.setChecked(True)
     assert _run(qtbot, widget) == "finished"
     assert viewer.layers["my labels"] is out and len(viewer.layers) == 3
+    # once the user corrects the result, a rerun keeps the corrected layer (it was overwritten, with no undo)
+    out.paint((5, 58, 50), 9)
+    corrected = out.data.copy()
+    assert _run(qtbot, widget) == "finished"
+    assert "my labels" in viewer.layers and np.array_equal(viewer.layers["my labels"].data, corrected)
+    new = viewer.layers[-1]
+    assert new is not out and len(viewer.layers) == 4 and not (new.data == 9).any()
+    assert _run(qtbot, widget) == "finished" and viewer.layers[-1] is new and len(viewer.layers) == 4
 
 
 def test_reference_values_map_to_model_classes(qtbot, setup):

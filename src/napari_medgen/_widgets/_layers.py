@@ -3,19 +3,25 @@
 :func:`show_result` is the one place a result becomes a layer: it adds an Image or Labels
 layer on the result's geometry, or, when a layer with the same output key is still in the
 viewer, replaces that layer's data (its place in the layer list, opacity and visibility
-stay; an image's contrast limits follow the new data).  Widgets never call ``viewer.add_image``/``add_labels`` for their outputs.
+stay; an image's contrast limits follow the new data).  A labels output the user has painted on since
+it was written is never replaced: it becomes the user's layer and the result goes to a new one.
+Widgets never call ``viewer.add_image``/``add_labels`` for their outputs; :func:`set_output` writes a
+live preview or a re-thresholded mask into one.
 """
 from __future__ import annotations
 
+import zlib
 from typing import Optional
 
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QHBoxLayout, QSpinBox, QWidget
 
 from ..io import Geometry, ImageData
 
 OUTPUT_KEY = "napari_medgen_output"  # metadata key naming which output a layer holds
+WRITTEN = "napari_medgen_written"  # metadata key: checksum of the labels the plugin last wrote there
 
 
 def layer_array(layer) -> np.ndarray:
@@ -67,6 +73,12 @@ def show_result(viewer, data, geometry=None, *, name: str, kind: str = "image", 
         style["colormap"] = DirectLabelColormap(color_dict=colormap) if isinstance(colormap, dict) else colormap
     place = geometry.layer_kwargs(np.ndim(data)) if geometry is not None else {}
     old = find_output(viewer, key)
+    if old is not None and _edited(old):
+        for k in (OUTPUT_KEY, WRITTEN):
+            old.metadata.pop(k, None)
+        new = _add(viewer, kind, data, name, meta, {**place, **style, **layer_kwargs})
+        show_info(f"'{old.name}' was edited, so it is kept as it is; the new result is '{new.name}'.")
+        return new
     if old is not None and (old._type_string != kind or old.ndim != np.ndim(data)):
         index = viewer.layers.index(old)
         viewer.layers.remove(old)
@@ -75,20 +87,40 @@ def show_result(viewer, data, geometry=None, *, name: str, kind: str = "image", 
         return new
     if old is None:
         return _add(viewer, kind, data, name, meta, {**place, **style, **layer_kwargs})
-    old.data = data
+    old.metadata.update(meta)
+    set_output(old, data)
     for attr, value in place.items():
         setattr(old, attr, value)
     for attr, value in style.items():
         setattr(old, attr, value)
-    old.metadata.update(meta)
     if kind == "image" and getattr(data, "dtype", None) != bool:
         old.reset_contrast_limits()
     return old
 
 
+def set_output(layer, data) -> None:
+    """Write ``data`` into an output layer, remembered as the plugin's own (not an edit by the user)."""
+    layer.data = data
+    if layer._type_string == "labels":
+        layer.metadata[WRITTEN] = _checksum(layer.data)
+
+
+def _checksum(data) -> int:
+    return zlib.crc32(np.ascontiguousarray(data))
+
+
+def _edited(layer) -> bool:
+    """Whether the user has changed a labels output since the plugin wrote it."""
+    written = layer.metadata.get(WRITTEN)
+    return written is not None and _checksum(layer_array(layer)) != written
+
+
 def _add(viewer, kind: str, data, name: str, metadata: dict, kwargs: dict):
     add = viewer.add_labels if kind == "labels" else viewer.add_image
-    return add(data, name=name, metadata=metadata, **kwargs)
+    layer = add(data, name=name, metadata=metadata, **kwargs)
+    if kind == "labels":
+        layer.metadata[WRITTEN] = _checksum(layer.data)
+    return layer
 
 
 def row(*widgets) -> QWidget:

@@ -25,7 +25,7 @@ from ..io import Geometry, ImageData, write_image
 from ..models.segmentation import builtin_models, class_colors, class_names
 from ..tasks.finetune import FRESH, complete_labels, finetune
 from ..tasks.uncertainty import rank_slices
-from ._layers import row, show_result
+from ._layers import row, set_output, show_result
 from ._panel import Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
@@ -248,7 +248,7 @@ class FinetuneWidget(Panel):
             self.viewer.layers.remove(self.prediction)
         self.prediction = layer
         if layer is not None and layer in self.viewer.layers:
-            layer.data = data
+            set_output(layer, data)
 
     def _show_preview(self, preview: dict) -> None:
         """The network's current labels inside the region of interest, written into the prediction layer."""
@@ -258,7 +258,7 @@ class FinetuneWidget(Panel):
         if data.ndim == len(box) - 1:  # a 2D image trains as a one-slice volume
             box, labels = box[1:], labels[0]
         data[tuple(slice(lo, hi) for lo, hi in box)] = labels
-        layer.data = data
+        set_output(layer, data)
 
     def _trained(self, result: tuple) -> None:
         model, history, prediction = result

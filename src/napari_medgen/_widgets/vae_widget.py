@@ -19,7 +19,7 @@ from ..tasks.diffusion_training import add_diffusion
 from ..tasks.vae import interpolate_slices, reconstruct, synthesize_vae
 from ..tasks.vae_training import train_vae
 from ..tasks.volume_input import stack_geometry
-from ._layers import layer_array, layer_image, row, show_result, spin
+from ._layers import layer_array, layer_image, row, set_output, show_result, spin
 from ._model_files import save_model_file
 from ._panel import Panel
 from ._plot import LivePlot
@@ -321,7 +321,7 @@ class VAEWidget(Panel):
             return
         res.rethreshold(value)
         if self._mask_layer is not None and self._mask_layer in self.viewer.layers:
-            self._mask_layer.data = res.mask.astype(np.uint8)
+            set_output(self._mask_layer, res.mask.astype(np.uint8))
         self._update_threshold_line()
         self._fill_slices()
 
