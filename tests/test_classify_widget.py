@@ -30,6 +30,8 @@ def test_train_from_layers_then_classify(viewer, qtbot, brain, tissue, tmp_path)
     assert w.bars.isHidden()  # no empty chart before the first result
     for i, z in enumerate(range(30, 66, 6)):
         w.set_label(f"slice {z}", "T2" if i % 2 else "T1")
+    viewer.layers["slice 36"].name = "slice 36 (T2)"  # a rename keeps the typed label (it cleared it)
+    assert w.layer_labels()["slice 36 (T2)"] == "T2" and len(w.layer_labels()) == 6
     w.steps.setValue(4)
     w.pooling.setCurrentText("mean")
     w.train()

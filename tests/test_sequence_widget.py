@@ -59,5 +59,7 @@ def test_training_needs_two_targets(qtbot, setup):
     widget.set_target("cine0", "up")
     del viewer.layers["cine3"]  # napari refreshes the docked panel's lists, typed targets stay
     assert widget.table.rowCount() == 3 and widget.targets() == {"cine0": "up"}
+    viewer.layers["cine0"].name = "cine zero"  # a rename keeps the target (it dropped it) and shows the new name
+    assert widget.targets() == {"cine zero": "up"} and widget.table.item(0, 0).text() == "cine zero"
     widget.train()
     assert widget.model is None and not widget.runner.running

@@ -14,13 +14,14 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit, QListWidget,
-                            QListWidgetItem, QPushButton, QTableWidget, QTableWidgetItem, QWidget)
+                            QListWidgetItem, QPushButton, QWidget)
 
 from ..models.checkpoint import Model
 from ..models.encoders import POOLINGS
 from ..models.segmentation import builtin_models
 from ..tasks.classify import classify, load_classifier, train_classifier
 from ..tasks.classify_data import read_label_csv
+from ._layer_table import LayerTable
 from ._layers import budget_boxes, layer_image, row, show_result
 from ._model_files import save_model_file
 from ._panel import Panel
@@ -77,9 +78,7 @@ class ClassifyWidget(Panel):
         # --- training ---
         self.source = QComboBox()
         self.source.addItems(SOURCES)
-        self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(["layer", "label (empty: skip)"])
-        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table = LayerTable("label (empty: skip)")
         self.table.setMaximumHeight(120)
         self.folder, self.csv = QLineEdit(), QLineEdit()
         self.folder.setPlaceholderText("folder of images")
@@ -159,29 +158,19 @@ class ClassifyWidget(Panel):
         super().reset_choices(*args)
         self.refresh_layers()
 
+    def _images(self) -> list:
+        return [ly for ly in self.viewer.layers if isinstance(ly, napari.layers.Image)]
+
     def refresh_layers(self) -> None:
         """One table row per Image layer, keeping labels already typed."""
-        typed = self.layer_labels(all_rows=True)
-        names = [ly.name for ly in self.viewer.layers if isinstance(ly, napari.layers.Image)]
-        self.table.setRowCount(len(names))
-        for i, name in enumerate(names):
-            item = QTableWidgetItem(name)
-            item.setFlags(item.flags() & ~item.flags().ItemIsEditable)
-            self.table.setItem(i, 0, item)
-            self.table.setItem(i, 1, QTableWidgetItem(typed.get(name, "")))
+        self.table.show_layers(self._images())
 
     def set_label(self, layer_name: str, label: str) -> None:
-        for i in range(self.table.rowCount()):
-            if self.table.item(i, 0).text() == layer_name:
-                self.table.item(i, 1).setText(label)
+        self.table.set_value(self.viewer.layers[layer_name], label)
 
     def layer_labels(self, all_rows: bool = False) -> dict:
-        out = {}
-        for i in range(self.table.rowCount()):
-            name, lab = self.table.item(i, 0), self.table.item(i, 1)
-            if name is not None and lab is not None and (all_rows or lab.text().strip()):
-                out[name.text()] = lab.text().strip()
-        return out
+        """``{layer name: typed label}``."""
+        return self.table.values(self._images(), all_rows)
 
     def _source_changed(self, index: int) -> None:
         self.table.setVisible(index == 0)

@@ -17,12 +17,12 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QPushButton, QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QPushButton
 
 from ..io.timeseries import is_time_series
 from ..models.checkpoint import Model
 from ..tasks.sequence import load_sequence_model, predict_sequence, train_sequence_model
+from ._layer_table import LayerTable
 from ._layers import budget_boxes, layer_array, row
 from ._panel import Panel
 from ._plot import LivePlot
@@ -80,9 +80,7 @@ class SequenceWidget(Panel):
         self._source = None  # the layer last predicted
         self.task = QComboBox()
         self.task.addItems(["classification", "regression"])
-        self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(["layer", "target"])
-        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table = LayerTable("target")
         self.table.setMinimumHeight(110)
         self.table.setToolTip("Layers with a time axis; type a class or a value for each layer to train on "
                               "(empty = not used).")
@@ -144,14 +142,7 @@ class SequenceWidget(Panel):
 
     def refresh(self) -> None:
         """Re-list the time-series layers (keeping typed targets) and the region layers."""
-        typed = self.targets()
-        names = [ly.name for ly in self.series_layers()]
-        self.table.setRowCount(len(names))
-        for i, name in enumerate(names):
-            item = QTableWidgetItem(name)
-            item.setFlags(item.flags() & ~Qt.ItemIsEditable)
-            self.table.setItem(i, 0, item)
-            self.table.setItem(i, 1, QTableWidgetItem(typed.get(name, "")))
+        self.table.show_layers(self.series_layers())
         current = self.region.currentText()
         self.region.clear()
         self.region.addItems([NO_REGION] + [ly.name for ly in self.viewer.layers
@@ -160,19 +151,10 @@ class SequenceWidget(Panel):
 
     def targets(self) -> dict:
         """Layer name -> typed target (non-empty only)."""
-        out = {}
-        for i in range(self.table.rowCount()):
-            name, target = self.table.item(i, 0), self.table.item(i, 1)
-            if name is not None and target is not None and target.text().strip():
-                out[name.text()] = target.text().strip()
-        return out
+        return self.table.values(self.series_layers())
 
     def set_target(self, layer_name: str, target) -> None:
-        for i in range(self.table.rowCount()):
-            if self.table.item(i, 0).text() == layer_name:
-                self.table.setItem(i, 1, QTableWidgetItem(str(target)))
-                return
-        raise KeyError(layer_name)
+        self.table.set_value(self.viewer.layers[layer_name], target)
 
     def load_targets(self, path: str) -> int:
         """Fill targets from a CSV matched on layer names or source file names; returns how many matched."""
