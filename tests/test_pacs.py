@@ -157,6 +157,9 @@ def test_cli_find_pull_push(pacs, tmp_path, capsys, monkeypatch):
     assert main(["pacs", "find", *base, "--patient", "Doe", "--date", "20240301-20240331"]) == 0
     out = capsys.readouterr().out
     assert "Doe^Jane" in out and f"series {uid}" in out and "CT oblique" in out
+    for iso in ("2024-03-01-2024-03-31", "2024-03-01-"):  # ISO dates found nothing before
+        assert main(["pacs", "find", *base, "--date", iso]) == 0
+        assert "Doe^Jane" in capsys.readouterr().out
     image_file = tmp_path / "ct.nrrd"
     assert main(["pacs", "pull", "-q", *base, "--series", uid, str(image_file)]) == 0
     pulled, local = read_image(image_file), read_path(folder)[0]
@@ -180,6 +183,12 @@ def test_cli_find_pull_push(pacs, tmp_path, capsys, monkeypatch):
     n = len(find_series(server, find_studies(server)[0]["StudyInstanceUID"]))
     assert main(["pacs", "push", "-q", *base, "--reference-series", uid, str(tmp_path / "small.nii.gz")]) == 2
     assert "not on the grid" in capsys.readouterr().err
+    # class names that do not name every label value: one sentence, nothing stored (was "Segment 2" silently)
+    write_image(tmp_path / "three.nii.gz", labels * 3, local.geometry)
+    assert main(["pacs", "push", "-q", *base, "--reference-series", uid, str(tmp_path / "three.nii.gz"),
+                 "--classes", "bg,CSF"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "labels go up to 3 but 2 class names" in err
     assert len(find_series(server, find_studies(server)[0]["StudyInstanceUID"])) == n
 
 

@@ -9,6 +9,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from napari_medgen.io import read_path
+from napari_medgen.pacs import files
 from napari_medgen.pacs.codes import KNOWN, is_known, segment_codes
 from napari_medgen.pacs.seg import SegError, labels_to_seg, read_seg, series_grid, write_seg
 from napari_medgen.pacs.servers import load_servers, remember_server
@@ -87,16 +88,72 @@ def test_fractional_and_labelmap_segs_read_as_labels(ct, kind):
     assert np.array_equal(out.data, truth) and out.metadata["class_names"] == ["background", "a", "b"]
 
 
-def test_labels_off_the_grid_or_empty_are_refused(ct):
+def test_a_seg_beside_two_copies_of_its_series_reads_from_the_instances_it_names(ct, tmp_path, monkeypatch):
+    folder, image, headers, labels = ct
+    case = tmp_path / "case"
+    for copy in ("a", "b"):  # the same series twice (a re-export): refused as "duplicated slices" before
+        shutil.copytree(folder, case / copy)
+    write_seg(case / "seg.dcm", labels_to_seg(labels, image.geometry, headers, ["background", "liver", "bone"]))
+    opened = []
+    real = files._header
+    monkeypatch.setattr(files, "_header", lambda f, tags: opened.append(f.parent.name) or real(f, tags))
+    (item,) = read_path(case / "seg.dcm")
+    assert item.kind == "labels" and np.array_equal(item.data, labels)
+    assert item.geometry.same_grid(image.geometry)
+    assert "b" not in opened  # every instance the SEG names was found in a/: the walk stopped there
+
+
+def test_a_seg_naming_only_some_slices_reads_onto_the_whole_series(ct, tmp_path):
+    folder, image, headers, labels = ct
+    ordered, _shape, _geo = series_grid(headers)
+    case = tmp_path / "case"
+    shutil.copytree(folder, case / "ct")
+    mask = np.zeros((2,) + labels.shape[1:], np.uint8)
+    mask[:, 10:14, 8:12] = 1
+    desc = hd.seg.SegmentDescription(1, "lesion", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion,
+                                     hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    seg = hd.seg.Segmentation(ordered[3:5], mask, hd.seg.SegmentationTypeValues.BINARY, [desc],
+                              hd.UID(), 99, hd.UID(), 1, "other", "tool", "1", "0")
+    assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 2  # not the whole series
+    seg.save_as(case / "sparse.dcm")
+    (item,) = read_path(case / "sparse.dcm")
+    assert item.data.shape == labels.shape and item.geometry.same_grid(image.geometry)
+    assert np.array_equal(np.flatnonzero(item.data.any(axis=(1, 2))), [3, 4])
+
+
+def test_labels_off_the_grid_say_what_differs(ct):
     _folder, image, headers, labels = ct
-    with pytest.raises(SegError, match="not on the grid"):
-        labels_to_seg(labels[:, :-1], image.geometry, headers)
+    geo = image.geometry
+    with pytest.raises(SegError, match=r"labels vs series: shape \(12, 27, 24\) vs \(12, 28, 24\)\)"):
+        labels_to_seg(labels[:, :-1], geo, headers)
     with pytest.raises(SegError, match="empty"):
-        labels_to_seg(np.zeros_like(labels), image.geometry, headers)
-    shifted = type(image.geometry)(image.geometry.spacing, np.add(image.geometry.origin, 5.0),
-                                   image.geometry.direction)
-    with pytest.raises(SegError, match="not on the grid"):
+        labels_to_seg(np.zeros_like(labels), geo, headers)
+    shifted = type(geo)(geo.spacing, np.add(geo.origin, 5.0), geo.direction)
+    with pytest.raises(SegError, match="not on the grid") as err:
         labels_to_seg(labels, shifted, headers)
+    z, y, x = (round(v, 3) for v in geo.origin)
+    assert f"origin (z, y, x) ({z + 5:g}, {y + 5:g}, {x + 5:g}) vs ({z:g}, {y:g}, {x:g}) mm" in str(err.value)
+    assert "spacing" not in str(err.value) and "shape" not in str(err.value)
+    finer = type(geo)(np.multiply(geo.spacing, 0.5), geo.origin, geo.direction)
+    with pytest.raises(SegError, match=r"spacing \(z, y, x\) .* mm\)") as err:
+        labels_to_seg(labels, finer, headers)
+    assert "origin" not in str(err.value)
+    turned = type(geo)(geo.spacing, geo.origin, geo.direction @ np.diag([1.0, -1.0, -1.0]))
+    with pytest.raises(SegError, match=r"orientation: axis y by 180.0 deg, x by 180.0 deg"):
+        labels_to_seg(labels, turned, headers)
+
+
+def test_class_names_must_name_every_label_value(ct):
+    _folder, image, headers, labels = ct
+    assert labels.max() == 2
+    with pytest.raises(SegError, match="labels go up to 2 but 2 class names .*background 0 first: bg, CSF.*give 3"):
+        labels_to_seg(labels, image.geometry, headers, ["bg", "CSF"])
+    with pytest.raises(SegError, match="give 3 names"):  # the names without background: one short
+        labels_to_seg(labels, image.geometry, headers, ["CSF", "grey matter"])
+    seg = labels_to_seg(labels, image.geometry, headers, ["bg", "CSF", "grey matter", "white matter"])
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["CSF", "grey matter"]  # a class absent: fine
+    seg = labels_to_seg(labels, image.geometry, headers)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Segment 1", "Segment 2"]  # no names: numbered
 
 
 def test_segment_codes_are_snomed_where_known():

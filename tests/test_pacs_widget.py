@@ -76,9 +76,10 @@ def test_search_open_and_send_back(qtbot, widget, stored, tmp_path):
     assert w.info.toolTip() == segs[0]["SeriesInstanceUID"] and w.info.minimumSizeHint().width() < 300  # fits the dock
     qtbot.waitUntil(lambda: w.series_table.rowCount() == 2 and not w.runner.running, timeout=30_000)
     assert w.series_table.item(1, 1).text() == "SEG"  # the list shows the new SEG series
+    labels.data[0, :2, :2] = 2  # a value painted by hand beyond the model's classes has no name
     path = tmp_path / "bone.dcm"
     assert _wait(qtbot, w, lambda: w.save(str(path))) == "finished"
-    assert pydicom.dcmread(path).SegmentSequence[0].SegmentLabel == "bone"
+    assert [s.SegmentLabel for s in pydicom.dcmread(path).SegmentSequence] == ["bone", "Segment 2"]
     assert _wait(qtbot, w, w.open_series) == "finished"  # opening the series again replaces its layer
     assert [ly.name for ly in viewer.layers] == ["CT oblique", "bone"]
     viewer.window.resize(1366, 768)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import napari
+import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QDate, QTimer
 from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDateEdit, QFileDialog, QFormLayout,
@@ -60,14 +61,15 @@ def _fill(table: QTableWidget, columns, rows: list[dict]) -> None:
             table.setItem(r, c, QTableWidgetItem(str(item.get(key, "") or "").replace("^", " ")))
 
 
-def _class_names(layer) -> Optional[list]:
+def _class_names(layer, data: np.ndarray) -> Optional[list]:
+    """The layer's class names by value; values painted beyond them are left unnamed ("Segment k")."""
     names = layer.metadata.get("class_names")
-    if names:
-        return list(names)
     feats = getattr(layer, "features", None)
-    if feats is not None and "class" in getattr(feats, "columns", []):
-        return [str(v) for v in feats["class"]]
-    return None
+    if not names and feats is not None and "class" in getattr(feats, "columns", []):
+        names = [str(v) for v in feats["class"]]
+    if not names:
+        return None
+    return list(names) + [""] * (int(data.max(initial=0)) + 1 - len(names))
 
 
 class PacsWidget(Panel):
@@ -217,7 +219,8 @@ class PacsWidget(Panel):
         if not ref.metadata.get("series_uid"):
             show_error(f"'{ref.name}' was not opened from a PACS or a DICOM folder; a SEG must reference a series.")
             return None
-        return (layer_array(labels), Geometry.from_layer(labels), ref.metadata, _class_names(labels),
+        data = layer_array(labels)
+        return (data, Geometry.from_layer(labels), ref.metadata, _class_names(labels, data),
                 self.algorithm.text().strip() or "napari-medgen", self.version.text().strip())
 
     def send(self) -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import sys
 from pathlib import Path
 
+from ..errors import UserError
 from .options import check_output
 
 PASSWORD_ENV = "MEDGEN_PACS_PASSWORD"
+_DATE = r"\d{8}|\d{4}-\d{2}-\d{2}"  # DICOM YYYYMMDD or ISO YYYY-MM-DD
 
 
 def add_parser(sub) -> None:
@@ -23,6 +26,9 @@ def add_parser(sub) -> None:
         q.add_argument("--user", default="",
                        help=f"user name for HTTP basic auth; the password comes from ${PASSWORD_ENV} or a prompt "
                             "(default: no login)")
+        q.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds the PACS may stay silent before a request fails; a transfer that keeps "
+                            "sending is never cut (default 30; raise it for a slow archive)")
         q.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
 
     f = verbs.add_parser("find", help="list studies and their series")
@@ -32,7 +38,9 @@ def add_parser(sub) -> None:
     f.add_argument("--accession", default="", help="AccessionNumber to match exactly (default: any)")
     f.add_argument("--modality", default="",
                    help="modality of a series in the study, e.g. CT, MR, SEG (default: any)")
-    f.add_argument("--date", default="", help="study date YYYYMMDD or range YYYYMMDD-YYYYMMDD (default: any)")
+    f.add_argument("--date", default="",
+                   help="study date YYYY-MM-DD or YYYYMMDD, or a range FROM-TO such as 2024-01-01-2024-03-31 "
+                        "(an end may be left open: 2024-01-01-) (default: any)")
     f.set_defaults(func=run_find)
 
     g = verbs.add_parser("pull", help="retrieve a series into an image file (a SEG into a label image)")
@@ -48,8 +56,9 @@ def add_parser(sub) -> None:
                    help="SeriesInstanceUID of the series the labels were made on")
     s.add_argument("labels", help="label image on that series' grid (.nii.gz, .nrrd, ...)")
     s.add_argument("--classes", default="",
-                   help="class names by label value, comma separated, 0 (background) first (default: names stored in "
-                        "the label file, else Segment 1, Segment 2, ...)")
+                   help="class names by label value, comma separated, 0 (background) first; every label value "
+                        "present needs a name, extra names (classes absent from this image) are fine "
+                        "(default: Segment 1, Segment 2, ...)")
     s.add_argument("--algorithm", default="napari-medgen",
                    help="algorithm name recorded in the SEG (default napari-medgen)")
     s.add_argument("--algorithm-version", default="", help="algorithm version recorded in the SEG (default: empty)")
@@ -67,17 +76,30 @@ def server_from(args):
             raise ValueError(f"Set {PASSWORD_ENV} to the password of '{args.user}' (it is never taken from the "
                              f"command line).")
         password = getpass.getpass(f"Password for {args.user} at {args.url}: ")
-    return PacsServer(args.url, args.user, password)
+    if args.timeout <= 0:
+        raise UserError("--timeout must be a positive number of seconds.")
+    return PacsServer(args.url, args.user, password, timeout=args.timeout)
+
+
+def date_range(text: str) -> tuple[str, str]:
+    """``--date`` as DICOM (from, to): one day, or FROM-TO with either end open, each YYYY-MM-DD or YYYYMMDD."""
+    from ..pacs.client import dicom_date
+
+    m = re.fullmatch(rf"\s*({_DATE})?\s*(-)?\s*({_DATE})?\s*", text)
+    if not m or not (m[1] or m[3]) or (m[1] and m[3] and not m[2]):
+        raise UserError(f"--date '{text}' is not a date or a range; use YYYY-MM-DD (or YYYYMMDD), or FROM-TO "
+                        f"such as 2024-01-01-2024-03-31.")
+    first, last = (m[1] or "", m[3] or "") if m[2] else (m[1], m[1])
+    return dicom_date(first), dicom_date(last)
 
 
 def run_find(args) -> int:
     from ..pacs.client import find_series, find_studies
 
+    date_from, date_to = date_range(args.date) if args.date.strip() else ("", "")
     server = server_from(args)
-    date_from, _, date_to = args.date.partition("-")
     studies = find_studies(server, patient_name=args.patient, patient_id=args.patient_id,
-                           accession=args.accession, modality=args.modality, date_from=date_from,
-                           date_to=date_to if "-" in args.date else date_from)
+                           accession=args.accession, modality=args.modality, date_from=date_from, date_to=date_to)
     if not studies:
         print("No studies match.", file=sys.stderr)
         return 0
@@ -120,7 +142,7 @@ def run_push(args) -> int:
     if args.save:
         check_output(args.save, False)
     labels = read_image(Path(args.labels))
-    names = [c.strip() for c in args.classes.split(",")] if args.classes else labels.metadata.get("class_names")
+    names = [c.strip() for c in args.classes.split(",")] if args.classes else None
     server = server_from(args)
     try:
         with terminal_job("push", quiet=args.quiet) as job:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .dicom import NOT_IMAGES, DicomSeriesError, read_series
+from .dicom import NOT_IMAGES, DicomSeriesError, read_frames, read_series
 from .display import dicom_window, initial_contrast
 from .geometry import Geometry
 from .header import voxel_bytes
@@ -118,12 +118,15 @@ def read_image(path: "str | os.PathLike") -> ImageData:
         return items[0]
     try:
         _check_size(p, _check_gzip(p))
-        img = sitk.ReadImage(str(p))
+        if _looks_dicom(p):  # an enhanced multi-frame's frames by their own positions
+            img, arr, geo, notes, extra = read_frames(p, _stem(p))
+        else:
+            img, arr, geo, notes, extra = sitk.ReadImage(str(p)), None, None, [], {}
     except (RuntimeError, OSError, EOFError) as err:
         raise ImageReadError(f"Cannot read {p.name}: the file is corrupt, truncated or not an image "
                              f"({_first_line(err)}).") from None
-    meta = {"source": str(p), "modality": _tag(img, "0008|0060"), "window": _window(img)}
-    item = _to_image_data(img, _stem(p), meta)
+    meta = {"source": str(p), "modality": _tag(img, "0008|0060"), "window": _window(img), **extra}
+    item = _with_notes(_to_image_data(img, _stem(p), meta), arr, geo, notes)
     if img.GetDimension() == 4:  # (t, z, y, x): label the time axis, keep the time step
         from .timeseries import from_4d_image
         item = from_4d_image(img, item)
@@ -197,13 +200,19 @@ def _read_series(files: tuple, sid: str) -> ImageData:
     img, arr, geo, notes, extra = read_series(files, desc)
     meta = {"source": str(Path(files[0]).parent), "modality": modality, "series_uid": sid,
             "series_description": desc, "n_files": len(files), "window": _window(info), **extra}
-    item = _to_image_data(img, desc, meta)
-    if geo is not None:  # slices regularised (true positions) or a stack of differently oriented images
-        item.data, item.geometry = arr, geo
+    item = _with_notes(_to_image_data(img, desc, meta), arr, geo, notes)
+    item.kind = "image"
+    return item
+
+
+def _with_notes(item: ImageData, arr, geo, notes: list) -> ImageData:
+    """``item`` with the DICOM reader's corrected array and geometry (when not None) and its notes, each a warning."""
+    if geo is not None:  # slices regularised (true positions, tilt undone) or a stack of differently oriented images
+        item.data, item.geometry = np.ascontiguousarray(arr), geo
+    if notes:
         item.metadata["reader_notes"] = notes
     for note in notes:
-        warnings.warn(ImageReadWarning(note), stacklevel=4)
-    item.kind = "image"
+        warnings.warn(ImageReadWarning(note), stacklevel=5)
     return item
 
 

@@ -7,9 +7,11 @@ failure becomes one :class:`PacsError` sentence.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,6 +20,7 @@ import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from ..engine.jobs import Job
 from ..errors import UserError
@@ -34,9 +37,18 @@ class PacsError(UserError):
     """The PACS could not be reached, refused the request, or does not hold what was asked for."""
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection: generous for a VPN, short for a firewalled host
+BUSY = Retry(total=1, connect=0, read=0, other=0, status=1, status_forcelist=(429, 503, 504), backoff_factor=0.25,
+             raise_on_status=False, respect_retry_after_header=False)  # one second chance for a busy server only
+
+
 class _Wildcards(HTTPAdapter):
     """QIDO wildcards go out as a literal ``*`` (legal in a query): dicomweb-client sends ``%2A``,
-    which some servers (Orthanc 1.10's DICOMweb plugin) then match literally."""
+    which some servers (Orthanc 1.10's DICOMweb plugin) then match literally.  A busy answer
+    (429, 503, 504) is retried once; a refused connection or a silent server is not."""
+
+    def __init__(self):
+        super().__init__(max_retries=BUSY)
 
     def send(self, request, **kwargs):
         if "?" in request.url:
@@ -46,7 +58,10 @@ class _Wildcards(HTTPAdapter):
 
 @dataclass(frozen=True)
 class PacsServer:
-    """A DICOMweb endpoint (e.g. ``http://pacs:8042/dicom-web``) and its credentials (never printed)."""
+    """A DICOMweb endpoint (e.g. ``http://pacs:8042/dicom-web``) and its credentials (never printed).
+
+    ``timeout``: seconds the server may stay silent (before its answer or between two parts of it)
+    before the request fails; a long transfer that keeps sending is never cut."""
 
     url: str
     user: str = ""
@@ -62,9 +77,10 @@ class PacsServer:
             session.auth = (self.user, self.password)
         session.mount("http://", _Wildcards())
         session.mount("https://", _Wildcards())
-        client = DICOMwebClient(url, session=session, timeout=self.timeout)
-        # one quick retry: a busy server gets a second chance, a dead one fails in a second, not 30 s
-        client.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=250)
+        client = DICOMwebClient(url, session=session, timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout))
+        # dicomweb-client would repeat a timed-out request (a hung server then costs twice the timeout):
+        # retries are the session's (BUSY) instead
+        client.set_http_retry_params(retry=False)
         return client
 
 
@@ -109,9 +125,24 @@ def _rows(items: list, fields: Sequence[str]) -> list[dict]:
     return [{k: _value(it, k) for k in fields} for it in items]
 
 
+def dicom_date(text: str) -> str:
+    """A date as DICOM ``YYYYMMDD``, given as ``YYYYMMDD`` or ISO ``YYYY-MM-DD`` (empty stays empty)."""
+    text = text.strip()
+    if not text:
+        return ""
+    digits = text.replace("-", "") if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) else text
+    try:
+        if re.fullmatch(r"\d{8}", digits):
+            return datetime.strptime(digits, "%Y%m%d").strftime("%Y%m%d")
+    except ValueError:
+        pass
+    raise UserError(f"'{text}' is not a date; use YYYY-MM-DD or YYYYMMDD.")
+
+
 def find_studies(server: PacsServer, *, patient_name: str = "", patient_id: str = "", accession: str = "",
                  modality: str = "", date_from: str = "", date_to: str = "", limit: int = 200) -> list[dict]:
-    """Studies matching the filters (names with ``*`` wildcards; dates as YYYYMMDD), newest first."""
+    """Studies matching the filters (names with ``*`` wildcards; dates as YYYYMMDD or YYYY-MM-DD, either end
+    of the range may be empty), newest first."""
     filters = {}
     if patient_name:
         filters["PatientName"] = patient_name if "*" in patient_name else f"*{patient_name}*"
@@ -122,7 +153,7 @@ def find_studies(server: PacsServer, *, patient_name: str = "", patient_id: str 
     if modality:
         filters["ModalitiesInStudy"] = modality
     if date_from or date_to:
-        filters["StudyDate"] = f"{date_from}-{date_to}"
+        filters["StudyDate"] = f"{dicom_date(date_from)}-{dicom_date(date_to)}"
     with _talking_to(server, "search studies"):
         items = server.client().search_for_studies(search_filters=filters, fields=list(STUDY_FIELDS),
                                                    limit=limit)

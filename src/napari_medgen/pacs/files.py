@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Collection
 
 import pydicom
 
@@ -23,12 +24,16 @@ def is_seg_file(path: "str | os.PathLike") -> bool:
                                or getattr(ds, "Modality", "") == "SEG")
 
 
+def _dicom_folders(folder: Path):
+    """Each folder below ``folder`` with its DICOM-looking files, in a stable order."""
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()  # the same copy of a duplicated file wins every time
+        yield [Path(root) / n for n in sorted(names) if Path(n).suffix.lower() == ".dcm" or not Path(n).suffix]
+
+
 def _dicom_files(folder: Path):
-    for root, _dirs, names in os.walk(folder):
-        for name in sorted(names):
-            f = Path(root) / name
-            if f.suffix.lower() == ".dcm" or not f.suffix:
-                yield f
+    for files in _dicom_folders(folder):
+        yield from files
 
 
 def find_seg_files(path: "str | os.PathLike") -> list[Path]:
@@ -39,13 +44,22 @@ def find_seg_files(path: "str | os.PathLike") -> list[Path]:
     return [f for f in _dicom_files(p) if is_seg_file(f)]
 
 
-def headers_in(folder: "str | os.PathLike", series_uid: str) -> list[pydicom.Dataset]:
-    """Headers (no pixels) of the instances of ``series_uid`` in ``folder`` (searched recursively)."""
-    out = []
-    for f in _dicom_files(Path(folder)):
-        ds = _header(f, ["SeriesInstanceUID"])
-        if ds is not None and str(getattr(ds, "SeriesInstanceUID", "")) == series_uid:
+def headers_in(folder: "str | os.PathLike", series_uid: str,
+               instance_uids: Collection[str] = ()) -> list[pydicom.Dataset]:
+    """Headers (no pixels) of the instances of ``series_uid`` below ``folder``, one per SOP Instance UID
+    (further copies are ignored).  With ``instance_uids`` (those a SEG names) the walk stops after the
+    folder where the last of them is found; that folder's other instances of the series are kept."""
+    wanted = set(instance_uids)
+    found: dict[str, pydicom.Dataset] = {}
+    for files in _dicom_folders(Path(folder)):
+        for f in files:
+            ds = _header(f, ["SeriesInstanceUID", "SOPInstanceUID"])
+            uid = str(getattr(ds, "SOPInstanceUID", ""))
+            if ds is None or uid in found or str(getattr(ds, "SeriesInstanceUID", "")) != series_uid:
+                continue
             full = _header(f, None)
             if full is not None:
-                out.append(full)
-    return out
+                found[uid] = full
+        if wanted and wanted <= found.keys():
+            break
+    return list(found.values())

@@ -18,6 +18,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from ..errors import UserError
+from ..io.dicom import shear_degrees
 from ..io.geometry import Geometry
 from ..io.read import ImageData
 from .codes import segment_codes
@@ -65,6 +66,10 @@ def series_grid(datasets: Sequence[pydicom.Dataset]) -> tuple[list, tuple, Geome
         raise SegError("The source series has missing, duplicated or irregularly spaced slices; "
                        "a SEG needs a regular grid.")
     sitk_dir = np.column_stack([iop[:3], iop[3:], normal])  # columns: x (column), y (row), z (slice) axes
+    tilt = shear_degrees(np.array([d.ImagePositionPatient for d in order], float), sitk_dir, (col_spacing, row_spacing))
+    if tilt:  # the reader resamples such slices onto a rectangular grid, which a SEG's frames cannot follow
+        raise SegError(f"The source series has a {tilt:.1f} degree gantry tilt (sheared slices, read resampled onto "
+                       "a rectangular grid), so its labels cannot be exchanged as a DICOM SEG; save them as NIfTI.")
     geo = Geometry((dz, row_spacing, col_spacing), np.asarray(order[0].ImagePositionPatient, float)[::-1],
                    sitk_dir[::-1, ::-1])
     return order, (len(order), int(first.Rows), int(first.Columns)), geo
@@ -79,7 +84,8 @@ def labels_to_seg(labels: np.ndarray, geometry: Geometry, source: Sequence[pydic
     ordered, shape, grid = series_grid(source)
     labels = np.asarray(labels)
     if labels.shape != shape or not grid.same_grid(geometry):
-        raise SegError(f"The labels {labels.shape} are not on the grid of the source series {shape}; "
+        differs = grid_difference(labels.shape, geometry, shape, grid)
+        raise SegError(f"The labels are not on the grid of the source series (labels vs series: {differs}); "
                        f"segment that series (or resample the labels onto it) first.")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
         raise SegError("Labels must be non-negative integers (0 = background).")
@@ -87,11 +93,15 @@ def labels_to_seg(labels: np.ndarray, geometry: Geometry, source: Sequence[pydic
     if n == 0:
         raise SegError("The labels are empty: there is no segment to send.")
     names = list(class_names or [])
+    if names and len(names) <= n:  # more names than values is fine: a class may be absent from this image
+        given = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise SegError(f"The labels go up to {n} but {len(names)} class names were given (one per value, "
+                       f"background 0 first: {given}); give {n + 1} names.")
     algo = hd.AlgorithmIdentificationSequence(name=algorithm, family=codes.cid7162.ArtificialIntelligence,
                                               version=algorithm_version or __version__)
     segments = []
     for k in range(1, n + 1):
-        name = names[k] if k < len(names) and names[k] else f"Segment {k}"
+        name = (names[k] if names else "") or f"Segment {k}"
         category, kind = segment_codes(name)
         segments.append(hd.seg.SegmentDescription(
             segment_number=k, segment_label=name[:64], segmented_property_category=category,
@@ -110,6 +120,26 @@ def labels_to_seg(labels: np.ndarray, geometry: Geometry, source: Sequence[pydic
             omit_empty_frames=False)
     except (ValueError, TypeError, AttributeError) as err:
         raise SegError(f"Cannot build a DICOM SEG from the source series: {err}") from None
+
+
+def grid_difference(shape_a: tuple, a: Geometry, shape_b: tuple, b: Geometry, atol: float = 1e-3) -> str:
+    """What differs between two voxel grids, with the values (napari z, y, x order), e.g. for an error."""
+    def fmt(values) -> str:
+        return "(" + ", ".join(f"{round(float(v), 3):g}" for v in values) + ")"
+
+    if len(shape_a) != len(shape_b) or a.ndim != b.ndim:
+        return f"{len(shape_a)}D shape {tuple(shape_a)} vs {len(shape_b)}D {tuple(shape_b)}"
+    out = [f"shape {tuple(shape_a)} vs {tuple(shape_b)}"] if tuple(shape_a) != tuple(shape_b) else []
+    if not np.allclose(a.spacing, b.spacing, atol=atol):
+        out.append(f"spacing (z, y, x) {fmt(a.spacing)} vs {fmt(b.spacing)} mm")
+    if not np.allclose(a.origin, b.origin, atol=atol):
+        out.append(f"origin (z, y, x) {fmt(a.origin)} vs {fmt(b.origin)} mm")
+    if not np.allclose(a.direction, b.direction, atol=atol):
+        cosines = np.clip(np.sum(np.asarray(a.direction) * np.asarray(b.direction), axis=0), -1.0, 1.0)
+        turned = [f"{axis} by {np.degrees(np.arccos(c)):.1f} deg" for axis, c in zip("zyx"[-a.ndim:], cosines)
+                  if not np.isclose(c, 1.0, atol=1e-9)]
+        out.append("orientation: axis " + ", ".join(turned) if turned else "orientation")
+    return "; ".join(out) or "the same grid"
 
 
 def write_seg(path: "str | os.PathLike", seg: pydicom.Dataset, overwrite: bool = False) -> str:
@@ -131,6 +161,13 @@ def referenced_series(ds: pydicom.Dataset) -> Optional[str]:
     """The SeriesInstanceUID a SEG was derived from (first ReferencedSeriesSequence item), if any."""
     seq = getattr(ds, "ReferencedSeriesSequence", None)
     return str(seq[0].SeriesInstanceUID) if seq else None
+
+
+def referenced_instances(ds: pydicom.Dataset) -> list[str]:
+    """The SOP Instance UIDs of the source images a SEG names in its first ReferencedSeriesSequence item."""
+    seq = getattr(ds, "ReferencedSeriesSequence", None)
+    items = (getattr(seq[0], "ReferencedInstanceSequence", None) or []) if seq else []
+    return [str(i.ReferencedSOPInstanceUID) for i in items]
 
 
 def read_seg(ds: pydicom.Dataset, grid: Optional[tuple] = None, source: str = "") -> ImageData:
@@ -173,9 +210,10 @@ def read_seg_file(path: "str | os.PathLike", images: Sequence[ImageData] = ()) -
     src = next((im for im in images if ref and im.metadata.get("series_uid") == ref
                 and im.geometry.ndim == 3 and im.data.ndim == 3), None)
     grid = (src.data.shape, src.geometry) if src is not None else None
-    if grid is None and ref:  # the source series' files beside the SEG give its grid without reading pixels
-        headers = headers_in(Path(path).parent, ref)
-        if len(headers) > 1:
+    if grid is None and ref:  # the source images below the SEG's folder give its grid without reading pixels
+        wanted = set(referenced_instances(ds))  # one file per UID: copies are ignored, the walk stops early
+        headers = headers_in(Path(path).parent, ref, wanted)
+        if len(headers) > 1 and wanted <= {str(h.SOPInstanceUID) for h in headers}:  # else the SEG's own grid
             _, shape, geometry = series_grid(headers)
             grid = (shape, geometry)
     return read_seg(ds, grid, source=str(path))
