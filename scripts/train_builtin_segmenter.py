@@ -78,7 +78,8 @@ def main(argv=None) -> None:
 
     config = segmentation_config("brain-tissue-2d", TISSUE_CLASSES, spatial_dims=2, channels=(16, 32, 64, 128),
                                  strides=(2, 2, 2), num_res_units=1, normalization=MRI_DEFAULT,
-                                 spacing=t1.geometry.spacing[1:], axis=0)
+                                 spacing=t1.geometry.spacing[1:], axis=0,
+                                 orientation=t1.geometry.direction)
     model = Model(config)
     net = model.net
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)

@@ -11,6 +11,7 @@ from napari_medgen import Cancelled, Model, segment, segmentation_config
 from napari_medgen.data.annotations import IGNORE, AnnotationError
 from napari_medgen.engine.seg_training import segmentation_loss
 from napari_medgen.errors import NothingLearnedError
+from napari_medgen.io import Geometry, ImageData
 from napari_medgen.tasks.finetune import complete_labels, finetune
 from napari_medgen.tasks.uncertainty import rank_slices
 
@@ -56,7 +57,14 @@ def test_every_painted_slice_trains_and_unknown_slices_are_not_background(traine
     assert history["known_pixels"] == 3 * 117 * 99  # only the painted slices are known ...
     assert history["pseudo_slices"] == 28  # ... plus the slices interpolated between them (down-weighted)
     assert model.params.context == 1 and model.config.networks["net"].args["in_channels"] == 3  # 2.5D
-    assert segment(brain, model, device="cpu").shape == brain.data.shape  # segment() feeds the neighbours
+    labels = segment(brain, model, device="cpu")
+    assert labels.shape == brain.data.shape  # segment() feeds the neighbours
+    # the plane it learned goes with the model: the same brain stored sagittal-first gets the same labels
+    assert model.params.orientation == brain.geometry.direction.tolist()
+    geo, order = brain.geometry, (2, 0, 1)
+    stored = ImageData(np.transpose(brain.data, order), Geometry(tuple(geo.spacing[i] for i in order), geo.origin,
+                                                               geo.direction[:, list(order)]), "sagittal")
+    assert np.array_equal(segment(stored, model, device="cpu"), np.transpose(labels, order))
 
 
 def test_selection_never_returns_the_untrained_network(trained):

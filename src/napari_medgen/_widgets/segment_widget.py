@@ -53,7 +53,8 @@ def label_values(labels: np.ndarray) -> list[int]:
 
 
 def segment_and_score(image: ImageData, model, reference: Optional[np.ndarray] = None,
-                      mapping: Optional[dict] = None, *, axis: int = 0, device: str = "auto", tta: bool = False,
+                      mapping: Optional[dict] = None, *, axis: Optional[int] = None, device: str = "auto",
+                      tta: bool = False,
                       allow_code: bool = False, progress=None, stop=None) -> Scored:
     """Load the model, segment, measure volumes, and score against the (mapped) ``reference`` when given."""
     job = Job.of(progress, stop)
@@ -111,8 +112,12 @@ class SegmentWidget(Panel):
         self.export_button.setEnabled(False)
 
         self.axis = QSpinBox()
-        self.axis.setRange(0, 2)
-        self.axis.setToolTip("Slicing axis for 2D models (0 = first napari axis, axial for most volumes).")
+        self.axis.setRange(-1, 2)
+        self.axis.setValue(-1)
+        self.axis.setSpecialValueText("auto")
+        self.axis.setToolTip("Slicing axis for 2D models (napari order). auto: the model's own plane (a volume "
+                             "stored in another orientation, e.g. a sagittal 3D T1, is reoriented to the model's "
+                             "without resampling), else the first axis.")
         self.device, self.device_line = device_chooser()
         self.tta = QCheckBox("flip test-time augmentation")
         self.allow_code = QCheckBox("Allow TorchScript (runs code from the file)")
@@ -234,7 +239,7 @@ class SegmentWidget(Panel):
         self.warnings_label.setText("")
         self._source = layer
         self.runner.start(segment_and_score, image, self.model.currentText().strip(), reference, self.mapping(),
-                          axis=self.axis.value(), device=self.device.currentText(), tta=self.tta.isChecked(),
+                          axis=None if self.axis.value() < 0 else self.axis.value(), device=self.device.currentText(), tta=self.tta.isChecked(),
                           allow_code=self.allow_code.isChecked(), on_result=self._show)
 
     def _show(self, scored: Scored) -> None:

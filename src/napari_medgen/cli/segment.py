@@ -33,7 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--model", "-m", default="brain-tissue-2d",
                    help="built-in name, .medgen.pt file, MONAI bundle folder or TorchScript file "
                         "(default brain-tissue-2d)")
-    p.add_argument("--axis", type=int, default=0, help="slicing axis of 2D models (napari order; default 0)")
+    p.add_argument("--axis", type=int, default=None,
+                   help="slicing axis of 2D models (napari order); default: the model's own plane (a volume "
+                        "stored in another orientation is reoriented to the model's, without resampling), else 0")
     p.add_argument("--tta", action="store_true", help="average over flipped copies (slower, smoother; default off)")
     p.add_argument("--allow-torchscript", action="store_true",
                    help="allow a TorchScript --model: it is code that runs on this computer; only for files you trust")

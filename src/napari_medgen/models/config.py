@@ -51,6 +51,7 @@ class SegmentationParams:
     axis: int = 0
     patch_size: Optional[list] = None
     finetune: Optional[dict] = None  # rounds, slices, ... of the annotate-then-train loop
+    orientation: Optional[list] = None  # direction (napari order) of the training volumes' array axes, when one
 
 
 @dataclass

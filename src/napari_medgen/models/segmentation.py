@@ -20,6 +20,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .checkpoint import SUFFIX, Model, ModelFileError, NotAModelFileError, build_network
@@ -46,7 +47,7 @@ def segmentation_config(name: str = "segmenter", classes: "list[str] | list[dict
                         channels: tuple = (16, 32, 64, 128), strides: tuple = (2, 2, 2),
                         num_res_units: int = 2, dropout: float = 0.0,
                         normalization: dict | None = None, spacing=None, axis: int = 0,
-                        patch_size=None, description: str = "") -> ModelConfig:
+                        patch_size=None, orientation=None, description: str = "") -> ModelConfig:
     """The config of a fresh MONAI ``UNet`` segmenter (``Model(config)`` builds it)."""
     if spatial_dims not in (2, 3):
         raise UserError("spatial_dims must be 2 or 3.")
@@ -60,7 +61,8 @@ def segmentation_config(name: str = "segmenter", classes: "list[str] | list[dict
     params = SegmentationParams(classes=classes, spatial_dims=spatial_dims, in_channels=in_channels,
                                 spacing=None if spacing is None else [float(s) for s in spacing],
                                 axis=int(axis) if spatial_dims == 2 else 0,
-                                patch_size=list(patch_size or (96, 96, 96)) if spatial_dims == 3 else None)
+                                patch_size=list(patch_size or (96, 96, 96)) if spatial_dims == 3 else None,
+                                orientation=None if orientation is None else np.asarray(orientation, float).tolist())
     return ModelConfig(Task.SEGMENTATION, name, {"net": NetSpec("UNet", args)}, params,
                        normalization=dict(normalization or {"kind": "percentile", "lower": 0.5, "upper": 99.5}),
                        description=description)

@@ -199,6 +199,8 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
 
     cfg = net_model.params
     cfg.axis = int(t.axis)
+    geo = getattr(image, "geometry", None)  # the plane it learned, in the patient: volumes stored otherwise are turned
+    cfg.orientation = geo.direction.tolist() if geo is not None and geo.ndim == 3 and not flat else None
     if not flat:
         cfg.spacing = [float(s) * factor for s in inplane]
     rounds = (cfg.finetune or {}).get("rounds", 0) + 1

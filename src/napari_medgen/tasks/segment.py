@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.normalize import normalize
+from ..data.orientation import reorientation, turn, turn_back, turned_direction
 from ..data.resample import inplane_spacing, resize, target_shape
 from ..engine.inference import predict
 from ..engine.jobs import Job
+from ..io.geometry import Geometry
 from ..io.read import ImageData
 from ..models.segmentation import class_names, load_segmentation_model
 from ..errors import UserError
@@ -42,7 +44,7 @@ class SegmentResult:
         return label_volumes_ml(self.labels, self.spacing, self.class_names)
 
 
-def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bool = False,
+def segment(image, model, *, spacing=None, axis: int | None = None, device="auto", tta: bool = False,
             batch_size: int | None = None, progress=None, stop=None, return_probabilities: bool = False,
             allow_code: bool = False):
     """Segment ``image`` (numpy, napari order (z, y, x) or (y, x); or an :class:`ImageData`) with ``model``.
@@ -51,7 +53,9 @@ def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bo
     file is code and runs only with ``allow_code=True``.
     ``spacing`` (napari order, mm) lets the image be resampled to the model's training spacing;
     without it the image is taken to be at that spacing. 2D models run slice by slice along
-    ``axis``; 3D models by sliding window. ``tta`` averages over flips. Returns integer labels of
+    ``axis`` (default: the model's own plane: a volume stored in another orientation than the model's
+    training data, e.g. a sagittal 3D T1 for an axial model, is reoriented to it, axes permuted and
+    flipped without resampling, and its labels back; else axis 0); 3D models by sliding window. ``tta`` averages over flips. Returns integer labels of
     ``image``'s spatial shape, plus float32 probabilities ``(classes, *shape)`` if
     ``return_probabilities``. An image unlike the model's training data (CT into an MRI model,
     voxels or field of view far off) still gets labels, with a :class:`ModelMismatchWarning`.
@@ -64,13 +68,23 @@ def segment(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bo
     return (res.labels, res.probabilities) if return_probabilities else res.labels
 
 
-def segment_result(image, model, *, spacing=None, axis: int = 0, device="auto", tta: bool = False,
+def segment_result(image, model, *, spacing=None, axis: int | None = None, device="auto", tta: bool = False,
                    batch_size: int | None = None, progress=None, stop=None, probabilities: bool = False,
                    allow_code: bool = False) -> SegmentResult:
     """:func:`segment` returning a :class:`SegmentResult` (labels, mismatch sentences, class names, spacing)."""
     job = Job.of(progress, stop)
     m = load_segmentation_model(model, allow_code=allow_code)
     cfg = m.params
+    how = _model_orientation(image, cfg) if axis is None else None
+    if how is not None:
+        res = segment_result(_turned(image, how), m, spacing=None if spacing is None else [spacing[p] for p in how[0]],
+                             axis=cfg.axis, device=device, tta=tta, batch_size=batch_size, progress=job,
+                             probabilities=probabilities)
+        res.labels = turn_back(res.labels, how)
+        res.probabilities = None if res.probabilities is None else turn_back(res.probabilities, how, lead=1)
+        res.spacing = None if res.spacing is None else tuple(res.spacing[i] for i in np.argsort(how[0]))
+        return res
+    axis = cfg.axis if axis is None else axis
     modality, rgb = "", None
     if isinstance(image, ImageData):
         extra = image.data.ndim - image.geometry.ndim - int(image.rgb)
@@ -118,6 +132,28 @@ def segment_result(image, model, *, spacing=None, axis: int = 0, device="auto", 
         labels[~finite] = 0
     job.report(1, 1, "done")
     return SegmentResult(labels, doubts, class_names(m), spacing, probs if probabilities else None)
+
+
+def _model_orientation(image, cfg):
+    """How to reorient a 3D ImageData to the model's training orientation when its axes are stored in another
+    order (a sagittal or coronal volume for an axial model), or None.  Axes in the model's order but reversed
+    are left as they are: the models are trained with flips."""
+    if cfg.orientation is None or not isinstance(image, ImageData) or image.geometry.ndim != 3 \
+            or np.ndim(image.data) != 3:
+        return None
+    how = reorientation(image.geometry.direction, cfg.orientation)
+    return how if how is not None and how[0] != (0, 1, 2) else None
+
+
+def _turned(image: ImageData, how) -> ImageData:
+    """``image`` stored in the reoriented axis order (a view), with the geometry that says so."""
+    geo, (perm, flips) = image.geometry, how
+    corner = [0] * 3
+    for i, p in enumerate(perm):
+        corner[p] = image.data.shape[p] - 1 if flips[i] else 0
+    moved = Geometry(tuple(geo.spacing[p] for p in perm), tuple(geo.index_to_world(corner)),
+                     turned_direction(geo.direction, how))
+    return ImageData(turn(image.data, how), moved, image.name, metadata=dict(image.metadata))
 
 
 def check_spacing(spacing, ndim: int) -> "tuple | None":

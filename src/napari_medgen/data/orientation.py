@@ -1,0 +1,46 @@
+"""A volume stored in another orientation than a model's training data (a sagittal 3D T1 against a model
+trained on axially stored scans): the permutation and flips of its array axes (no resampling) that store it
+as the model's data were stored, and the way back for the results."""
+from __future__ import annotations
+
+from itertools import permutations
+from typing import Optional
+
+import numpy as np
+
+Turn = tuple  # (perm, flips): array axes taken in ``perm`` order, then those with ``flips`` reversed
+
+
+def reorientation(direction, target) -> Optional[Turn]:
+    """How to store a volume whose array axes point along the columns of ``direction`` (napari order) as one
+    whose axes point along ``target``'s; None when it already is (each axis within 45 degrees of its target)."""
+    d, t = np.asarray(direction, float), np.asarray(target, float)
+    if d.shape != (3, 3) or t.shape != (3, 3):
+        return None
+    dots = t.T @ d  # dots[i, j]: target axis i against stored axis j
+    perm = max(permutations(range(3)), key=lambda p: sum(abs(dots[i, p[i]]) for i in range(3)))
+    flips = tuple(bool(dots[i, perm[i]] < 0) for i in range(3))
+    if perm == (0, 1, 2) and not any(flips):
+        return None
+    return perm, flips
+
+
+def turn(arr: np.ndarray, how: Turn, lead: int = 0) -> np.ndarray:
+    """``arr``'s spatial axes (after ``lead`` leading ones, e.g. channels) stored as :func:`reorientation` says."""
+    perm, flips = how
+    out = np.transpose(arr, tuple(range(lead)) + tuple(lead + p for p in perm))
+    return np.flip(out, tuple(lead + i for i, f in enumerate(flips) if f))
+
+
+def turn_back(arr: np.ndarray, how: Turn, lead: int = 0) -> np.ndarray:
+    """The inverse of :func:`turn`: results on the reoriented array back on the original one."""
+    perm, flips = how
+    out = np.flip(arr, tuple(lead + i for i, f in enumerate(flips) if f))
+    return np.ascontiguousarray(np.transpose(out, tuple(range(lead)) + tuple(lead + int(i) for i in np.argsort(perm))))
+
+
+def turned_direction(direction, how: Turn) -> np.ndarray:
+    """The direction matrix of the reoriented volume."""
+    perm, flips = how
+    d = np.asarray(direction, float)[:, list(perm)]
+    return d * np.where(flips, -1.0, 1.0)[None, :]
