@@ -71,6 +71,23 @@ def test_heatmap_ranks_lesions_above_normal_brain(model, data, polarity, sign, m
         assert lesions[HELD_OUT[0] + int(np.argmax(res.slice_scores[block]))].any()
 
 
+def test_a_volume_stored_in_another_orientation_is_scored_as_the_training_scans_were(model, data):
+    """A sagittally stored or mirrored copy of a scan was sliced the wrong way or seen upside down: its heatmap
+    held half the flagged voxels of the same scan stored as the training data (6789 against 3315)."""
+    vol, mask = data
+    assert model.params.orientation == np.eye(3).tolist()  # the training volumes' storage
+    sub = slice(40, 56)
+    geo = Geometry((2.0, 4.0, 4.0))
+    plain = anomaly_map(model, ImageData(vol[sub], geo), mask[sub], method="residual", device="cpu")
+    order, flip = (2, 0, 1), np.diag([1.0, -1.0, 1.0])  # stored x, z, y with z reversed
+    stored = np.flip(np.transpose(vol[sub], order), 1)
+    direction = (np.eye(3)[:, list(order)]) @ flip
+    other = anomaly_map(model, ImageData(stored, Geometry((4.0, 2.0, 4.0), (0, 0, 0), direction)),
+                        np.flip(np.transpose(mask[sub], order), 1), method="residual", device="cpu")
+    np.testing.assert_allclose(other.score, np.flip(np.transpose(plain.score, order), 1), atol=1e-6)
+    assert other.axis == 1 and np.array_equal(other.slice_scores, plain.slice_scores[::-1])  # z stored reversed
+
+
 def test_sign_selects_polarity(model, data):
     vol, mask = data
     img, lesions = inject_lesions(vol, mask, n=4, radii=RADII, polarity="dark", contrast=0.6,

@@ -8,6 +8,9 @@ from typing import Optional
 
 import numpy as np
 
+from ..io.geometry import Geometry
+from ..io.read import ImageData
+
 Turn = tuple  # (perm, flips): array axes taken in ``perm`` order, then those with ``flips`` reversed
 
 
@@ -44,3 +47,34 @@ def turned_direction(direction, how: Turn) -> np.ndarray:
     perm, flips = how
     d = np.asarray(direction, float)[:, list(perm)]
     return d * np.where(flips, -1.0, 1.0)[None, :]
+
+
+def turned(image: ImageData, how: Turn) -> ImageData:
+    """``image`` stored as :func:`reorientation` says (a view), with the geometry that says so: every voxel
+    keeps its place in the patient."""
+    geo, (perm, flips) = image.geometry, how
+    corner = [0] * 3
+    for i, p in enumerate(perm):
+        corner[p] = image.data.shape[p] - 1 if flips[i] else 0
+    moved = Geometry(tuple(geo.spacing[p] for p in perm), tuple(geo.index_to_world(corner)),
+                     turned_direction(geo.direction, how))
+    return ImageData(turn(image.data, how), moved, image.name, metadata=dict(image.metadata))
+
+
+def stored_direction(image) -> Optional[np.ndarray]:
+    """The direction of a 3D ImageData's array axes, or None when unknown: an array, or napari's defaults
+    (unit spacing, zero origin, identity direction: a layer made from a bare array says nothing of it)."""
+    if not isinstance(image, ImageData) or image.geometry.ndim != 3 or np.ndim(image.data) != 3:
+        return None
+    geo = image.geometry
+    if np.allclose(geo.direction, np.eye(3)) and np.allclose(geo.spacing, 1) and np.allclose(geo.origin, 0):
+        return None
+    return geo.direction
+
+
+def as_stored_like(image, orientation) -> Optional[Turn]:
+    """How to store a 3D ImageData as volumes of ``orientation`` were (None: it already is, or unknown)."""
+    direction = stored_direction(image)
+    if orientation is None or direction is None:
+        return None
+    return reorientation(direction, orientation)

@@ -68,6 +68,7 @@ class VAEParams:
     intensity: Optional[list] = None  # [low, high] training intensities mapped to [0, 1] (samples come back in them)
     tissue: Optional[dict] = None  # per-tissue intensity model of normal data (means, sds), for "combined" scoring
     diffusion: Optional[dict] = None  # network "diffusion": its schedule, noise level and DDIM steps (restoration)
+    orientation: Optional[list] = None  # direction (napari order) the training volumes were stored in, when known
 
 
 @dataclass

@@ -32,12 +32,13 @@ validation slices, calibrated here (:func:`calibrate`) when the VAE is trained.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from ..data.orientation import as_stored_like, turn, turn_back, turned
 from ..engine.device import select_device
 from ..engine.jobs import Job
 from ..errors import UserError
@@ -79,6 +80,13 @@ class AnomalyResult:
     sign: str = "both"
     min_size: int = 10
     explanation: str = ""  # which method, and for "combined" which part flagged the voxels
+
+    def turned_back(self, how) -> "AnomalyResult":
+        """This result of a reoriented image (:mod:`napari_medgen.data.orientation`) on the image as stored."""
+        back = {k: None if getattr(self, k) is None else turn_back(getattr(self, k), how)
+                for k in ("score", "mask", "reconstruction")}
+        axis = int(how[0][self.axis])
+        return replace(self, **back, axis=axis, slice_scores=slice_scores(back["mask"], axis))
 
     def rethreshold(self, threshold: float) -> None:
         """New threshold: recompute the mask and slice scores (no model run)."""
@@ -285,13 +293,20 @@ def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, si
     """Score every voxel of ``image`` (array or ImageData; same shape out) for how far it departs from
     normal anatomy.
 
-    Defaults come from the model's ``params.scoring`` and then :data:`DEFAULTS`. The mask's
+    Defaults come from the model's ``params.scoring`` and then :data:`DEFAULTS`.  A volume stored in another
+    orientation than the training scans is scored as they were stored (axes permuted and flipped, no
+    resampling) and the result turned back. The mask's
     threshold is ``threshold`` if given, else the ``percentile`` of normal validation scores.
     An ImageData whose pixel spacing differs from the training spacing is resampled to it and the
     result back.  Raises :class:`~napari_medgen.engine.jobs.Cancelled` on stop (no partial output).
     """
     job = Job.of(progress, stop)
     require_vae(model)
+    how = as_stored_like(image, model.params.orientation)
+    if how is not None:  # stored in another axis order or sense than the training scans: scored as they were
+        return anomaly_map(model, turned(image, how), None if mask is None else turn(np.asarray(mask), how),
+                           method=method, sign=sign, percentile=percentile, threshold=threshold, median=median,
+                           min_size=min_size, samples=samples, device=device, progress=job).turned_back(how)
     opts = {**DEFAULTS, **(model.params.scoring or {})}
     given = {"method": method, "sign": sign, "percentile": percentile, "median": median,
              "min_size": min_size, "samples": samples}

@@ -27,6 +27,7 @@ from ..data.interpolate import extrapolate_ends, interpolate_labels, interpolati
 from ..data.normalize import modality_of, normalize, resolve, structure_window
 from ..data.resample import resize
 from ..data.sampling import patch_size_for, roi_box
+from ..data.orientation import stored_direction
 from ..data.slices import take_slices
 from ..engine.device import select_device
 from ..engine.inference import predict
@@ -199,8 +200,8 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
 
     cfg = net_model.params
     cfg.axis = int(t.axis)
-    geo = getattr(image, "geometry", None)  # the plane it learned, in the patient: volumes stored otherwise are turned
-    cfg.orientation = geo.direction.tolist() if geo is not None and geo.ndim == 3 and not flat else None
+    direction = stored_direction(image)  # the plane it learned, in the patient: volumes stored otherwise are turned
+    cfg.orientation = None if direction is None or flat else direction.tolist()
     if not flat:
         cfg.spacing = [float(s) * factor for s in inplane]
     rounds = (cfg.finetune or {}).get("rounds", 0) + 1

@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.normalize import normalize
-from ..data.orientation import reorientation, turn, turn_back, turned_direction
+from ..data.orientation import as_stored_like, turn_back, turned
 from ..data.resample import inplane_spacing, resize, target_shape
 from ..engine.inference import predict
 from ..engine.jobs import Job
-from ..io.geometry import Geometry
 from ..io.read import ImageData
 from ..models.segmentation import class_names, load_segmentation_model
 from ..errors import UserError
@@ -77,7 +76,7 @@ def segment_result(image, model, *, spacing=None, axis: int | None = None, devic
     cfg = m.params
     how = _model_orientation(image, cfg) if axis is None else None
     if how is not None:
-        res = segment_result(_turned(image, how), m, spacing=None if spacing is None else [spacing[p] for p in how[0]],
+        res = segment_result(turned(image, how), m, spacing=None if spacing is None else [spacing[p] for p in how[0]],
                              axis=cfg.axis, device=device, tta=tta, batch_size=batch_size, progress=job,
                              probabilities=probabilities)
         res.labels = turn_back(res.labels, how)
@@ -138,22 +137,8 @@ def _model_orientation(image, cfg):
     """How to reorient a 3D ImageData to the model's training orientation when its axes are stored in another
     order (a sagittal or coronal volume for an axial model), or None.  Axes in the model's order but reversed
     are left as they are: the models are trained with flips."""
-    if cfg.orientation is None or not isinstance(image, ImageData) or image.geometry.ndim != 3 \
-            or np.ndim(image.data) != 3:
-        return None
-    how = reorientation(image.geometry.direction, cfg.orientation)
+    how = as_stored_like(image, cfg.orientation)
     return how if how is not None and how[0] != (0, 1, 2) else None
-
-
-def _turned(image: ImageData, how) -> ImageData:
-    """``image`` stored in the reoriented axis order (a view), with the geometry that says so."""
-    geo, (perm, flips) = image.geometry, how
-    corner = [0] * 3
-    for i, p in enumerate(perm):
-        corner[p] = image.data.shape[p] - 1 if flips[i] else 0
-    moved = Geometry(tuple(geo.spacing[p] for p in perm), tuple(geo.index_to_world(corner)),
-                     turned_direction(geo.direction, how))
-    return ImageData(turn(image.data, how), moved, image.name, metadata=dict(image.metadata))
 
 
 def check_spacing(spacing, ndim: int) -> "tuple | None":

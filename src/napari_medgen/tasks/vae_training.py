@@ -19,6 +19,7 @@ from monai import transforms as mt
 from ..data import datasets
 from ..data.datasets import CHANNEL
 from ..data.normalize import intensity_window, modality_of, resolve
+from ..data.orientation import as_stored_like, stored_direction, turn, turned
 from ..data.resample import inplane_spacing, resize, target_shape
 from ..data.slices import fit_to_size, informative_slices, mask_box, take_slices
 from ..engine.fit import Budget, TrainTask, fit
@@ -105,6 +106,17 @@ def checked_volumes(images, masks, what: str):
     if len(mask_list) != len(vols):
         raise UserError(f"Got {len(mask_list)} masks for {len(vols)} images; give one mask per image or none.")
     return items, vols, [check_mask(m, v.shape) for m, v in zip(mask_list, vols)]
+
+
+def _store_like(items: list, vols: list, masks: list, orientation) -> None:
+    """Volumes stored in another orientation than ``orientation`` (the first training volume's) stored as it
+    is, in place (axes permuted and flipped, no resampling): every slice then cuts the anatomy the same way."""
+    for k, item in enumerate(items):
+        how = as_stored_like(item, orientation)
+        if how is not None:
+            items[k] = turned(item, how)
+            vols[k] = np.ascontiguousarray(turn(vols[k], how))
+            masks[k] = None if masks[k] is None else np.ascontiguousarray(turn(masks[k], how))
 
 
 def slice_stacks(vols, masks, spec, size, axis, shapes, clip: bool = True) -> list[np.ndarray]:
@@ -220,6 +232,8 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     job = Job.of(progress, stop, cancel)
     check_batch(batch_size)
     items, vols, mask_list = checked_volumes(images, masks, "training")
+    orientation = stored_direction(items[0])  # the others are stored as the first is
+    _store_like(items, vols, mask_list, orientation)
     spec = _common_spec(normalization, items, vols)
     spacing = _spacing(items, vols, axis)
     shapes = plane_shapes(items, vols, mask_list, axis, spacing)
@@ -234,6 +248,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     ids = subject_ids(items)
     if val_images is not None:
         v_items, vv, vm = checked_volumes(val_images, val_masks, "validation")
+        _store_like(v_items, vv, vm, orientation)
         _common_spec(normalization, [*items, *v_items], [*vols, *vv])  # one modality for both
         v_shapes = plane_shapes(v_items, vv, vm, axis, spacing)
         val = np.concatenate(slice_stacks(vv, vm, spec, size, axis, v_shapes))
@@ -248,7 +263,8 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     lows, highs = zip(*(intensity_window(v, scan_spec(v, m, spec)) for v, m in zip(vols, mask_list)))
     params = VAEParams(axis=axis, size=list(size), slice_shape=list(slice_shape), masked=mask_list[0] is not None,
                        beta=beta, training_stats=_intensity_stats(vols, mask_list, spec),
-                       spacing=spacing, intensity=[float(np.mean(lows)), float(np.mean(highs))])
+                       spacing=spacing, intensity=[float(np.mean(lows)), float(np.mean(highs))],
+                       orientation=None if orientation is None else np.asarray(orientation).tolist())
     net_args = {"spatial_dims": 2, "in_shape": [1, *size], "out_channels": 1, "latent_size": int(latent_size),
                 "channels": list(channels), "strides": [2] * len(channels), "num_res_units": 1}
     torch.manual_seed(seed)  # the starting weights too: the same seed gives the same model
