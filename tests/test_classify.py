@@ -142,6 +142,15 @@ def test_volume_scores_rank_slices(brain):
     assert r.heatmap.shape == vol.shape and r.target == "b"
     assert len(r.slice_scores) == vol.shape[0] and sorted(r.top_slices) == list(range(vol.shape[0]))
     assert r.slice_scores[r.top_slices[0]] == r.slice_scores.max()
+    # the same volume stored x-first (sagittal slices first) is classified as the training volumes were stored
+    geo, order = brain.geometry, (2, 0, 1)
+    sag = ImageData(np.transpose(vol, order), type(geo)(tuple(geo.spacing[i] for i in order), geo.origin,
+                                                         geo.direction[:, list(order)]), "sagittal")
+    s = classify(model, sag, target="b")
+    assert model.params.orientation == geo.direction.tolist()
+    assert s.probabilities == pytest.approx(r.probabilities, abs=1e-5)
+    np.testing.assert_allclose(s.heatmap, np.transpose(r.heatmap, order), atol=1e-5)
+    assert len(s.slice_scores) == vol.shape[2] and s.geometry is sag.geometry
 
 
 def test_transfer_from_builtin_freezes_then_unfreezes(contrasts):

@@ -106,6 +106,7 @@ class ClassificationParams:
     pretrained: str = ""  # where the encoder came from
     sharpness: float = 5.0  # log-sum-exp pooling of the per-voxel class evidence (large: max, small: mean)
     pooling: str = "lse"  # "lse" (findings: where the evidence is strongest) or "mean" (whole-image properties)
+    orientation: Optional[list] = None  # 3D: direction (napari order) the training volumes were stored in
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 
+from ..data.orientation import as_stored_like, stored_direction, turn_back, turned
 from ..engine.device import select_device
 from ..engine.fit import Budget, fit
 from ..engine.jobs import Job
@@ -102,6 +103,8 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     """
     job = Job.of(progress, stop, cancel)
     imgs = as_images(images)
+    orientation = stored_direction(imgs[0])  # 3D: every volume stored as the first is (no resampling)
+    imgs = stored_like(imgs, orientation)
     labels = list(labels)
     if len(labels) != len(imgs):
         raise UserError(f"There are {len(imgs)} images but {len(labels)} labels; give one label per image.")
@@ -122,7 +125,8 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
         raise UserError(f"The grid spacing must be {dims} positive numbers in mm (got {spacing}).")
     spec = dict(normalization or DEFAULT_SPEC)
     params = ClassificationParams(classes=classes, spatial_dims=dims, size=list(size), spacing=spacing,
-                                  pretrained=source, sharpness=float(sharpness), pooling=pooling)
+                                  pretrained=source, sharpness=float(sharpness), pooling=pooling,
+                                  orientation=None if orientation is None else orientation.tolist())
     config = ModelConfig(task=Task.CLASSIFICATION, name=name, networks=specs, params=params,
                          normalization=spec, description=f"{dims}D classifier of {', '.join(map(str, classes))}"
                          + (f", from the {source}" if source else ""))
@@ -135,7 +139,7 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     x = np.stack([prepare(im, spec, spacing, size)[0] for im in imgs])
     rng = np.random.default_rng(seed)
     if val_images is not None:
-        vx = np.stack([prepare(im, spec, spacing, size)[0] for im in as_images(val_images)])
+        vx = np.stack([prepare(im, spec, spacing, size)[0] for im in stored_like(as_images(val_images), orientation)])
         val = (vx, encode_labels(list(val_labels), classes)[1])
         tr = np.arange(len(x))
     else:
@@ -167,6 +171,14 @@ def classify(model, image, *, target=None, heatmap: bool = True, device="auto",
     img = as_image(image)
     if img.data.ndim != p.spatial_dims:
         raise UserError(f"This classifier takes {p.spatial_dims}D images; {img.name} is {img.data.ndim}D.")
+    how = as_stored_like(img, p.orientation)
+    if how is not None:  # a volume stored otherwise than the training volumes: classified as they were stored
+        result = classify(m, turned(img, how), target=target, heatmap=heatmap, device=device, progress=job)
+        result.geometry = img.geometry
+        if result.heatmap is not None:
+            result.heatmap = turn_back(result.heatmap, how)
+            result.slice_scores, result.top_slices = _slices(result.heatmap)
+        return result
     dev = select_device(device)
     net = network(m).to(dev).eval()
     x, placement = prepare(img, m.config.normalization, p.spacing, p.size)
@@ -189,8 +201,18 @@ def classify(model, image, *, target=None, heatmap: bool = True, device="auto",
             hm = cam(xt, class_idx=classes.index(result.target))[0, 0].detach().float().cpu().numpy()
         result.heatmap = to_image_grid(hm, placement, img.data.shape)
         if img.data.ndim == 3:
-            result.slice_scores = result.heatmap.reshape(len(result.heatmap), -1).max(1)
-            result.top_slices = [int(i) for i in np.argsort(-result.slice_scores, kind="stable")]
+            result.slice_scores, result.top_slices = _slices(result.heatmap)
     net.cpu()
     job.report(2, 2, "done")
     return result
+
+
+def _slices(heatmap: np.ndarray) -> tuple:
+    """The heatmap's maximum per slice along axis 0, and the slices ranked by it."""
+    scores = heatmap.reshape(len(heatmap), -1).max(1)
+    return scores, [int(i) for i in np.argsort(-scores, kind="stable")]
+
+
+def stored_like(images: list, orientation) -> list:
+    """``images`` with every volume stored as ``orientation`` says (see :mod:`napari_medgen.data.orientation`)."""
+    return [im if (how := as_stored_like(im, orientation)) is None else turned(im, how) for im in images]
