@@ -123,6 +123,23 @@ def test_cancel_adds_nothing(qtbot, setup):
     assert _run(qtbot, widget) == "finished" and len(viewer.layers) == 3
 
 
+def test_input_removed_or_moved_mid_run(qtbot, setup):
+    """Labels of a removed image were still added (an orphan layer); labels of a moved image landed where it had
+    moved, not where the segmented voxels were."""
+    viewer, widget, image, _ref = setup
+    scale = np.array(image.scale)
+    states = []
+    widget.runner.done.connect(states.append)
+    widget.run()
+    image.scale = scale * 3
+    qtbot.waitUntil(lambda: bool(states), timeout=60_000)
+    np.testing.assert_allclose(viewer.layers[-1].scale, scale)
+    widget.run()
+    viewer.layers.remove(image)
+    qtbot.waitUntil(lambda: len(states) == 2, timeout=60_000)
+    assert states[-1] == "finished" and [ly.name for ly in viewer.layers] == ["tissue", "T1 brain-tissue-2d"]
+
+
 def test_bad_model_is_a_notification_not_a_crash(qtbot, setup, tmp_path):
     viewer, widget, _image, _ref = setup
     widget.model.setCurrentText(str(tmp_path / "missing.medgen.pt"))

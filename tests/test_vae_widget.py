@@ -65,9 +65,10 @@ def test_train_score_threshold_jump(setup, qtbot):
     w.slices.itemClicked.emit(item)
     assert viewer.dims.current_step[0] == index
 
+    heat.colormap = "viridis"  # the user's choice survives a re-run (it was reset to inferno)
     w.score()  # re-run replaces its own layers
     _wait(qtbot, w)
-    assert len(viewer.layers) == n_layers + 2
+    assert len(viewer.layers) == n_layers + 2 and heat.colormap.name == "viridis"
     w.sample()
     _wait(qtbot, w)
     samples = viewer.layers["VAE samples"]

@@ -2,7 +2,7 @@
 
 :func:`show_result` is the one place a result becomes a layer: it adds an Image or Labels
 layer on the result's geometry, or, when a layer with the same output key is still in the
-viewer, replaces that layer's data (its place in the layer list, opacity and visibility
+viewer, replaces that layer's data (its place in the layer list, opacity, visibility and an image's colormap
 stay; an image's contrast limits follow the new data).  A labels output the user has painted on since
 it was written is never replaced: it becomes the user's layer and the result goes to a new one.
 Widgets never call ``viewer.add_image``/``add_labels`` for their outputs; :func:`set_output` writes a
@@ -92,7 +92,8 @@ def show_result(viewer, data, geometry=None, *, name: str, kind: str = "image", 
     for attr, value in place.items():
         setattr(old, attr, value)
     for attr, value in style.items():
-        setattr(old, attr, value)
+        if not (attr == "colormap" and kind == "image"):  # an image keeps the colormap the user chose
+            setattr(old, attr, value)
     if kind == "image" and getattr(data, "dtype", None) != bool:
         old.reset_contrast_limits()
     return old

@@ -231,21 +231,24 @@ class SegmentWidget(Panel):
         ref = self.reference.value
         reference = None
         if ref is not None:
-            reference = layer_array(ref)
+            reference = np.array(layer_array(ref), copy=True)  # painting on it mid-run changes nothing
             if reference.shape != image.data.shape[:reference.ndim] or reference.ndim != image.geometry.ndim:
                 show_error(f"The reference '{ref.name}' {reference.shape} is not on the image's grid "
                            f"{image.data.shape}; choose another reference.")
                 return
         self.warnings_label.setText("")
-        self._source = layer
+        self._source, self._geometry = layer, image.geometry  # the labels land where the image was
         self.runner.start(segment_and_score, image, self.model.currentText().strip(), reference, self.mapping(),
-                          axis=None if self.axis.value() < 0 else self.axis.value(), device=self.device.currentText(), tta=self.tta.isChecked(),
-                          allow_code=self.allow_code.isChecked(), on_result=self._show)
+                          axis=None if self.axis.value() < 0 else self.axis.value(), device=self.device.currentText(),
+                          tta=self.tta.isChecked(), allow_code=self.allow_code.isChecked(), on_result=self._show)
 
     def _show(self, scored: Scored) -> None:
         res, model, src = scored.result, scored.model, self._source
-        self.output = show_result(self.viewer, res.labels, name=f"{src.name} {model.name}", kind="labels",
-                                  key=f"segment:{src.unique_id}:{model.name}", source=src, opacity=0.5,
+        if src not in self.viewer.layers:
+            show_info(f"'{src.name}' was removed while it was segmented, so its labels were not added.")
+            return
+        self.output = show_result(self.viewer, res.labels, self._geometry, name=f"{src.name} {model.name}",
+                                  kind="labels", key=f"segment:{src.unique_id}:{model.name}", source=src, opacity=0.5,
                                   class_names=res.class_names, colormap=class_colors(model))
         self.last = scored
         if res.warnings:

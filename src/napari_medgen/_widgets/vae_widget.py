@@ -167,7 +167,7 @@ class VAEWidget(Panel):
             return None
         mask = self.train_mask.value
         images = [layer_image(layer) for layer in layers]
-        masks = [layer_array(mask)] * len(images) if mask is not None else None
+        masks = [np.array(layer_array(mask), copy=True)] * len(images) if mask is not None else None  # a snapshot
         if masks is not None and any(m.shape != im.data.shape for m, im in zip(masks, images)):
             show_error(f"The mask '{mask.name}' {masks[0].shape} does not match every training image; "
                        "choose a mask of the same shape.")
@@ -263,7 +263,7 @@ class VAEWidget(Panel):
             show_error(f"'{layer.name}' is RGB; the VAE works on single-channel images.")
             return None
         mask_layer = self.mask.value
-        mask = layer_array(mask_layer) if mask_layer is not None else None
+        mask = np.array(layer_array(mask_layer), copy=True) if mask_layer is not None else None  # a snapshot
         if mask is not None and mask.shape != layer_array(layer).shape:
             show_error(f"The mask '{mask_layer.name}' {mask.shape} is not on the grid of '{layer.name}' "
                        f"{layer_array(layer).shape}; choose another mask.")
