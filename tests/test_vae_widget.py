@@ -34,6 +34,11 @@ def test_train_score_threshold_jump(setup, qtbot):
     n_layers = len(viewer.layers)
 
     w.normals.value = [img]
+    name = img.name
+    img.name = "T1 renamed"  # the selection follows the layer (a rename dropped it)
+    w.reset_choices()
+    assert list(w.normals.value) == [img]
+    img.name = name
     w.train_mask.value = mask
     w.steps.setValue(25)
     w.train()

@@ -382,4 +382,6 @@ class VAEWidget(Panel):
     def reset_choices(self, *_args) -> None:
         """Refresh the layer drop-downs and the list of normal images (napari calls this)."""
         super().reset_choices()
+        chosen = list(self.normals.value)
         self.normals.reset_choices()
+        self.normals.value = [ly for ly in chosen if ly in self.viewer.layers]  # by layer: a rename keeps it
