@@ -82,12 +82,11 @@ def volume_slices(img: ImageData, n: int = PER_SUBJECT, min_fraction: float = 0.
 
 
 def nifti_volume(path, name: str, t: int | None = None) -> ImageData:
-    """A NIfTI volume (frame ``t`` of a 4D one) in (z, y, x) order with its voxel size."""
-    nii = nibabel.load(path)
-    arr = np.asarray(nii.dataobj if t is None else nii.dataobj[..., t], np.float32)
-    arr = arr.reshape(arr.shape[:3])
-    zooms = nii.header.get_zooms()[:3]
-    return ImageData(np.ascontiguousarray(arr.transpose(2, 1, 0)), Geometry(zooms[::-1], (0, 0, 0), np.eye(3)), name)
+    """A NIfTI volume (frame ``t`` of a 4D one) in (z, y, x) order with its geometry (the storage orientation
+    too: the 3D classifier stores every volume as its first training volume is)."""
+    img = read_image(path)
+    arr = np.asarray(img.data if t is None else img.data[t], np.float32)
+    return ImageData(arr.reshape(arr.shape[-3:]), img.geometry, name)
 
 
 def png_image(path, name: str) -> list[ImageData]:

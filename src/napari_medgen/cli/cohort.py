@@ -22,7 +22,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train-cohort", help="train a 2D/3D U-Net on a Decathlon / nnU-Net dataset folder",
                        description="Train a segmenter on DATASET_DIR (imagesTr/ + labelsTr/ with matching "
                                    "names, or a dataset.json datalist). Under torchrun it trains with "
-                                   "DistributedDataParallel; only rank 0 writes the model.")
+                                   "DistributedDataParallel; only rank 0 writes the model.",
+                       epilog="several processes (GPUs, or CPU cores with gloo): torchrun --standalone "
+                              "--nproc_per_node=N -m napari_medgen.cli train-cohort DATASET --out M.medgen.pt; "
+                              "clusters: docs/cohorts.md")
     p.add_argument("dataset", help="dataset folder (Medical Segmentation Decathlon / nnU-Net layout)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
     add_budget(p)  # no budget given: 1000 steps
