@@ -150,6 +150,16 @@ def test_ct_slices_use_a_hounsfield_window_mri_percentiles(brain):
     assert training_slices(brain, downsample=4)["normalization"]["kind"] == "percentile"
 
 
+def test_volumes_stored_in_other_orientations_give_the_same_slices(brain):
+    """A second scan stored sagittal-first gave the GAN sagittal slices among the axial ones."""
+    geo, order = brain.geometry, (2, 0, 1)
+    sag = ImageData(np.transpose(brain.data, order), Geometry(tuple(geo.spacing[i] for i in order), geo.origin,
+                                                            geo.direction[:, list(order)]), "sagittal")
+    one = training_slices(brain, downsample=4)["images"]
+    both = training_slices([brain, sag], downsample=4)["images"]
+    assert len(both) == 2 * len(one) and np.array_equal(both[len(one):], one)
+
+
 def test_nan_voxels_are_ignored_with_a_warning(brain):
     bad = brain.data.astype(np.float32).copy()
     bad[40, :4, :4] = np.nan  # 16 NaN voxels
