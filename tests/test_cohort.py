@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from napari_medgen import Model, read_image, segment, train_cohort, write_image
 from napari_medgen.cli import main
-from napari_medgen.data.datasets import DatasetError, discover, fingerprint, split
+from napari_medgen.data.datasets import DatasetError, discover, fingerprint, read_case, split
 from napari_medgen.engine.distributed import shard
 from napari_medgen.io import Geometry
 from napari_medgen.models.config import Task
@@ -159,3 +159,24 @@ def test_mixed_modalities_are_refused_and_stray_label_values_warned(tmp_path):
     with pytest.raises(DatasetError, match=r"mixes CT scans in Hounsfield units \(case00\) with other scans "
                                            r"\(case01, case02\)"):
         train_cohort(root, steps=1, val_fraction=0.0, **TINY)
+
+
+def test_a_case_stored_in_another_axis_order_is_cut_like_the_others(tmp_path):
+    """A sagittal-first case was cut into sagittal slices among the axial ones, and its spacing mixed with theirs."""
+    root = make_cohort(tmp_path / "Dataset004_Orient", n=3)
+    before = fingerprint(discover(root).cases)
+    order = (2, 0, 1)
+    for folder, name in (("imagesTr", "case02_0000.nii.gz"), ("labelsTr", "case02.nii.gz")):
+        item = read_image(root / folder / name)
+        geo = item.geometry
+        stored = Geometry(tuple(geo.spacing[i] for i in order), geo.origin, geo.direction[:, list(order)])
+        write_image(root / folder / name, np.ascontiguousarray(np.transpose(item.data, order)), stored, overwrite=True)
+    cases = discover(root).cases
+    fp = fingerprint(cases)
+    assert fp["spacing"] == before["spacing"] and fp["orientation"] == before["orientation"]
+    image, labels = read_case(cases[2], fp["orientation"])
+    first, _ = read_case(cases[0], fp["orientation"])
+    np.testing.assert_allclose(image.geometry.direction, first.geometry.direction)
+    assert labels.shape == image.data.shape and image.data.shape[0] < image.data.shape[1]  # axial slices first
+    model, _ = train_cohort(root, steps=1, val_fraction=0.0, **TINY)
+    assert model.params.orientation == fp["orientation"]

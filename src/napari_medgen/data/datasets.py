@@ -25,6 +25,7 @@ from .normalize import MRI_DEFAULT, normalize
 from .resample import resize, target_shape
 from ..errors import UserError
 from ..io.read import EXTENSIONS, read_image
+from .orientation import reorientation, turn, turned
 
 CHANNEL = re.compile(r"_(\d{4})$")  # nnU-Net: case_0000 is channel 0 of "case"
 
@@ -143,29 +144,36 @@ def _from_folders(root: Path) -> list[Case]:
     return [Case(n, images[n][0], labels[n]) for n in sorted(images)]
 
 
-def header(path: Path) -> tuple[tuple, tuple]:
-    """``(shape, spacing)`` in napari order from the file header, without reading the voxels."""
+def header(path: Path) -> tuple[tuple, tuple, np.ndarray]:
+    """``(shape, spacing, direction)`` in napari order from the file header, without reading the voxels."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
         raise DatasetError(f"Cannot read {path.name}: the file is corrupt or not an image.") from None
-    return tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing()))
+    n = reader.GetDimension()
+    direction = np.asarray(reader.GetDirection(), float).reshape(n, n)[::-1, ::-1]
+    return tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing())), direction
 
 
 def fingerprint(cases: list[Case], spatial_dims: int = 2, axis: int = 0) -> dict:
     """The target ``spacing`` (the cases' median, nnU-Net's choice) and the median ``shape`` at it;
-    in-plane (two values) for 2D training.  Reads headers only."""
+    in-plane (two values) for 2D training; and the ``orientation`` every case is stored in for training
+    (the first case's: see :func:`read_case`).  Reads headers only."""
     heads = [header(c.image) for c in cases]
-    if any(len(shape) != 3 for shape, _ in heads):
+    if any(len(shape) != 3 for shape, _, _ in heads):
         raise DatasetError("Cohort training needs one-channel 3D volumes.")
-    shapes, spacings = np.array([h[0] for h in heads], float), np.array([h[1] for h in heads], float)
+    orientation = heads[0][2]
+    perms = [(reorientation(d, orientation) or ((0, 1, 2), None))[0] for _, _, d in heads]
+    shapes = np.array([[h[0][p] for p in perm] for h, perm in zip(heads, perms)], float)
+    spacings = np.array([[h[1][p] for p in perm] for h, perm in zip(heads, perms)], float)
     if spatial_dims == 2:
         shapes, spacings = np.delete(shapes, axis, 1), np.delete(spacings, axis, 1)
     spacing = np.median(spacings, axis=0)
     shape = np.median(shapes * spacings / spacing, axis=0)
-    return {"spacing": [float(s) for s in spacing], "shape": [int(round(s)) for s in shape]}
+    return {"spacing": [float(s) for s in spacing], "shape": [int(round(s)) for s in shape],
+            "orientation": orientation.tolist()}
 
 
 def split(cases: list, val_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:
@@ -179,8 +187,9 @@ def split(cases: list, val_fraction: float = 0.2, seed: int = 0) -> tuple[list, 
     return train, val
 
 
-def read_case(case: Case) -> tuple:
-    """``(image ImageData, labels int array)`` of a case, checked to be on one grid."""
+def read_case(case: Case, orientation=None) -> tuple:
+    """``(image ImageData, labels int array)`` of a case, checked to be on one grid; stored as ``orientation``
+    says (axes permuted and flipped, no resampling: every case of a cohort is cut into slices the same way)."""
     image, labels = read_image(case.image), read_image(case.label)
     if image.data.ndim != 3 or image.rgb:
         raise DatasetError(f"{case.image.name} is not a one-channel 3D volume (shape {image.data.shape}).")
@@ -195,6 +204,9 @@ def read_case(case: Case) -> tuple:
             raise DatasetError(f"{case.label.name} holds non-integer values; label files hold class numbers.")
     if lab.size and lab.min() < 0:
         raise DatasetError(f"{case.label.name} holds negative label values.")
+    how = None if orientation is None else reorientation(image.geometry.direction, orientation)
+    if how is not None:
+        image, lab = turned(image, how), np.ascontiguousarray(turn(lab, how))
     return image, lab.astype(np.int16)
 
 

@@ -121,7 +121,7 @@ def _load_shard(cases, spec_of, fp, dims, axis, modality, job, what, facts):
     try:
         for i, case in enumerate(cases):
             job.check()
-            image, labels = read_case(case)
+            image, labels = read_case(case, fp["orientation"])
             ct = resolve({"kind": "auto"}, image.data, modality or image.metadata.get("modality", ""))["kind"] == "window"
             if ct:
                 samples.append(foreground_sample(image.data, labels, case.name))
@@ -199,7 +199,7 @@ def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, se
     batch_size = int(batch_size or (8 if spatial_dims == 2 else 2))
     config = segmentation_config(ds.name, classes, spatial_dims=spatial_dims, channels=tuple(channels),
                                  strides=(2,) * (len(channels) - 1), normalization=spec, spacing=fp["spacing"],
-                                 axis=axis, patch_size=patch,
+                                 axis=axis, patch_size=patch, orientation=fp["orientation"],
                                  description=f"U-Net trained on the {ds.name} cohort by napari-medgen train-cohort.")
     torch.manual_seed(seed)
     model = Model(config)
