@@ -86,6 +86,10 @@ def test_a_volume_stored_in_another_orientation_is_scored_as_the_training_scans_
                         np.flip(np.transpose(mask[sub], order), 1), method="residual", device="cpu")
     np.testing.assert_allclose(other.score, np.flip(np.transpose(plain.score, order), 1), atol=1e-6)
     assert other.axis == 1 and np.array_equal(other.slice_scores, plain.slice_scores[::-1])  # z stored reversed
+    rec = reconstruct(model, ImageData(vol[sub], geo), mask[sub], device="cpu")
+    turned = reconstruct(model, ImageData(stored, Geometry((4.0, 2.0, 4.0), (0, 0, 0), direction)),
+                         np.flip(np.transpose(mask[sub], order), 1), device="cpu")
+    np.testing.assert_allclose(turned, np.flip(np.transpose(rec, order), 1), atol=1e-4)
 
 
 def test_sign_selects_polarity(model, data):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..data.normalize import intensity_window, looks_like_hounsfield, normalize
+from ..data.orientation import as_stored_like, turn, turn_back, turned
 from ..data.resample import inplane_spacing, resize, target_shape
 from ..data.slices import fit_to_size, mask_box, put_slices, take_slices
 from ..engine.device import select_device
@@ -207,9 +208,14 @@ def decode_mean(model: Model, stack: np.ndarray, samples: int = 0, batch: int = 
 
 
 def reconstruct(model: Model, image, mask=None, *, device: str = "auto", progress=None, stop=None) -> np.ndarray:
-    """The VAE's reconstruction of ``image`` (same shape, in the image's own intensity units)."""
+    """The VAE's reconstruction of ``image`` (same shape, in the image's own intensity units; a volume stored in
+    another orientation than the training scans is reconstructed as they were stored and turned back)."""
     job = Job.of(progress, stop)
     require_vae(model)
+    how = as_stored_like(image, model.params.orientation)
+    if how is not None:
+        return turn_back(reconstruct(model, turned(image, how), None if mask is None else turn(np.asarray(mask), how),
+                                     device=device, progress=job), how)
     check_distribution(model, image, mask)
     prep = prepare(model, image, mask)
     rec = prep.to_volume(decode_mean(model, prep.stack, device=device, job=job))
