@@ -57,6 +57,19 @@ def test_seg_file_reads_back_as_labels_on_the_source_grid(ct, tmp_path):
         write_seg(case / "seg.dcm", seg)
 
 
+def test_labels_of_a_series_shown_in_another_axis_order_are_sent_in_its_order(ct):
+    """A sagittal-first series opens axial-first in napari (a permuted affine cannot be drawn); its labels
+    must still make the SEG of the series as stored."""
+    from napari_medgen.data.orientation import turned
+    from napari_medgen.io import ImageData
+
+    _folder, image, headers, labels = ct
+    shown = turned(ImageData(labels, image.geometry), ((2, 0, 1), (False, True, False)))
+    names = ["background", "liver", "bone"]
+    sent = labels_to_seg(np.ascontiguousarray(shown.data), shown.geometry, headers, names)
+    assert np.array_equal(sent.pixel_array, labels_to_seg(labels, image.geometry, headers, names).pixel_array)
+
+
 def test_a_sparse_seg_from_another_tool_lands_on_the_source_grid(ct, tmp_path):
     folder, image, headers, labels = ct
     ordered, _shape, _geo = series_grid(headers)

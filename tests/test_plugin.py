@@ -46,6 +46,21 @@ def test_open_then_save_through_napari_keeps_voxels_and_geometry(make_napari_vie
     assert sitk.ReadImage(str(out)).GetDirection() == ref.GetDirection()
 
 
+def test_a_sagittal_first_volume_opens_and_draws(make_napari_viewer, tmp_path, brain):
+    """napari could not invert the permuted affine of a volume stored x-first: 'Singular matrix', then an abort."""
+    path = tmp_path / "sagittal_first.nii.gz"
+    sitk.WriteImage(sitk.PermuteAxes(sitk.ReadImage(brain.metadata["source"]), [1, 2, 0]), str(path))
+    stored = read_image(path)
+    assert stored.data.shape != brain.data.shape  # the file really is stored in another axis order
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-medgen")
+    viewer.screenshot(canvas_only=True)  # a draw: this is where it failed
+    assert layer.data.shape == brain.data.shape
+    np.testing.assert_array_equal(np.asarray(layer.data), brain.data)  # same voxels at the same world places
+    np.testing.assert_allclose(layer.data_to_world((10, 20, 30)), brain.geometry.index_to_world((10, 20, 30)),
+                               atol=1e-4)
+
+
 def test_dicom_folder_opens_as_one_layer_per_series(make_napari_viewer, dicomdir_tests):
     viewer = make_napari_viewer()
     layers = viewer.open(str(dicomdir_tests / "77654033"), plugin="napari-medgen")

@@ -5,6 +5,7 @@ import warnings
 
 from napari.utils.notifications import show_warning
 
+from .data.orientation import in_world_order
 from .io.read import ImageReadError, ImageReadWarning, is_supported, read_path
 
 
@@ -34,7 +35,7 @@ def read_layers(path) -> list:
         for item in items:
             if item.data.ndim > item.geometry.ndim + (1 if item.rgb else 0) and "time_step" not in item.metadata:
                 show_warning(f"{item.name}: {item.data.ndim}D data, the leading axis is shown as a slider.")
-            layers.append(item.layer_data())
+            layers.append(in_world_order(item).layer_data())  # a sagittal-first volume shown axial-first
     return layers
 
 

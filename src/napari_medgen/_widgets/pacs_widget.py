@@ -10,6 +10,7 @@ from qtpy.QtCore import QDate, QTimer
 from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDateEdit, QFileDialog, QFormLayout,
                             QGroupBox, QHeaderView, QLabel, QLineEdit, QPushButton, QTableWidget, QTableWidgetItem)
 
+from ..data.orientation import in_world_order
 from ..io import Geometry
 from ..pacs.client import PacsServer, find_series, find_studies, pull_series, push_labels, source_headers
 from ..pacs.servers import load_servers, remember_server
@@ -203,7 +204,7 @@ class PacsWidget(Panel):
 
     def _add(self, item) -> None:
         """Show the retrieved series; opening it again replaces its layer."""
-        data, kwargs, kind = item.layer_data()
+        data, kwargs, kind = in_world_order(item).layer_data()  # a sagittal-first series shown axial-first
         name, metadata = kwargs.pop("name"), kwargs.pop("metadata")
         if kind == "labels":
             kwargs["opacity"] = 0.5

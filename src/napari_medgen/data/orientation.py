@@ -78,3 +78,19 @@ def as_stored_like(image, orientation) -> Optional[Turn]:
     if orientation is None or direction is None:
         return None
     return reorientation(direction, orientation)
+
+
+def in_world_order(item: ImageData) -> ImageData:
+    """``item`` with its spatial axes permuted into the order of the world axes they run along (a view; flips and
+    obliquity stay in the geometry).  napari slices a layer in 2D by inverting the displayed block of its affine,
+    which a permutation leaves singular: a sagittal-first volume could not be shown."""
+    geo = item.geometry
+    extra = np.ndim(item.data) - geo.ndim - int(item.rgb)
+    if geo.ndim != 3 or item.rgb or extra < 0:
+        return item
+    how = reorientation(geo.direction, np.eye(3))
+    if how is None or how[0] == (0, 1, 2):
+        return item
+    how = (how[0], (False, False, False))
+    moved = Geometry(tuple(geo.spacing[p] for p in how[0]), geo.origin, turned_direction(geo.direction, how))
+    return ImageData(turn(item.data, how, lead=extra), moved, item.name, item.kind, dict(item.metadata))

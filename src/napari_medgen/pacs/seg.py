@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
+from ..data.orientation import reorientation, turned
 from ..errors import UserError
 from ..io.dicom import shear_degrees
 from ..io.geometry import Geometry
@@ -83,6 +84,10 @@ def labels_to_seg(labels: np.ndarray, geometry: Geometry, source: Sequence[pydic
 
     ordered, shape, grid = series_grid(source)
     labels = np.asarray(labels)
+    how = reorientation(geometry.direction, grid.direction) if labels.ndim == 3 == geometry.ndim else None
+    back = None if how is None else turned(ImageData(labels, geometry), how)
+    if back is not None and back.data.shape == shape and grid.same_grid(back.geometry):
+        labels, geometry = np.ascontiguousarray(back.data), back.geometry  # the series shown in another axis order
     if labels.shape != shape or not grid.same_grid(geometry):
         differs = grid_difference(labels.shape, geometry, shape, grid)
         raise SegError(f"The labels are not on the grid of the source series (labels vs series: {differs}); "
