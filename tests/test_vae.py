@@ -1,5 +1,6 @@
 """VAE on the sample brain: lesion heatmaps rank lesions first, outputs keep shape, bad input is refused."""
 import json
+import re
 import threading
 import warnings
 
@@ -90,6 +91,9 @@ def test_a_volume_stored_in_another_orientation_is_scored_as_the_training_scans_
     turned = reconstruct(model, ImageData(stored, Geometry((4.0, 2.0, 4.0), (0, 0, 0), direction)),
                          np.flip(np.transpose(mask[sub], order), 1), device="cpu")
     np.testing.assert_allclose(turned, np.flip(np.transpose(rec, order), 1), atol=1e-4)
+    with pytest.raises(UserError, match=re.escape(f"differs from the image shape {stored.shape}")):  # as stored
+        anomaly_map(model, ImageData(stored, Geometry((4.0, 2.0, 4.0), (0, 0, 0), direction)), mask[sub][0],
+                    device="cpu")
 
 
 def test_sign_selects_polarity(model, data):

@@ -135,7 +135,8 @@ def run_anomaly(args) -> int:
     order = [i for i in res.slice_scores.argsort()[::-1][: args.top] if res.slice_scores[i] > 0]
     print(f"method: {res.explanation}")
     print(f"threshold {res.threshold:.4g}; {int(res.mask.sum())} anomalous voxels")
-    print("most anomalous slices: " + (", ".join(f"{i} ({res.slice_scores[i]} voxels)" for i in order) or "none"))
+    print(f"most anomalous slices along axis {res.axis}: "
+          + (", ".join(f"{i} ({res.slice_scores[i]} voxels)" for i in order) or "none"))
     return 0
 
 

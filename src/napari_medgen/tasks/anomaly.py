@@ -46,7 +46,7 @@ from ..models.checkpoint import Model
 from .diffusion_restore import diffusion_restore, has_diffusion, require_diffusion
 from .anomaly_scores import (PART_NAMES, PARTS, SIGNS, TAILS, combine, combined_parts, postprocess,
                              signed_part)
-from .vae import check_distribution, decode_mean, guard_logvar, prepare, require_vae
+from .vae import check_distribution, check_mask, decode_mean, guard_logvar, prepare, require_vae
 
 METHODS = ("combined", "restoration", "samples", "residual", "intensity", "diffusion")  # diffusion: if the model has it
 PERCENTILES = [50.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.9]
@@ -304,7 +304,8 @@ def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, si
     require_vae(model)
     how = as_stored_like(image, model.params.orientation)
     if how is not None:  # stored in another axis order or sense than the training scans: scored as they were
-        return anomaly_map(model, turned(image, how), None if mask is None else turn(np.asarray(mask), how),
+        mask = check_mask(mask, np.shape(image.data))
+        return anomaly_map(model, turned(image, how), None if mask is None else turn(mask, how),
                            method=method, sign=sign, percentile=percentile, threshold=threshold, median=median,
                            min_size=min_size, samples=samples, device=device, progress=job).turned_back(how)
     opts = {**DEFAULTS, **(model.params.scoring or {})}

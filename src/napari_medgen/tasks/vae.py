@@ -214,7 +214,8 @@ def reconstruct(model: Model, image, mask=None, *, device: str = "auto", progres
     require_vae(model)
     how = as_stored_like(image, model.params.orientation)
     if how is not None:
-        return turn_back(reconstruct(model, turned(image, how), None if mask is None else turn(np.asarray(mask), how),
+        mask = check_mask(mask, np.shape(image.data))
+        return turn_back(reconstruct(model, turned(image, how), None if mask is None else turn(mask, how),
                                      device=device, progress=job), how)
     check_distribution(model, image, mask)
     prep = prepare(model, image, mask)
