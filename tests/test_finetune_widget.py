@@ -104,6 +104,16 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
     assert widget.plot.series["loss"][0][-1] == last_x
     assert [ly.name for ly in viewer.layers].count(pred.name) == 1 and sum("prediction" in ly.name for ly in viewer.layers) == 1
 
+    # a prediction the user corrected stays theirs: the next round's previews and result go to a new layer
+    img.data = brain.data  # back on the annotations' grid
+    pred.paint((47, 58, 50), 3)
+    corrected = pred.data.copy()
+    widget.seconds.setValue(10)
+    with qtbot.waitSignal(widget.runner.done, timeout=60_000) as sig:
+        widget.train_button.click()
+    assert sig.args == ["finished"] and pred in viewer.layers and np.array_equal(pred.data, corrected)
+    assert widget.prediction is not pred and widget.prediction in viewer.layers
+
 
 def test_live_preview_on_a_2d_image(make_napari_viewer, brain):
     """A 2D image (an X-ray, one CT slice) trains as a one-slice volume; its live previews land on the 2D layer

@@ -73,7 +73,7 @@ def show_result(viewer, data, geometry=None, *, name: str, kind: str = "image", 
         style["colormap"] = DirectLabelColormap(color_dict=colormap) if isinstance(colormap, dict) else colormap
     place = geometry.layer_kwargs(np.ndim(data)) if geometry is not None else {}
     old = find_output(viewer, key)
-    if old is not None and _edited(old):
+    if old is not None and edited(old):
         for k in (OUTPUT_KEY, WRITTEN):
             old.metadata.pop(k, None)
         new = _add(viewer, kind, data, name, meta, {**place, **style, **layer_kwargs})
@@ -110,7 +110,7 @@ def _checksum(data) -> int:
     return zlib.crc32(np.ascontiguousarray(data))
 
 
-def _edited(layer) -> bool:
+def edited(layer) -> bool:
     """Whether the user has changed a labels output since the plugin wrote it."""
     written = layer.metadata.get(WRITTEN)
     return written is not None and _checksum(layer_array(layer)) != written

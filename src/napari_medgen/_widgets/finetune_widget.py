@@ -25,7 +25,7 @@ from ..io import Geometry, ImageData, write_image
 from ..models.segmentation import builtin_models, class_colors, class_names
 from ..tasks.finetune import FRESH, complete_labels, finetune
 from ..tasks.uncertainty import rank_slices
-from ._layers import row, set_output, show_result
+from ._layers import OUTPUT_KEY, edited, row, set_output, show_result
 from ._panel import Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
@@ -246,8 +246,8 @@ class FinetuneWidget(Panel):
         self.plot.drop_after(x)
         if self.prediction is not None and self.prediction is not layer and self.prediction in self.viewer.layers:
             self.viewer.layers.remove(self.prediction)
-        self.prediction = layer
-        if layer is not None and layer in self.viewer.layers:
+        self.prediction = layer if layer is not None and OUTPUT_KEY in layer.metadata else None
+        if self.prediction is not None and layer in self.viewer.layers:
             set_output(layer, data)
 
     def _show_preview(self, preview: dict) -> None:
@@ -280,8 +280,8 @@ class FinetuneWidget(Panel):
         """The prediction layer (created on first use); ``preview`` keeps existing data if the layer exists."""
         src = self._source
         if preview and self.prediction is not None and self.prediction in self.viewer.layers \
-                and self.prediction.data.shape == data.shape:
-            return self.prediction
+                and self.prediction.data.shape == data.shape and not edited(self.prediction):
+            return self.prediction  # (a prediction the user corrected is kept as theirs: show_result says so)
         name = f"{self.labels.value.name if self.labels.value else src.name} prediction"
         colors = class_colors(self.model) if self.model is not None else None
         names = class_names(self.model) if self.model is not None else None
