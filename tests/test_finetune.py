@@ -188,6 +188,17 @@ def test_cli_train_writes_a_model_and_prediction_on_the_image_grid(tmp_path, bra
     assert written.data.shape == brain.data.shape and written.geometry.same_grid(brain.geometry)
     np.testing.assert_array_equal(written.data[PAINTED], painted[PAINTED])  # the painting, completed
     assert main(argv) == 2  # refuses to overwrite
+    # the same files stored sagittal-first: trained on the same axial slices, the prediction in the file's order
+    geo, order = brain.geometry, (2, 0, 1)
+    sag_geo = Geometry(tuple(geo.spacing[i] for i in order), geo.origin, geo.direction[:, list(order)])
+    write_image(img, np.transpose(brain.data, order), sag_geo, overwrite=True)
+    write_image(lab, np.transpose(painted, order), sag_geo, overwrite=True)
+    argv[argv.index(str(out))], argv[argv.index(str(pred))] = str(tmp_path / "sag.medgen.pt"), str(tmp_path / "p2.nii.gz")
+    assert main(argv) == 0
+    assert Model.load(tmp_path / "sag.medgen.pt", expect="segmentation").params.finetune["planes"] == {"0": PAINTED}
+    again = read_image(tmp_path / "p2.nii.gz")
+    assert again.geometry.same_grid(sag_geo)
+    assert (again.data == np.transpose(written.data, order)).mean() > 0.99  # (float sums in another memory order)
 
 
 def test_2d_image(brain, tissue):

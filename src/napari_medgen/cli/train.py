@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import numpy as np
+
+    from ..data.orientation import turn, turn_back, turned, world_order
     from ..io import read_path, write_image
     from ..tasks.finetune import complete_labels, finetune
     from .progress import terminal_job
@@ -46,19 +49,25 @@ def run(args) -> int:
         raise UserError(f"{Path(args.labels).name} is not on the voxel grid of {Path(args.image).name} "
                          "(different shape, spacing, origin or direction).")
     slices = "auto" if args.slices == "auto" else [int(s) for s in args.slices.split(",") if s.strip()]
+    geometry, painted = image.geometry, labels.data
+    how = world_order(geometry.direction) if args.axis is None and slices == "auto" and image.data.ndim == 3 else None
+    if how is not None:  # a sagittal-first file is trained on as napari shows it: axial slices first
+        image, painted = turned(image, how), np.ascontiguousarray(turn(painted, how))
     with terminal_job("train", quiet=args.quiet) as job:
-        model, history = finetune(args.start, image, labels.data, axis=args.axis, slices=slices,
+        model, history = finetune(args.start, image, painted, axis=args.axis, slices=slices,
                                   sparse=args.sparse, background_label=args.background_label,
                                   seconds=args.seconds, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                                   device=args.device, seed=args.seed, progress=job)
     model.save(out)
     summary = {k: history.get(k) for k in ("planes", "axis", "slices", "best_metric", "returned", "stop_reason",
                                             "seconds")}
+    if how is not None:
+        summary["axes"] = f"the file's axes {list(how[0])} as (z, y, x)"  # what planes/axis/slices refer to
     print(f"wrote {out}: {json.dumps(summary)}")
     if args.predict:
         with terminal_job("predict", quiet=args.quiet) as job:
-            pred = complete_labels(model, image, labels.data, sparse=args.sparse,
+            pred = complete_labels(model, image, painted, sparse=args.sparse,
                                    background_label=args.background_label, device=args.device, progress=job)
-        write_image(args.predict, pred, image.geometry, overwrite=args.overwrite)
+        write_image(args.predict, pred if how is None else turn_back(pred, how), geometry, overwrite=args.overwrite)
         print(f"wrote {args.predict}")
     return 0

@@ -80,6 +80,13 @@ def as_stored_like(image, orientation) -> Optional[Turn]:
     return reorientation(direction, orientation)
 
 
+def world_order(direction) -> Optional[Turn]:
+    """The permutation (no flips) that puts array axes whose directions are ``direction``'s columns in the order
+    of the world axes they run along; None when they already are."""
+    how = reorientation(direction, np.eye(3))
+    return None if how is None or how[0] == (0, 1, 2) else (how[0], (False, False, False))
+
+
 def in_world_order(item: ImageData) -> ImageData:
     """``item`` with its spatial axes permuted into the order of the world axes they run along (a view; flips and
     obliquity stay in the geometry).  napari slices a layer in 2D by inverting the displayed block of its affine,
@@ -88,9 +95,8 @@ def in_world_order(item: ImageData) -> ImageData:
     extra = np.ndim(item.data) - geo.ndim - int(item.rgb)
     if geo.ndim != 3 or item.rgb or extra < 0:
         return item
-    how = reorientation(geo.direction, np.eye(3))
-    if how is None or how[0] == (0, 1, 2):
+    how = world_order(geo.direction)
+    if how is None:
         return item
-    how = (how[0], (False, False, False))
     moved = Geometry(tuple(geo.spacing[p] for p in how[0]), geo.origin, turned_direction(geo.direction, how))
     return ImageData(turn(item.data, how, lead=extra), moved, item.name, item.kind, dict(item.metadata))
