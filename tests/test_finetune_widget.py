@@ -85,8 +85,10 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
 
     # Cancel a round once it has drawn: the prediction layer and the plot are as before it, the model is round 2's
     kept, last_x, model = pred.data.copy(), widget.plot.series["loss"][0][-1], widget.model
+    summary = widget.summary.text()
     widget.seconds.setValue(600)
     widget.train_button.click()
+    assert "Round 3 is training" in widget.summary.text()
     qtbot.waitUntil(lambda: widget.plot.series["loss"][0][-1] > last_x + 10, timeout=60_000)
     # meanwhile the prediction layer shows the unfinished network: Accept is off and takes nothing from it
     annotated = ann.data.copy()
@@ -100,6 +102,7 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
     with qtbot.waitSignal(widget.runner.done, timeout=60_000) as sig:
         widget.runner.cancel()
     assert sig.args == ["cancelled"] and widget.model is model and widget.prediction is pred
+    assert widget.summary.text() == summary  # round 2's summary again
     np.testing.assert_array_equal(pred.data, kept)
     assert widget.plot.series["loss"][0][-1] == last_x
     assert [ly.name for ly in viewer.layers].count(pred.name) == 1 and sum("prediction" in ly.name for ly in viewer.layers) == 1

@@ -294,6 +294,13 @@ class FinetuneWidget(Panel):
         self.train_button.setEnabled(not busy)
         for b in (self.suggest_button, self.accept_button):
             b.setEnabled(not busy and self.model is not None)
+        training = (f"Round {self.round + 1} is training: the prediction layer shows the network as it learns "
+                    "(Stop keeps the best so far, Cancel discards the round).")
+        if busy and self.runner.state.label == "Fine-tune":
+            self._summary_before = self.summary.text()
+            self.summary.setText(training)
+        elif not busy and self.summary.text() == training:  # cancelled or failed: the last round's summary again
+            self.summary.setText(self._summary_before)
 
     # --- the loop's helpers ---------------------------------------------------------------------
     def view_axis(self) -> int:
