@@ -42,12 +42,12 @@ from skimage.filters import threshold_otsu
 
 import classify_scans
 from napari_medgen.data.lesions import inject_lesions
-from napari_medgen.data.orientation import stored_direction
+from napari_medgen.data.orientation import stored_alike, stored_direction
 from napari_medgen.data.resample import resize, target_shape
 from napari_medgen.errors import NothingLearnedError
 from napari_medgen.io import Geometry, ImageData, read_image
 from napari_medgen.sample_data import brain_t1, brain_tissue
-from napari_medgen.tasks.classify import classify, stored_like, train_classifier, unit_scale
+from napari_medgen.tasks.classify import classify, train_classifier, unit_scale
 from napari_medgen.tasks.classify_data import DEFAULT_SPEC, as_images, prepare, to_image_grid
 
 NIBABEL = Path(nibabel.__file__).parent / "tests" / "data"
@@ -226,7 +226,7 @@ def scan_type(args, dims: int) -> list[str]:
         names, labels = [n for n, _, _ in subs], [lab for _, lab, _ in subs]
         fold = list(range(len(subs)))
         vols = [ld() for _, _, ld in subs]  # stored as the first is, for both models (ours would do it itself)
-        data = [[v] for v in stored_like(vols, stored_direction(vols[0]))]
+        data = [[v] for v in stored_alike(vols, stored_direction(vols[0]))[0]]
         size, kw, seconds = (32, 32, 32), {"body": {"channels": [8, 16, 32], "strides": [2, 2]}}, args.seconds3d
     classes = sorted(set(labels))
     ours = {f"ours, {p} pooling": p for p in args.poolings}

@@ -205,7 +205,8 @@ class SequenceWidget(Panel):
         regions = [self.region_mask(ly) for ly in layers]
         self.loss_plot.clear()
         self.runner.start(train_sequence_model, seqs, [targets[ly.name] for ly in layers], self.task.currentText(),
-                          regions=regions, names=[ly.name for ly in layers], steps=self.steps.value(), seconds=float(self.seconds.value()), bidirectional=self.bidirectional.isChecked(),
+                          regions=regions, names=[ly.name for ly in layers], steps=self.steps.value(),
+                          seconds=float(self.seconds.value()), bidirectional=self.bidirectional.isChecked(),
                           readout="fraction" if self.fraction.isChecked() else "final",
                           device=self.device.currentText(), on_result=self._trained, on_progress=self._progress,
                           stoppable=True)

@@ -50,15 +50,21 @@ def turned_direction(direction, how: Turn) -> np.ndarray:
 
 
 def turned(image: ImageData, how: Turn) -> ImageData:
-    """``image`` stored as :func:`reorientation` says (a view), with the geometry that says so: every voxel
-    keeps its place in the patient."""
+    """``image`` stored as :func:`reorientation` says (a view; leading time or channel axes stay first), with the
+    geometry that says so: every voxel keeps its place in the patient."""
     geo, (perm, flips) = image.geometry, how
+    lead = np.ndim(image.data) - geo.ndim
     corner = [0] * 3
     for i, p in enumerate(perm):
-        corner[p] = image.data.shape[p] - 1 if flips[i] else 0
+        corner[p] = np.shape(image.data)[lead + p] - 1 if flips[i] else 0
     moved = Geometry(tuple(geo.spacing[p] for p in perm), tuple(geo.index_to_world(corner)),
                      turned_direction(geo.direction, how))
-    return ImageData(turn(image.data, how), moved, image.name, metadata=dict(image.metadata))
+    return ImageData(turn(image.data, how, lead=lead), moved, image.name, image.kind, dict(image.metadata))
+
+
+def turn_each(arrays: list, hows: list) -> list:
+    """Companions of turned volumes (voxel arrays, masks, None) turned the same way, each contiguous."""
+    return [a if a is None or h is None else np.ascontiguousarray(turn(a, h)) for a, h in zip(arrays, hows)]
 
 
 def stored_direction(image) -> Optional[np.ndarray]:
@@ -80,6 +86,13 @@ def as_stored_like(image, orientation) -> Optional[Turn]:
     return reorientation(direction, orientation)
 
 
+def stored_alike(items: list, orientation) -> tuple[list, list]:
+    """``items`` (ImageData or arrays) each stored as ``orientation`` says, and the turn each took (None: as
+    it was), for their companions (:func:`turn_each`)."""
+    hows = [as_stored_like(item, orientation) for item in items]
+    return [item if how is None else turned(item, how) for item, how in zip(items, hows)], hows
+
+
 def world_order(direction) -> Optional[Turn]:
     """The permutation (no flips) that puts array axes whose directions are ``direction``'s columns in the order
     of the world axes they run along; None when they already are."""
@@ -91,12 +104,7 @@ def in_world_order(item: ImageData) -> ImageData:
     """``item`` with its spatial axes permuted into the order of the world axes they run along (a view; flips and
     obliquity stay in the geometry).  napari slices a layer in 2D by inverting the displayed block of its affine,
     which a permutation leaves singular: a sagittal-first volume could not be shown."""
-    geo = item.geometry
-    extra = np.ndim(item.data) - geo.ndim - int(item.rgb)
-    if geo.ndim != 3 or item.rgb or extra < 0:
+    if item.geometry.ndim != 3 or item.rgb or np.ndim(item.data) < 3:
         return item
-    how = world_order(geo.direction)
-    if how is None:
-        return item
-    moved = Geometry(tuple(geo.spacing[p] for p in how[0]), geo.origin, turned_direction(geo.direction, how))
-    return ImageData(turn(item.data, how, lead=extra), moved, item.name, item.kind, dict(item.metadata))
+    how = world_order(item.geometry.direction)
+    return item if how is None else turned(item, how)

@@ -16,7 +16,7 @@ import torch
 from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 
-from ..data.orientation import as_stored_like, stored_direction, turn_back, turned
+from ..data.orientation import as_stored_like, stored_alike, stored_direction, turn_back, turned
 from ..engine.device import select_device
 from ..engine.fit import Budget, fit
 from ..engine.jobs import Job
@@ -104,7 +104,7 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     job = Job.of(progress, stop, cancel)
     imgs = as_images(images)
     orientation = stored_direction(imgs[0])  # 3D: every volume stored as the first is (no resampling)
-    imgs = stored_like(imgs, orientation)
+    imgs, _ = stored_alike(imgs, orientation)
     labels = list(labels)
     if len(labels) != len(imgs):
         raise UserError(f"There are {len(imgs)} images but {len(labels)} labels; give one label per image.")
@@ -139,7 +139,7 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     x = np.stack([prepare(im, spec, spacing, size)[0] for im in imgs])
     rng = np.random.default_rng(seed)
     if val_images is not None:
-        vx = np.stack([prepare(im, spec, spacing, size)[0] for im in stored_like(as_images(val_images), orientation)])
+        vx = np.stack([prepare(im, spec, spacing, size)[0] for im in stored_alike(as_images(val_images), orientation)[0]])
         val = (vx, encode_labels(list(val_labels), classes)[1])
         tr = np.arange(len(x))
     else:
@@ -212,7 +212,3 @@ def _slices(heatmap: np.ndarray) -> tuple:
     scores = heatmap.reshape(len(heatmap), -1).max(1)
     return scores, [int(i) for i in np.argsort(-scores, kind="stable")]
 
-
-def stored_like(images: list, orientation) -> list:
-    """``images`` with every volume stored as ``orientation`` says (see :mod:`napari_medgen.data.orientation`)."""
-    return [im if (how := as_stored_like(im, orientation)) is None else turned(im, how) for im in images]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.normalize import intensity_window, normalize, resolve
-from ..data.orientation import as_stored_like, stored_direction, turn, turned
+from ..data.orientation import stored_alike, stored_direction, turned
 from ..data.resample import inplane_spacing
 from ..data.slices import fit_to_size, informative_slices, take_slices
 from ..engine.device import select_device
@@ -70,11 +70,9 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
     labs = None if labels is None else _as_list(labels, "label map")
     if labs is not None and [l.data.shape for l in labs] != [i.data.shape for i in items]:
         raise UserError("Each label map must have the same shape as its image.")
-    hows = [as_stored_like(i, stored_direction(items[0])) for i in items]  # every volume stored as the first is
-    items = [i if h is None else turned(i, h) for i, h in zip(items, hows)]
+    items, hows = stored_alike(items, stored_direction(items[0]))  # every volume stored as the first is
     if labs is not None:
-        labs = [lab if h is None else ImageData(turn(lab.data, h), i.geometry, lab.name)
-                for lab, h, i in zip(labs, hows, items)]
+        labs = [lab if h is None else turned(lab, h) for lab, h in zip(labs, hows)]
     spacings = {tuple(round(float(s), 3) for s in _plane_spacing(i, axis)) for i in items}
     if len(spacings) > 1:
         raise UserError(f"The training images have different pixel spacings {sorted(spacings)}; "

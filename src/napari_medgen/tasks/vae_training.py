@@ -19,7 +19,7 @@ from monai import transforms as mt
 from ..data import datasets
 from ..data.datasets import CHANNEL
 from ..data.normalize import intensity_window, modality_of, resolve
-from ..data.orientation import as_stored_like, stored_direction, turn, turned
+from ..data.orientation import stored_alike, stored_direction, turn_each
 from ..data.resample import inplane_spacing, resize, target_shape
 from ..data.slices import fit_to_size, informative_slices, mask_box, take_slices
 from ..engine.fit import Budget, TrainTask, fit
@@ -106,17 +106,6 @@ def checked_volumes(images, masks, what: str):
     if len(mask_list) != len(vols):
         raise UserError(f"Got {len(mask_list)} masks for {len(vols)} images; give one mask per image or none.")
     return items, vols, [check_mask(m, v.shape) for m, v in zip(mask_list, vols)]
-
-
-def _store_like(items: list, vols: list, masks: list, orientation) -> None:
-    """Volumes stored in another orientation than ``orientation`` (the first training volume's) stored as it
-    is, in place (axes permuted and flipped, no resampling): every slice then cuts the anatomy the same way."""
-    for k, item in enumerate(items):
-        how = as_stored_like(item, orientation)
-        if how is not None:
-            items[k] = turned(item, how)
-            vols[k] = np.ascontiguousarray(turn(vols[k], how))
-            masks[k] = None if masks[k] is None else np.ascontiguousarray(turn(masks[k], how))
 
 
 def slice_stacks(vols, masks, spec, size, axis, shapes, clip: bool = True) -> list[np.ndarray]:
@@ -232,8 +221,9 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     job = Job.of(progress, stop, cancel)
     check_batch(batch_size)
     items, vols, mask_list = checked_volumes(images, masks, "training")
-    orientation = stored_direction(items[0])  # the others are stored as the first is
-    _store_like(items, vols, mask_list, orientation)
+    orientation = stored_direction(items[0])  # the others are stored as the first is: slices cut alike
+    items, hows = stored_alike(items, orientation)
+    vols, mask_list = turn_each(vols, hows), turn_each(mask_list, hows)
     spec = _common_spec(normalization, items, vols)
     spacing = _spacing(items, vols, axis)
     shapes = plane_shapes(items, vols, mask_list, axis, spacing)
@@ -248,7 +238,8 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     ids = subject_ids(items)
     if val_images is not None:
         v_items, vv, vm = checked_volumes(val_images, val_masks, "validation")
-        _store_like(v_items, vv, vm, orientation)
+        v_items, hows = stored_alike(v_items, orientation)
+        vv, vm = turn_each(vv, hows), turn_each(vm, hows)
         _common_spec(normalization, [*items, *v_items], [*vols, *vv])  # one modality for both
         v_shapes = plane_shapes(v_items, vv, vm, axis, spacing)
         val = np.concatenate(slice_stacks(vv, vm, spec, size, axis, v_shapes))
