@@ -234,3 +234,18 @@ def test_one_painted_slice_extends_as_a_sphere_and_stops():
     two[[11, 15]] = ball[[11, 15]]  # the end slices of a shape that grows towards 15: the sphere is refitted
     caps2, _ = extrapolate_ends(two, 0, [11, 15], spacing=(1, 1, 1))
     assert caps2[[8, 18]].any() and not caps2[:6].any()
+
+
+def test_a_volume_stored_sagittal_first_is_fine_tuned_on_the_model_plane(brain, painted):
+    """Fine-tuning the axial built-in on a sagittal-first copy used to train on its stored (sagittal) slices."""
+    geo, order = brain.geometry, (2, 0, 1)
+    stored = ImageData(np.transpose(brain.data, order), Geometry(tuple(geo.spacing[i] for i in order), geo.origin,
+                                                               geo.direction[:, list(order)]), "sagittal")
+    ann = np.transpose(painted, order)
+    args = {**FAST, "steps": 3, "patience": None}
+    axial, _ = finetune("brain-tissue-2d", brain, painted, **args)
+    model, history = finetune("brain-tissue-2d", stored, ann, **args)
+    assert history["axis"] == 1 and history["slices"] == PAINTED  # said in the caller's axes
+    assert model.params.orientation == axial.params.orientation
+    out = complete_labels(model, stored, ann, device="cpu")
+    assert np.array_equal(out, np.transpose(complete_labels(axial, brain, painted, device="cpu"), order))

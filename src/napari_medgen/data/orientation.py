@@ -86,6 +86,29 @@ def as_stored_like(image, orientation) -> Optional[Turn]:
     return reorientation(direction, orientation)
 
 
+def plane_turn(image, orientation) -> Optional[Turn]:
+    """How to store a 3D ImageData for a 2D model trained on slices of volumes of ``orientation`` when its axes
+    are stored in another order (a sagittal volume for an axial model), or None.  Axes in the model's order
+    but reversed are left as they are: the models are trained with flips."""
+    how = as_stored_like(image, orientation)
+    return how if how is not None and how[0] != (0, 1, 2) else None
+
+
+def index_back(how: Turn, shape, axis: int, indices) -> tuple[int, list]:
+    """Slice ``indices`` along ``axis`` of a turned array as (axis, indices) of the original, of ``shape``."""
+    p, n = how[0][axis], shape[how[0][axis]]
+    return int(p), sorted(int(n - 1 - i if how[1][axis] else i) for i in indices)
+
+
+def box_back(how: Turn, shape, box) -> list:
+    """A box ((lo, hi) per axis) in a turned array as the same box in the original, of ``shape``."""
+    out = [None] * 3
+    for i, (lo, hi) in enumerate(box):
+        n = shape[how[0][i]]
+        out[how[0][i]] = (int(n - hi), int(n - lo)) if how[1][i] else (int(lo), int(hi))
+    return tuple(out)
+
+
 def stored_alike(items: list, orientation) -> tuple[list, list]:
     """``items`` (ImageData or arrays) each stored as ``orientation`` says, and the turn each took (None: as
     it was), for their companions (:func:`turn_each`)."""

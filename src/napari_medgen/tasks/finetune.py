@@ -27,11 +27,12 @@ from ..data.interpolate import extrapolate_ends, interpolate_labels, interpolati
 from ..data.normalize import modality_of, normalize, resolve, structure_window
 from ..data.resample import resize
 from ..data.sampling import patch_size_for, roi_box
-from ..data.orientation import stored_direction
+from ..data.orientation import box_back, index_back, plane_turn, stored_direction, turn, turn_back, turned
 from ..data.slices import take_slices
 from ..engine.device import select_device
 from ..engine.inference import predict
 from ..engine.jobs import Job
+from ..io.read import ImageData
 from ..engine.seg_training import predict_logits, train_segmenter
 from ..models.checkpoint import Model, ModelFileError
 from ..models.segmentation import default_classes, is_torchscript, load_segmentation_model, segmentation_config
@@ -75,6 +76,11 @@ def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, moda
         raise AnnotationError(f"'{base.name}' knows label values 0-{len(base.params.classes) - 1} but label "
                               f"{n_classes - 1} is painted; start from a fresh network.")
     return base.copy(), False
+
+
+def _turned(item, how):
+    """An ImageData or array stored as ``how`` says."""
+    return turned(item, how) if isinstance(item, ImageData) else turn(np.asarray(item), how)
 
 
 def _inputs(image, labels, spacing, modality):
@@ -158,7 +164,13 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     size = "cuda" if dev.type == "cuda" else "cpu"
     net_model, fresh = start_model(model, max(t.classes) + 1, img[0] if flat else img, axis=t.axis,
                                    modality=modality, spacing=None if flat else spacing, context=context, size=size)
-    if not fresh and axis is None and not flat and net_model.params.axis != t.axis:  # keep the model's axis
+    how = None if fresh or axis is not None or flat else plane_turn(image, net_model.params.orientation)
+    if how is not None:  # a volume stored in another axis order than the model's: trained on as the model's were
+        shape = img.shape
+        image, labels = _turned(image, how), _turned(labels, how)
+        img, lab, spacing, modality, flat = _inputs(image, labels, None if spacing is None else
+                                                    [spacing[-3:][p] for p in how[0]], modality)
+    if how is not None or (not fresh and axis is None and not flat and net_model.params.axis != t.axis):  # its axis
         t = make_targets(lab, axis=net_model.params.axis, slices=slices, sparse=sparse,
                          background_label=background_label)
     ctx = int(net_model.params.context or 0)
@@ -188,8 +200,10 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     preview = None
     if preview_every:
         def preview_fn(net, device):
-            job.report(0, 1, "preview", preview={"box": prior.box, "labels": _box_labels(
-                net, volume, prior.box, t.axis, ctx, device, factor)})
+            box, labels = prior.box, _box_labels(net, volume, prior.box, t.axis, ctx, device, factor)
+            if how is not None:
+                box, labels = box_back(how, shape, box), turn_back(labels, how)
+            job.report(0, 1, "preview", preview={"box": box, "labels": labels})
         preview = (preview_fn, float(preview_every))
     left = None if seconds is None else max(0.5 * float(seconds), float(seconds) - (time.monotonic() - t0) - 1.0)
     history = train_segmenter(
@@ -208,9 +222,13 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     planes = {int(a): [int(i) for i in idx] for a, idx in t.planes.items()}
     cfg.finetune = {"rounds": rounds, "planes": {str(a): v for a, v in planes.items()}, "sparse": bool(sparse),
                     "background_label": background_label, "steps": len(history["step"])}
-    history.update(slices=planes.get(t.axis, []), planes=planes, axis=int(t.axis), context=ctx,
+    roi, user_axis = prior.box, int(t.axis)
+    if how is not None:  # said in the caller's axes
+        planes = dict(index_back(how, shape, a, idx) for a, idx in planes.items())
+        roi, user_axis = box_back(how, shape, roi), int(how[0][t.axis])
+    history.update(slices=planes.get(user_axis, []), planes=planes, axis=user_axis, context=ctx,
                    pseudo_slices=0 if pseudo is None else int(len(pseudo[0])), pseudo_weight=pseudo_weight,
-                   interpolation_reliability=reliability, roi=[list(b) for b in prior.box],
+                   interpolation_reliability=reliability, roi=[list(b) for b in roi],
                    patch_size=list(patch), fresh=fresh, known_pixels=int(t.known_pixels), classes=t.classes,
                    total_seconds=time.monotonic() - t0)
     return net_model, history
@@ -242,6 +260,14 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
     """
     job = Job.of(progress, stop)
     m = load_segmentation_model(model)
+    how = plane_turn(image, m.params.orientation) if np.ndim(getattr(image, "data", image)) == 3 else None
+    if how is not None:  # a volume stored in another axis order than the model's: completed as the model's were
+        labels = turn_back(complete_labels(m, _turned(image, how), _turned(labels, how), sparse=sparse,
+                                           background_label=background_label,
+                                           spacing=None if spacing is None else [spacing[-3:][p] for p in how[0]],
+                                           modality=modality, prior_weight=prior_weight, restrict=restrict,
+                                           device=device, progress=progress, stop=stop), how)
+        return labels
     img, lab, spacing, modality, flat = _inputs(image, labels, spacing, modality)
     axis = 0 if flat else int(m.params.axis)
     t = make_targets(lab, axis=axis, sparse=sparse, background_label=background_label)

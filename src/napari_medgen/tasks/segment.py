@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.normalize import normalize
-from ..data.orientation import as_stored_like, turn_back, turned
+from ..data.orientation import plane_turn, turn_back, turned
 from ..data.resample import inplane_spacing, resize, target_shape
 from ..engine.inference import predict
 from ..engine.jobs import Job
@@ -74,7 +74,7 @@ def segment_result(image, model, *, spacing=None, axis: int | None = None, devic
     job = Job.of(progress, stop)
     m = load_segmentation_model(model, allow_code=allow_code)
     cfg = m.params
-    how = _model_orientation(image, cfg) if axis is None else None
+    how = plane_turn(image, cfg.orientation) if axis is None else None
     if how is not None:
         res = segment_result(turned(image, how), m, spacing=None if spacing is None else [spacing[p] for p in how[0]],
                              axis=cfg.axis, device=device, tta=tta, batch_size=batch_size, progress=job,
@@ -131,14 +131,6 @@ def segment_result(image, model, *, spacing=None, axis: int | None = None, devic
         labels[~finite] = 0
     job.report(1, 1, "done")
     return SegmentResult(labels, doubts, class_names(m), spacing, probs if probabilities else None)
-
-
-def _model_orientation(image, cfg):
-    """How to reorient a 3D ImageData to the model's training orientation when its axes are stored in another
-    order (a sagittal or coronal volume for an axial model), or None.  Axes in the model's order but reversed
-    are left as they are: the models are trained with flips."""
-    how = as_stored_like(image, cfg.orientation)
-    return how if how is not None and how[0] != (0, 1, 2) else None
 
 
 def check_spacing(spacing, ndim: int) -> "tuple | None":
