@@ -28,6 +28,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from skimage.filters import threshold_otsu
 
+from napari_medgen.data.orientation import in_world_order
 from napari_medgen.io import Geometry, ImageData, read_image
 
 PER_SUBJECT = 6
@@ -72,7 +73,9 @@ def dicom_images(path, name: str, frames: int = PER_SUBJECT) -> list[ImageData]:
 
 
 def volume_slices(img: ImageData, n: int = PER_SUBJECT, min_fraction: float = 0.15) -> list[ImageData]:
-    """``n`` axial slices, evenly spread over those at least ``min_fraction`` foreground."""
+    """``n`` axial slices, evenly spread over those at least ``min_fraction`` foreground (axial whatever the
+    storage: the volume's axes are first put in world order)."""
+    img = in_world_order(img)
     vol = np.asarray(img.data, np.float32)
     fg = vol > threshold_otsu(vol)
     keep = [z for z in range(len(vol)) if fg[z].mean() >= min_fraction]
@@ -87,6 +90,15 @@ def nifti_volume(path, name: str, t: int | None = None) -> ImageData:
     img = read_image(path)
     arr = np.asarray(img.data if t is None else img.data[t], np.float32)
     return ImageData(arr.reshape(arr.shape[-3:]), img.geometry, name)
+
+
+def stored_volume(path, name: str) -> ImageData:
+    """A NIfTI volume as stored, with its voxel sizes only: dipy's b0 file, whose sform is sheared by 53 degrees
+    (the reader would shift its slices onto a rectangular grid, mostly out of the field of view)."""
+    nii = nibabel.load(path)
+    arr = np.asarray(nii.dataobj, np.float32).reshape(nii.shape[:3])
+    zooms = nii.header.get_zooms()[:3]
+    return ImageData(np.ascontiguousarray(arr.transpose(2, 1, 0)), Geometry(zooms[::-1], (0, 0, 0), np.eye(3)), name)
 
 
 def png_image(path, name: str) -> list[ImageData]:
@@ -140,7 +152,7 @@ def subjects_2d(pydicom_data: Path, ct_volume: Callable[[], ImageData], t1_templ
     ]
     if dipy_files is not None and (dipy_files / "S0_10slices.nii.gz").is_file():
         subs.append(Subject("dipy b0 EPI", "MR", lambda: volume_slices(
-            nifti_volume(dipy_files / "S0_10slices.nii.gz", "dipy b0"), min_fraction=0.05)))
+            stored_volume(dipy_files / "S0_10slices.nii.gz", "dipy b0"), min_fraction=0.05)))
     return [s for s in subs if s is not None]
 
 
@@ -153,7 +165,7 @@ def subjects_3d(t1_template: Callable[[], ImageData], dipy_files: Path | None) -
            ("nibabel example4d", "EPI", lambda: nifti_volume(nib / "example4d.nii.gz", "ex4d", 0)),
            ("nibabel functional", "EPI", lambda: nifti_volume(nib / "functional.nii", "func", 0))]
     if dipy_files is not None and (dipy_files / "S0_10slices.nii.gz").is_file():
-        out.append(("dipy b0", "EPI", lambda: nifti_volume(dipy_files / "S0_10slices.nii.gz", "dipy b0")))
+        out.append(("dipy b0", "EPI", lambda: stored_volume(dipy_files / "S0_10slices.nii.gz", "dipy b0")))
     return out
 
 

@@ -15,6 +15,7 @@ from .dicom import NOT_IMAGES, DicomSeriesError, read_frames, read_series
 from .display import dicom_window, initial_contrast
 from .geometry import Geometry
 from .header import voxel_bytes
+from .nifti_shear import is_shear_error, read_sheared
 from ..errors import UserError
 
 EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -121,7 +122,7 @@ def read_image(path: "str | os.PathLike") -> ImageData:
         if _looks_dicom(p):  # an enhanced multi-frame's frames by their own positions
             img, arr, geo, notes, extra = read_frames(p, _stem(p))
         else:
-            img, arr, geo, notes, extra = sitk.ReadImage(str(p)), None, None, [], {}
+            img, arr, geo, notes, extra = _read_file(p), None, None, [], {}
     except (RuntimeError, OSError, EOFError) as err:
         raise ImageReadError(f"Cannot read {p.name}: the file is corrupt, truncated or not an image "
                              f"({_first_line(err)}).") from None
@@ -131,6 +132,22 @@ def read_image(path: "str | os.PathLike") -> ImageData:
         from .timeseries import from_4d_image
         item = from_4d_image(img, item)
     return item
+
+
+def _read_file(p: Path) -> sitk.Image:
+    """SimpleITK's reading of ``p``; a NIfTI file with a sheared affine on the nearest rectangular grid, with a
+    warning."""
+    try:
+        return sitk.ReadImage(str(p))
+    except RuntimeError as err:
+        if not is_shear_error(err):
+            raise
+        try:
+            img, note = read_sheared(p)
+        except (RuntimeError, OSError, EOFError, ValueError):
+            raise err from None
+    warnings.warn(ImageReadWarning(note), stacklevel=4)
+    return img
 
 
 def _to_image_data(img, name: str, meta: dict) -> ImageData:
