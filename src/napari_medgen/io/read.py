@@ -107,10 +107,18 @@ def _read_dicom_seg(p: Path) -> list[ImageData] | None:
     return images + [read_seg_file(f, images) for f in segs]
 
 
+def opened(item):
+    """``item`` read from its file or DICOM folder when it is a path (str or PathLike), else ``item`` itself:
+    every function that takes an image also takes its file."""
+    return read_image(item) if isinstance(item, (str, os.PathLike)) else item
+
+
 def read_image(path: "str | os.PathLike") -> ImageData:
     """Read one image file (NIfTI, NRRD, MetaImage, single DICOM) or a folder holding one DICOM series,
     keeping dtype and geometry."""
     p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"{p} does not exist.")
     if p.is_dir():
         items = read_path(p)
         if len(items) > 1:

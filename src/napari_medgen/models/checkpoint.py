@@ -128,3 +128,8 @@ class Model:
                 raise ModelFileError(f"The weights in {p.name} do not fit its '{name}' network "
                                      f"({config.networks[name].arch}).") from None
         return model
+
+
+def as_model(model, expect: "Task | str") -> "Model":
+    """``model`` itself, or the model file it names, checked to be an ``expect`` model (never unpickled)."""
+    return Model.load(model, expect=expect) if isinstance(model, (str, os.PathLike)) else model

@@ -43,6 +43,7 @@ from ..engine.device import select_device
 from ..engine.jobs import Job
 from ..errors import UserError
 from ..models.checkpoint import Model
+from ..io.read import opened
 from .diffusion_restore import diffusion_restore, has_diffusion, require_diffusion
 from .anomaly_scores import (PART_NAMES, PARTS, SIGNS, TAILS, combine, combined_parts, postprocess,
                              signed_part)
@@ -301,7 +302,7 @@ def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, si
     result back.  Raises :class:`~napari_medgen.engine.jobs.Cancelled` on stop (no partial output).
     """
     job = Job.of(progress, stop)
-    require_vae(model)
+    model, image = require_vae(model), opened(image)
     how = as_stored_like(image, model.params.orientation)
     if how is not None:  # stored in another axis order or sense than the training scans: scored as they were
         mask = check_mask(mask, np.shape(image.data))

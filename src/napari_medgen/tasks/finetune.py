@@ -32,7 +32,7 @@ from ..data.slices import take_slices
 from ..engine.device import select_device
 from ..engine.inference import predict
 from ..engine.jobs import Job
-from ..io.read import ImageData
+from ..io.read import ImageData, opened
 from ..engine.seg_training import predict_logits, train_segmenter
 from ..models.checkpoint import Model, ModelFileError
 from ..models.segmentation import default_classes, is_torchscript, load_segmentation_model, segmentation_config
@@ -156,6 +156,7 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     """
     t0 = time.monotonic()
     job = Job.of(progress, stop, cancel)
+    image, labels = opened(image), opened(labels)
     img, lab, spacing, modality, flat = _inputs(image, labels, spacing, modality)
     if axis is not None and not flat and not 0 <= axis < 3:
         raise AnnotationError("axis must be 0, 1 or 2.")
@@ -259,7 +260,7 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
     Raises :class:`Cancelled` on stop.  Inputs are only read.
     """
     job = Job.of(progress, stop)
-    m = load_segmentation_model(model)
+    m, image, labels = load_segmentation_model(model), opened(image), opened(labels)
     how = plane_turn(image, m.params.orientation) if np.ndim(getattr(image, "data", image)) == 3 else None
     if how is not None:  # a volume stored in another axis order than the model's: completed as the model's were
         labels = turn_back(complete_labels(m, _turned(image, how), _turned(labels, how), sparse=sparse,

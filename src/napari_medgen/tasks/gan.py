@@ -22,7 +22,7 @@ from ..engine.jobs import Job
 from ..errors import UserError
 from ..io.geometry import Geometry
 from ..io.read import ImageData
-from ..models.checkpoint import Model, build_network
+from ..models.checkpoint import Model, as_model, build_network
 from ..models.config import GANParams, ModelConfig, NetSpec, Task
 from .cascade_gan import (FACTOR, CascadeTask, RefineTask, cascade_generate, refiner_config, stage_schedule,
                           zero_output)
@@ -228,9 +228,11 @@ def _to_intensity(unit: np.ndarray, params) -> np.ndarray:
     return fit_to_size(unit * (hi - lo) + lo, tuple(params.native_shape)).astype(np.float32)
 
 
-def _check_gan(model: Model) -> None:
+def _check_gan(model) -> Model:
+    model = as_model(model, Task.GAN)
     if model.task != Task.GAN:
         raise UserError(f"This is a {model.task or 'unknown'} model, not an (unconditional) GAN.")
+    return model
 
 
 def _decode(model: Model, z: torch.Tensor, device) -> np.ndarray:
@@ -245,7 +247,7 @@ def synthesize(model: Model, n: int = 16, seed: int = 0, device="auto", progress
     """``n`` new slices from ``seed`` (sample i depends only on seed and i) as an (n, H, W) stack
     in the training intensity scale and pixel spacing."""
     n = check_count(n)
-    _check_gan(model)
+    model = _check_gan(model)
     job = Job.of(progress, stop)
     z = latents(n, seed, model.params.latent_size)
     out = []
@@ -262,7 +264,7 @@ def interpolate_seeds(model: Model, seed_a: int, seed_b: int, steps: int = 8, de
                       progress=None, stop=None) -> ImageData:
     """A stack walking the latent space from the first sample of ``seed_a`` to that of ``seed_b`` (slerp)."""
     steps = check_count(steps, "interpolation steps")
-    _check_gan(model)
+    model = _check_gan(model)
     Job.of(progress, stop).check()
     dim = model.params.latent_size
     a, b = latents(1, seed_a, dim)[0], latents(1, seed_b, dim)[0]

@@ -15,7 +15,7 @@ from ..data.orientation import plane_turn, turn_back, turned
 from ..data.resample import inplane_spacing, resize, target_shape
 from ..engine.inference import predict
 from ..engine.jobs import Job
-from ..io.read import ImageData
+from ..io.read import ImageData, opened
 from ..models.segmentation import class_names, load_segmentation_model
 from ..errors import UserError
 from .metrics import label_volumes_ml
@@ -72,7 +72,7 @@ def segment_result(image, model, *, spacing=None, axis: int | None = None, devic
                    allow_code: bool = False) -> SegmentResult:
     """:func:`segment` returning a :class:`SegmentResult` (labels, mismatch sentences, class names, spacing)."""
     job = Job.of(progress, stop)
-    m = load_segmentation_model(model, allow_code=allow_code)
+    m, image = load_segmentation_model(model, allow_code=allow_code), opened(image)
     cfg = m.params
     how = plane_turn(image, cfg.orientation) if axis is None else None
     if how is not None:

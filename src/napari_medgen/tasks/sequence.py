@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..engine.device import select_device
 from ..engine.fit import Budget, TrainTask, fit
 from ..engine.jobs import Job
-from ..models.checkpoint import Model
+from ..models.checkpoint import Model, as_model
 from ..models.config import ModelConfig, SequenceParams, Task
 from .sequence_data import (SequenceInputError, check_sequence, default_size, encode_targets, pad_batch, prepare,
                             signal)
@@ -242,6 +242,7 @@ def predict_sequence(model: Model, sequence, region=None, *, device="auto", prog
                      stop=None) -> SequenceResult:
     """The model's answer for one sequence, its per-frame curve, and the (region's) mean signal per frame."""
     job = Job.of(progress, stop)
+    model = as_model(model, Task.SEQUENCE)
     if model.task != Task.SEQUENCE:
         raise SequenceInputError(f"{model.name} is a {model.task} model, not a time series model.")
     p: SequenceParams = model.params

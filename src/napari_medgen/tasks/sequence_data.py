@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..io.read import opened
 
 MIN_FRAMES = 2
 REGION_MARGIN = 0.25  # of the region's extent, on each side
@@ -26,7 +27,8 @@ class SequenceInputError(UserError):
 
 def check_sequence(seq, name: str = "the sequence", spatial_dims: Optional[int] = None) -> np.ndarray:
     """The sequence as a float32 array (t, y, x) or (t, z, y, x); one sentence when it cannot be one."""
-    arr = np.asarray(seq)
+    seq = opened(seq)
+    arr = np.asarray(getattr(seq, "data", seq))
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise SequenceInputError(f"{name} is not a numeric array (got {arr.dtype}).")
     if arr.ndim not in (3, 4):
@@ -48,7 +50,8 @@ def check_region(region, seq: np.ndarray, name: str = "the region") -> Optional[
     """A boolean mask of one frame's shape (a per-frame mask is united over time); None stays None."""
     if region is None:
         return None
-    mask = np.asarray(region) != 0
+    region = opened(region)
+    mask = np.asarray(getattr(region, "data", region)) != 0
     if mask.shape == seq.shape:
         mask = mask.any(0)
     if mask.shape != seq.shape[1:]:

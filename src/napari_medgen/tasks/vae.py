@@ -23,8 +23,9 @@ from ..engine.device import select_device
 from ..engine.jobs import Job
 from ..errors import UserError
 from ..io.read import ImageData
-from ..models.checkpoint import Model
+from ..models.checkpoint import Model, as_model
 from ..models.config import Task
+from ..io.read import opened
 from .volume_input import as_volume, check_count, stack_geometry
 
 LOGVAR_LIMIT = 8.0  # |log variance| beyond this overflows exp() in half precision and on large slices
@@ -49,7 +50,7 @@ def guard_logvar(net: torch.nn.Module) -> torch.nn.Module:
 def check_mask(mask, shape) -> np.ndarray | None:
     if mask is None:
         return None
-    m = np.asarray(getattr(mask, "data", mask)) > 0
+    m = np.asarray(getattr(opened(mask), "data", opened(mask))) > 0
     if m.shape != tuple(shape):
         raise UserError(f"The mask shape {m.shape} differs from the image shape {tuple(shape)}.")
     return m
@@ -98,6 +99,7 @@ def require_vae(model) -> Model:
     """The model, checked to be a trained VAE."""
     if model is None:
         raise NoModelError("No VAE model yet: train one on normal scans or load a .medgen.pt VAE file first.")
+    model = as_model(model, Task.VAE)
     if getattr(model, "task", None) != Task.VAE:
         raise NoModelError(f"This is a {getattr(model, 'task', 'unknown')} model, not a VAE.")
     return model
@@ -211,7 +213,7 @@ def reconstruct(model: Model, image, mask=None, *, device: str = "auto", progres
     """The VAE's reconstruction of ``image`` (same shape, in the image's own intensity units; a volume stored in
     another orientation than the training scans is reconstructed as they were stored and turned back)."""
     job = Job.of(progress, stop)
-    require_vae(model)
+    model, image = require_vae(model), opened(image)
     how = as_stored_like(image, model.params.orientation)
     if how is not None:
         mask = check_mask(mask, np.shape(image.data))
@@ -240,7 +242,7 @@ def synthesize_vae(model: Model, n: int = 8, *, seed: int = 0, temperature: floa
     the training intensity scale and pixel spacing."""
     n = check_count(n)
     job = Job.of(progress, stop)
-    require_vae(model)
+    model = require_vae(model)
     latent = int(model.config.networks["net"].args["latent_size"])
     z = torch.randn((n, latent), generator=torch.Generator().manual_seed(int(seed))) * float(temperature)
     job.check()
@@ -257,8 +259,8 @@ def interpolate_slices(model: Model, image, index_a: int, index_b: int, steps: i
     in the image's intensity units."""
     steps = check_count(steps, "interpolation steps")
     job = Job.of(progress, stop)
-    require_vae(model)
-    prep = prepare(model, image, mask)
+    model = require_vae(model)
+    prep = prepare(model, opened(image), mask)
     n = len(prep.stack)
     for idx in (index_a, index_b):
         if not 0 <= idx < n:

@@ -25,7 +25,7 @@ from ..data.slices import fit_to_size, informative_slices, mask_box, take_slices
 from ..engine.fit import Budget, TrainTask, fit
 from ..engine.jobs import Job
 from ..errors import UserError
-from ..io.read import read_image
+from ..io.read import opened, read_image
 from ..models.checkpoint import Model
 from ..models.config import ModelConfig, NetSpec, Task, VAEParams
 from .anomaly import calibrate, calibration_seconds, tissue_model
@@ -98,7 +98,7 @@ class VAETask(TrainTask):
 
 
 def checked_volumes(images, masks, what: str):
-    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    items = [opened(x) for x in (images if isinstance(images, (list, tuple)) else [images])]
     if not items:
         raise UserError(f"Give at least one {what} image.")
     vols = [as_volume(im, f"{what} image", "the VAE") for im in items]
@@ -220,6 +220,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     started = time.monotonic()
     job = Job.of(progress, stop, cancel)
     check_batch(batch_size)
+    Budget(steps, seconds)  # a bad budget is refused before any work, in the user's own numbers
     items, vols, mask_list = checked_volumes(images, masks, "training")
     orientation = stored_direction(items[0])  # the others are stored as the first is: slices cut alike
     items, hows = stored_alike(items, orientation)
