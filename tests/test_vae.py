@@ -359,3 +359,14 @@ def test_seconds_budget_covers_calibration(brain, tissue):
     _, hist = train_vae([brain], [tissue.data > 0], val_every=None, device="cpu", **{**TINY, "seconds": 20.0})
     total = time.monotonic() - t0
     assert hist["seconds"] < 19 and total < 20.0 * 1.2, (hist["seconds"], total)
+
+
+def test_a_cohort_calibrates_on_the_validation_slices_that_fit_the_budget(brain, tissue):
+    """Three subjects: a whole held-out brain (95 slices) to calibrate on took 45 s of a 30 s budget."""
+    import time
+    subjects = [ImageData(brain.data, brain.geometry, f"subject {i}") for i in range(3)]
+    t0 = time.monotonic()
+    model, _ = train_vae(subjects, [tissue.data > 0] * 3, device="cpu", **{**TINY, "seconds": 15.0})
+    total = time.monotonic() - t0
+    training = model.config.training
+    assert 8 <= training["n_calibration"] < training["n_val"] and total < 15.0 * 1.25, (training, total)

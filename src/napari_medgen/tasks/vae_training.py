@@ -34,6 +34,8 @@ from .volume_input import as_volume, check_batch
 
 MIN_SLICES = 8
 MIN_TRAIN_SHARE = 0.5  # of a seconds budget: training keeps at least this, however long calibration will take
+CALIBRATION_SHARE = 0.3  # of a seconds budget: calibration uses as many validation slices as fit in this ...
+MIN_CALIBRATION_SLICES = 8  # ... but at least these (evenly spread), when there are as many
 FOV_ROOM = 1.2  # a masked model's field of view: this much wider than the largest training box
 
 
@@ -205,8 +207,8 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
 
     The budget is ``steps`` and/or ``seconds`` (whichever ends first; two minutes by default, enough
     for a first model on a laptop CPU).  ``seconds`` is the whole call: preparing the slices and
-    calibrating the thresholds (timed on one slice beforehand) come out of it, training keeps at
-    least half of it.  ``masks`` (one per image, or None) restrict training to the
+    calibrating the thresholds (timed on one slice beforehand; on as many evenly spread validation
+    slices as fit in 30 % of it, at least 8) come out of it, training keeps at least half of it.  ``masks`` (one per image, or None) restrict training to the
     foreground.  Each volume is normalised on its own intensities by the modality's spec (CT: a fixed
     Hounsfield window; MRI: its own percentiles) and resampled in-plane to the median pixel spacing.
     Validation slices are ``val_images`` if given, else those of whole held-out subjects when there
@@ -264,20 +266,24 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
                               params=params, normalization=spec, description="VAE trained on normal scans"))
     task = VAETask(model.net, train, val, lr=lr, beta=beta, batch_size=batch_size, augment=augment, seed=seed)
     model.params.tissue = tissue_model(val[:, 0])
+    cal = np.arange(len(val))  # the validation slices the thresholds are calibrated on
     if seconds:
         job.report(0, 1, "timing the calibration")
-        reserve = calibration_seconds(model, val[:, 0], val_raw[:, 0], device, Job(None, None, job.cancelled))
-        seconds = max(seconds - (time.monotonic() - started) - reserve, MIN_TRAIN_SHARE * seconds)
+        per_slice = calibration_seconds(model, val[:1, 0], val_raw[:1, 0], device, Job(None, None, job.cancelled))
+        fits = int(CALIBRATION_SHARE * seconds / max(per_slice, 1e-6))
+        cal = np.unique(np.linspace(0, len(val) - 1, min(len(val), max(MIN_CALIBRATION_SLICES, fits))).round()
+                        .astype(int))
+        seconds = max(seconds - (time.monotonic() - started) - per_slice * len(cal), MIN_TRAIN_SHARE * seconds)
     history = fit(task, Budget(steps, seconds), device=device, val_every=val_every, progress=job,
                   val_seconds=float("inf") if val_every else 15.0, message="training")
     model.config.training = {k: history[k] for k in ("best_step", "best_metric", "returned", "stopped",
                                                      "stop_reason", "seconds", "device", "events")}
-    model.config.training.update(n_train=int(len(train)), n_val=int(len(val)), split=split,
-                                 subjects=sorted(set(ids)), val_subjects=held)
+    model.config.training.update(n_train=int(len(train)), n_val=int(len(val)), n_calibration=int(len(cal)),
+                                 split=split, subjects=sorted(set(ids)), val_subjects=held)
     history.update(split=split, val_subjects=held)
     # calibration continues after a stop request (the model is wanted) but honours a cancel
     calib = Job(lambda ev: job.report(ev.step, ev.total, "calibrating thresholds"), None, job.cancelled)
-    calibrate(model, val[:, 0], device=device, job=calib, unclipped=val_raw[:, 0])
+    calibrate(model, val[cal, 0], device=device, job=calib, unclipped=val_raw[cal, 0])
     return model, history
 
 
