@@ -31,15 +31,16 @@ def folder(tmp_path_factory, brain, tissue):
 
 def test_train_then_classify_with_heatmaps(folder, tmp_path, capsys):
     model = tmp_path / "clf.medgen.pt"
-    assert main(["classify-train", str(folder), str(folder / "labels.csv"), "-o", str(model), "--steps", "6",
-                 "--size", "32", "32", "--spacing", "7", "--pooling", "mean", "--quiet"]) == 0
+    # --csv and --out, as sequence-train and every other verb spell them (FOLDER CSV -o M works too, below)
+    assert main(["classify-train", str(folder), "--csv", str(folder / "labels.csv"), "--out", str(model),
+                 "--steps", "6", "--size", "32", "32", "--spacing", "7", "--pooling", "mean", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert model.exists() and "balanced accuracy" in err and "confusion matrix" in err
     params = load_classifier(model).params
     assert params.pooling == "mean" and params.spacing == [7.0, 7.0]
     out = tmp_path / "probs.csv"
     files = [str(folder / "s25.nii.gz"), str(folder / "s29.nii.gz")]
-    assert main(["classify", *files, "-m", str(model), "-o", str(out), "--heatmaps", str(tmp_path / "hm"),
+    assert main(["classify", *files, "-m", str(model), "--out", str(out), "--heatmaps", str(tmp_path / "hm"),
                  "--quiet"]) == 0
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["file", "label", "T1", "T2"] and len(rows) == 3

@@ -36,6 +36,7 @@ def test_dicom_series_round_trip(slab, tmp_path, dicom_writer):
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "dicom"), str(out), "--tta", "-q"]) == 0
     (series,) = read_path(tmp_path / "dicom")
+    assert (out / "segment_summary.csv").is_file()  # an OUTPUT folder gets the summary, even for one input
     got = read_image(out / "dicom_seg.nii.gz")
     assert got.geometry.same_grid(series.geometry)
     ref = read_image(slab)
@@ -113,3 +114,14 @@ def test_batch_skips_label_files_resumes_and_splits_into_parts(slab, tmp_path, c
     assert (out / "segment_summary.part1of2.csv").is_file()
     assert main(["segment", str(folder), str(out), "--num-parts", "2", "--part-id", "2"]) == 2
     assert "--part-id must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_folder_holding_one_image_gets_its_summary(slab, tmp_path, capsys):
+    """docs/cohorts.md promises OUTPUT folders a segment_summary.csv; one image in a folder wrote none."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    (folder / "a.nii.gz").write_bytes(slab.read_bytes())
+    assert main(["segment", str(folder), str(tmp_path / "out"), "-q"]) == 0
+    with open(tmp_path / "out" / "segment_summary.csv") as fh:
+        assert [(r["input"], r["status"]) for r in csv.DictReader(fh)] == [(str(folder / "a.nii.gz"), "written")]
+    assert str(tmp_path / "out" / "a_seg.nii.gz") in capsys.readouterr().out

@@ -25,8 +25,8 @@ def folder(tmp_path, brain):
 
 def test_train_then_predict_writes_model_and_curves(folder, capsys):
     model = folder / "m.medgen.pt"
-    assert main(["sequence-train", str(folder), "--csv", str(folder / "targets.csv"), "--out", str(model),
-                 "--steps", "2", "--size", "16", "16", "-q"]) == 0
+    assert main(["sequence-train", str(folder), str(folder / "targets.csv"), "--out", str(model),
+                 "--steps", "2", "--size", "16", "16", "-q"]) == 0  # the CSV after FOLDER, as classify-train takes it
     assert model.exists()
     curves = folder / "curves.csv"
     assert main(["sequence-predict", str(folder / "s0.nii.gz"), str(folder / "s1.nii.gz"), "--model", str(model),
@@ -34,8 +34,18 @@ def test_train_then_predict_writes_model_and_curves(folder, capsys):
     out = capsys.readouterr().out
     assert "s0.nii.gz: " in out and ("up" in out or "down" in out)
     rows = list(csv.reader(open(curves)))
-    assert rows[0][:3] == ["file", "frame", "time"] and len(rows) == 1 + 4 + 5
-    assert rows[2][2] == "2 s"  # the second frame of s0, at the stored time step
+    assert rows[0][:3] == ["file", "frame", "time_s"] and len(rows) == 1 + 4 + 5
+    assert float(rows[2][2]) == 2.0  # the second frame of s0, at the stored time step: a number, unit in the header
+
+
+def test_csv_missing_or_given_twice_is_one_line(folder, capsys):
+    out = ["--out", str(folder / "m.medgen.pt"), "-q"]
+    assert main(["sequence-train", str(folder), *out]) == 2
+    assert "Name the CSV" in capsys.readouterr().err
+    (folder / "other.csv").write_text("file,target\n")
+    assert main(["sequence-train", str(folder), str(folder / "targets.csv"), "--csv", str(folder / "other.csv"),
+                 *out]) == 2
+    assert "Two CSVs given" in capsys.readouterr().err
 
 
 def test_bad_csv_is_one_line(folder, capsys):

@@ -14,17 +14,20 @@ import re
 import sys
 from pathlib import Path
 
-from .options import add_budget, add_common, check_output
+from .options import add_budget, add_common, add_table, check_output, existing, table_of
 from ..errors import UserError
 
 
 def add_parser(sub) -> None:
     t = sub.add_parser("classify-train", help="train an image classifier from a folder and a CSV of labels",
                        description="Train a classifier on the images listed in a CSV (columns file,label; files "
-                                   "relative to FOLDER). Prints the validation metrics and writes the model.")
-    t.add_argument("folder", help="folder holding the images named in the CSV")
-    t.add_argument("labels", help="CSV with columns file,label (file relative to FOLDER, label a class name)")
-    t.add_argument("--output", "-o", required=True,
+                                   "relative to FOLDER). Prints the validation metrics and writes the model.",
+                       epilog="example:\n  napari-medgen classify-train scans/ labels.csv --out sorter.medgen.pt "
+                              "--pretrained brain-tissue-2d\n"
+                              "  (the same: napari-medgen classify-train scans/ --csv labels.csv -o sorter.medgen.pt)")
+    t.add_argument("folder", type=existing, help="folder holding the images named in the CSV")
+    add_table(t, "CSV with columns file,label (file relative to FOLDER, label a class name)")
+    t.add_argument("--out", "--output", "-o", dest="output", required=True, metavar="MODEL",
                    help="model file to write (.medgen.pt is appended if missing)")
     t.add_argument("--pretrained", default=None,
                    help="start from a network: brain-tissue-2d, a segmentation or VAE .medgen.pt, a MONAI "
@@ -49,13 +52,17 @@ def add_parser(sub) -> None:
     c = sub.add_parser("classify", help="classify images; writes a CSV of class probabilities",
                        description="Classify image files, DICOM folders or folders of images with a trained "
                                    "classifier; one CSV row per image (file, label, one column per class). "
-                                   "Files already listed in OUTPUT (or in its part files) are kept unless "
-                                   "--overwrite, so an interrupted or split run resumes.")
-    c.add_argument("inputs", nargs="+", help="image files, DICOM folders, folders of images or quoted globs")
-    c.add_argument("--model", "-m", required=True, help="classifier .medgen.pt file (from classify-train)")
-    c.add_argument("--output", "-o", required=True,
+                                   "Files already listed in the --out CSV (or in its part files) are kept unless "
+                                   "--overwrite, so an interrupted or split run resumes.",
+                       epilog="example:\n  napari-medgen classify new_scans/ --model sorter.medgen.pt --out "
+                              "probabilities.csv --heatmaps heatmaps/")
+    c.add_argument("inputs", nargs="+", type=existing,
+                   help="image files, DICOM folders, folders of images or quoted globs")
+    c.add_argument("--model", "-m", required=True, type=existing,
+                   help="classifier .medgen.pt file (from classify-train)")
+    c.add_argument("--out", "--output", "-o", dest="output", required=True, metavar="CSV",
                    help="CSV file to write, e.g. probs.csv; with --num-parts K part I writes probs.partIofK.csv "
-                        "instead, and a later run without --num-parts merges the parts into OUTPUT")
+                        "instead, and a later run without --num-parts merges the parts into it")
     c.add_argument("--heatmaps", default=None, metavar="FOLDER",
                    help="also write each image's Grad-CAM heatmap as <name>_heatmap.nii.gz with the image's "
                         "geometry (default: no heatmaps)")
@@ -75,7 +82,7 @@ def run_train(args) -> int:
 
     out = args.output if args.output.endswith(SUFFIX) else args.output + SUFFIX
     check_output(out, args.overwrite)
-    files, labels = read_label_csv(args.labels, args.folder)
+    files, labels = read_label_csv(table_of(args), args.folder)
     with terminal_job("classify-train", quiet=args.quiet) as job:
         model, history = train_classifier([str(f) for f in files], labels, pretrained=args.pretrained,
                                           steps=args.steps, seconds=args.seconds, size=args.size,

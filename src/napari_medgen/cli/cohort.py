@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from .options import add_budget, add_common, check_model_output
+from .options import add_budget, add_common, check_model_output, existing
 from ..errors import UserError
 
 
@@ -23,12 +23,14 @@ def add_parser(sub) -> None:
                        description="Train a segmenter on DATASET_DIR (imagesTr/ + labelsTr/ with matching "
                                    "names, or a dataset.json datalist). Under torchrun it trains with "
                                    "DistributedDataParallel; only rank 0 writes the model.",
-                       epilog="several processes (GPUs, or CPU cores with gloo): torchrun --standalone "
-                              "--nproc_per_node=N -m napari_medgen.cli train-cohort DATASET --out M.medgen.pt; "
+                       epilog="example:\n  napari-medgen train-cohort Dataset001_Brain/ --out brain.medgen.pt "
+                              "--dims 2 --seconds 600\n"
+                              "several processes (GPUs, or CPU cores with gloo):\n  torchrun --standalone "
+                              "--nproc_per_node=N -m napari_medgen.cli train-cohort DATASET --out M.medgen.pt\n"
                               "clusters: docs/cohorts.md")
-    p.add_argument("dataset", help="dataset folder (Medical Segmentation Decathlon / nnU-Net layout)")
+    p.add_argument("dataset", type=existing, help="dataset folder (Medical Segmentation Decathlon / nnU-Net layout)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
-    add_budget(p)  # no budget given: 1000 steps
+    add_budget(p, neither="1000 steps when neither --seconds nor --steps is given")
     p.add_argument("--dims", type=int, choices=(2, 3), default=2,
                    help="2 for a 2D U-Net (slice by slice) or 3 for a 3D U-Net (default 2)")
     p.add_argument("--axis", type=int, default=0, help="2D: slice axis in (z, y, x) order (default 0)")

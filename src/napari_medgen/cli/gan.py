@@ -4,42 +4,63 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_budget, add_common, check_output
+from .options import add_budget, add_common, check_output, existing
 from .progress import terminal_job
 from ..errors import UserError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("gan-train", help="train a 2D GAN on the slices of images (with --labels: mask-to-image)")
-    p.add_argument("images", nargs="+", help="image files (same pixel spacing)")
-    p.add_argument("--labels", nargs="*", default=None, help="label map per image: train mask-to-image synthesis")
+    p = sub.add_parser("gan-train", help="train a 2D GAN on the slices of images (with --labels: mask-to-image)",
+                       description="Train a GAN on the slices of IMAGES at their own resolution and write it; with "
+                                   "--labels, a mask-to-image (SPADE) GAN that turns a label map into an image.",
+                       epilog="examples:\n  napari-medgen gan-train t1.nii.gz --out gan.medgen.pt --seconds 600\n"
+                              "  napari-medgen gan-train t1.nii.gz --labels tissue.nii.gz --out spade.medgen.pt")
+    p.add_argument("images", nargs="+", type=existing, help="image files (same pixel spacing)")
+    p.add_argument("--labels", nargs="*", type=existing, default=None,
+                   help="label map per image, same order: train mask-to-image synthesis (default: none, an "
+                        "unconditional GAN)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
     add_budget(p, seconds=600.0)
     p.add_argument("--downsample", type=int, default=1, help="train on slices reduced by this factor (default 1: "
                                                              "native resolution)")
     p.add_argument("--architecture", choices=("cascade", "single-scale"), default="cascade",
-                   help="cascade (default): half-resolution GAN + full-resolution refiner; single-scale: one GAN")
-    p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
+                   help="cascade (default): a GAN on 4x reduced slices + a full-resolution refiner; single-scale: one "
+                        "GAN at full resolution")
+    p.add_argument("--axis", type=int, default=0, help="slice axis in (z, y, x) order; 0 is axial")
     add_common(p)
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("gan-synthesize", help="N new slices from a seed, a seed-to-seed walk, or images "
-                                              "from a label map")
+                                              "from a label map",
+                       description="Write N new slices from a GAN (the same seed gives the same images), a walk "
+                                   "of N steps from --seed to --to-seed, or, for a mask-to-image model, one image "
+                                   "per slice of a label map (on the label map's grid).",
+                       epilog="examples:\n  napari-medgen gan-synthesize --model gan.medgen.pt -n 16 --out "
+                              "samples.nii.gz\n"
+                              "  napari-medgen gan-synthesize --model gan.medgen.pt -n 8 --seed 1 --to-seed 2 "
+                              "--out walk.nii.gz\n"
+                              "  napari-medgen gan-synthesize --model spade.medgen.pt --labels tissue.nii.gz "
+                              "--out fake_t1.nii.gz")
     p.add_argument("--model", required=True, help="GAN model file (.medgen.pt) from gan-train")
     p.add_argument("-n", type=int, default=16, help="number of samples (or interpolation steps)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images (default 0)")
-    p.add_argument("--to-seed", type=int, help="interpolate from --seed to this seed instead")
-    p.add_argument("--labels", help="label map file (mask-to-image model): one image per slice")
+    p.add_argument("--to-seed", type=int, help="interpolate from --seed to this seed instead (default: sample)")
+    p.add_argument("--labels", type=existing,
+                   help="label map file (mask-to-image model): one image per slice; -n is then unused")
     p.add_argument("--out", required=True, help="image stack file, e.g. samples.nii.gz")
     add_common(p)
     p.set_defaults(func=run_synthesize)
 
     p = sub.add_parser("gan-report", help="quality report (MMD, MS-SSIM, FD-medgen, memorisation) of samples "
-                                          "against the real slices of an image")
-    p.add_argument("samples", help="sample stack file (from gan-synthesize)")
-    p.add_argument("--model", required=True, help="the GAN that made the samples (grid and intensity units)")
-    p.add_argument("--real", required=True, help="real image whose slices are the reference and training set")
-    p.add_argument("--json", help="also write the full report (all similarities) as JSON")
+                                          "against the real slices of an image",
+                       epilog="example:\n  napari-medgen gan-report samples.nii.gz --model gan.medgen.pt --real "
+                              "t1.nii.gz --json report.json")
+    p.add_argument("samples", type=existing, help="sample stack file (from gan-synthesize)")
+    p.add_argument("--model", required=True, type=existing,
+                   help="the GAN that made the samples (grid and intensity units)")
+    p.add_argument("--real", required=True, type=existing,
+                   help="real image whose slices are the reference and training set")
+    p.add_argument("--json", help="also write the full report (all similarities) as JSON (default: none)")
     add_common(p)
     p.set_defaults(func=run_report)
 

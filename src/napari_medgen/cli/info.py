@@ -5,7 +5,8 @@ from __future__ import annotations
 def add_parser(sub) -> None:
     p = sub.add_parser("info", help="show versions and the compute device",
                        description="Print the versions of napari-medgen, torch, MONAI and SimpleITK and the device "
-                                   "that --device would use.")
+                                   "that --device would use.",
+                       epilog="example:\n  napari-medgen info --device cuda")
     p.add_argument("--device", default="auto",
                    help="device to describe: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps "
                         "(default auto)")

@@ -1,8 +1,35 @@
 """Options and output checks shared by the model verbs."""
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
+
+
+def existing(text: str) -> str:
+    """argparse ``type`` of an input path: a missing file is said at once, before torch is imported
+    (a glob such as 'scans/*.nii.gz' is left to the verb)."""
+    if any(c in text for c in "*?[") or os.path.exists(text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text} does not exist")
+
+
+def add_table(p, what: str) -> None:
+    """The CSV of a training verb, after FOLDER or as ``--csv``: both spellings work."""
+    p.add_argument("table", nargs="?", type=existing, metavar="CSV",
+                   help=f"{what}; right after FOLDER, or give it as --csv")
+    p.add_argument("--csv", type=existing, help="the same CSV as an option, instead of after FOLDER")
+
+
+def table_of(args) -> str:
+    """The CSV named by :func:`add_table`'s arguments; one clear sentence when it is missing or given twice."""
+    from ..errors import UserError
+
+    if args.table and args.csv and Path(args.table).resolve() != Path(args.csv).resolve():
+        raise UserError(f"Two CSVs given ({args.table} and --csv {args.csv}); give one.")
+    if not (args.table or args.csv):
+        raise UserError("Name the CSV: FOLDER CSV, or FOLDER --csv CSV.")
+    return args.table or args.csv
 
 
 def add_common(p) -> None:
@@ -13,13 +40,15 @@ def add_common(p) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
 
 
-def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None) -> None:
-    """``--seconds`` and ``--steps``: the training budget every trainer takes (whichever ends first)."""
+def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None, neither: str = "") -> None:
+    """``--seconds`` and ``--steps``: the training budget every trainer takes (whichever ends first);
+    ``neither`` says what a run without either does, when that is not "no limit"."""
     p.add_argument("--seconds", type=float, default=seconds,
                    help="training budget in seconds of wall time; training stops at whichever of --seconds/--steps "
-                        f"ends first (default: {seconds if seconds is not None else 'no time limit'})")
+                        f"ends first (default: {seconds if seconds is not None else neither or 'no time limit'})")
     p.add_argument("--steps", type=int, default=steps,
-                   help=f"training budget in optimizer steps (default: {steps if steps is not None else 'no step limit'})")
+                   help="training budget in optimizer steps "
+                        f"(default: {steps if steps is not None else neither or 'no step limit'})")
 
 
 def check_output(path: "str | os.PathLike", overwrite: bool) -> None:

@@ -11,10 +11,14 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .options import check_output
+from .options import check_output, existing
 
 PASSWORD_ENV = "MEDGEN_PACS_PASSWORD"
 _DATE = r"\d{8}|\d{4}-\d{2}-\d{2}"  # DICOM YYYYMMDD or ISO YYYY-MM-DD
+URL = "http://pacs:8042/dicom-web"
+# pacs find's columns: (header, width) of a study line, then of its series lines (indented); UIDs last
+STUDY_COLUMNS = (("DATE", 10), ("PATIENT", 22), ("PATIENT ID", 12), ("ACCESSION", 12), ("STUDY DESCRIPTION", 28))
+SERIES_COLUMNS = (("    MODALITY", 12), ("NUMBER", 6), ("IMAGES", 6), ("SERIES DESCRIPTION", 30))
 
 
 def add_parser(sub) -> None:
@@ -31,7 +35,11 @@ def add_parser(sub) -> None:
                             "sending is never cut (default 30; raise it for a slow archive)")
         q.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
 
-    f = verbs.add_parser("find", help="list studies and their series")
+    f = verbs.add_parser("find", help="list studies and their series",
+                         description="List the studies that match (one line each, under a header) and, indented "
+                                     "under each, its series with the SeriesInstanceUID that pull and push take.",
+                         epilog=f"example:\n  export {PASSWORD_ENV}=...\n  napari-medgen pacs find --url {URL} "
+                                "--user me --patient Doe --date 2024-01-01-2024-12-31")
     common(f)
     f.add_argument("--patient", default="", help="patient name to match (substring, * wildcards; default: any)")
     f.add_argument("--patient-id", default="", help="PatientID to match exactly (default: any)")
@@ -43,18 +51,27 @@ def add_parser(sub) -> None:
                         "(an end may be left open: 2024-01-01-) (default: any)")
     f.set_defaults(func=run_find)
 
-    g = verbs.add_parser("pull", help="retrieve a series into an image file (a SEG into a label image)")
+    g = verbs.add_parser("pull", help="retrieve a series into an image file (a SEG into a label image)",
+                         description="Retrieve one series (WADO) and write it as an image file with its geometry; "
+                                     "a DICOM SEG series becomes a label image on its source image's grid.",
+                         epilog=f"example:\n  napari-medgen pacs pull --url {URL} --user me --series 1.2.3... "
+                                "ct.nii.gz")
     common(g)
     g.add_argument("--series", required=True, help="SeriesInstanceUID of the series to retrieve (from pacs find)")
     g.add_argument("output", help="image file to write: .nii.gz, .nii, .nrrd or .mha (keeps the geometry)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     g.set_defaults(func=run_pull)
 
-    s = verbs.add_parser("push", help="send a label image as a DICOM SEG referencing a series")
+    s = verbs.add_parser("push", help="send a label image as a DICOM SEG referencing a series",
+                         description="Turn a label image into a DICOM SEG that references the series it was made "
+                                     "on (names and codes its segments, records the algorithm) and send it (STOW); "
+                                     "prints the new SEG's SeriesInstanceUID.",
+                         epilog=f"example:\n  napari-medgen pacs push --url {URL} --user me --reference-series "
+                                "1.2.3... ct_seg.nii.gz --classes background,liver,tumor --algorithm my-unet")
     common(s)
     s.add_argument("--reference-series", required=True,
                    help="SeriesInstanceUID of the series the labels were made on")
-    s.add_argument("labels", help="label image on that series' grid (.nii.gz, .nrrd, ...)")
+    s.add_argument("labels", type=existing, help="label image on that series' grid (.nii.gz, .nrrd, ...)")
     s.add_argument("--classes", default="",
                    help="class names by label value, comma separated, 0 (background) first; every label value "
                         "present needs a name, extra names (classes absent from this image) are fine "
@@ -103,15 +120,24 @@ def run_find(args) -> int:
     if not studies:
         print("No studies match.", file=sys.stderr)
         return 0
+    print(_row(STUDY_COLUMNS, [h for h, _ in STUDY_COLUMNS]) + "  study UID")
+    print(_row(SERIES_COLUMNS, [h for h, _ in SERIES_COLUMNS]) + "  series UID")
     for st in studies:
-        print(f"{st['StudyDate'] or '-':8}  {st['PatientName'] or '-'}  ({st['PatientID'] or '-'})  "
-              f"{st['StudyDescription'] or ''}  accession {st['AccessionNumber'] or '-'}  "
-              f"study {st['StudyInstanceUID']}")
+        date = st["StudyDate"] or ""
+        print(_row(STUDY_COLUMNS, [f"{date[:4]}-{date[4:6]}-{date[6:]}" if re.fullmatch(r"\d{8}", date)
+                                   else date or "(no date)", st["PatientName"] or "(no name)",
+                                   st["PatientID"] or "(no ID)", st["AccessionNumber"] or "(none)",
+                                   st["StudyDescription"] or ""]) + f"  study {st['StudyInstanceUID']}")
         for se in find_series(server, st["StudyInstanceUID"]):
-            print(f"    {se['Modality'] or '?':4} #{se['SeriesNumber'] or '-':<5} "
-                  f"{se['NumberOfSeriesRelatedInstances'] or '?':>5} inst  {se['SeriesDescription'] or '':30} "
-                  f"series {se['SeriesInstanceUID']}")
+            print(_row(SERIES_COLUMNS, [f"    {se['Modality'] or '(?)'}", se["SeriesNumber"] or "",
+                                        se["NumberOfSeriesRelatedInstances"] or "?", se["SeriesDescription"] or ""])
+                  + f"  series {se['SeriesInstanceUID']}")
     return 0
+
+
+def _row(columns, values) -> str:
+    """One line of pacs find's table: each value padded to its column (a longer one pushes the rest right)."""
+    return "  ".join(f"{str(v):{w}}" for (_, w), v in zip(columns, values))
 
 
 def run_pull(args) -> int:

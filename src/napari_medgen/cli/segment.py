@@ -3,7 +3,8 @@
 A batch (folder or glob) can be split: under ``torchrun --nproc_per_node=N`` each rank segments
 its share of the files, and ``--num-parts K --part-id I`` splits the files between independent
 jobs (nnU-Net's convention); every file is segmented exactly once.  A batch skips outputs that
-already exist (so an interrupted run resumes) and writes ``segment_summary.csv`` to OUTPUT.
+already exist (so an interrupted run resumes).  An OUTPUT folder always gets ``segment_summary.csv``,
+even for one image.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .options import add_common, check_output
+from .options import add_common, check_output, existing
 from ..errors import UserError
 
 LABEL_FILE = re.compile(r"label|mask|seg", re.IGNORECASE)  # label maps, masks and our own outputs
@@ -26,9 +27,14 @@ def add_parser(sub) -> None:
                        description="Segment one image (file or DICOM series folder), every image in a folder (NIfTI, NRRD, "
                                    "MetaImage, PNG/JPEG/TIFF, and DICOM series folders beside them), "
                                    "or a glob such as 'scans/*.nii.gz'. OUTPUT is a file for one image, "
-                                   "else a folder that receives <name>_seg.nii.gz per image. In a folder or "
-                                   "glob, files whose names contain label, mask or seg are skipped.")
-    p.add_argument("input", help="image file, DICOM folder, folder of images, or a quoted glob")
+                                   "else a folder that receives <name>_seg.nii.gz per image and "
+                                   "segment_summary.csv. In a folder or "
+                                   "glob, files whose names contain label, mask or seg are skipped.",
+                       epilog="examples:\n  napari-medgen segment t1.nii.gz t1_seg.nii.gz\n"
+                              "  napari-medgen segment 'scans/*.nii.gz' segs/ --model mine.medgen.pt --tta\n"
+                              "  torchrun --nproc_per_node=4 -m napari_medgen.cli segment scans/ segs/\n"
+                              "splitting a batch between processes or jobs: docs/cohorts.md")
+    p.add_argument("input", type=existing, help="image file, DICOM folder, folder of images, or a quoted glob")
     p.add_argument("output", help="output file (one image) or folder")
     p.add_argument("--model", "-m", default="brain-tissue-2d",
                    help="built-in name, .medgen.pt file, MONAI bundle folder or TorchScript file "
@@ -151,7 +157,8 @@ def run(args) -> int:
     out = Path(args.output)
     cases, label_files = find_cases(args.input)
     check_output_name(out, len(cases))
-    single = len(cases) == 1
+    single = len(cases) == 1  # one input: its error is the command's error
+    to_file = single and _output_path(out, "", True) == out  # else OUTPUT is a folder and gets the summary
     model = load_segmentation_model(args.model, allow_code=args.allow_torchscript)
     with dist.session(args.device) as device:
         args.device = device
@@ -177,7 +184,7 @@ def run(args) -> int:
                 print(f"napari-medgen: skipping {case.name}: {err}", file=sys.stderr)
         for row in rows:
             row["rank"] = dist.rank()
-        if single:
+        if to_file:
             for row in rows:
                 print(row["output"])
             return 0

@@ -10,18 +10,24 @@ import csv
 import warnings
 from pathlib import Path
 
-from .options import add_budget, add_common, check_output
+from .options import add_budget, add_common, add_table, check_output, existing, table_of
 from .progress import terminal_job
 from ..errors import UserError
 
 FILE_COLUMNS, TARGET_COLUMNS = ("file", "path", "sequence", "name"), ("target", "label", "value", "class")
+SECONDS_PER = {"s": 1.0, "ms": 1e-3, "min": 60.0}  # time units a series may store, in seconds
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sequence-train", help="train a CNN + LSTM on time series listed in a CSV")
-    p.add_argument("folder", help="folder holding the sequences (and region masks) named in the CSV")
-    p.add_argument("--csv", required=True,
-                   help="CSV with columns file,target and optionally region (paths relative to FOLDER)")
+    p = sub.add_parser("sequence-train", help="train a CNN + LSTM on time series listed in a CSV",
+                       description="Train a per-frame CNN followed by an LSTM on the time series listed in a CSV "
+                                   "(columns file,target and optionally region, paths relative to FOLDER), for "
+                                   "classification or regression; prints the best validation score.",
+                       epilog="examples:\n  napari-medgen sequence-train loops/ targets.csv --out cine.medgen.pt\n"
+                              "  napari-medgen sequence-train loops/ --csv ef.csv --task regression --readout "
+                              "fraction --out ef.medgen.pt")
+    p.add_argument("folder", type=existing, help="folder holding the sequences (and region masks) named in the CSV")
+    add_table(p, "CSV with columns file,target and optionally region (paths relative to FOLDER)")
     p.add_argument("--task", choices=["classification", "regression"], default="classification",
                    help="classification: targets are class names; regression: targets are numbers "
                         "(default classification)")
@@ -40,14 +46,22 @@ def add_parser(sub) -> None:
     add_common(p)
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("sequence-predict", help="class or value of time series, with a per-frame curve")
-    p.add_argument("inputs", nargs="+", help="4D images, cine DICOMs, folders of frames or 3D (t, y, x) images")
-    p.add_argument("--model", required=True, help="sequence model .medgen.pt file (from sequence-train)")
-    p.add_argument("--region",
+    p = sub.add_parser("sequence-predict", help="class or value of time series, with a per-frame curve",
+                       description="Print the class (with its probability) or the value of each time series; "
+                                   "--curves also writes the model's per-frame curve and the mean signal.",
+                       epilog="example:\n  napari-medgen sequence-predict loop.nii.gz --model cine.medgen.pt "
+                              "--region lesion.nii.gz --curves curves.csv")
+    p.add_argument("inputs", nargs="+", type=existing,
+                   help="4D images, cine DICOMs, folders of frames or 3D (t, y, x) images")
+    p.add_argument("--model", required=True, type=existing,
+                   help="sequence model .medgen.pt file (from sequence-train)")
+    p.add_argument("--region", type=existing,
                    help="mask image restricting the model and the signal, the same for every input "
                         "(default: whole frame)")
     p.add_argument("--curves",
-                   help="CSV file to write with the per-frame curve and mean signal of each input (default: none)")
+                   help="CSV file to write with the per-frame curve and mean signal of each input: columns file, "
+                        "frame, time_s (seconds from the first frame; empty for a series that stores no time "
+                        "step), the curve, signal (default: none)")
     add_common(p)
     p.set_defaults(func=run_predict)
 
@@ -95,7 +109,7 @@ def run_train(args) -> int:
     from ..tasks.sequence import train_sequence_model
 
     check_output(args.out, args.overwrite)
-    rows = read_table(Path(args.folder), Path(args.csv))
+    rows = read_table(Path(args.folder), Path(table_of(args)))
     seqs = [read_sequence(r["file"])[0] for r in rows]
     regions = [read_image(r["region"]).data if r["region"] else None for r in rows]
     targets = [r["target"] for r in rows]
@@ -133,13 +147,14 @@ def run_predict(args) -> int:
         print(f"{path}: {answer}")
         for msg in res.warnings:
             print(f"warning: {path}: {msg}")
-        lines += [[str(path), k, f"{k * step:g} {unit}", f"{c:.6g}", f"{s:.6g}"]
+        seconds = SECONDS_PER.get(unit)  # None: frames without a time step
+        lines += [[str(path), k, "" if seconds is None else f"{k * step * seconds:g}", f"{c:.6g}", f"{s:.6g}"]
                   for k, (c, s) in enumerate(zip(res.curve, res.signal))]
     if args.curves:
         Path(args.curves).parent.mkdir(parents=True, exist_ok=True)
         with open(args.curves, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(["file", "frame", "time", results[0][3].curve_name, "signal"])
+            w.writerow(["file", "frame", "time_s", results[0][3].curve_name, "signal"])
             w.writerows(lines)
         print(f"saved {args.curves}")
     return 0

@@ -4,24 +4,31 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_budget, add_common, check_model_output, check_output
+from .options import add_budget, add_common, check_model_output, check_output, existing
 from ..errors import UserError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a 2.5D segmenter on the painted slices of a labels file (any axis)")
-    p.add_argument("image", help="image file or DICOM folder")
-    p.add_argument("labels", help="labels file on the image's grid (unpainted slices are unknown)")
+    p = sub.add_parser("train", help="train a 2.5D segmenter on the painted slices of a labels file (any axis)",
+                       description="Fine-tune a 2.5D U-Net on the slices painted in LABELS (along any axis; "
+                                   "unpainted slices are unknown, never background) and write the model; "
+                                   "--predict also writes the painting completed by the model.",
+                       epilog="example:\n  napari-medgen train t1.nii.gz painted.nii.gz --out mine.medgen.pt "
+                              "--seconds 60 --predict completed.nii.gz\n"
+                              "  napari-medgen segment t2.nii.gz t2_seg.nii.gz --model mine.medgen.pt")
+    p.add_argument("image", type=existing, help="image file or DICOM folder")
+    p.add_argument("labels", type=existing, help="labels file on the image's grid (unpainted slices are unknown)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
     p.add_argument("--from", dest="start", default="fresh",
-                   help="start from: 'fresh' (new U-Net, default), a built-in name or a model file")
+                   help="start from: 'fresh' (a new U-Net; the default), a built-in name or a model file")
     p.add_argument("--axis", type=int, default=None,
                    help="training slice axis in (z, y, x) order (default: the axis with the most painted slices)")
     p.add_argument("--slices", default="auto",
                    help="'auto' (slices painted along any axis) or indices along --axis, e.g. 20,40,60")
-    p.add_argument("--sparse", action="store_true", help="scribbles: 0 is unknown, not background")
+    p.add_argument("--sparse", action="store_true",
+                   help="scribbles: 0 is unknown, not background (default: dense, each painted slice complete)")
     p.add_argument("--background-label", type=int, default=None,
-                   help="with --sparse: the label value painted on background")
+                   help="with --sparse: the label value painted on background (default: none painted)")
     add_budget(p, seconds=60.0)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default by start model)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 8 on a CPU, 32 on a GPU")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_budget, add_common, check_output
+from .options import add_budget, add_common, check_output, existing
 from .progress import terminal_job
 from ..errors import UserError
 
@@ -12,54 +12,90 @@ def add_parser(sub) -> None:
     p = sub.add_parser("vae-train", help="train a VAE on normal scans (2D, slice by slice)",
                        description="Train a VAE on normal scans (2D, slice by slice). --seconds is the whole "
                                    "run's budget: calibrating the anomaly thresholds on the validation slices (timed "
-                                   "on one slice first) comes out of it; training keeps at least half of it.")
-    p.add_argument("images", nargs="+", help="normal image files, or one dataset folder (imagesTr/ of normal "
-                   "scans, optional labelsTr/ foreground masks), validated on held-out subjects")
-    p.add_argument("--mask", nargs="*", default=None, help="foreground mask per image file (same order)")
+                                   "on one slice first) comes out of it; training keeps at least half of it.",
+                       epilog="examples:\n  napari-medgen vae-train normal1.nii.gz normal2.nii.gz --mask brain1.nii.gz "
+                              "brain2.nii.gz --out vae.medgen.pt\n"
+                              "  napari-medgen vae-train NormalDataset/ --out vae.medgen.pt --seconds 600")
+    p.add_argument("images", nargs="+", type=existing,
+                   help="normal image files, or one dataset folder (imagesTr/ of normal "
+                        "scans, optional labelsTr/ foreground masks), validated on held-out subjects")
+    p.add_argument("--mask", nargs="*", type=existing, default=None,
+                   help="foreground mask per image file, same order (default: whole image)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
     add_budget(p, seconds=120.0)
-    p.add_argument("--latent", type=int, default=64, help="latent size")
-    p.add_argument("--axis", type=int, default=0, help="slice axis (0 = axial in z, y, x order)")
+    p.add_argument("--latent", type=int, default=64, help="size of the VAE's latent code")
+    p.add_argument("--axis", type=int, default=0, help="slice axis in (z, y, x) order; 0 is axial")
     p.add_argument("--diffusion", type=float, default=0.0, metavar="SECONDS",
                    help="also train a diffusion model of the same normal scans for this many seconds (scoring "
                         "method 'diffusion'; kept in the same model file; 0: none, the default; 300 is a start)")
     add_common(p)
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("vae-anomaly", help="anomaly heatmap, thresholded mask and per-slice scores")
-    p.add_argument("image", help="image file or DICOM folder to score")
-    p.add_argument("--model", required=True, help="VAE model file (.medgen.pt) from vae-train")
-    p.add_argument("--mask", help="foreground mask (restricts scoring)")
-    p.add_argument("--out", required=True, help="heatmap file (e.g. heatmap.nii.gz)")
-    p.add_argument("--mask-out", help="anomaly mask file")
+    p = sub.add_parser("vae-anomaly", help="anomaly heatmap, thresholded mask and per-slice scores",
+                       description="Score every voxel of IMAGE for how far it departs from the normal anatomy the "
+                                   "VAE learned; write the heatmap (and the thresholded mask) on IMAGE's grid and "
+                                   "list the slices with the largest anomalous area.",
+                       epilog="example:\n  napari-medgen vae-anomaly patient.nii.gz --model vae.medgen.pt --mask "
+                              "brain.nii.gz --out heat.nii.gz --mask-out anomalies.nii.gz")
+    p.add_argument("image", type=existing, help="image file or DICOM folder to score")
+    p.add_argument("--model", required=True, type=existing, help="VAE model file (.medgen.pt) from vae-train")
+    p.add_argument("--mask", type=existing, help="foreground mask: only voxels inside it are scored "
+                                                 "(default: whole image)")
+    p.add_argument("--out", required=True,
+                   help="heatmap file (e.g. heat.nii.gz). With the default method, combined, a voxel's value is "
+                        "-log10 of how rare such a departure (brighter, or darker) was among the voxels of the "
+                        "normal scans the model was calibrated on: 0 is ordinary, 2 means 1 normal voxel in 100 "
+                        "departs as much, 3 means 1 in 1000. The default threshold, printed at the end, is the 99th "
+                        "percentile of normal voxels' scores (e.g. 2.301: 1 in 200 brighter plus 1 in 200 darker), "
+                        "so it flags about 1 in 100 voxels of a normal scan, before specks under 10 voxels are "
+                        "dropped. Other "
+                        "methods give the residual in the model's normalised intensity units (intensity: standard "
+                        "deviations)")
+    p.add_argument("--mask-out", help="also write the thresholded anomaly mask (0/1) to this file "
+                                      "(default: none)")
     p.add_argument("--method", choices=["combined", "restoration", "samples", "residual", "intensity", "diffusion"],
                    help="combined (default: brighter than normal from plain intensity, darker than normal from "
                         "the VAE restoration residual, both calibrated on normal scans), restoration (MAP "
                         "restoration), samples, residual, intensity, diffusion (needs a model trained "
-                        "with --diffusion)")
+                        "with --diffusion); the default is the model's own scoring method, else combined")
     p.add_argument("--sign", choices=["both", "positive", "negative"],
                    help="positive: brighter than normal, negative: darker, both (default)")
-    p.add_argument("--percentile", type=float, help="threshold as a percentile of normal scores (default 99)")
-    p.add_argument("--threshold", type=float, help="explicit score threshold")
+    p.add_argument("--percentile", type=float,
+                   help="threshold as a percentile of the scores of normal voxels (default 99)")
+    p.add_argument("--threshold", type=float,
+                   help="explicit score threshold, in heatmap units; overrides --percentile (default: from "
+                        "--percentile)")
     p.add_argument("--top", type=int, default=5, help="list this many most anomalous slices")
     add_common(p)
     p.set_defaults(func=run_anomaly)
 
-    p = sub.add_parser("vae-reconstruct", help="the VAE's reconstruction of an image")
-    p.add_argument("image", help="image file or DICOM folder to reconstruct")
-    p.add_argument("--model", required=True, help="VAE model file (.medgen.pt) from vae-train")
-    p.add_argument("--mask", help="foreground mask file (zero outside it, as in training)")
+    p = sub.add_parser("vae-reconstruct", help="the VAE's reconstruction of an image",
+                       description="Write the VAE's reconstruction of IMAGE (what the model of normal anatomy "
+                                   "makes of it) on IMAGE's grid, in the model's normalised intensity units.",
+                       epilog="example:\n  napari-medgen vae-reconstruct patient.nii.gz --model vae.medgen.pt "
+                              "--out recon.nii.gz")
+    p.add_argument("image", type=existing, help="image file or DICOM folder to reconstruct")
+    p.add_argument("--model", required=True, type=existing, help="VAE model file (.medgen.pt) from vae-train")
+    p.add_argument("--mask", type=existing,
+                   help="foreground mask file (zero outside it, as in training; default: whole image)")
     p.add_argument("--out", required=True, help="reconstruction file, written on the image's grid and geometry")
     add_common(p)
     p.set_defaults(func=run_reconstruct)
 
-    p = sub.add_parser("vae-sample", help="draw slices from the VAE's prior, or interpolate two slices")
+    p = sub.add_parser("vae-sample", help="draw slices from the VAE's prior, or interpolate two slices",
+                       description="Draw N new slices from the VAE's prior (seeded: the same seed gives the same "
+                                   "slices), or with --between walk in N steps from one slice of an image to "
+                                   "another; writes an (n, H, W) stack.",
+                       epilog="examples:\n  napari-medgen vae-sample --model vae.medgen.pt -n 8 --out samples.nii.gz\n"
+                              "  napari-medgen vae-sample --model vae.medgen.pt -n 8 --between t1.nii.gz 30 60 "
+                              "--out walk.nii.gz")
     p.add_argument("--model", required=True, help="VAE model file (.medgen.pt) from vae-train")
     p.add_argument("-n", type=int, default=8, help="number of samples (or interpolation steps)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same samples (default 0)")
     p.add_argument("--between", nargs=3, metavar=("IMAGE", "A", "B"),
-                   help="interpolate between slices A and B of IMAGE instead of sampling")
-    p.add_argument("--mask", help="with --between: IMAGE's foreground mask (needed if the VAE was trained masked)")
+                   help="interpolate between slices A and B of IMAGE instead of sampling (default: sample)")
+    p.add_argument("--mask", type=existing,
+                   help="with --between: IMAGE's foreground mask (needed if the VAE was trained masked)")
     p.add_argument("--out", required=True, help="stack file (n, H, W)")
     add_common(p)
     p.set_defaults(func=run_sample)

@@ -139,8 +139,10 @@ def _from_folders(root: Path) -> list[Case]:
                            "datasets can be trained.")
     missing = sorted(set(images) - set(labels))
     if missing:
-        raise DatasetError(f"{len(missing)} images in imagesTr have no label file of the same name in labelsTr "
-                           f"(first: {images[missing[0]][0].name}).")
+        first = images[missing[0]][0].name
+        some = f"1 image in imagesTr ({first}) has" if len(missing) == 1 else \
+            f"{len(missing)} images in imagesTr (first: {first}) have"
+        raise DatasetError(f"{some} no label file of the same name in labelsTr.")
     return [Case(n, images[n][0], labels[n]) for n in sorted(images)]
 
 
