@@ -278,3 +278,19 @@ def test_lesion_slice_ranks_first_in_a_volume(brain, tissue):
             zs = np.flatnonzero(mask.any((1, 2)))
             hits.append(zs.min() - 1 <= r.top_slices[0] <= zs.max() + 1)
     assert np.mean(hits) >= 2 / 3, hits
+
+
+def test_one_class_for_every_validation_image_is_not_handed_back(brain):
+    """Balanced accuracy at chance with a ranking above it (AUROC 0.75 on 4 images) used to pass as learned: a CT
+    classifier that called every slice 'normal' was saved without a word."""
+    from napari_medgen.errors import NothingLearnedError
+
+    rng = np.random.default_rng(0)
+    slice_ = brain.data[45].astype(np.float32)
+    imgs = [slice_ * (0.7 if i % 2 else 1.0) + rng.normal(0, 1, slice_.shape).astype(np.float32) for i in range(20)]
+    labels = ["a" if i % 2 else "b" for i in range(20)]
+    with pytest.raises(NothingLearnedError, match="at chance .* AUROC 0.75"):
+        train_classifier(imgs, labels, body=TINY, steps=2, lr=1e-9, size=(64, 64), augment=False,
+                         normalization={"kind": "window", "low": 0, "high": 200})
+    with pytest.warns(UserWarning, match="No image was held out for validation"):
+        train_classifier(imgs[:2], labels[:2], body=TINY, steps=1, size=(64, 64))

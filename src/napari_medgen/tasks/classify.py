@@ -8,6 +8,7 @@ heatmap has the input's resolution.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -27,7 +28,7 @@ from ..models.config import ClassificationParams, ModelConfig, Task
 from ..models.encoders import (HEATMAP_LAYER, EvidenceClassifier, check_pooling, classifier_specs, pretrained_source,
                                size_multiple, transfer)
 from .classify_data import DEFAULT_SPEC, as_image, as_images, default_spacing, encode_labels, prepare, to_image_grid
-from .classify_training import ClassifierTask, classification_metrics, predict
+from .classify_training import ClassifierTask, NotValidatedWarning, classification_metrics, predict
 
 DEFAULT_SIZE = {2: (128, 128), 3: (64, 64, 64)}
 
@@ -154,6 +155,10 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
                   message="training classifier")
     if val is not None:
         history["metrics"] = classification_metrics(predict(net.eval(), val[0], "cpu"), val[1], classes)
+    else:
+        warnings.warn(NotValidatedWarning("No image was held out for validation (each class needs at least 2 "
+                                          "images), so nothing says whether the classifier learned anything; "
+                                          "give more images or val_images."), stacklevel=2)
     history.update(classes=classes, n_train=int(len(tr)), n_val=0 if val is None else int(len(val[1])),
                    pretrained=source, frozen_layers=len(frozen))
     model.config.params.metrics = history.get("metrics")

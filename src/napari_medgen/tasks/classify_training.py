@@ -37,6 +37,10 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, classes: list) -> d
             "confusion_matrix": cm.tolist(), "n": int(len(y))}
 
 
+class NotValidatedWarning(UserWarning):
+    """No image was held out for validation: nothing says whether the classifier learned."""
+
+
 def score(metrics: dict) -> float:
     """The one validation number: mean of balanced accuracy and macro AUROC (balanced accuracy alone without AUROC)."""
     auc = metrics["auroc_macro"]
@@ -75,6 +79,7 @@ class ClassifierTask(TrainTask):
         self.networks = {"net": net}
         self.optimizers = [torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)]
         self.x, self.y, self.classes, self.val = x, y, classes, val
+        self.scored = []  # (score, metrics) of each validation
         self.by_class = [np.flatnonzero(y == c) for c in range(len(classes)) if (y == c).any()]
         self.frozen = [p for n, p in net.named_parameters() if n in set(frozen)]
         self.freeze, self.budget = freeze, budget
@@ -117,13 +122,19 @@ class ClassifierTask(TrainTask):
             return None
         probs = predict(self.networks["net"], self.val[0], self.device)
         self.metrics = classification_metrics(probs, self.val[1], self.classes)
-        return score(self.metrics)
+        self.scored.append((score(self.metrics), self.metrics))
+        return self.scored[-1][0]
 
     def nothing_learned(self, best):
         chance = 1.0 / len(self.classes)
         # with fewer than two validation images of a class, chance level is a coin flip, not evidence
         too_few = self.val is None or np.bincount(self.val[1], minlength=len(self.classes)).min() < 2
-        if not too_few and best is not None and best <= chance and self.metrics.get("auroc_macro", 0.5) <= 0.5:
-            return ("The classifier did not learn to tell the classes apart on the validation images "
-                    "(balanced accuracy at chance); give more images per class or a longer budget.")
+        if too_few or best is None or not self.scored:
+            return None
+        kept = max(self.scored, key=lambda item: item[0])[1]  # the returned weights' validation
+        if kept["balanced_accuracy"] <= chance + 1e-6:  # e.g. one class for every image, however they rank
+            return ("The classifier did not learn to tell the classes apart: with its best weights every class is "
+                    f"recognised at chance on the {len(self.val[1])} validation images (balanced accuracy "
+                    f"{kept['balanced_accuracy']:.2f}, AUROC {kept['auroc_macro']:.2f}); give more images per class, "
+                    "a longer budget, or an intensity window that shows the finding.")
         return None
