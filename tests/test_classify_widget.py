@@ -38,6 +38,7 @@ def test_train_from_layers_then_classify(viewer, qtbot, brain, tissue, tmp_path)
     _wait(qtbot, w)
     assert w.runner.last_error is None and w.model is not None and w.model.params.pooling == "mean"
     assert w.model.params.classes == ["T1", "T2"] and "validation" in w.metrics_line.text()
+    assert "Trained on 2 classes (T1, T2)" in w.metrics_line.text() and "[" not in w.metrics_line.text()
     assert w.plot.series["loss"][0]
     vlayer = viewer.add_image(vol, name="volume", **kw, metadata={"modality": "MR"})
     with pytest.raises(ValueError, match="takes 2D images"):  # one sentence
@@ -98,3 +99,14 @@ def test_seconds_cap_ends_training(viewer, qtbot, brain):
     _wait(qtbot, w, timeout=60_000)
     assert w.runner.last_error is None and w.model is not None
     assert w.model.config.training["seconds"] < 20 and not w.model.config.training["stopped"]
+
+
+def test_training_summary_in_words(viewer):
+    from napari_medgen._widgets.classify_widget import ClassifyWidget, training_summary
+
+    metrics = {"accuracy": 0.75, "balanced_accuracy": 0.75, "auroc_macro": 1.0, "n": 4,
+               "confusion_matrix": [[2, 0], [1, 1]]}
+    text = training_summary(["high", "low"], 12, metrics)
+    assert text == ("Trained on 2 classes (high, low) with 12 images: validation accuracy 0.75 (4 images; balanced "
+                    "0.75, AUROC 1.00); true->predicted: high->high 2, low->high 1, low->low 1.")
+    assert ClassifyWidget(viewer).source.toolTip()

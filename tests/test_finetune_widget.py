@@ -129,3 +129,13 @@ def test_live_preview_on_a_2d_image(make_napari_viewer, brain):
     widget._show_preview({"box": ((0, 1), (10, 20), (30, 50)), "labels": np.full((1, 10, 20), 2, np.uint8)})
     pred = widget.prediction
     assert pred.data.shape == img.data.shape and (pred.data == 2).sum() == 200 and pred.data[10:20, 30:50].all()
+
+
+def test_advanced_controls_say_what_they_do_and_fit(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = FinetuneWidget(viewer)
+    for control in (widget.painting, widget.project, widget.resume, widget.suggest_button):
+        assert control.toolTip()
+    # in a 440 px panel the style box gets ~250 px and the project line ~190 px: their texts must not be cut
+    assert widget.painting.sizeHint().width() <= 200
+    assert widget.project.fontMetrics().horizontalAdvance(widget.project.placeholderText()) <= 150

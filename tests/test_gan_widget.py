@@ -43,6 +43,7 @@ def test_train_synthesize_report_cancel(make_napari_viewer, qtbot, brain, tissue
 
     assert _run(qtbot, w, w.quality_report) == "finished"
     assert "FD-medgen" in w.report_text.text() and "Nearest training SSIM" in w.report_text.text()
+    assert "lower is closer to real" in w.report_text.text()  # what patch SWD means, in one line
     w.show_pairs()
     assert viewer.layers["GAN suspicious pairs (sample | nearest real)"].data.shape == (5, 30, 54)
 
@@ -94,3 +95,14 @@ def test_docked_panel_follows_the_layer_list_and_keeps_cancel_visible(make_napar
     viewer.layers.remove(labels)
     assert labels not in w.labels.choices
     assert w.minimumSizeHint().height() < 600 and not w.content.isAncestorOf(w.runner)
+
+
+def test_every_control_says_what_it_does(make_napari_viewer):
+    from qtpy.QtWidgets import QPushButton
+
+    w = GANWidget(make_napari_viewer())
+    buttons = {b.text(): b for b in w.findChildren(QPushButton)}
+    assert "Quality report" not in buttons  # the section is the "Quality report"; its button says what it does
+    for control in (w.mode, w.n, w.seed, w.seed_b, buttons["Image from current label slice"],
+                    buttons["Compare with real slices"]):
+        assert control.toolTip()

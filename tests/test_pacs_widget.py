@@ -114,3 +114,31 @@ def test_cancel_while_retrieving_adds_no_layer(qtbot, widget, stored, monkeypatc
     w.runner.cancel()
     qtbot.waitUntil(lambda: bool(states), timeout=30_000)
     assert states == ["cancelled"] and len(viewer.layers) == 0
+
+
+def test_an_opened_series_is_shown_and_chosen_for_sending(make_napari_viewer, brain, monkeypatch, tmp_path):
+    """A series far from the open image comes into view, at its middle slice, as the image labels are sent on."""
+    import dataclasses
+
+    monkeypatch.setenv("MEDGEN_CONFIG_DIR", str(tmp_path))
+    viewer = make_napari_viewer()
+    old = viewer.add_image(brain.data, name="old", **brain.geometry.layer_kwargs())
+    w = PacsWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.reference.value = old
+    geometry = dataclasses.replace(brain.geometry, origin=tuple(o + 1000.0 for o in brain.geometry.origin))
+    item = dataclasses.replace(brain, geometry=geometry, name="far series", metadata={"series_uid": "1.2.3"})
+    w._add(item)  # what "Open series" does with the retrieved series
+    layer = viewer.layers["far series"]
+    assert w.reference.value is layer
+    lo, hi = np.asarray(layer.extent.world)
+    centre = (lo + hi) / 2
+    np.testing.assert_allclose(viewer.camera.center[-2:], centre[-2:], atol=1.0)
+    assert abs(viewer.dims.point[0] - centre[0]) <= layer.scale[0]  # a slice of the new series, not of "old"
+
+
+def test_search_fields_say_what_they_find(make_napari_viewer, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDGEN_CONFIG_DIR", str(tmp_path))
+    w = PacsWidget(make_napari_viewer())
+    for field in (w.patient, w.patient_id, w.accession, w.modality, w.use_dates, w.search_button):
+        assert field.toolTip()

@@ -75,3 +75,32 @@ def test_every_panel_opens_after_draw_and_closing_mid_job_exits_cleanly(tmp_path
     assert [line[7:] for line in res.stdout.splitlines() if line.startswith("opened ")] == names, out[-4000:]
     assert "running at close: True" in res.stdout
     assert "after close: cancelled" in res.stdout
+
+
+DEMO = textwrap.dedent("""
+    from napari_medgen.cli.demo import open_demo
+    from qtpy.QtWidgets import QApplication, QTabBar
+
+    viewer = open_demo(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    for _ in range(20):
+        QApplication.processEvents()
+    for bar in viewer.window._qt_window.findChildren(QTabBar):
+        if bar.count() > 1 and bar.isVisible():
+            cut = [bar.tabText(i) for i in range(bar.count()) if bar.tabRect(i).right() > bar.width()]
+            print("tabs", bar.count(), "cut", cut, "tips", [bar.tabToolTip(i) for i in range(bar.count())], flush=True)
+    viewer.close()
+""")
+
+
+def test_demo_tabs_are_all_readable_on_a_laptop_screen(tmp_path):
+    """At 1366x768 every panel's tab shows whole, none hidden behind scroll arrows; hovering gives its full name."""
+    cmd = [sys.executable, "-c", DEMO]
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        if not shutil.which("xvfb-run"):
+            pytest.skip("needs a display or xvfb-run")
+        cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", *cmd]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=dict(os.environ))
+    lines = [line for line in res.stdout.splitlines() if line.startswith("tabs ")]
+    assert res.returncode == 0 and len(lines) == 1, (res.stdout + res.stderr)[-4000:]
+    assert "cut []" in lines[0] and "'VAE anomaly'" in lines[0], lines[0]

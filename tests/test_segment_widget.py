@@ -147,3 +147,20 @@ def test_bad_model_is_a_notification_not_a_crash(qtbot, setup, tmp_path):
     assert _run(qtbot, widget) == "failed"
     assert "neither a built-in model" in str(widget.runner.last_error)
     assert len(viewer.layers) == 2
+
+
+def test_sample_tissue_map_has_the_model_class_colours(qtbot, setup):
+    """The sample's tissue map and a brain-tissue-2d result compare by eye: one colour per class."""
+    from napari_medgen.models.segmentation import class_colors, load_segmentation_model
+
+    viewer, widget, _image, _ref = setup
+    assert widget.tta.toolTip()
+    layers = viewer.open_sample("napari-medgen", "brain")
+    sample = next(ly for ly in layers if ly.name == "MNI152 tissue")
+    model_colors = class_colors(load_segmentation_model("brain-tissue-2d"))
+    for value, name in enumerate(CLASSES, start=1):
+        np.testing.assert_allclose(sample.colormap.map(value), model_colors[value], atol=1e-6, err_msg=name)
+    assert _run(qtbot, widget) == "finished"
+    result = viewer.layers["T1 brain-tissue-2d"]
+    for value in (1, 2, 3):
+        np.testing.assert_allclose(result.colormap.map(value), sample.colormap.map(value), atol=1e-6)

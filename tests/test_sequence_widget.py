@@ -63,3 +63,19 @@ def test_training_needs_two_targets(qtbot, setup):
     assert widget.targets() == {"cine zero": "up"} and widget.table.item(0, 0).text() == "cine zero"
     widget.train()
     assert widget.model is None and not widget.runner.running
+
+
+def test_closing_the_panel_removes_its_curve_dock(qtbot, setup):
+    viewer, widget, _ = setup
+    viewer.window.add_dock_widget(widget, name="Time series")
+    assert widget.task.toolTip() and widget.bidirectional.toolTip()
+    widget.set_target("cine0", "up")
+    widget.set_target("cine1", "down")
+    widget.steps.setValue(2)
+    assert _wait(qtbot, widget, widget.train) == "finished"
+    viewer.layers.selection.active = viewer.layers["cine1"]
+    assert _wait(qtbot, widget, widget.predict) == "finished"
+    assert "Time series curve" in viewer.window._wrapped_dock_widgets
+    viewer.window.remove_dock_widget(widget)  # what the panel's close button does
+    assert "Time series curve" not in viewer.window._wrapped_dock_widgets
+    assert widget.curve_plot.parent() is None

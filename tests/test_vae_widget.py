@@ -46,11 +46,18 @@ def test_train_score_threshold_jump(setup, qtbot):
     assert w.model is not None and w.model.task == Task.VAE
     assert len(w.loss_plot.series["reconstruction"][0]) == 25 and "KL" in w.loss_plot.series
     assert w.model.params.spacing == list(img.scale[1:])  # the layer's geometry travelled with it
+    size = "x".join(map(str, w.model.params.size))
+    assert f"trained on {size}-pixel slices" in w.model_line.text()  # words, not a Python tuple
 
     w.mask.value = mask
     w.method.setCurrentText("residual")
+    viewer.window.resize(1366, 768)
+    qtbot.wait(50)
+    width = w.width()
     w.score()
     _wait(qtbot, w)
+    qtbot.wait(50)
+    assert w.width() <= width  # the threshold line and explanation wrap instead of widening the panel
     heat, labels = viewer.layers["T1 VAE heatmap"], viewer.layers["T1 VAE anomalies"]
     assert w.explanation.text().startswith("Method: plain VAE reconstruction residual")
     assert heat.data.shape == img.data.shape and labels.data.shape == img.data.shape
@@ -130,3 +137,23 @@ def test_stop_training_keeps_best_and_cancel_scoring_adds_nothing(setup, qtbot):
     w.runner.cancel()
     _wait(qtbot, w)
     assert len(viewer.layers) == n_layers
+
+
+def test_the_only_or_active_image_is_preselected_for_training(setup):
+    viewer, w, img, _mask = setup
+    assert list(w.normals.value) == [img]  # the first Train just works with one scan open
+    assert "Ctrl-click" in w.normals.native.toolTip()  # how to choose several
+    second = viewer.add_image(img.data[:, ::-1].copy(), name="second")
+    assert list(w.normals.value) == [img]  # a layer opened later keeps the choice
+    w.normals.value = []
+    viewer.layers.selection.active = second
+    w.reset_choices()
+    assert list(w.normals.value) == [second]
+
+
+def test_tooltips_say_each_method_once(setup):
+    _viewer, w, _img, _mask = setup
+    tip = w.method.toolTip()
+    assert "combined: combined" not in tip and tip.count("combined:") == 1
+    for box in (w.n_samples, w.seed, w.slice_a, w.slice_b):
+        assert box.toolTip()

@@ -101,6 +101,7 @@ class LivePlot(QWidget):
         for v in _ticks(x0, x1):
             px, _ = to_px(v, y0)
             p.drawText(QRectF(px - 30, area.bottom() + 2, 60, h), Qt.AlignmentFlag.AlignHCenter, f"{v:.4g}")
+        text_w = max(p.fontMetrics().horizontalAdvance(name) for name in self.series) + 4  # whole legend names
         for i, (name, (x, y)) in enumerate(zip(self.series, finite)):
             color = QColor(COLORS[i % len(COLORS)])
             p.setPen(QPen(color, 1.4))
@@ -111,9 +112,10 @@ class LivePlot(QWidget):
             else:
                 p.drawPolyline(QPolygonF([QPointF(a, b) for a, b in zip(px, py)]))
             ly = area.top() + 4 + i * h
-            p.drawLine(QPointF(area.right() - 90, ly + h / 2), QPointF(area.right() - 76, ly + h / 2))
+            left = area.right() - 2 - text_w
+            p.drawLine(QPointF(left - 18, ly + h / 2), QPointF(left - 4, ly + h / 2))
             p.setPen(QColor(TEXT))
-            p.drawText(QRectF(area.right() - 72, ly, 70, h), Qt.AlignmentFlag.AlignLeft, name)
+            p.drawText(QRectF(left, ly, text_w, h), Qt.AlignmentFlag.AlignLeft, name)
 
 
 def _span(v: np.ndarray) -> tuple[float, float]:

@@ -36,6 +36,20 @@ def auroc_text(value: float) -> str:
     return f"{value:.2f}" if math.isfinite(value) else "n/a (one class in validation)"
 
 
+def training_summary(classes: list, n_train: int, metrics: Optional[dict]) -> str:
+    """What a training run gave, in words (no Python lists), for the panel's metrics line."""
+    names = [str(c) for c in classes]
+    text = f"Trained on {len(names)} classes ({', '.join(names)}) with {n_train} images"
+    if metrics:
+        cm = metrics["confusion_matrix"]  # rows: the true class, columns: the predicted one
+        pairs = ", ".join(f"{names[t]}->{names[p]} {cm[t][p]}" for t in range(len(names)) for p in range(len(names))
+                          if cm[t][p])
+        text += (f": validation accuracy {metrics['accuracy']:.2f} ({metrics['n']} images; balanced "
+                 f"{metrics['balanced_accuracy']:.2f}, AUROC {auroc_text(metrics['auroc_macro'])}); "
+                 f"true->predicted: {pairs}")
+    return text + "."
+
+
 class ProbabilityBars(FigureCanvasQTAgg):
     """Horizontal bars of class probabilities (hidden until there are some)."""
 
@@ -78,6 +92,8 @@ class ClassifyWidget(Panel):
         # --- training ---
         self.source = QComboBox()
         self.source.addItems(SOURCES)
+        self.source.setToolTip("Where the training images come from: the open layers (type a label for each in "
+                               "the table), or a folder of image files with a CSV of file,label rows.")
         self.table = LayerTable("label (empty: skip)")
         self.table.setMaximumHeight(120)
         self.folder, self.csv = QLineEdit(), QLineEdit()
@@ -219,12 +235,7 @@ class ClassifyWidget(Panel):
     def _trained(self, result) -> None:
         self.model, history = result
         m = history.get("metrics")
-        text = f"Trained {self.model.params.classes} on {history['n_train']} images"
-        if m:
-            text += (f"; validation ({m['n']}): accuracy {m['accuracy']:.2f}, balanced "
-                     f"{m['balanced_accuracy']:.2f}, AUROC {auroc_text(m['auroc_macro'])}, "
-                     f"confusion {m['confusion_matrix']}")
-        self.metrics_line.setText(text + ".")
+        self.metrics_line.setText(training_summary(self.model.params.classes, history["n_train"], m))
 
     def load_model(self, path: Optional[str] = None) -> None:
         if path is None:

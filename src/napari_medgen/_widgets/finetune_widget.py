@@ -81,12 +81,16 @@ class FinetuneWidget(Panel):
         start_row.addWidget(browse)
         self.resume = QCheckBox("continue from the last round")
         self.resume.setEnabled(False)
+        self.resume.setToolTip("Train the last round's model further on the slices painted since (faster than "
+                               "starting again); untick to start from the model chosen above.")
         self.axis = QComboBox()
         self.axis.addItems(["auto", "0", "1", "2"])
         self.axis.setToolTip("Training slice axis; auto: the axis with the most painted slices. Slices painted "
                              "along the other axes count too.")
         self.painting = QComboBox()
-        self.painting.addItems(["dense: painted slices are complete", "sparse: scribbles, 0 is unknown"])
+        self.painting.addItems(["dense (whole slices)", "sparse (scribbles)"])
+        self.painting.setToolTip("dense: every voxel of a painted slice is labelled (0 is background). sparse: "
+                                 "you scribble on a few voxels, 0 is unknown and background has its own label.")
         self.background = QSpinBox()
         self.background.setRange(1, 255)
         self.background.setEnabled(False)
@@ -99,7 +103,9 @@ class FinetuneWidget(Panel):
         self.seconds.setToolTip("Training time budget; training stops earlier when nothing improves.")
         self.device, self.device_line = device_chooser()
         self.project = QLineEdit()
-        self.project.setPlaceholderText("project folder (autosave each round; optional)")
+        self.project.setPlaceholderText("optional folder")
+        self.project.setToolTip("Optional: a folder where each round's model and annotations are saved "
+                                "automatically, so a session can be resumed or reviewed.")
         folder = QPushButton("Folder...")
         folder.clicked.connect(self._browse_project)
         project_row = QHBoxLayout()
@@ -126,6 +132,8 @@ class FinetuneWidget(Panel):
         self.accept_button.setToolTip("Copy the prediction of the current slice into its unpainted voxels (Ctrl-Z undoes).")
         self.accept_button.clicked.connect(self.accept_slice)
         self.suggest_button = QPushButton("Suggest next slice")
+        self.suggest_button.setToolTip("Rank the unpainted slices by how unsure the model is: correcting the "
+                                       "first one teaches it the most.")
         self.suggest_button.clicked.connect(self.suggest)
         self.ranking_list = QListWidget()
         self.ranking_list.setMaximumHeight(110)

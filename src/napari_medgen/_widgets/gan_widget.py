@@ -26,6 +26,8 @@ from ._runner import JobRunner, device_chooser
 
 MODES = ["unconditional", "mask-to-image (needs labels)"]
 COND_TASK = Task.CONDITIONAL_GAN
+SWD_NOTE = ("\n  (small patches of the samples vs the real slices, from fine detail to coarse shape, both blurred "
+            "and halved per step; lower is closer to real)")
 
 
 class GANWidget(Panel):
@@ -46,6 +48,9 @@ class GANWidget(Panel):
                                         tooltip="Mask-to-image mode: the label map paired with the image.")
         self.mode = QComboBox()
         self.mode.addItems(MODES)
+        self.mode.setToolTip("unconditional: learn to draw new slices like the image's. mask-to-image: learn to "
+                             "draw a slice that fits a label map (choose the labels above), e.g. to make "
+                             "training pairs.")
         self.seconds = spin(5, 86_400, 600)
         self.seconds.setToolTip("Training budget in seconds (the best EMA generator so far is kept)")
         self.steps = spin(0, 1_000_000, 0)
@@ -66,16 +71,20 @@ class GANWidget(Panel):
         self.model_line.setWordWrap(True)
         self.loss_plot = LivePlot("GAN losses", "step", height=1.6)
 
-        self.n = spin(1, 10_000, 16)
-        self.seed = spin(0, 2**31 - 1, 0)
-        self.seed_b = spin(0, 2**31 - 1, 1)
+        self.n = spin(1, 10_000, 16, "How many new slices Synthesize draws.")
+        self.seed = spin(0, 2**31 - 1, 0, "Random seed: the same seed draws the same slices again.")
+        self.seed_b = spin(0, 2**31 - 1, 1, "Interpolate morphs the slice of 'seed' into the slice of this seed.")
         synth, interp, cond = QPushButton("Synthesize N"), QPushButton("Interpolate seed→seed B"), \
             QPushButton("Image from current label slice")
         synth.clicked.connect(self.synthesize)
+        cond.setToolTip("Mask-to-image models: draw an image for the label slice shown in the viewer (paint or "
+                        "edit the labels first to see what the model makes of them).")
         interp.clicked.connect(self.interpolate)
         cond.clicked.connect(self.from_labels)
 
-        report, pairs = QPushButton("Quality report"), QPushButton("Show suspicious pairs")
+        report, pairs = QPushButton("Compare with real slices"), QPushButton("Show suspicious pairs")
+        report.setToolTip("Measure how close the synthesized samples are to the image's real slices, and whether "
+                          "some merely copy a training slice.")
         report.clicked.connect(self.quality_report)
         pairs.clicked.connect(self.show_pairs)
         self.report_text = QLabel("Synthesize samples, then compare them with the image's real slices.")
@@ -283,7 +292,9 @@ class GANWidget(Panel):
 
     def _reported(self, report: dict, samples: np.ndarray, reference: np.ndarray) -> None:
         self.report, self._samples, self._reference = report, samples, reference
-        self.report_text.setText(format_report(report))
+        lines = format_report(report).splitlines()
+        self.report_text.setText("\n".join(line + SWD_NOTE if line.startswith("patch SWD") else line
+                                           for line in lines))
 
     def show_pairs(self) -> None:
         """The most suspicious sample / nearest real slice pairs, side by side, as one stack."""

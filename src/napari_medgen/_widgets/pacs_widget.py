@@ -92,18 +92,24 @@ class PacsWidget(Panel):
         self.password.setToolTip("Kept in memory only; never saved.")
         self.patient = QLineEdit()
         self.patient.setPlaceholderText("name (part of it)")
+        self.patient.setToolTip("Find studies whose patient name contains this text (empty: any patient).")
         self.patient_id = QLineEdit()
         self.patient_id.setPlaceholderText("ID")
+        self.patient_id.setToolTip("Find the studies of this exact patient ID (empty: any).")
         self.accession = QLineEdit()
+        self.accession.setToolTip("Find the study with this accession number (from the order or the report).")
         self.modality = QComboBox()
         self.modality.addItems(MODALITIES)
+        self.modality.setToolTip("Only studies that contain this kind of series (CT, MR, ...; empty: any).")
         self.use_dates = QCheckBox("dates")
+        self.use_dates.setToolTip("Only studies acquired between these two dates (inclusive).")
         self.date_from = QDateEdit(QDate.currentDate().addYears(-1))
         self.date_to = QDateEdit(QDate.currentDate())
         for d in (self.date_from, self.date_to):
             d.setCalendarPopup(True)
             d.setDisplayFormat("yyyy-MM-dd")
         self.search_button = QPushButton("Search")
+        self.search_button.setToolTip("List the server's studies that match every filter filled in.")
         self.search_button.clicked.connect(self.search)
         self.study_table = _table(STUDY_COLUMNS, 150)
         self.study_table.itemSelectionChanged.connect(self._study_chosen)
@@ -208,8 +214,21 @@ class PacsWidget(Panel):
         name, metadata = kwargs.pop("name"), kwargs.pop("metadata")
         if kind == "labels":
             kwargs["opacity"] = 0.5
-        show_result(self.viewer, data, name=name, kind=kind, key=f"pacs:{metadata['series_uid']}",
-                    metadata=metadata, **kwargs)
+        layer = show_result(self.viewer, data, name=name, kind=kind, key=f"pacs:{metadata['series_uid']}",
+                            metadata=metadata, **kwargs)
+        self.go_to(layer)
+        if kind == "image":  # what labels drawn next will be made on
+            self.reset_choices()
+            self.reference.value = layer
+
+    def go_to(self, layer) -> None:
+        """Show ``layer`` whole, at its middle slice: a series may lie far from the layers opened before."""
+        self.viewer.reset_view(layers=[layer])
+        lo, hi = np.asarray(layer.extent.world)
+        offset = self.viewer.dims.ndim - layer.ndim
+        for axis in range(layer.ndim):
+            if offset + axis not in self.viewer.dims.displayed:
+                self.viewer.dims.set_point(offset + axis, (lo[axis] + hi[axis]) / 2)
 
     # --- send back -------------------------------------------------------------------
     def _labels_args(self) -> Optional[tuple]:

@@ -120,6 +120,8 @@ class SegmentWidget(Panel):
                              "without resampling), else the first axis.")
         self.device, self.device_line = device_chooser()
         self.tta = QCheckBox("flip test-time augmentation")
+        self.tta.setToolTip("Also segment the left-right mirrored image and average both: a little smoother and "
+                            "more robust, at twice the time. Use it for a final result.")
         self.allow_code = QCheckBox("Allow TorchScript (runs code from the file)")
         self.allow_code.setToolTip("A TorchScript model is a program: it can do anything your account can. "
                                    "Only allow it for files from people you trust.")

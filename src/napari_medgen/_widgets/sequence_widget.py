@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QPushButton
 
 from ..io.timeseries import is_time_series
@@ -78,8 +79,11 @@ class SequenceWidget(Panel):
         self.model: Optional[Model] = None
         self.result = None
         self._source = None  # the layer last predicted
+        self._curve_dock = None  # the dock of the per-frame curve, added by the first prediction
         self.task = QComboBox()
         self.task.addItems(["classification", "regression"])
+        self.task.setToolTip("classification: the targets are class names (e.g. up/down); regression: numbers "
+                             "(e.g. an ejection fraction).")
         self.table = LayerTable("target")
         self.table.setMinimumHeight(110)
         self.table.setToolTip("Layers with a time axis; type a class or a value for each layer to train on "
@@ -88,6 +92,8 @@ class SequenceWidget(Panel):
         self.region.setToolTip("A Labels or Shapes layer that restricts the model and the signal to a region.")
         self.steps, self.seconds = budget_boxes()
         self.bidirectional = QCheckBox("bidirectional LSTM")
+        self.bidirectional.setToolTip("Read the frames forwards and backwards: use it when the answer depends on "
+                                      "the whole sequence, not only on the frames seen so far.")
         self.fraction = QCheckBox("answer is a fraction (max - min) / max, e.g. EF")
         self.fraction.setToolTip("Regression only: the network tracks a volume per frame and answers "
                                  "(largest - smallest) / largest, as an ejection fraction is measured.")
@@ -127,7 +133,6 @@ class SequenceWidget(Panel):
             self.body.addWidget(w)
         self.body.addStretch(1)
         self.viewer.dims.events.current_step.connect(self._follow_frame)
-        self._curve_dock = None
         self.refresh()
 
     # --- layers and targets ------------------------------------------------------------------------
@@ -252,10 +257,21 @@ class SequenceWidget(Panel):
             text = f"{layer.name}: {res.value:.4g}"
         self.result_label.setText("\n".join([text, *res.warnings]))
         self.curve_plot.show_curves(res.curve, res.curve_name, res.signal, text)
-        if self._curve_dock is None:
+        if self._curve_dock is None or self.curve_plot.parent() is None:  # none yet, or the user closed it
             self._curve_dock = self.viewer.window.add_dock_widget(self.curve_plot, area="bottom",
                                                                   name="Time series curve")
         self._follow_frame()
+
+    def event(self, ev) -> bool:
+        """Closing this panel (napari takes it out of its dock) also removes the curve dock it added."""
+        if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self._remove_curve_dock()
+        return super().event(ev)
+
+    def _remove_curve_dock(self) -> None:
+        dock, self._curve_dock = self._curve_dock, None
+        if dock is not None and self.curve_plot.parent() is not None:
+            self.viewer.window.remove_dock_widget(dock)
 
     def time_axis(self) -> int:
         layer = self._source if self._source is not None else self.current_layer()

@@ -49,6 +49,8 @@ class VAEWidget(Panel):
         self.normals = create_widget(annotation=list[napari.layers.Image], label="normal images",
                                      widget_type="Select", options={"choices": self._image_choices})
         self.normals.native.setMaximumHeight(70)
+        self.normals.native.setToolTip("The scans of normal subjects to learn from. Ctrl-click (Cmd-click on macOS) "
+                                       "or Shift-click to select several.")
         self.train_mask = self.layer_picker(napari.layers.Labels, nullable=True,
                                             tooltip="Optional: learn only inside this mask (e.g. the brain).")
         self.seconds = spin(5, 86_400, 120, "Budget of the whole run in seconds (the best weights so far are "
@@ -93,6 +95,7 @@ class VAEWidget(Panel):
         self.slider.setEnabled(False)
         self.slider.valueChanged.connect(self._threshold_moved)
         self.threshold_line = QLabel("threshold: -")
+        self.threshold_line.setWordWrap(True)
         self.explanation = QLabel("")
         self.explanation.setWordWrap(True)
         self.slices = QListWidget()
@@ -100,9 +103,10 @@ class VAEWidget(Panel):
         self.slices.itemClicked.connect(self._jump)
 
         # --- generation ---
-        self.n_samples = spin(1, 256, 8)
-        self.seed = spin(0, 2**31 - 1, 0)
-        self.slice_a, self.slice_b = spin(0, 10_000, 0), spin(0, 10_000, 10)
+        self.n_samples = spin(1, 256, 8, "How many new slices to draw from the VAE, to see what it has learnt.")
+        self.seed = spin(0, 2**31 - 1, 0, "Random seed of the samples: the same seed draws the same slices.")
+        self.slice_a = spin(0, 10_000, 0, "First slice (of the image to score) to morph from with Interpolate.")
+        self.slice_b = spin(0, 10_000, 10, "Last slice to morph to: smooth steps in between show a sound latent space.")
         sample_button, interp_button = QPushButton("Sample N"), QPushButton("Interpolate A→B")
         sample_button.clicked.connect(self.sample)
         interp_button.clicked.connect(self.interpolate)
@@ -115,6 +119,9 @@ class VAEWidget(Panel):
         train_box = QGroupBox("Train on normal scans")
         form = QFormLayout(train_box)
         form.addRow("normal images", self.normals.native)
+        hint = QLabel("Ctrl-click or Shift-click to select several.")
+        hint.setEnabled(False)  # greyed: a hint, not a value
+        form.addRow("", hint)
         form.addRow("mask", self.train_mask.native)
         form.addRow("budget (s)", self.seconds)
         form.addRow(self.train_button)
@@ -134,7 +141,8 @@ class VAEWidget(Panel):
         form.addRow("method", self.method)
         form.addRow("sign", self.sign)
         form.addRow(row(recon_button, anomaly_button))
-        form.addRow(self.threshold_line, self.slider)
+        form.addRow(self.threshold_line)  # its own row: a long label column would widen the panel
+        form.addRow(self.slider)
         form.addRow(self.explanation)
         form.addRow(QLabel("slices by anomalous area (click to go):"))
         form.addRow(self.slices)
@@ -151,6 +159,17 @@ class VAEWidget(Panel):
         self.body.addWidget(self.device_line)
         self.body.addStretch(1)
         self.footer(self.runner)  # progress and Cancel stay visible whatever is scrolled
+        self._preselect()
+
+    def _preselect(self) -> None:
+        """With nothing chosen, choose the active Image layer, or the only one (so the first Train just works)."""
+        if list(self.normals.value):
+            return
+        images = [layer for _name, layer in self._image_choices() if not layer.rgb]
+        active = self.viewer.layers.selection.active
+        pick = active if active in images else images[0] if len(images) == 1 else None
+        if pick is not None:
+            self.normals.value = [pick]
 
     def _image_choices(self, _widget=None) -> list:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
@@ -217,7 +236,8 @@ class VAEWidget(Panel):
         self.method.clear()
         self.method.addItems(methods)
         self.method.setCurrentText(current if current in methods else DEFAULTS["method"])
-        self.method.setToolTip("\n".join(f"{m}: {EXPLAIN[m]}" for m in methods))
+        self.method.setToolTip("\n".join(EXPLAIN[m] if EXPLAIN[m].startswith(f"{m}:") else f"{m}: {EXPLAIN[m]}"
+                                         for m in methods))
 
     def _on_progress(self, ev) -> None:
         if "reconstruction" in ev.metrics:
@@ -233,8 +253,9 @@ class VAEWidget(Panel):
         p = self.model.params
         latent = self.model.config.networks["net"].args["latent_size"]
         extra = ", + diffusion restoration" if has_diffusion(self.model) else ""
-        self.model_line.setText(f"{what}: {self.model.name}, slices {tuple(p.size)}, "
-                                f"latent {latent}{', masked' if p.masked else ''}{extra}.")
+        size = "x".join(str(n) for n in p.size)
+        self.model_line.setText(f"{what}: {self.model.name}, trained on {size}-pixel slices"
+                                f"{' inside a mask' if p.masked else ''}, latent code of {latent} numbers{extra}.")
         self._list_methods()
 
     def load_model(self, path: Optional[str] = None) -> None:
@@ -385,3 +406,4 @@ class VAEWidget(Panel):
         chosen = list(self.normals.value)
         self.normals.reset_choices()
         self.normals.value = [ly for ly in chosen if ly in self.viewer.layers]  # by layer: a rename keeps it
+        self._preselect()

@@ -1,6 +1,9 @@
 """``napari-medgen demo``: napari with the sample brain and every napari-medgen dock widget."""
 from __future__ import annotations
 
+# tab titles short enough for all seven tabs to show side by side in a 1366 px window's dock
+TAB_TITLES = {"VAE anomaly": "VAE", "GAN synthesis": "GAN", "Time series": "Time"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="open napari with the sample brain and all napari-medgen widgets")
@@ -25,16 +28,19 @@ def open_demo(show: bool = True, widgets: bool = True):
         docked = []
         for contrib in manifest.contributions.widgets or []:
             dock, _ = viewer.window.add_plugin_dock_widget("napari-medgen", contrib.display_name, tabify=True)
-            dock.setWindowTitle(contrib.display_name)  # the tab says "Segment", not "Segment (napari-medgen)"
+            dock.setWindowTitle(TAB_TITLES.get(contrib.display_name, contrib.display_name))  # not "... (napari-medgen)"
             docked.append(dock)
         if docked:  # show the first widget's tab (Segment) once the tabs exist
             from qtpy.QtCore import Qt
             from qtpy.QtWidgets import QApplication, QTabBar
 
             QApplication.processEvents()
+            full = {TAB_TITLES.get(n, n): n for n in (c.display_name for c in manifest.contributions.widgets)}
             for bar in viewer.window._qt_window.findChildren(QTabBar):  # whole titles; arrows when they overflow
                 bar.setElideMode(Qt.TextElideMode.ElideNone)
                 bar.setUsesScrollButtons(True)
+                for i in range(bar.count()):  # the panel's full name on hover
+                    bar.setTabToolTip(i, full.get(bar.tabText(i), bar.tabText(i)))
             docked[0].raise_()
     return viewer
 

@@ -25,14 +25,12 @@ import torch
 
 from .checkpoint import SUFFIX, Model, ModelFileError, NotAModelFileError, build_network
 from .config import ModelConfig, NetSpec, SegmentationParams, Task
+from .palette import PALETTE
 from ..errors import UserError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 BUILTIN = {"brain-tissue-2d": BUILTIN_DIR / f"brain-tissue-2d{SUFFIX}"}
 
-# Label colours (RGBA in [0, 1]); class i gets PALETTE[i % len(PALETTE)], background transparent.
-PALETTE = [(0, 0, 0, 0), (0.2, 0.6, 1.0, 1), (1.0, 0.55, 0.1, 1), (0.95, 0.95, 0.3, 1), (0.85, 0.2, 0.2, 1),
-           (0.3, 0.85, 0.35, 1), (0.7, 0.35, 0.9, 1), (0.2, 0.9, 0.9, 1), (0.95, 0.45, 0.75, 1)]
 
 
 def default_classes(names: "list[str] | int") -> list[dict]:
