@@ -159,6 +159,17 @@ def _common_spec(normalization, items, vols) -> dict:
     return specs[0]
 
 
+def tissue_window(vols, masks, widen: float = 0.5, min_width: float = 100.0) -> dict:
+    """A fixed CT window spanning the masked voxels of every training volume (percentiles 1-99, widened by
+    ``widen`` of that range on each side, at least ``min_width`` HU): a brain lesion 30 HU brighter than grey
+    matter is a few hundredths of -1000..1000 HU, a large share of this window."""
+    values = np.concatenate([np.asarray(v)[m][::max(1, int(m.sum()) // 200_000)] for v, m in zip(vols, masks)
+                             if m is not None and m.any()])
+    lo, hi = (float(x) for x in np.percentile(values, [1, 99]))
+    pad = max(widen * (hi - lo), (min_width - (hi - lo)) / 2)
+    return {"kind": "window", "low": lo - pad, "high": hi + pad}
+
+
 def subject_ids(items) -> list[str]:
     """Who each volume comes from: an ImageData's name (pieces of one scan share it), else its position."""
     return [str(getattr(it, "name", "") or f"image {k + 1}") for k, it in enumerate(items)]
@@ -210,7 +221,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     calibrating the thresholds (timed on one slice beforehand; on as many evenly spread validation
     slices as fit in 30 % of it, at least 8) come out of it, training keeps at least half of it.  ``masks`` (one per image, or None) restrict training to the
     foreground.  Each volume is normalised on its own intensities by the modality's spec (CT: a fixed
-    Hounsfield window; MRI: its own percentiles) and resampled in-plane to the median pixel spacing.
+    Hounsfield window, with masks the window of the masked tissue of all training volumes; MRI: its own percentiles) and resampled in-plane to the median pixel spacing.
     Validation slices are ``val_images`` if given, else those of whole held-out subjects when there
     are several (about ``val_fraction`` of them, at least one; a subject is an ImageData's name, so
     pieces of one scan stay together), else a random ``val_fraction`` of the slices; they keep the
@@ -228,6 +239,8 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     items, hows = stored_alike(items, orientation)
     vols, mask_list = turn_each(vols, hows), turn_each(mask_list, hows)
     spec = _common_spec(normalization, items, vols)
+    if spec["kind"] == "window" and mask_list[0] is not None and (normalization or {}).get("kind", "auto") == "auto":
+        spec = tissue_window(vols, mask_list)  # CT inside a mask: the tissue's own window, not -1000..1000 HU
     spacing = _spacing(items, vols, axis)
     shapes = plane_shapes(items, vols, mask_list, axis, spacing)
     slice_shape = tuple(int(max(s[i] for s in shapes)) for i in range(2))
