@@ -51,3 +51,14 @@ def test_user_errors_are_one_line(files, capsys):
                  "--out", str(d / "many.nii.gz")]) == 2  # refused before the model is even read
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "between 1 and 10000 samples" in err
+
+
+def test_a_fixed_window_is_kept_in_the_model_and_a_reversed_one_refused(files, capsys):
+    d, t1, mask = files
+    out = d / "windowed.medgen.pt"
+    assert main(["vae-train", t1, "--mask", mask, "--out", str(out), "--steps", "2", "--window", "10", "400",
+                 "--quiet", "--device", "cpu"]) == 0
+    from napari_medgen import Model
+    assert Model.load(out).config.normalization == {"kind": "window", "low": 10.0, "high": 400.0}
+    assert main(["vae-train", t1, "--out", str(d / "x.medgen.pt"), "--window", "400", "10", "--quiet"]) == 2
+    assert "LOW below HIGH" in capsys.readouterr().err

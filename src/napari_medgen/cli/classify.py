@@ -14,7 +14,8 @@ import re
 import sys
 from pathlib import Path
 
-from .options import add_budget, add_common, add_table, check_output, existing, table_of
+from .options import (add_budget, add_common, add_table, add_window, check_output, existing, table_of,
+                      window_of)
 from ..errors import UserError
 
 
@@ -40,6 +41,7 @@ def add_parser(sub) -> None:
     t.add_argument("--spacing", type=float, default=None, metavar="MM",
                    help="grid spacing in mm, the same along every axis (default: the median image's field of "
                         "view fits --size); e.g. 1.2 with --size 160 160 for findings a few mm wide in a head")
+    add_window(t, "by modality: CT -1000..1000 HU, MRI and others each image's percentiles")
     t.add_argument("--pooling", choices=["lse", "mean"], default="lse",
                    help="how per-pixel class evidence becomes the image's class: lse = where it is strongest "
                         "(findings, lesions), mean = over the whole image (scan type, sequence, body part) "
@@ -87,6 +89,7 @@ def run_train(args) -> int:
         model, history = train_classifier([str(f) for f in files], labels, pretrained=args.pretrained,
                                           steps=args.steps, seconds=args.seconds, size=args.size,
                                           spacing=args.spacing, pooling=args.pooling,
+                                          normalization=window_of(args),
                                           val_fraction=args.val_fraction, device=args.device,
                                           name=Path(out).name[:-len(SUFFIX)], progress=job)
     model.save(out)

@@ -51,6 +51,24 @@ def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None,
                         f"(default: {steps if steps is not None else neither or 'no step limit'})")
 
 
+def add_window(p, default: str) -> None:
+    """``--window LOW HIGH``: a fixed intensity window instead of the modality's default."""
+    p.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="fixed intensity window in the image's units, e.g. -20 120 (HU) for brain findings on CT "
+                        f"(default: {default})")
+
+
+def window_of(args) -> "dict | None":
+    """The normalization spec ``--window`` asks for, or None (the modality's default)."""
+    if args.window is None:
+        return None
+    low, high = args.window
+    if not high > low:
+        from ..errors import UserError
+        raise UserError(f"--window needs LOW below HIGH (got {low:g} {high:g}).")
+    return {"kind": "window", "low": low, "high": high}
+
+
 def check_output(path: "str | os.PathLike", overwrite: bool) -> None:
     """Before any computation: refuse to replace an existing file unless ``--overwrite`` was given,
     and refuse an output that cannot be written (a read-only folder, a file in the way)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_budget, add_common, check_output, existing
+from .options import add_budget, add_common, add_window, check_output, existing, window_of
 from .progress import terminal_job
 from ..errors import UserError
 
@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     add_budget(p, seconds=120.0)
     p.add_argument("--latent", type=int, default=64, help="size of the VAE's latent code")
     p.add_argument("--axis", type=int, default=0, help="slice axis in (z, y, x) order; 0 is axial")
+    add_window(p, "by modality: CT with --mask the masked tissue's HU range widened by half, CT without "
+                  "-1000..1000 HU, MRI each scan's percentiles")
     p.add_argument("--diffusion", type=float, default=0.0, metavar="SECONDS",
                    help="also train a diffusion model of the same normal scans for this many seconds (scoring "
                         "method 'diffusion'; kept in the same model file; 0: none, the default; 300 is a start)")
@@ -137,7 +139,8 @@ def run_train(args) -> int:
     images, masks = _training_data(args)
     with terminal_job("vae-train", args.quiet) as job:
         model, hist = train_vae(images, masks, steps=args.steps, seconds=args.seconds, latent_size=args.latent,
-                                axis=args.axis, device=args.device, name=Path(args.out).name.split(".")[0],
+                                axis=args.axis, normalization=window_of(args), device=args.device,
+                                name=Path(args.out).name.split(".")[0],
                                 progress=job)
     if args.diffusion:
         from ..tasks.diffusion_training import add_diffusion
