@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from monai.metrics import FIDMetric, MMDMetric, MultiScaleSSIMMetric, SSIMMetric
 
 from ..data.slices import fit_to_size
@@ -161,7 +162,13 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
     job.report(0, 5, "MMD")
     report["mmd"] = float(MMDMetric(y_mapping=_per_pixel)(ref[:m], x[:m]))
     job.check()
-    report["swd"] = pyramid_swd(x[:, 0].numpy(), ref[:, 0].numpy())  # patch SWD per pyramid level, finest first
+    real = ref[:, 0].numpy()
+    report["swd"] = pyramid_swd(x[:, 0].numpy(), real)  # patch SWD per pyramid level, finest first
+    # what the samples' SWD means: a blurred copy of the real slices (full resolution), and half of the real
+    # slices against the other half (coarsest level, the slice's layout)
+    report["swd_blurred"] = pyramid_swd(ndimage.gaussian_filter(real, (0, 2, 2)), real)[0]
+    if len(real) >= 4:
+        report["swd_real_halves"] = pyramid_swd(real[::2], real[1::2])[-1]
     job.report(1, 5, "MS-SSIM diversity")
     report["ms_ssim_diversity"] = mean_pairwise_ms_ssim(x)
     report["ms_ssim_reference"] = mean_pairwise_ms_ssim(ref)
@@ -192,6 +199,23 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
     return report
 
 
+def verdict(report: dict) -> list[str]:
+    """Sentences saying whether the samples look like the real slices at the finest and the coarsest scale."""
+    swd, out = report["swd"], []
+    blurred, halves = report.get("swd_blurred"), report.get("swd_real_halves")
+    if blurred is not None and swd[0] > blurred:
+        out.append(f"At full resolution the samples are further from the real slices than a blurred copy of them "
+                   f"(SWD {swd[0]:.3g} vs {blurred:.3g}): the generator has not learned their detail; train longer.")
+    if halves is not None and swd[-1] > 2 * halves:
+        out.append(f"At the coarsest scale the samples are more than twice as far from the real slices as two halves "
+                   f"of the real slices are from each other ({swd[-1]:.3g} vs {halves:.3g}): they do not have the "
+                   "real slices' layout; train longer.")
+    if not out and blurred is not None and halves is not None:
+        out.append("The samples are closer to the real slices than a blurred copy at full resolution and within "
+                   "twice the real slices' own spread at the coarsest scale.")
+    return out
+
+
 def format_report(report: dict) -> str:
     """A few plain-text lines for a widget or a terminal."""
     lines = [f"{report['n_samples']} samples vs {report['n_reference']} reference images",
@@ -200,6 +224,7 @@ def format_report(report: dict) -> str:
              f"MS-SSIM among samples {report['ms_ssim_diversity']:.3f} (reference {report['ms_ssim_reference']:.3f}; "
              "lower = more diverse)",
              f"{FD_NAME} {report['fd_medgen']:.4g} (project features; not comparable with Inception FID)"]
+    lines += verdict(report)
     mem = report.get("memorisation")
     if mem:
         base = report["memorisation_baseline"]
