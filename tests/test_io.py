@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_medgen.io import Geometry, read_image, read_path, write_image
+from napari_medgen.io import Geometry, ImageData, read_image, read_path, write_image
 from napari_medgen.io.read import ImageReadError, ImageReadWarning
 
 CORNERS = [(0, 0, 0), (3, 5, 7), (10, 20, 30)]
@@ -251,3 +251,9 @@ def test_sheared_nifti_opens_on_the_rectangular_grid_of_its_slices(tmp_path, bra
     inner = np.s_[:, 20:-20]  # away from the rows shifted in from outside
     assert np.abs(out.data[inner].astype(float) - brain.data[inner]).mean() < 0.05 * np.abs(brain.data).mean()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_a_volume_layer_names_its_axes(brain):
+    """napari labelled the slider of a 3D layer "-3"; a time series already said t, z, y, x."""
+    assert brain.layer_data()[1]["axis_labels"] == ("z", "y", "x")
+    assert "axis_labels" not in ImageData(brain.data[40], Geometry((2.0, 2.0), (0, 0), np.eye(2))).layer_data()[1]

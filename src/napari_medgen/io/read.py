@@ -51,6 +51,8 @@ class ImageData:
             kwargs["rgb"] = True
         if self.metadata.get("axis_labels"):  # e.g. ("t", "z", "y", "x") for a time series
             kwargs["axis_labels"] = tuple(self.metadata["axis_labels"])
+        elif np.ndim(self.data) == 3 and self.geometry.ndim == 3:  # napari's slider would read "-3"
+            kwargs["axis_labels"] = ("z", "y", "x")
         window = initial_contrast(self)
         if window is not None:
             kwargs["contrast_limits"] = window
