@@ -467,3 +467,47 @@ def test_cli_says_model_mismatch_in_one_line_and_still_writes(tmp_path, capsys):
     assert err and all(ln.startswith("napari-medgen: warning: ") for ln in err), err
     assert any("Hounsfield" in ln for ln in err) and any("384 mm" in ln for ln in err)
     assert (tmp_path / "seg.nii.gz").is_file()
+
+
+# --- VAE masks, synthetic lesions, label CSV rows ---------------------------------------------------------
+def test_vae_refuses_a_mask_on_another_grid(brain, tissue):
+    """A mask of the image's shape but another origin (another scan's brain mask) would score the wrong voxels."""
+    from napari_medgen.io import Geometry
+    from napari_medgen.tasks.anomaly import anomaly_map
+    from napari_medgen.tasks.vae import reconstruct
+    from napari_medgen.tasks.vae_training import train_vae
+
+    geo = Geometry((2.0, 4.0, 4.0))
+    vol, head = brain.data[30:42, ::4, ::4], (tissue.data[30:42, ::4, ::4] > 0).astype(np.uint8)
+    model, _ = train_vae([ImageData(vol, geo)], [head], steps=2, seconds=None, channels=(8, 16), latent_size=8,
+                         batch_size=4, device="cpu")
+    image, moved = ImageData(vol, geo), ImageData(head, Geometry((2.0, 4.0, 4.0), (0.0, 12.0, 0.0)))
+    for run in (anomaly_map, reconstruct):
+        with pytest.raises(UserError, match=r"^The mask is not on the image's voxel grid .*first\.$"):
+            run(model, image, moved, device="cpu")
+    assert anomaly_map(model, image, ImageData(head, geo), method="residual", device="cpu").score.shape == vol.shape
+
+
+def test_lesions_that_do_not_fit_are_said(tissue):
+    from napari_medgen.data.lesions import LesionRoomWarning, inject_lesions
+
+    small = np.zeros((20, 40, 40), bool)
+    small[6:14, 15:25, 15:25] = True  # 4 voxels deep at most
+    with pytest.warns(LesionRoomWarning, match=r"^Only 0 of 1 lesions fit: .* at most 4\.0 voxels deep"):
+        img, les = inject_lesions(np.ones(small.shape, np.float32), small, n=1, radii=(9.0,))
+    assert not les.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LesionRoomWarning)
+        assert inject_lesions(np.ones(small.shape, np.float32), small, n=1, radii=(2.0,))[1].any()
+
+
+@pytest.mark.parametrize("text, row", [("file,label\nscan1.nii.gz,T1\n", 2), ("scan1.nii.gz,T1\n", 1),
+                                       ("file,label\n\nscan2.nii.gz,T1\nscan1.nii.gz,T2\n", 4)])
+def test_label_csv_rows_are_counted_as_a_spreadsheet_does(tmp_path, text, row):
+    """Row numbers in CSV errors are the spreadsheet's: the header is row 1, blank lines count."""
+    from napari_medgen.tasks.classify_data import read_label_csv
+
+    (tmp_path / "scan2.nii.gz").write_bytes(b"")
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(UserError, match=rf"^Row {row} of labels.csv names scan1.nii.gz, which is not in "):
+        read_label_csv(tmp_path / "labels.csv")

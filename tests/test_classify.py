@@ -212,11 +212,11 @@ def test_bad_inputs_are_one_sentence(tmp_path, contrasts):
         train_classifier([np.zeros((8, 8)), np.zeros((8, 8, 8))], ["a", "b"], steps=1)
     bad = tmp_path / "labels.csv"
     bad.write_text("file,label\nscan1.nii.gz,T1\n")
-    with pytest.raises(UserError, match=r"^Row 1 of labels.csv names scan1.nii.gz, which is not in .*\.$"):
+    with pytest.raises(UserError, match=r"^Row 2 of labels.csv names scan1.nii.gz, which is not in .*\.$"):
         read_label_csv(bad)
     (tmp_path / "scan1.nii.gz").write_bytes(b"")
     bad.write_text("file,label\nscan1.nii.gz\n")
-    with pytest.raises(UserError, match=r"^Row 1 of labels.csv is not 'file,label'"):
+    with pytest.raises(UserError, match=r"^Row 2 of labels.csv is not 'file,label'"):
         read_label_csv(bad)
     bad.write_text("name,class\nscan1.nii.gz,T1\n")  # a header of other names is a header too
     assert read_label_csv(bad)[1] == ["T1"]

@@ -57,7 +57,7 @@ def test_bad_csv_and_unknown_file_are_one_line(folder, tmp_path, capsys):
     bad.write_text("file,label\nmissing.nii.gz,T1\n")
     assert main(["classify-train", str(folder), str(bad), "-o", str(tmp_path / "m.medgen.pt")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"napari-medgen: error: Row 1 of bad.csv names missing.nii.gz, which is not in {folder}."
+    assert err == f"napari-medgen: error: Row 2 of bad.csv names missing.nii.gz, which is not in {folder}."
     seg = tmp_path / "seg.medgen.pt"
     __import__("napari_medgen").load_segmentation_model("brain-tissue-2d").save(seg)
     assert main(["classify", str(folder / "s25.nii.gz"), "-m", str(seg), "-o", str(tmp_path / "p.csv")]) == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 
 import numpy as np
 import pytest
@@ -257,3 +258,18 @@ def test_a_volume_layer_names_its_axes(brain):
     """napari labelled the slider of a 3D layer "-3"; a time series already said t, z, y, x."""
     assert brain.layer_data()[1]["axis_labels"] == ("z", "y", "x")
     assert "axis_labels" not in ImageData(brain.data[40], Geometry((2.0, 2.0), (0, 0), np.eye(2))).layer_data()[1]
+
+
+def test_a_dicom_without_pixel_spacing_says_its_millimetres_are_not_real(tmp_path):
+    """A chest CR with PixelSpacing 0\\0 was silently taken as 1 mm per pixel."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PixelSpacing = [0, 0]
+    ds.save_as(tmp_path / "nospacing.dcm")
+    with pytest.warns(ImageReadWarning, match=r"no pixel spacing \(PixelSpacing 0(\.0)?/0"):
+        read_image(tmp_path / "nospacing.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImageReadWarning)
+        read_image(get_testdata_file("CT_small.dcm"))  # a real spacing: nothing said

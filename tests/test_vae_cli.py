@@ -62,3 +62,23 @@ def test_a_fixed_window_is_kept_in_the_model_and_a_reversed_one_refused(files, c
     assert Model.load(out).config.normalization == {"kind": "window", "low": 10.0, "high": 400.0}
     assert main(["vae-train", t1, "--out", str(d / "x.medgen.pt"), "--window", "400", "10", "--quiet"]) == 2
     assert "LOW below HIGH" in capsys.readouterr().err
+
+
+def test_a_mask_on_another_grid_is_refused_and_warnings_said_once(files, capsys, brain):
+    from napari_medgen.io import Geometry
+    d, t1, mask = files
+    geo = brain.geometry
+    moved = write_image(d / "moved.nii.gz", read_image(mask).data,
+                        Geometry(geo.spacing, tuple(o + 10 for o in geo.origin), geo.direction))
+    assert main(["vae-anomaly", t1, "--model", str(d / "vae.medgen.pt"), "--mask", moved, "--out",
+                 str(d / "m.nii.gz"), "--quiet", "--device", "cpu"]) == 2
+    assert "grid" in capsys.readouterr().err
+    head = read_image(mask).data > 0
+    hu = np.where(head, 20 + 25 * brain.data / brain.data.max(), -1000).astype("int16")
+    hu[:, :3] = 1000  # a little bone
+    ct = write_image(d / "ct.nii.gz", hu, geo)
+    main(["vae-anomaly", ct, "--model", str(d / "vae.medgen.pt"), "--mask", mask, "--out", str(d / "c.nii.gz"),
+          "--quiet", "--device", "cpu"])
+    said = capsys.readouterr()
+    text = said.out + said.err
+    assert text.count("Hounsfield") == 1, text

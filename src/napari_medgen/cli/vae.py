@@ -162,12 +162,10 @@ def run_anomaly(args) -> int:
         if out:
             check_output(out, args.overwrite)
     img = _read(args.image)
-    mask = _read(args.mask).data if args.mask else None
+    mask = _read(args.mask) if args.mask else None  # with its geometry: a mask on another grid is refused
     with terminal_job("vae-anomaly", args.quiet) as job:
         res = anomaly_map(_load(args.model), img, mask, method=args.method, sign=args.sign,
                           percentile=args.percentile, threshold=args.threshold, device=args.device, progress=job)
-    for msg in res.warnings:
-        print(f"warning: {msg}")
     write_image(args.out, res.score, img.geometry, overwrite=args.overwrite)
     if args.mask_out:
         write_image(args.mask_out, res.mask.astype("uint8"), img.geometry, overwrite=args.overwrite)
@@ -185,7 +183,7 @@ def run_reconstruct(args) -> int:
 
     check_output(args.out, args.overwrite)
     img = _read(args.image)
-    mask = _read(args.mask).data if args.mask else None
+    mask = _read(args.mask) if args.mask else None
     with terminal_job("vae-reconstruct", args.quiet) as job:
         rec = reconstruct(_load(args.model), img, mask, device=args.device, progress=job)
     write_image(args.out, rec, img.geometry, overwrite=args.overwrite)

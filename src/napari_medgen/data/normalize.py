@@ -14,6 +14,8 @@ import numpy as np
 from ..errors import UserError
 
 CT_WINDOW = {"kind": "window", "low": -1000.0, "high": 1000.0}
+PADDING_BELOW = -1100.0  # HU: -1024 air minus a margin; scanners pad outside the scan circle with -2000/-3024/-32768
+AIR_HU = -1000.0
 MRI_DEFAULT = {"kind": "percentile", "lower": 0.5, "upper": 99.5}
 
 
@@ -36,6 +38,10 @@ def normalize(image: np.ndarray, spec: dict | None = None, modality: str = "", c
     finite = np.isfinite(img)
     if not finite.all():
         img = np.where(finite, img, np.min(img[finite]) if finite.any() else 0.0).astype(np.float32)
+    if spec["kind"] == "window" and float(spec["low"]) > PADDING_BELOW:
+        pad = img < PADDING_BELOW
+        if pad.any() and looks_like_hounsfield(img):
+            img = np.where(pad, np.float32(AIR_HU), img)  # a CT's outside-the-scan padding is air
     if spec["kind"] == "zscore":
         fg = img > img.min()
         vals = img[fg] if fg.any() else img
@@ -54,6 +60,8 @@ def intensity_window(image: np.ndarray, spec: dict) -> tuple[float, float]:
     if kind == "percentile":
         img = np.asarray(image)
         sample = img.ravel()[:: max(1, img.size // 1_000_000)]
+        if looks_like_hounsfield(sample):
+            sample = sample[sample >= PADDING_BELOW]  # a CT's outside-the-scan padding is no intensity of its own
         lo, hi = np.percentile(sample, [spec.get("lower", 0.5), spec.get("upper", 99.5)])
         return float(lo), float(hi)
     raise UserError(f"Unknown normalisation '{kind}'.")
@@ -85,15 +93,16 @@ def modality_of(image) -> str:
 
 
 def looks_like_hounsfield(image: np.ndarray) -> bool:
-    """CT in Hounsfield units, whatever the dtype: air near -1000 HU, nothing far below it except
-    padding (-1024/-2048/-3024/-32768), bone and metal below a few thousand."""
+    """CT in Hounsfield units, whatever the dtype: air or lung (-1100..-800 HU) in at least 1 % of the
+    scan, bone and metal below a few thousand; values below :data:`PADDING_BELOW` (the -2000/-3024/-32768
+    a scanner writes outside its scan circle) are left out."""
     arr = np.asarray(image)
     if arr.dtype.kind not in "if" or arr.size == 0:
         return False
     sample = arr.ravel()[:: max(1, arr.size // 200_000)].astype(np.float32)
-    sample = sample[np.isfinite(sample) & (sample > -3100)]  # outside-the-scan padding set aside
+    sample = sample[np.isfinite(sample) & (sample >= PADDING_BELOW)]
     if sample.size < 100:
         return False
     p1, p99 = np.percentile(sample, [1, 99])
-    air = float(np.mean((sample > -1100) & (sample < -850)))
+    air = float(np.mean(sample < -800))
     return bool(-1100 <= p1 <= -500 and -200 < p99 < 4000 and air >= 0.01)

@@ -137,6 +137,8 @@ def read_image(path: "str | os.PathLike") -> ImageData:
         raise ImageReadError(f"Cannot read {p.name}: the file is corrupt, truncated or not an image "
                              f"({_first_line(err)}).") from None
     meta = {"source": str(p), "modality": _tag(img, "0008|0060"), "window": _window(img), **extra}
+    if _looks_dicom(p) and geo is None:  # an enhanced multi-frame file gives its spacing per frame
+        notes = notes + _spacing_notes(img, p.name)
     item = _with_notes(_to_image_data(img, _stem(p), meta), arr, geo, notes)
     if img.GetDimension() == 4:  # (t, z, y, x): label the time axis, keep the time step
         from .timeseries import from_4d_image
@@ -289,6 +291,21 @@ def _looks_dicom(f: Path) -> bool:
             return fh.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def _spacing_notes(img, name: str) -> list:
+    """A sentence when a DICOM file gives no pixel spacing (absent, or 0 as some X-rays write), which ITK takes as 1 mm."""
+    given = _tag(img, "0028|0030")
+    if not np.allclose(img.GetSpacing()[:2], 1.0):  # a spacing came from somewhere (e.g. ImagerPixelSpacing)
+        return []
+    try:
+        if given and min(float(v) for v in given.split("\\")) > 0:
+            return []
+    except ValueError:
+        pass
+    shown = given.replace(chr(92), "/") or "absent"
+    return [f"{name} gives no pixel spacing (PixelSpacing {shown}), so 1 mm per pixel is assumed; its sizes in "
+            "mm are not real."]
 
 
 def _tag(obj, key: str) -> str:

@@ -305,7 +305,7 @@ def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, si
     model, image = require_vae(model), opened(image)
     how = as_stored_like(image, model.params.orientation)
     if how is not None:  # stored in another axis order or sense than the training scans: scored as they were
-        mask = check_mask(mask, np.shape(image.data))
+        mask = check_mask(mask, np.shape(image.data), image.geometry)
         return anomaly_map(model, turned(image, how), None if mask is None else turn(mask, how),
                            method=method, sign=sign, percentile=percentile, threshold=threshold, median=median,
                            min_size=min_size, samples=samples, device=device, progress=job).turned_back(how)

@@ -17,6 +17,7 @@ import torch
 from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 
+from ..data.normalize import looks_like_hounsfield, modality_of
 from ..data.orientation import as_stored_like, stored_alike, stored_direction, turn_back, turned
 from ..engine.device import select_device
 from ..engine.fit import Budget, fit
@@ -29,6 +30,7 @@ from ..models.encoders import (HEATMAP_LAYER, EvidenceClassifier, check_pooling,
                                size_multiple, transfer)
 from .classify_data import DEFAULT_SPEC, as_image, as_images, default_spacing, encode_labels, prepare, to_image_grid
 from .classify_training import ClassifierTask, NotValidatedWarning, classification_metrics, predict
+from .model_fit import ModelMismatchWarning, modality_doubt
 
 DEFAULT_SIZE = {2: (128, 128), 3: (64, 64, 64)}
 
@@ -164,6 +166,7 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     model.config.params.metrics = history.get("metrics")
     model.config.training = {k: history[k] for k in ("best_step", "best_metric", "returned", "stopped", "seconds",
                                                      "device", "n_train", "n_val", "frozen_layers")}
+    model.config.training["modality"] = training_modality(imgs)
     return model, history
 
 
@@ -184,6 +187,10 @@ def classify(model, image, *, target=None, heatmap: bool = True, device="auto",
             result.heatmap = turn_back(result.heatmap, how)
             result.slice_scores, result.top_slices = _slices(result.heatmap)
         return result
+    doubt = modality_doubt(img.data, str(m.config.training.get("modality", "")), m.name, modality_of(img),
+                           "its class is")
+    if doubt:
+        warnings.warn(ModelMismatchWarning(doubt), stacklevel=2)
     dev = select_device(device)
     net = network(m).to(dev).eval()
     x, placement = prepare(img, m.config.normalization, p.spacing, p.size)
@@ -210,6 +217,12 @@ def classify(model, image, *, target=None, heatmap: bool = True, device="auto",
     net.cpu()
     job.report(2, 2, "done")
     return result
+
+
+def training_modality(images: list) -> str:
+    """The one modality of all training images (named by their metadata, else CT when in Hounsfield units), else ""."""
+    found = {modality_of(im) or ("CT" if looks_like_hounsfield(im.data) else "") for im in images}
+    return found.pop() if len(found) == 1 else ""
 
 
 def _slices(heatmap: np.ndarray) -> tuple:

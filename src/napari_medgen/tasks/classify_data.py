@@ -146,8 +146,9 @@ def read_label_csv(csv_path, folder=None) -> tuple[list[Path], list[str]]:
     if not p.is_file():
         raise UserError(f"The label file {p} does not exist.")
     base = Path(folder) if folder is not None else p.parent
-    try:
-        rows = [r for r in csv.reader(p.read_text(encoding="utf-8-sig").splitlines()) if any(c.strip() for c in r)]
+    try:  # (spreadsheet row number, cells): the header, if any, is row 1
+        rows = [(n, r) for n, r in enumerate(csv.reader(p.read_text(encoding="utf-8-sig").splitlines()), 1)
+                if any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"{p.name} is not a readable CSV file ({err}).") from None
     def names_file(row) -> bool:
@@ -155,13 +156,13 @@ def read_label_csv(csv_path, folder=None) -> tuple[list[Path], list[str]]:
         return bool(first) and (Path(first) if Path(first).is_absolute() else base / first).exists()
 
     # a header row: 'file,label', or any first row (e.g. 'name,class') that names no file when the next one does
-    if rows and ([c.strip().lower() for c in rows[0][:2]] == ["file", "label"]
-                 or (len(rows) > 1 and not names_file(rows[0]) and names_file(rows[1]))):
+    if rows and ([c.strip().lower() for c in rows[0][1][:2]] == ["file", "label"]
+                 or (len(rows) > 1 and not names_file(rows[0][1]) and names_file(rows[1][1]))):
         rows = rows[1:]
     if not rows:
         raise UserError(f"{p.name} lists no images; it needs rows 'file,label'.")
     files, labels = [], []
-    for n, row in enumerate(rows, 1):
+    for n, row in rows:
         cells = [c.strip() for c in row]
         if len(cells) < 2 or not cells[0] or not cells[1]:
             raise UserError(f"Row {n} of {p.name} is not 'file,label': {','.join(row)!r}.")

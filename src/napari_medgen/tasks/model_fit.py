@@ -24,17 +24,9 @@ class ModelMismatchWarning(UserWarning):
 def mismatch_warnings(image: np.ndarray, model, *, spacing=None, modality: str = "", axis: int = 0) -> list[str]:
     """Sentences saying how ``image`` ((channels, *spatial)) differs from ``model``'s training data."""
     card, cfg, name = model_card(model), model.params, model.name
-    out = []
     expected = str(card.get("modality", "")).upper() or _norm_modality(model.config.normalization)
-    modality = (modality or "").upper()
-    is_ct = modality == "CT" or (not modality and resolve({"kind": "auto"}, image[0])["kind"] == "window")
-    if expected == "CT" and not is_ct:
-        out.append(f"The image does not look like CT in Hounsfield units, but '{name}' was trained on CT; "
-                   "its labels may be wrong.")
-    elif expected and expected != "CT" and (is_ct or (modality and modality != expected)):
-        what = "CT in Hounsfield units" if is_ct else f"{modality}"
-        out.append(f"The image looks like {what}, but '{name}' was trained on {expected} images; "
-                   "its labels are likely wrong.")
+    doubt = modality_doubt(image[0], expected, name, modality)
+    out = [doubt] if doubt else []
     spatial = image.shape[1:]
     if spacing is None:
         return out
@@ -55,6 +47,22 @@ def mismatch_warnings(image: np.ndarray, model, *, spacing=None, modality: str =
             out.append(f"The image spans {extent.max():.0f} mm, far more than the {anatomy} '{name}' was trained on "
                        f"({max(fov):.0f} mm across); other anatomy in view may get wrong labels.")
     return out
+
+
+def modality_doubt(image: np.ndarray, expected: str, name: str, modality: str = "",
+                   what: str = "its labels are") -> str:
+    """One sentence when ``image`` (a modality named by its metadata, else CT if it is in Hounsfield units)
+    is not of the ``expected`` modality ``name`` was trained on (``what``: what is likely wrong); else ""."""
+    modality = (modality or "").upper()
+    is_ct = modality == "CT" or (not modality and resolve({"kind": "auto"}, image)["kind"] == "window")
+    fits = is_ct if expected == "CT" else not is_ct and modality in ("", expected)
+    if not expected or fits:
+        return ""
+    if expected == "CT" and not modality:
+        return (f"The image does not look like CT in Hounsfield units, but '{name}' was trained on CT; "
+                f"{what} likely wrong.")
+    return (f"The image looks like {'CT in Hounsfield units' if is_ct else modality}, but '{name}' was "
+            f"trained on {expected} images; {what} likely wrong.")
 
 
 def _norm_modality(spec: "dict | None") -> str:

@@ -47,12 +47,20 @@ def guard_logvar(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def check_mask(mask, shape) -> np.ndarray | None:
+def check_mask(mask, shape, geometry=None) -> np.ndarray | None:
+    """``mask`` (array, ImageData or file) as a boolean array of ``shape``; a mask with a geometry must lie on
+    the image's grid (``geometry``), as a mask of the same shape from another scan or origin would score the
+    wrong voxels."""
     if mask is None:
         return None
-    m = np.asarray(getattr(opened(mask), "data", opened(mask))) > 0
+    mask = opened(mask)
+    m = np.asarray(getattr(mask, "data", mask)) > 0
     if m.shape != tuple(shape):
         raise UserError(f"The mask shape {m.shape} differs from the image shape {tuple(shape)}.")
+    grid = getattr(mask, "geometry", None)
+    if geometry is not None and grid is not None and not grid.same_grid(geometry):
+        raise UserError("The mask is not on the image's voxel grid (its origin, spacing or direction differ); "
+                        "resample it onto the image first.")
     return m
 
 
@@ -108,6 +116,7 @@ def require_vae(model) -> Model:
 def check_distribution(model: Model, image, mask=None) -> list[str]:
     """Out-of-distribution messages (also emitted as :class:`OutOfDistributionWarning`)."""
     arr = as_volume(image, model="the VAE")
+    m = check_mask(mask, arr.shape, getattr(image, "geometry", None))  # a wrong mask is refused before any doubt
     msgs = []
     stats = model.params.training_stats
     per_scan = (model.config.normalization or {}).get("kind") != "window"
@@ -115,7 +124,6 @@ def check_distribution(model: Model, image, mask=None) -> list[str]:
         msgs.append("This image looks like a CT in Hounsfield units, but the VAE was trained on scans scaled one by one "
                     "(MRI); scores may be meaningless.")
     elif stats and not per_scan:
-        m = check_mask(mask, arr.shape)
         vals = np.asarray(arr[m] if m is not None else arr, np.float32).ravel()[::7]
         lo, hi = np.percentile(vals, [0.5, 99.5])
         span, tspan = hi - lo, stats["high"] - stats["low"]
@@ -150,7 +158,7 @@ def prepare(model: Model, image, mask=None) -> Prepared:
     view are refused with one sentence."""
     p = model.params
     vol = as_volume(image, model="the VAE")
-    m = check_mask(mask, vol.shape)
+    m = check_mask(mask, vol.shape, getattr(image, "geometry", None))
     normed = normalized(vol, m, model.config.normalization)
     axis = p.axis if vol.ndim == 3 else 0
     box = mask_box(m, axis) if m is not None else ...
@@ -216,7 +224,7 @@ def reconstruct(model: Model, image, mask=None, *, device: str = "auto", progres
     model, image = require_vae(model), opened(image)
     how = as_stored_like(image, model.params.orientation)
     if how is not None:
-        mask = check_mask(mask, np.shape(image.data))
+        mask = check_mask(mask, np.shape(image.data), image.geometry)
         return turn_back(reconstruct(model, turned(image, how), None if mask is None else turn(mask, how),
                                      device=device, progress=job), how)
     check_distribution(model, image, mask)
