@@ -68,3 +68,20 @@ def test_a_missing_file_and_a_bad_budget_are_said_plainly(tmp_path, brain):
         segment(str(tmp_path / "nope.nii.gz"), "brain-tissue-2d")
     with pytest.raises(UserError, match=r"got -5\b"):
         train_vae(brain.data[30:40], seconds=-5)
+
+
+def test_gans_and_slice_ranking_take_files(files, tissue, tmp_path):
+    from napari_medgen import rank_slices, synthesize_from_labels, train_conditional_gan
+
+    folder, slab, painted = files
+    gan, _ = train_gan(str(folder / "t1.nii.gz"), steps=1, width=8, seconds=None, device="cpu",
+                       architecture="single-scale", downsample=4)
+    assert gan.params.latent_size > 0
+    write_image(tmp_path / "tissue.nii.gz", tissue.data[36:48], slab.geometry)
+    spade, _ = train_conditional_gan(folder / "t1.nii.gz", tmp_path / "tissue.nii.gz", steps=1, width=8,
+                                     seconds=None, device="cpu", downsample=4)
+    spade.save(tmp_path / "spade.medgen.pt")
+    fake = synthesize_from_labels(str(tmp_path / "spade.medgen.pt"), tmp_path / "tissue.nii.gz", device="cpu")
+    assert fake.data.shape[0] == 12
+    ranked = rank_slices("brain-tissue-2d", folder / "t1.nii.gz", folder / "paint.nii.gz", device="cpu")
+    assert ranked and all(i not in (2, 9) for i, _ in ranked)

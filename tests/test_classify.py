@@ -292,5 +292,5 @@ def test_one_class_for_every_validation_image_is_not_handed_back(brain):
     with pytest.raises(NothingLearnedError, match="at chance .* AUROC 0.75"):
         train_classifier(imgs, labels, body=TINY, steps=2, lr=1e-9, size=(64, 64), augment=False,
                          normalization={"kind": "window", "low": 0, "high": 200})
-    with pytest.warns(UserWarning, match="No image was held out for validation"):
+    with pytest.warns(UserWarning, match="Fewer than 2 images of each class were held out"):
         train_classifier(imgs[:2], labels[:2], body=TINY, steps=1, size=(64, 64))

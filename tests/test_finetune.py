@@ -249,3 +249,15 @@ def test_a_volume_stored_sagittal_first_is_fine_tuned_on_the_model_plane(brain, 
     assert model.params.orientation == axial.params.orientation
     out = complete_labels(model, stored, ann, device="cpu")
     assert np.array_equal(out, np.transpose(complete_labels(axial, brain, painted, device="cpu"), order))
+
+
+def test_slices_listed_by_the_user_are_taken_in_their_own_axes(brain, tissue):
+    """With slices listed, a sagittal-first volume was turned first and the numbers read along the turned axis
+    (train --slices 40,50,60 --from brain-tissue-2d: best Dice 0.09 instead of 0.79)."""
+    geo, order = brain.geometry, (2, 0, 1)
+    stored = ImageData(np.transpose(brain.data, order), Geometry(tuple(geo.spacing[i] for i in order), geo.origin,
+                                                               geo.direction[:, list(order)]), "sagittal")
+    ann = np.zeros(stored.data.shape, np.uint8)
+    ann[[40, 50, 60]] = np.transpose(tissue.data, order)[[40, 50, 60]]
+    _, history = finetune("brain-tissue-2d", stored, ann, slices=[40, 50, 60], **{**FAST, "steps": 2})
+    assert history["axis"] == 0 and history["slices"] == [40, 50, 60]

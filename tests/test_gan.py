@@ -65,6 +65,8 @@ def test_short_training_beats_known_bad_reference(trained, split):
     # ... and is said so in words (a 45 s CT GAN's texture was reported as numbers only)
     assert "has not learned their detail" in format_report(noise)
     assert "has not learned" not in format_report(floor) and "do not have" not in format_report(floor)
+    blurred = synthesis_report(np.stack([gaussian_filter(x, 2.0) for x in held]), held)  # as blurry as the baseline
+    assert "has not learned their detail" in format_report(blurred)
     pairs = side_by_side(gan, samples, train)
     assert pairs.shape == (5, train.shape[1], 2 * train.shape[2] + 4)
 

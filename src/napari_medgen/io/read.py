@@ -15,7 +15,7 @@ from .dicom import NOT_IMAGES, DicomSeriesError, read_frames, read_series
 from .display import dicom_window, initial_contrast
 from .geometry import Geometry
 from .header import voxel_bytes
-from .nifti_shear import is_shear_error, read_sheared
+from .nifti_shear import is_shear_error, read_sheared, sform_sheared
 from ..errors import UserError
 
 EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -147,17 +147,20 @@ def read_image(path: "str | os.PathLike") -> ImageData:
 
 
 def _read_file(p: Path) -> sitk.Image:
-    """SimpleITK's reading of ``p``; a NIfTI file with a sheared affine on the nearest rectangular grid, with a
-    warning."""
+    """SimpleITK's reading of ``p``; a NIfTI file with a sheared sform (which ITK refuses, or reads by its
+    qform) on a rectangular grid, with a warning."""
+    nifti = p.name.lower().endswith((".nii", ".nii.gz"))
     try:
-        return sitk.ReadImage(str(p))
+        img = sitk.ReadImage(str(p))
+        if not (nifti and sform_sheared(p)):
+            return img
     except RuntimeError as err:
-        if not is_shear_error(err):
+        if not (nifti and is_shear_error(err)):
             raise
-        try:
-            img, note = read_sheared(p)
-        except (RuntimeError, OSError, EOFError, ValueError):
-            raise err from None
+    try:
+        img, note = read_sheared(p)
+    except ValueError as err:  # skewed in-plane axes: one sentence
+        raise ImageReadError(str(err)) from None
     warnings.warn(ImageReadWarning(note), stacklevel=4)
     return img
 

@@ -157,10 +157,10 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
                   message="training classifier")
     if val is not None:
         history["metrics"] = classification_metrics(predict(net.eval(), val[0], "cpu"), val[1], classes)
-    else:
-        warnings.warn(NotValidatedWarning("No image was held out for validation (each class needs at least 2 "
-                                          "images), so nothing says whether the classifier learned anything; "
-                                          "give more images or val_images."), stacklevel=2)
+    if val is None or np.bincount(val[1], minlength=len(classes)).min() < 2:
+        warnings.warn(NotValidatedWarning("Fewer than 2 images of each class were held out for validation, so "
+                                          "nothing says whether the classifier learned anything; give more "
+                                          "images or val_images."), stacklevel=2)
     history.update(classes=classes, n_train=int(len(tr)), n_val=0 if val is None else int(len(val[1])),
                    pretrained=source, frozen_layers=len(frozen))
     model.config.params.metrics = history.get("metrics")

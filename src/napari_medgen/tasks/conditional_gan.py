@@ -18,8 +18,8 @@ from ..engine.device import select_device
 from ..engine.jobs import Job
 from ..errors import UserError
 from ..io.geometry import Geometry
-from ..io.read import ImageData
-from ..models.checkpoint import Model, build_network
+from ..io.read import ImageData, opened
+from ..models.checkpoint import Model, as_model, build_network
 from ..models.config import ConditionalGANParams, ModelConfig, NetSpec, Task
 from .gan import _to_intensity, holdout, run_adversarial, summary, training_slices
 from .gan_training import ConditionalGANTask, generate, spectral_discriminator
@@ -88,7 +88,7 @@ def train_conditional_gan(images, labels, axis: int = 0, steps: int | None = Non
 
 def check_labels(model: Model, labels: np.ndarray) -> np.ndarray:
     """Integer label map(s) the model knows; unseen classes are refused with one sentence."""
-    arr = np.asarray(labels)
+    arr = np.asarray(getattr(labels, "data", labels))
     if arr.ndim not in (2, 3) or min(arr.shape[-2:]) < 8:
         raise UserError("Give a 2D label map (H, W) or a stack of them (n, H, W).")
     if not np.issubdtype(arr.dtype, np.integer):
@@ -110,6 +110,9 @@ def synthesize_from_labels(model: Model, labels, spacing=None, device="auto", pr
     resampled (nearest) to the training pixel spacing and the image back to the map's grid, so the
     output always lies on the label map's grid.
     """
+    model, labels = as_model(model, Task.CONDITIONAL_GAN), opened(labels)
+    if spacing is None and isinstance(labels, ImageData):  # a label map from a file or layer says its own
+        spacing = labels.geometry.spacing
     if model.task != Task.CONDITIONAL_GAN:
         raise UserError(f"This is a {model.task or 'unknown'} model, not a conditional GAN.")
     job = Job.of(progress, stop)

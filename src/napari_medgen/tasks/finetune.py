@@ -165,7 +165,8 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     size = "cuda" if dev.type == "cuda" else "cpu"
     net_model, fresh = start_model(model, max(t.classes) + 1, img[0] if flat else img, axis=t.axis,
                                    modality=modality, spacing=None if flat else spacing, context=context, size=size)
-    how = None if fresh or axis is not None or flat else plane_turn(image, net_model.params.orientation)
+    listed = not (isinstance(slices, str) and slices == "auto")  # slice numbers the user gave, in their axes
+    how = None if fresh or axis is not None or flat or listed else plane_turn(image, net_model.params.orientation)
     if how is not None:  # a volume stored in another axis order than the model's: trained on as the model's were
         shape = img.shape
         image, labels = _turned(image, how), _turned(labels, how)

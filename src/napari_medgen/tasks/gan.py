@@ -21,7 +21,7 @@ from ..engine.fit import Budget, fit
 from ..engine.jobs import Job
 from ..errors import UserError
 from ..io.geometry import Geometry
-from ..io.read import ImageData
+from ..io.read import ImageData, opened
 from ..models.checkpoint import Model, as_model, build_network
 from ..models.config import GANParams, ModelConfig, NetSpec, Task
 from .cascade_gan import (FACTOR, CascadeTask, RefineTask, cascade_generate, refiner_config, stage_schedule,
@@ -38,7 +38,8 @@ class TooFewImagesError(UserError):
 
 # --- data ------------------------------------------------------------------------------------------
 def as_image(item, what: str = "image") -> ImageData:
-    """An :class:`ImageData` (finite, 2D or 3D) from an ImageData or a plain array (unit spacing)."""
+    """An :class:`ImageData` (finite, 2D or 3D) from an ImageData, its file or a plain array (unit spacing)."""
+    item = opened(item)
     arr = as_volume(item, what, "the GAN")
     if isinstance(item, ImageData):
         return item if arr is item.data else ImageData(arr, item.geometry, item.name, item.kind, item.metadata)

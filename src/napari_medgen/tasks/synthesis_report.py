@@ -203,15 +203,17 @@ def verdict(report: dict) -> list[str]:
     """Sentences saying whether the samples look like the real slices at the finest and the coarsest scale."""
     swd, out = report["swd"], []
     blurred, halves = report.get("swd_blurred"), report.get("swd_real_halves")
-    if blurred is not None and swd[0] > blurred:
-        out.append(f"At full resolution the samples are further from the real slices than a blurred copy of them "
-                   f"(SWD {swd[0]:.3g} vs {blurred:.3g}): the generator has not learned their detail; train longer.")
+    if blurred is not None and swd[0] > 0.5 * blurred:  # not clearly closer than a blurred copy
+        out.append(f"At full resolution the samples are not clearly closer to the real slices than a blurred copy "
+                   f"of them (SWD {swd[0]:.3g} vs {blurred:.3g}): the generator has not learned their detail; "
+                   "train longer.")
     if halves is not None and swd[-1] > 2 * halves:
         out.append(f"At the coarsest scale the samples are more than twice as far from the real slices as two halves "
                    f"of the real slices are from each other ({swd[-1]:.3g} vs {halves:.3g}): they do not have the "
                    "real slices' layout; train longer.")
     if not out and blurred is not None and halves is not None:
-        out.append("The samples are closer to the real slices than a blurred copy at full resolution and within "
+        out.append("The samples are less than half as far from the real slices as a blurred copy at full resolution "
+                   "and within "
                    "twice the real slices' own spread at the coarsest scale.")
     return out
 

@@ -14,6 +14,7 @@ import numpy as np
 from ..data.annotations import annotated_slices
 from ..data.slices import informative_slices
 from ..engine.jobs import Job
+from ..io.read import opened
 from .segment import segment
 from ..errors import UserError
 
@@ -27,11 +28,12 @@ def rank_slices(model, image, labels=None, *, axis: int = 0, spacing=None, max_c
     fraction of the candidates' extent.  Raises :class:`Cancelled` on stop.
     """
     job = Job.of(progress, stop)
+    image, labels = opened(image), opened(labels)
     img = np.asarray(getattr(image, "data", image))
     spacing = spacing or getattr(getattr(image, "geometry", None), "spacing", None)
     if img.ndim != 3:
         raise UserError("Suggesting a slice needs a 3D volume.")
-    painted = annotated_slices(np.asarray(labels), axis) if labels is not None else np.array([], int)
+    painted = annotated_slices(np.asarray(getattr(labels, "data", labels)), axis) if labels is not None else np.array([], int)
     candidates = np.setdiff1d(informative_slices(img, axis), painted)
     if candidates.size == 0:
         return []

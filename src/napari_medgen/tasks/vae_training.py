@@ -35,7 +35,7 @@ from .volume_input import as_volume, check_batch
 MIN_SLICES = 8
 MIN_TRAIN_SHARE = 0.5  # of a seconds budget: training keeps at least this, however long calibration will take
 CALIBRATION_SHARE = 0.3  # of a seconds budget: calibration uses as many validation slices as fit in this ...
-MIN_CALIBRATION_SLICES = 8  # ... but at least these (evenly spread), when there are as many
+MIN_CALIBRATION_SLICES = 2  # ... but at least these (evenly spread), when there are as many
 FOV_ROOM = 1.2  # a masked model's field of view: this much wider than the largest training box
 
 
@@ -219,7 +219,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     The budget is ``steps`` and/or ``seconds`` (whichever ends first; two minutes by default, enough
     for a first model on a laptop CPU).  ``seconds`` is the whole call: preparing the slices and
     calibrating the thresholds (timed on one slice beforehand; on as many evenly spread validation
-    slices as fit in 30 % of it, at least 8) come out of it, training keeps at least half of it.  ``masks`` (one per image, or None) restrict training to the
+    slices as fit in 30 % of it, at least 2) come out of it, training keeps at least half of it.  ``masks`` (one per image, or None) restrict training to the
     foreground.  Each volume is normalised on its own intensities by the modality's spec (CT: a fixed
     Hounsfield window, with masks the window of the masked tissue of all training volumes; MRI: its own percentiles) and resampled in-plane to the median pixel spacing.
     Validation slices are ``val_images`` if given, else those of whole held-out subjects when there
@@ -239,7 +239,8 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     items, hows = stored_alike(items, orientation)
     vols, mask_list = turn_each(vols, hows), turn_each(mask_list, hows)
     spec = _common_spec(normalization, items, vols)
-    if spec["kind"] == "window" and mask_list[0] is not None and (normalization or {}).get("kind", "auto") == "auto":
+    if (spec["kind"] == "window" and any(m is not None and m.any() for m in mask_list)
+            and (normalization or {}).get("kind", "auto") == "auto"):
         spec = tissue_window(vols, mask_list)  # CT inside a mask: the tissue's own window, not -1000..1000 HU
     spacing = _spacing(items, vols, axis)
     shapes = plane_shapes(items, vols, mask_list, axis, spacing)
