@@ -85,3 +85,14 @@ def test_gans_and_slice_ranking_take_files(files, tissue, tmp_path):
     assert fake.data.shape[0] == 12
     ranked = rank_slices("brain-tissue-2d", folder / "t1.nii.gz", folder / "paint.nii.gz", device="cpu")
     assert ranked and all(i not in (2, 9) for i, _ in ranked)
+
+
+def test_metrics_take_files_and_their_spacing(files, brain, tissue, tmp_path):
+    from napari_medgen import segmentation_metrics
+    from napari_medgen.tasks.metrics import label_volumes_ml
+
+    write_image(tmp_path / "ref.nii.gz", tissue.data, tissue.geometry)
+    on_files = segmentation_metrics(tmp_path / "ref.nii.gz", str(tmp_path / "ref.nii.gz"))
+    assert all(v["dice"] == 1.0 for v in on_files.values())
+    ml = label_volumes_ml(tmp_path / "ref.nii.gz", None)  # the file's 2 mm voxels: 0.008 mL each
+    assert sum(ml.values()) == pytest.approx((tissue.data > 0).sum() * 0.008)

@@ -312,3 +312,10 @@ def test_sheared_labels_qform_files_2d_4d_and_skewed_planes(tmp_path, tissue):
     nib.save(nib.Nifti1Image(labels, skewed), tmp_path / "skew.nii.gz")
     with pytest.raises(ImageReadError, match="in-plane axes are .* degrees off a right angle"):
         read_image(tmp_path / "skew.nii.gz")
+
+
+def test_a_nifti2_file_is_named_as_such(tmp_path, brain):
+    nib = pytest.importorskip("nibabel")
+    nib.save(nib.Nifti2Image(brain.data[:4], np.eye(4)), tmp_path / "two.nii.gz")
+    with pytest.raises(ImageReadError, match="is a NIfTI-2 file"):
+        read_image(tmp_path / "two.nii.gz")

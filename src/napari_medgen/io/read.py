@@ -15,7 +15,7 @@ from .dicom import NOT_IMAGES, DicomSeriesError, read_frames, read_series
 from .display import dicom_window, initial_contrast
 from .geometry import Geometry
 from .header import voxel_bytes
-from .nifti_shear import is_shear_error, read_sheared, sform_sheared
+from .nifti_shear import is_nifti2, is_shear_error, read_sheared, sform_sheared
 from ..errors import UserError
 
 EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -134,6 +134,9 @@ def read_image(path: "str | os.PathLike") -> ImageData:
         else:
             img, arr, geo, notes, extra = _read_file(p), None, None, [], {}
     except (RuntimeError, OSError, EOFError) as err:
+        if is_nifti2(p):
+            raise ImageReadError(f"{p.name} is a NIfTI-2 file, which this reader cannot open; save it as NIfTI-1 "
+                                 "(e.g. with nibabel) first.") from None
         raise ImageReadError(f"Cannot read {p.name}: the file is corrupt, truncated or not an image "
                              f"({_first_line(err)}).") from None
     meta = {"source": str(p), "modality": _tag(img, "0008|0060"), "window": _window(img), **extra}

@@ -12,16 +12,21 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from ..errors import UserError
+from ..io.read import opened
 
 
 def segmentation_metrics(pred: np.ndarray, reference: np.ndarray, spacing=None,
                          class_names: list[str] | None = None) -> dict:
     """``{class name: {"dice": d, "hd95": mm}}`` for each foreground class of ``reference`` or ``pred``.
 
-    ``spacing`` (napari order) makes HD95 physical (mm); without it, it is in voxels. A class absent
+    ``spacing`` (napari order; default: the reference's, when it is an ImageData or file) makes HD95 physical
+    (mm); without it, it is in voxels. A class absent
     from both arrays is left out; absent from one of them gives Dice 0 and HD95 ``inf``.
     """
-    pred, ref = np.asarray(pred), np.asarray(reference)
+    pred, reference = opened(pred), opened(reference)  # arrays, ImageData or their files
+    if spacing is None:
+        spacing = getattr(getattr(reference, "geometry", None), "spacing", None)
+    pred, ref = np.asarray(getattr(pred, "data", pred)), np.asarray(getattr(reference, "data", reference))
     if pred.shape != ref.shape:
         raise UserError(f"The labels {pred.shape} and the reference {ref.shape} have different shapes.")
     values = sorted((set(np.unique(pred).tolist()) | set(np.unique(ref).tolist())) - {0})
@@ -50,9 +55,13 @@ def mean_dice(metrics: dict) -> float:
 def label_volumes_ml(labels: np.ndarray, spacing, class_names: list[str] | None = None) -> dict:
     """``{class name: mL}`` for each foreground class (named ones even when absent, then any other value).
 
-    ``spacing`` (mm per voxel, napari order) is required: volumes in voxels would be a silent wrong unit.
+    ``spacing`` (mm per voxel, napari order; default: the labels', when an ImageData or file) is required:
+    volumes in voxels would be a silent wrong unit.
     """
-    labels = np.asarray(labels)
+    labels = opened(labels)
+    if spacing is None:
+        spacing = getattr(getattr(labels, "geometry", None), "spacing", None)
+    labels = np.asarray(getattr(labels, "data", labels))
     if spacing is None:
         raise UserError("Volumes in mL need the image's voxel spacing (mm).")
     spacing = [float(s) for s in np.ravel(spacing)][-labels.ndim:]
