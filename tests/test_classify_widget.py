@@ -110,3 +110,24 @@ def test_training_summary_in_words(viewer):
     assert text == ("Trained on 2 classes (high, low) with 12 images: validation accuracy 0.75 (4 images; balanced "
                     "0.75, AUROC 1.00); true->predicted: high->high 2, low->high 1, low->low 1.")
     assert ClassifyWidget(viewer).source.toolTip()
+
+
+def test_an_intensity_window_typed_under_advanced_reaches_training(viewer, monkeypatch):
+    """CT lesions of tens of HU vanish in the automatic -1000..1000 HU; the panel had no way to say otherwise."""
+    from napari_medgen._widgets import classify_widget as cw
+
+    errors, started = [], []
+    monkeypatch.setattr(cw, "show_error", errors.append)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        viewer.add_image(rng.normal(size=(32, 32)).astype(np.float32), name=f"slice {i}")
+    w = cw.ClassifyWidget(viewer)
+    monkeypatch.setattr(w.runner, "start", lambda *a, **k: started.append(k))
+    for i, name in enumerate(["a", "b", "a", "b"]):
+        w.table.set_value(viewer.layers[f"slice {i}"], name)
+    w.window.setText("-20 120")
+    w.train()
+    assert started and started[-1]["normalization"] == {"kind": "window", "low": -20.0, "high": 120.0}
+    w.window.setText("120 -20")
+    w.train()
+    assert len(started) == 1 and errors == ["The window needs LOW below HIGH (got 120 -20)."]

@@ -31,6 +31,21 @@ from ._runner import JobRunner, device_chooser
 SOURCES = ["open layers (label each)", "folder + CSV (file,label)"]
 
 
+def parse_window(text: str) -> Optional[dict]:
+    """The intensity window typed as "LOW HIGH" (None for blank or "auto"); ValueError with a sentence."""
+    words = text.replace(",", " ").split()
+    if not words or words == ["auto"]:
+        return None
+    try:
+        low, high = (float(w) for w in words)
+    except ValueError:
+        raise ValueError(f"Type the window as two numbers, LOW HIGH (e.g. -20 120 for brain on CT), "
+                         f"not '{text}'.") from None
+    if not high > low:
+        raise ValueError(f"The window needs LOW below HIGH (got {low:g} {high:g}).")
+    return {"kind": "window", "low": low, "high": high}
+
+
 def auroc_text(value: float) -> str:
     """AUROC for the metrics line; undefined when the validation images hold one class only."""
     return f"{value:.2f}" if math.isfinite(value) else "n/a (one class in validation)"
@@ -112,6 +127,11 @@ class ClassifyWidget(Panel):
         self.pooling.addItems(list(POOLINGS))
         self.pooling.setToolTip("How per-pixel class evidence becomes the image's class. "
                                 + "; ".join(f"{k}: {v}" for k, v in POOLINGS.items()) + ".")
+        self.window = QLineEdit()
+        self.window.setPlaceholderText("auto")
+        self.window.setToolTip("Intensity window LOW HIGH in the images' units, e.g. -20 120 (HU) for brain findings "
+                               "on CT, where the automatic -1000..1000 HU leaves a lesion a few hundredths of the "
+                               "range. Blank: by modality (CT -1000..1000 HU, MRI each image's percentiles).")
         self.steps, self.seconds = budget_boxes()
         self.device, self.device_line = device_chooser()
         self.train_button = QPushButton("Train")
@@ -160,6 +180,7 @@ class ClassifyWidget(Panel):
         self.body.addWidget(use_box)
         advanced = self.advanced()
         advanced.addRow("pooling", self.pooling)
+        advanced.addRow("window", self.window)
         advanced.addRow("device", self.device)
         self.body.addWidget(self.device_line)
         self.body.addWidget(self.runner)
@@ -215,6 +236,7 @@ class ClassifyWidget(Panel):
                     raise ValueError("Type a label next to at least two image layers (two classes or more).")
                 images = [layer_image(self.viewer.layers[n]) for n in chosen]
                 labels = list(chosen.values())
+            window = parse_window(self.window.text())
         except ValueError as err:
             show_error(str(err))
             return
@@ -222,7 +244,7 @@ class ClassifyWidget(Panel):
         self.plot.clear()
         self.runner.start(train_classifier, images, labels, steps=self.steps.value(), seconds=float(self.seconds.value()),
                           pretrained=None if pre.startswith("none") or not pre else pre,
-                          pooling=self.pooling.currentText(),
+                          pooling=self.pooling.currentText(), normalization=window,
                           device=self.device.currentText(), on_result=self._trained, on_progress=self._progress,
                           stoppable=True)
 
