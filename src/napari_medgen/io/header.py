@@ -19,7 +19,7 @@ def voxel_bytes(path: Path, decompressed: "tuple[int, bytes] | None" = None) -> 
     """
     name = path.name.lower()
     if name.endswith(".nii"):
-        return _nifti_bytes(path.stat().st_size, _head(path, 552))
+        return _nifti_bytes(path.stat().st_size, nifti_header(path))
     if name.endswith(".nii.gz"):
         return _nifti_bytes(*decompressed) if decompressed is not None else None
     if name.endswith((".mha", ".mhd")):
@@ -31,6 +31,15 @@ def voxel_bytes(path: Path, decompressed: "tuple[int, bytes] | None" = None) -> 
     if present is None:
         return None
     return announced_bytes(path), present
+
+
+def nifti_header(path: Path, decompressed: "tuple[int, bytes] | None" = None) -> bytes:
+    """The first bytes (the header) of a ``.nii`` file, or of a ``.nii.gz`` from its ``decompressed`` pass;
+    b"" for other files."""
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return decompressed[1] if decompressed is not None else b""
+    return _head(path, 552) if name.endswith(".nii") else b""
 
 
 def announced_bytes(path: Path) -> int:

@@ -54,27 +54,15 @@ def _moves(plan: dict) -> bool:
     return float(np.abs(plan["shift"]).max()) * max(plan["slices"] - 1, 0) > 0.1
 
 
-def _first_bytes(path: Path, n: int) -> bytes:
-    with open(path, "rb") as f:
-        zipped = f.read(2) == b"\x1f\x8b"
-    with (gzip.open if zipped else open)(path, "rb") as f:
-        return f.read(n)
+def is_nifti2(raw: bytes) -> bool:
+    """Whether a file's first bytes are a NIfTI-2 header (540 bytes), which this ITK cannot read."""
+    return len(raw) >= 4 and 540 in (struct.unpack("<i", raw[:4])[0], struct.unpack(">i", raw[:4])[0])
 
 
-def is_nifti2(path: Path) -> bool:
-    """A NIfTI-2 header (540 bytes), which this ITK cannot read."""
-    try:
-        head = _first_bytes(path, 4)
-    except (OSError, EOFError):
-        return False
-    return len(head) == 4 and 540 in (struct.unpack("<i", head)[0], struct.unpack(">i", head)[0])
-
-
-def sform_sheared(path: Path) -> bool:
-    """True for a NIfTI file with a qform and an sform sheared enough to move voxels: ITK then reads the
-    qform without a word, and the voxels are not where the sform puts them."""
-    raw = _first_bytes(path, NIFTI1)
-    head = _header(raw) if len(raw) == NIFTI1 else None
+def sform_sheared(raw: bytes) -> bool:
+    """Whether a NIfTI file's first bytes give a qform and an sform sheared enough to move voxels: ITK then reads
+    the qform without a word, and the voxels are not where the sform puts them."""
+    head = _header(raw) if len(raw) >= NIFTI1 else None
     return head is not None and struct.unpack(head[0] + "h", raw[252:254])[0] > 0 and _moves(_plan(*head[1:]))
 
 

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from .dicom import NOT_IMAGES, DicomSeriesError, read_frames, read_series
 from .display import dicom_window, initial_contrast
 from .geometry import Geometry
-from .header import voxel_bytes
+from .header import nifti_header, voxel_bytes
 from .nifti_shear import is_nifti2, is_shear_error, read_sheared, sform_sheared
 from ..errors import UserError
 
@@ -127,14 +127,17 @@ def read_image(path: "str | os.PathLike") -> ImageData:
             names = ", ".join(f"'{it.name}'" for it in items[:4]) + (", ..." if len(items) > 4 else "")
             raise ImageReadError(f"{p} holds {len(items)} series ({names}); give the folder of one of them.")
         return items[0]
+    head = b""
     try:
-        _check_size(p, _check_gzip(p))
+        decompressed = _check_gzip(p)
+        _check_size(p, decompressed)
+        head = nifti_header(p, decompressed)
         if _looks_dicom(p):  # an enhanced multi-frame's frames by their own positions
             img, arr, geo, notes, extra = read_frames(p, _stem(p))
         else:
-            img, arr, geo, notes, extra = _read_file(p), None, None, [], {}
+            img, arr, geo, notes, extra = _read_file(p, head), None, None, [], {}
     except (RuntimeError, OSError, EOFError) as err:
-        if is_nifti2(p):
+        if is_nifti2(head):
             raise ImageReadError(f"{p.name} is a NIfTI-2 file, which this reader cannot open; save it as NIfTI-1 "
                                  "(e.g. with nibabel) first.") from None
         raise ImageReadError(f"Cannot read {p.name}: the file is corrupt, truncated or not an image "
@@ -149,16 +152,15 @@ def read_image(path: "str | os.PathLike") -> ImageData:
     return item
 
 
-def _read_file(p: Path) -> sitk.Image:
-    """SimpleITK's reading of ``p``; a NIfTI file with a sheared sform (which ITK refuses, or reads by its
-    qform) on a rectangular grid, with a warning."""
-    nifti = p.name.lower().endswith((".nii", ".nii.gz"))
+def _read_file(p: Path, head: bytes) -> sitk.Image:
+    """SimpleITK's reading of ``p``; a NIfTI file (``head``: its header bytes, b"" for other files) with a
+    sheared sform (which ITK refuses, or reads by its qform) on a rectangular grid, with a warning."""
     try:
         img = sitk.ReadImage(str(p))
-        if not (nifti and sform_sheared(p)):
+        if not sform_sheared(head):
             return img
     except RuntimeError as err:
-        if not (nifti and is_shear_error(err)):
+        if not (head and is_shear_error(err)):
             raise
     try:
         img, note = read_sheared(p)
