@@ -4,6 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def evenly_spread(n: int, k: int) -> np.ndarray:
+    """At most ``k`` indices of ``range(n)``, evenly spread, the first and the last included."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
+
+
 def take_slices(volume: np.ndarray, axis: int = 0, index=None) -> np.ndarray:
     """Slices of ``volume`` along ``axis`` stacked first: shape (n, H, W). A 2D image gives (1, H, W)."""
     vol = np.asarray(volume)

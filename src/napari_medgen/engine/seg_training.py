@@ -22,6 +22,7 @@ from monai.networks.utils import one_hot
 from ..data.annotations import IGNORE
 from ..data.augment import augment_batch
 from ..data.sampling import PatchSampler, context_stack, patch_size_for
+from ..data.slices import evenly_spread
 from .fit import Budget, TrainTask, fit
 from .jobs import Job
 
@@ -133,7 +134,7 @@ class SegmentationTask(TrainTask):
         self.painted_scores.append(scores[0])
         if self.pseudo is not None:
             idx, tgt = self.pseudo
-            pick = np.unique(np.linspace(0, len(idx) - 1, min(8, len(idx))).round().astype(int))
+            pick = evenly_spread(len(idx), 8)
             scores.append(self._dice(idx[pick], tgt[pick]))
         self._maybe_preview()
         finite = [s for s in scores if np.isfinite(s)]

@@ -22,6 +22,7 @@ from ..data.datasets import (DatasetError, PatchSampler, check_one_modality, dat
                              warn_unusual_labels)
 from ..data.normalize import resolve
 from ..data.sampling import patch_size_for
+from ..data.slices import evenly_spread
 from ..engine import distributed as dist
 from ..engine.device import select_device
 from ..engine.fit import Budget, TrainTask, fit
@@ -110,7 +111,7 @@ def _validation_arrays(image: np.ndarray, labels: np.ndarray, dims: int) -> tupl
     if dims == 3:
         return image, labels
     fg = np.flatnonzero(labels.reshape(len(labels), -1).any(1))
-    pick = fg[np.linspace(0, len(fg) - 1, min(VAL_SLICES, len(fg))).round().astype(int)] if len(fg) else []
+    pick = fg[evenly_spread(len(fg), VAL_SLICES)] if len(fg) else []
     return np.asarray(image[pick], np.float32), labels[pick].astype(np.int64)
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..data.normalize import intensity_window, normalize, resolve
 from ..data.orientation import stored_alike, stored_direction, turned
 from ..data.resample import inplane_spacing
-from ..data.slices import fit_to_size, informative_slices, take_slices
+from ..data.slices import evenly_spread, fit_to_size, informative_slices, take_slices
 from ..engine.device import select_device
 from ..engine.fit import Budget, fit
 from ..engine.jobs import Job
@@ -138,7 +138,7 @@ def gan_config(size, latent_size: int = 64, width: int = 16) -> NetSpec:
 
 def holdout(n: int) -> np.ndarray:
     """Indices of the held-out validation slices: every tenth, evenly spread, at least two."""
-    return np.unique(np.linspace(0, n - 1, max(2, n // 10)).round().astype(int))
+    return evenly_spread(n, max(2, n // 10))
 
 
 def budget_kwargs(steps, seconds) -> dict:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from monai.metrics import FIDMetric, MMDMetric, MultiScaleSSIMMetric, SSIMMetric
 
-from ..data.slices import fit_to_size
+from ..data.slices import evenly_spread, fit_to_size
 from ..engine.jobs import Job
 from ..models.checkpoint import SUFFIX, Model
 from ..models.config import Task
@@ -190,7 +190,7 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
         same = training is reference or (np.shape(training) == reference.shape
                                           and np.array_equal(training, reference))
         # as many real slices as samples (evenly spread): their maximum is then comparable with the samples'
-        pick = np.unique(np.linspace(0, len(ref) - 1, min(len(ref), len(x))).round().astype(int))
+        pick = evenly_spread(len(ref), len(x))
         _, base = nearest_by_ssim(ref[pick], train, job.sub(4, 1, 5), pick if same else None,
                                   "memorisation baseline")
         report["memorisation_baseline"] = {"median": float(np.median(base)), "max": float(base.max()),

@@ -21,7 +21,7 @@ from ..data.datasets import CHANNEL
 from ..data.normalize import intensity_window, modality_of, resolve
 from ..data.orientation import stored_alike, stored_direction, turn_each
 from ..data.resample import inplane_spacing, resize, target_shape
-from ..data.slices import fit_to_size, informative_slices, mask_box, take_slices
+from ..data.slices import evenly_spread, fit_to_size, informative_slices, mask_box, take_slices
 from ..engine.fit import Budget, TrainTask, fit
 from ..engine.jobs import Job
 from ..errors import UserError
@@ -219,9 +219,11 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     The budget is ``steps`` and/or ``seconds`` (whichever ends first; two minutes by default, enough
     for a first model on a laptop CPU).  ``seconds`` is the whole call: preparing the slices and
     calibrating the thresholds (timed on one slice beforehand; on as many evenly spread validation
-    slices as fit in 30 % of it, at least 2) come out of it, training keeps at least half of it.  ``masks`` (one per image, or None) restrict training to the
-    foreground.  Each volume is normalised on its own intensities by the modality's spec (CT: a fixed
-    Hounsfield window, with masks the window of the masked tissue of all training volumes; MRI: its own percentiles) and resampled in-plane to the median pixel spacing.
+    slices as fit in 30 % of it, at least 2) come out of it, training keeps at least half of it.
+    ``masks`` (one per image, or None) restrict training to the foreground.  Each volume is
+    normalised on its own intensities by the modality's spec (CT: a fixed Hounsfield window, with masks
+    the window of the masked tissue of all training volumes; MRI: its own percentiles) and resampled
+    in-plane to the median pixel spacing.
     Validation slices are ``val_images`` if given, else those of whole held-out subjects when there
     are several (about ``val_fraction`` of them, at least one; a subject is an ImageData's name, so
     pieces of one scan stay together), else a random ``val_fraction`` of the slices; they keep the
@@ -285,8 +287,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
         job.report(0, 1, "timing the calibration")
         per_slice = calibration_seconds(model, val[:1, 0], val_raw[:1, 0], device, Job(None, None, job.cancelled))
         fits = int(CALIBRATION_SHARE * seconds / max(per_slice, 1e-6))
-        cal = np.unique(np.linspace(0, len(val) - 1, min(len(val), max(MIN_CALIBRATION_SLICES, fits))).round()
-                        .astype(int))
+        cal = evenly_spread(len(val), max(MIN_CALIBRATION_SLICES, fits))
         seconds = max(seconds - (time.monotonic() - started) - per_slice * len(cal), MIN_TRAIN_SHARE * seconds)
     history = fit(task, Budget(steps, seconds), device=device, val_every=val_every, progress=job,
                   val_seconds=float("inf") if val_every else 15.0, message="training")
