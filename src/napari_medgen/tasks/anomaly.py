@@ -302,7 +302,7 @@ def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, si
     result back.  Raises :class:`~napari_medgen.engine.jobs.Cancelled` on stop (no partial output).
     """
     job = Job.of(progress, stop)
-    model, image = require_vae(model), opened(image)
+    model, image, mask = require_vae(model), opened(image), opened(mask)  # files read once
     how = as_stored_like(image, model.params.orientation)
     if how is not None:  # stored in another axis order or sense than the training scans: scored as they were
         mask = check_mask(mask, np.shape(image.data), image.geometry)

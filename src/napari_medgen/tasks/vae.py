@@ -48,12 +48,11 @@ def guard_logvar(net: torch.nn.Module) -> torch.nn.Module:
 
 
 def check_mask(mask, shape, geometry=None) -> np.ndarray | None:
-    """``mask`` (array, ImageData or file) as a boolean array of ``shape``; a mask with a geometry must lie on
+    """``mask`` (array or ImageData) as a boolean array of ``shape``; a mask with a geometry must lie on
     the image's grid (``geometry``), as a mask of the same shape from another scan or origin would score the
     wrong voxels."""
     if mask is None:
         return None
-    mask = opened(mask)
     m = np.asarray(getattr(mask, "data", mask)) > 0
     if m.shape != tuple(shape):
         raise UserError(f"The mask shape {m.shape} differs from the image shape {tuple(shape)}.")
@@ -221,7 +220,7 @@ def reconstruct(model: Model, image, mask=None, *, device: str = "auto", progres
     """The VAE's reconstruction of ``image`` (same shape, in the image's own intensity units; a volume stored in
     another orientation than the training scans is reconstructed as they were stored and turned back)."""
     job = Job.of(progress, stop)
-    model, image = require_vae(model), opened(image)
+    model, image, mask = require_vae(model), opened(image), opened(mask)  # files read once
     how = as_stored_like(image, model.params.orientation)
     if how is not None:
         mask = check_mask(mask, np.shape(image.data), image.geometry)
@@ -268,7 +267,7 @@ def interpolate_slices(model: Model, image, index_a: int, index_b: int, steps: i
     steps = check_count(steps, "interpolation steps")
     job = Job.of(progress, stop)
     model = require_vae(model)
-    prep = prepare(model, opened(image), mask)
+    prep = prepare(model, opened(image), opened(mask))
     n = len(prep.stack)
     for idx in (index_a, index_b):
         if not 0 <= idx < n:

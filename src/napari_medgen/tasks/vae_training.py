@@ -104,7 +104,8 @@ def checked_volumes(images, masks, what: str):
     if not items:
         raise UserError(f"Give at least one {what} image.")
     vols = [as_volume(im, f"{what} image", "the VAE") for im in items]
-    mask_list = list(masks) if isinstance(masks, (list, tuple)) else [masks] * len(vols)
+    many = isinstance(masks, (list, tuple))
+    mask_list = [opened(m) for m in masks] if many else [opened(masks)] * len(vols)
     if len(mask_list) != len(vols):
         raise UserError(f"Got {len(mask_list)} masks for {len(vols)} images; give one mask per image or none.")
     return items, vols, [check_mask(m, v.shape) for m, v in zip(mask_list, vols)]
