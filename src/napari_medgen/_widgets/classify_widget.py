@@ -16,6 +16,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit, QListWidget,
                             QListWidgetItem, QPushButton, QWidget)
 
+from ..data.normalize import window_spec
 from ..models.checkpoint import Model
 from ..models.encoders import POOLINGS
 from ..models.segmentation import builtin_models
@@ -41,9 +42,7 @@ def parse_window(text: str) -> Optional[dict]:
     except ValueError:
         raise ValueError(f"Type the window as two numbers, LOW HIGH (e.g. -20 120 for brain on CT), "
                          f"not '{text}'.") from None
-    if not high > low:
-        raise ValueError(f"The window needs LOW below HIGH (got {low:g} {high:g}).")
-    return {"kind": "window", "low": low, "high": high}
+    return window_spec(low, high)
 
 
 def auroc_text(value: float) -> str:

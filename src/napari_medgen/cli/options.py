@@ -60,13 +60,9 @@ def add_window(p, default: str) -> None:
 
 def window_of(args) -> "dict | None":
     """The normalization spec ``--window`` asks for, or None (the modality's default)."""
-    if args.window is None:
-        return None
-    low, high = args.window
-    if not high > low:
-        from ..errors import UserError
-        raise UserError(f"--window needs LOW below HIGH (got {low:g} {high:g}).")
-    return {"kind": "window", "low": low, "high": high}
+    from ..data.normalize import window_spec
+
+    return None if args.window is None else window_spec(*args.window)
 
 
 def check_output(path: "str | os.PathLike", overwrite: bool) -> None:

@@ -67,6 +67,13 @@ def intensity_window(image: np.ndarray, spec: dict) -> tuple[float, float]:
     raise UserError(f"Unknown normalisation '{kind}'.")
 
 
+def window_spec(low: float, high: float) -> dict:
+    """A fixed ``window`` spec from LOW HIGH a user typed; one sentence when they are reversed."""
+    if not float(high) > float(low):
+        raise UserError(f"The window needs LOW below HIGH (got {low:g} {high:g}).")
+    return {"kind": "window", "low": float(low), "high": float(high)}
+
+
 def structure_window(image: np.ndarray, mask: np.ndarray, ring: int = 5, min_width: float = 100.0) -> dict:
     """A fixed ``window`` spec that spans a painted structure (``mask``) and its surroundings (a ring of
     ``ring`` voxels), widened by a quarter on each side: a CT soft-tissue lesion gets a soft-tissue
