@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from .annotations import painted_planes
+from ..io.read import ImageData, opened
 
 
 def signed_distance(mask: np.ndarray, spacing=None) -> np.ndarray:
@@ -64,15 +65,20 @@ def interpolate_along(labels: np.ndarray, axis: int, index, spacing=None) -> tup
     return np.moveaxis(out, 0, axis), np.moveaxis(margin, 0, axis)
 
 
-def interpolate_labels(labels: np.ndarray, *, spacing=None, planes: dict | None = None,
-                       return_margin: bool = False):
-    """A new label array: the painted slices kept and the slices between them filled by
-    shape-based interpolation.  ``planes`` ({axis: slice indices}) defaults to the slices
-    found painted along each axis (:func:`~napari_medgen.data.annotations.painted_planes`).
+def interpolate_labels(labels, *, spacing=None, planes: dict | None = None, return_margin: bool = False):
+    """New labels: the painted slices kept and the slices between them filled by shape-based
+    interpolation.  ``labels``: an array (the result is an array), or an ImageData or its file (the
+    result is an ImageData on its grid; ``spacing`` defaults to its own).  ``planes`` ({axis: slice
+    indices}) defaults to the slices found painted along each axis
+    (:func:`~napari_medgen.data.annotations.painted_planes`).
     With ``return_margin`` also the distance (mm) of each voxel to the nearest interpolated
     boundary (0 on painted slices' boundaries is not computed: inf there and where nothing was filled).
     ``labels`` is only read."""
-    lab = np.asarray(labels)
+    item = opened(labels)
+    lab = np.asarray(getattr(item, "data", item))
+    geometry = getattr(item, "geometry", None)
+    if spacing is None and geometry is not None:
+        spacing = geometry.spacing[-lab.ndim:]
     planes = painted_planes(lab) if planes is None else planes
     out = lab.copy()
     margin = np.full(lab.shape, np.inf, np.float32)
@@ -91,6 +97,8 @@ def interpolate_labels(labels: np.ndarray, *, spacing=None, planes: dict | None 
             out[covered] = fill[covered]
             margin[covered] = dist[covered]
             filled |= covered
+    if geometry is not None:
+        out = ImageData(out, geometry, f"{item.name} interpolated", "labels", dict(item.metadata))
     return (out, margin) if return_margin else out
 
 

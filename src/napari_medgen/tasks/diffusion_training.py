@@ -112,15 +112,16 @@ def _normal_split(model: Model, images, masks, val_images, val_masks, val_fracti
     return data[rows], data[val_rows], split, held
 
 
-def add_diffusion(model: Model, images, masks=None, *, seconds: float | None = 300.0, steps: int | None = None,
+def add_diffusion(model: "Model | str", images, masks=None, *, seconds: float | None = 300.0, steps: int | None = None,
                   config: str = "auto", channels=None, noise_level: float | None = None, ddim_steps: int | None = None,
                   batch_size: int | None = None, lr: float = 1e-3, augment: bool = True, val_images=None,
                   val_masks=None, val_fraction: float = 0.15, val_every: int | None = None, seed: int = 0,
                   device: str = "auto", progress=None, stop=None, cancel=None):
-    """Train a diffusion model of normal anatomy for ``model`` (a VAE anomaly model) on normal ``images``
-    (and ``masks`` when the VAE was trained with them); return ``(new model, history)``: a copy of
-    ``model`` that also holds the network ``"diffusion"`` and its calibrated thresholds, so
-    ``anomaly_map(new, image, method="diffusion")`` works and one ``.medgen.pt`` file keeps both.
+    """Train a diffusion model of normal anatomy for ``model`` (a VAE anomaly model or its file) on normal
+    ``images`` (and ``masks`` when the VAE was trained with them; each an array, ImageData or its file, or a
+    list of them); return ``(new model, history)``: a copy of ``model`` that also holds the network
+    ``"diffusion"`` and its calibrated thresholds, so ``anomaly_map(new, image, method="diffusion")`` works
+    and one ``.medgen.pt`` file keeps both.
 
     The budget is ``steps`` and/or ``seconds`` (five minutes by default).  ``config`` "cpu" is a small
     U-Net (minutes on a laptop), "cuda" a larger one with attention and more DDIM steps (trained under
@@ -130,7 +131,7 @@ def add_diffusion(model: Model, images, masks=None, *, seconds: float | None = 3
     :func:`~napari_medgen.tasks.vae_training.train_vae`; ``model`` itself is never changed.
     """
     job = Job.of(progress, stop, cancel)
-    require_vae(model)
+    model = require_vae(model)
     if config == "auto":
         config = "cuda" if select_device(device).type == "cuda" else "cpu"
     if config not in CONFIGS:

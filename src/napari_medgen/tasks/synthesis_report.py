@@ -23,6 +23,7 @@ from monai.metrics import FIDMetric, MMDMetric, MultiScaleSSIMMetric, SSIMMetric
 
 from ..data.slices import evenly_spread, fit_to_size
 from ..engine.jobs import Job
+from ..io.read import opened
 from ..models.checkpoint import SUFFIX, Model
 from ..models.config import Task
 from ..errors import UserError
@@ -141,16 +142,25 @@ def pyramid_swd(samples, reference, levels: int = 4, seed: int = 0) -> list[floa
             for i, (x, y) in enumerate(zip(laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)))]
 
 
+def _stack(item) -> np.ndarray | None:
+    """The slices of an array, ImageData or image file as an array (None stays None)."""
+    item = opened(item)
+    return None if item is None else np.asarray(getattr(item, "data", item))
+
+
 def synthesis_report(samples, reference, training=None, window=None, n_suspicious: int = 5,
                      feature_net: torch.nn.Module | None = None, progress=None, stop=None) -> dict:
     """Quality report of ``samples`` (n, H, W) against real ``reference`` slices (held-out, same units).
 
     ``training``: the slices the generator was trained on, for the memorisation check (skipped when None);
     it may be ``reference`` itself, then the baseline compares each real slice with the other ones.
+    Each of the three is an (n, H, W) array, an ImageData or its file (a volume's slices along its first axis).
     ``window``: (low, high) intensities mapped to [0, 1]; by default the reference's 0.5-99.5 percentiles.
     """
     job = Job.of(progress, stop)
-    samples, reference = np.asarray(samples), np.asarray(reference)
+    same = training is reference
+    samples, reference = _stack(samples), _stack(reference)
+    training = reference if same else _stack(training)
     if samples.ndim != 3 or reference.ndim != 3 or len(samples) < 2 or len(reference) < 2:
         raise UserError("A synthesis report needs at least two samples and two reference images, as (n, H, W) stacks.")
     window = window or reference_window(reference)
@@ -180,15 +190,14 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
     except ValueError:  # covariance square root failed numerically (too few images for the features)
         report["fd_medgen"] = float("nan")
     if training is not None:
-        train = to_unit(fit_to_size(np.asarray(training), size), window)
+        train = to_unit(fit_to_size(training, size), window)
         where, best = nearest_by_ssim(x, train, job.sub(3, 1, 5))
         order = np.argsort(-best)[:n_suspicious]
         report["memorisation"] = {
             "nearest_index": where.tolist(), "nearest_ssim": best.tolist(),
             "median": float(np.median(best)), "p95": float(np.percentile(best, 95)), "max": float(best.max()),
             "suspicious": [[int(i), int(where[i]), float(best[i])] for i in order]}
-        same = training is reference or (np.shape(training) == reference.shape
-                                          and np.array_equal(training, reference))
+        same = same or (training.shape == reference.shape and np.array_equal(training, reference))
         # as many real slices as samples (evenly spread): their maximum is then comparable with the samples'
         pick = evenly_spread(len(ref), len(x))
         _, base = nearest_by_ssim(ref[pick], train, job.sub(4, 1, 5), pick if same else None,
