@@ -25,7 +25,7 @@ def resolve(spec: dict | None, image: np.ndarray | None = None, modality: str = 
     spec = dict(spec or {"kind": "auto"})
     if spec["kind"] != "auto":
         return spec
-    if modality.upper() == "CT" or (image is not None and looks_like_hounsfield(image)):
+    if modality.upper() == "CT" or apparent_modality(image) == "CT":  # Hounsfield values: a window, whatever the name
         return dict(CT_WINDOW)
     return dict(MRI_DEFAULT)
 
@@ -97,6 +97,13 @@ def modality_of(image) -> str:
         if isinstance(meta.get(key), str) and meta[key].strip():
             return meta[key].strip().upper()
     return ""
+
+
+def apparent_modality(image, modality: str = "") -> str:
+    """The one rule for "which modality is this image": the named ``modality`` (upper-cased), else "CT" when
+    ``image``'s values look like Hounsfield units (:func:`looks_like_hounsfield`), else ""."""
+    named = str(modality or "").upper()
+    return named or ("CT" if image is not None and looks_like_hounsfield(image) else "")
 
 
 def looks_like_hounsfield(image: np.ndarray) -> bool:

@@ -2,7 +2,7 @@
 (napari's default, the full value range, shows a head CT's brain as one flat grey between air and bone)."""
 from __future__ import annotations
 
-from ..data.normalize import looks_like_hounsfield
+from ..data.normalize import apparent_modality
 
 CT_SOFT_TISSUE = (-160.0, 240.0)  # level 40 HU, width 400 HU
 
@@ -22,7 +22,6 @@ def initial_contrast(item) -> tuple[float, float] | None:
         return None
     if item.metadata.get("window"):
         return tuple(float(v) for v in item.metadata["window"])
-    modality = str(item.metadata.get("modality") or "").upper()
-    if modality == "CT" or (not modality and looks_like_hounsfield(item.data)):
+    if apparent_modality(item.data, item.metadata.get("modality")) == "CT":
         return CT_SOFT_TISSUE
     return None

@@ -17,7 +17,7 @@ import torch
 from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 
-from ..data.normalize import looks_like_hounsfield, modality_of
+from ..data.normalize import apparent_modality, modality_of
 from ..data.orientation import as_stored_like, stored_alike, stored_direction, turn_back, turned
 from ..engine.device import select_device
 from ..engine.fit import Budget, fit
@@ -221,7 +221,7 @@ def classify(model, image, *, target=None, heatmap: bool = True, device="auto",
 
 def training_modality(images: list) -> str:
     """The one modality of all training images (named by their metadata, else CT when in Hounsfield units), else ""."""
-    found = {modality_of(im) or ("CT" if looks_like_hounsfield(im.data) else "") for im in images}
+    found = {apparent_modality(im.data, modality_of(im)) for im in images}
     return found.pop() if len(found) == 1 else ""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.normalize import resolve
+from ..data.normalize import apparent_modality
 from ..models.segmentation import model_card
 
 SPACING_RATIO = 2.0  # voxels more than this many times larger or smaller than the training voxels
@@ -53,16 +53,14 @@ def modality_doubt(image: np.ndarray, expected: str, name: str, modality: str = 
                    what: str = "its labels are") -> str:
     """One sentence when ``image`` (a modality named by its metadata, else CT if it is in Hounsfield units)
     is not of the ``expected`` modality ``name`` was trained on (``what``: what is likely wrong); else ""."""
-    modality = (modality or "").upper()
-    is_ct = modality == "CT" or (not modality and resolve({"kind": "auto"}, image)["kind"] == "window")
-    fits = is_ct if expected == "CT" else not is_ct and modality in ("", expected)
-    if not expected or fits:
+    apparent = apparent_modality(image, modality)
+    if not expected or apparent == expected or (expected != "CT" and not apparent):
         return ""
     if expected == "CT" and not modality:
         return (f"The image does not look like CT in Hounsfield units, but '{name}' was trained on CT; "
                 f"{what} likely wrong.")
-    return (f"The image looks like {'CT in Hounsfield units' if is_ct else modality}, but '{name}' was "
-            f"trained on {expected} images; {what} likely wrong.")
+    looks = "CT in Hounsfield units" if apparent == "CT" else apparent
+    return f"The image looks like {looks}, but '{name}' was trained on {expected} images; {what} likely wrong."
 
 
 def _norm_modality(spec: "dict | None") -> str:
