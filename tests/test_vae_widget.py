@@ -145,10 +145,21 @@ def test_the_only_or_active_image_is_preselected_for_training(setup):
     assert "Ctrl-click" in w.normals.native.toolTip()  # how to choose several
     second = viewer.add_image(img.data[:, ::-1].copy(), name="second")
     assert list(w.normals.value) == [img]  # a layer opened later keeps the choice
-    w.normals.value = []
-    viewer.layers.selection.active = second
+    viewer.layers.remove(img)
+    assert list(w.normals.value) == [second]  # still preselected: the user has not chosen yet
+
+
+def test_a_selection_the_user_cleared_stays_clear(setup):
+    viewer, w, img, _mask = setup
+    assert list(w.normals.value) == [img]
+    w.normals.native.clearSelection()  # the user deselects the preselected scan
+    assert list(w.normals.value) == []
+    third = viewer.add_image(img.data[:, ::-1].copy(), name="third")  # napari refreshes the widget's choices
+    viewer.layers.selection.active = third
+    img.name = "T1 renamed"
     w.reset_choices()
-    assert list(w.normals.value) == [second]
+    assert list(w.normals.value) == []  # nothing chosen against the user's choice
+    assert third in w.normals.choices
 
 
 def test_tooltips_say_each_method_once(setup):

@@ -21,7 +21,7 @@ from ..tasks.vae_training import train_vae
 from ..tasks.volume_input import stack_geometry
 from ._layers import layer_array, layer_image, row, set_output, show_result, spin
 from ._model_files import save_model_file
-from ._panel import Panel
+from ._panel import Note, Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
@@ -42,8 +42,7 @@ class VAEWidget(Panel):
         self.model: Optional[Model] = None
         self.result = None
         self._source = None  # the layer the shown result belongs to (set when a result arrives)
-        self._mask_layer = None
-        self._score_top = 1.0
+        self._mask_layer, self._score_top = None, 1.0  # the shown anomaly mask, the threshold slider's top score
 
         # --- training ---
         self.normals = create_widget(annotation=list[napari.layers.Image], label="normal images",
@@ -51,6 +50,8 @@ class VAEWidget(Panel):
         self.normals.native.setMaximumHeight(70)
         self.normals.native.setToolTip("The scans of normal subjects to learn from. Ctrl-click (Cmd-click on macOS) "
                                        "or Shift-click to select several.")
+        self._user_chose = False  # once the user chooses (or clears) normal images, nothing is preselected
+        self.normals.changed.connect(self._normals_chosen)
         self.train_mask = self.layer_picker(napari.layers.Labels, nullable=True,
                                             tooltip="Optional: learn only inside this mask (e.g. the brain).")
         self.seconds = spin(5, 86_400, 120, "Budget of the whole run in seconds (the best weights so far are "
@@ -69,8 +70,7 @@ class VAEWidget(Panel):
         load, save = QPushButton("Load model..."), QPushButton("Save model...")
         load.clicked.connect(lambda: self.load_model())
         save.clicked.connect(lambda: self.save_model())
-        self.model_line = QLabel("No model: train one or load a .medgen.pt VAE.")
-        self.model_line.setWordWrap(True)
+        self.model_line = Note("No model: train one or load a .medgen.pt VAE.")
         self.loss_plot = LivePlot("training loss", "step", height=1.6)
 
         # --- scoring ---
@@ -84,7 +84,6 @@ class VAEWidget(Panel):
         self.sign.setToolTip("positive: brighter than normal (e.g. FLAIR lesions); negative: darker; both")
         self.percentile = QDoubleSpinBox()
         self.percentile.setRange(50, 99.99)
-        self.percentile.setDecimals(2)
         self.percentile.setValue(99.0)
         self.percentile.setToolTip("Initial threshold: this percentile of scores on normal validation slices")
         recon_button, anomaly_button = QPushButton("Reconstruct"), QPushButton("Anomaly")
@@ -93,14 +92,12 @@ class VAEWidget(Panel):
         self.slider = QSlider(Qt.Horizontal)
         self.slider.setRange(0, SLIDER_STEPS)
         self.slider.setEnabled(False)
-        self.slider.valueChanged.connect(self._threshold_moved)
-        self.threshold_line = QLabel("threshold: -")
-        self.threshold_line.setWordWrap(True)
-        self.explanation = QLabel("")
-        self.explanation.setWordWrap(True)
+        self.slider.valueChanged.connect(lambda pos: self.set_threshold(pos / SLIDER_STEPS * self._score_top))
+        self.threshold_line = Note("threshold: -")
+        self.explanation = Note("")
         self.slices = QListWidget()
         self.slices.setMaximumHeight(90)
-        self.slices.itemClicked.connect(self._jump)
+        self.slices.itemClicked.connect(lambda item: self.go_to_slice(int(item.data(Qt.UserRole))))
 
         # --- generation ---
         self.n_samples = spin(1, 256, 8, "How many new slices to draw from the VAE, to see what it has learnt.")
@@ -148,7 +145,6 @@ class VAEWidget(Panel):
         form.addRow(self.slices)
         self.body.addWidget(score_box)
         self.advanced("Advanced scoring options").addRow("percentile", self.percentile)
-        self.score_advanced = self.sections["Advanced scoring options"]
         form = self.advanced("Generate (samples, interpolation)")
         form.addRow("N, seed", row(self.n_samples, self.seed))
         form.addRow(sample_button)
@@ -159,17 +155,10 @@ class VAEWidget(Panel):
         self.body.addWidget(self.device_line)
         self.body.addStretch(1)
         self.footer(self.runner)  # progress and Cancel stay visible whatever is scrolled
-        self._preselect()
+        self._refresh_normals()
 
-    def _preselect(self) -> None:
-        """With nothing chosen, choose the active Image layer, or the only one (so the first Train just works)."""
-        if list(self.normals.value):
-            return
-        images = [layer for _name, layer in self._image_choices() if not layer.rgb]
-        active = self.viewer.layers.selection.active
-        pick = active if active in images else images[0] if len(images) == 1 else None
-        if pick is not None:
-            self.normals.value = [pick]
+    def _normals_chosen(self, _value) -> None:
+        self._user_chose = True
 
     def _image_choices(self, _widget=None) -> list:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
@@ -195,8 +184,7 @@ class VAEWidget(Panel):
 
     def train(self) -> None:
         """Train a VAE on the selected normal layers (and mask) in a worker thread."""
-        got = self._normal_inputs()
-        if got is None:
+        if (got := self._normal_inputs()) is None:
             return
         layers, images, masks = got
         self.loss_plot.clear()
@@ -210,8 +198,7 @@ class VAEWidget(Panel):
         if self.model is None:
             show_error("Train or load a VAE first; the diffusion model is added to it.")
             return
-        got = self._normal_inputs()
-        if got is None:
+        if (got := self._normal_inputs()) is None:
             return
         _layers, images, masks = got
         self.loss_plot.clear()
@@ -292,15 +279,13 @@ class VAEWidget(Panel):
         return layer, mask
 
     def reconstruct(self) -> None:
-        got = self._inputs()
-        if got is not None:
+        if (got := self._inputs()) is not None:
             layer, mask = got
             self.runner.start(reconstruct, self.model, layer_image(layer), mask, device=self.device.currentText(),
                               on_result=lambda rec: self._show_reconstruction(rec, layer))
 
     def score(self) -> None:
-        got = self._inputs()
-        if got is not None:
+        if (got := self._inputs()) is not None:
             layer, mask = got
             self.runner.start(anomaly_map, self.model, layer_image(layer), mask, method=self.method.currentText(),
                               sign=self.sign.currentText(), percentile=self.percentile.value(),
@@ -346,12 +331,8 @@ class VAEWidget(Panel):
         self._update_threshold_line()
         self._fill_slices()
 
-    def _threshold_moved(self, pos: int) -> None:
-        self.set_threshold(pos / SLIDER_STEPS * self._score_top)
-
     def _update_threshold_line(self) -> None:
-        res = self.result
-        pct = ""
+        res, pct = self.result, ""
         if self.model is not None:
             try:
                 pcts = self.model.params.thresholds["percentiles"]
@@ -369,9 +350,6 @@ class VAEWidget(Panel):
             item = QListWidgetItem(f"slice {i}: {int(res.slice_scores[i])} voxels")
             item.setData(Qt.UserRole, i)
             self.slices.addItem(item)
-
-    def _jump(self, item: QListWidgetItem) -> None:
-        self.go_to_slice(int(item.data(Qt.UserRole)))
 
     def go_to_slice(self, index: int) -> None:
         """Move the viewer to slice ``index`` (along the model's slicing axis) of the scored image."""
@@ -391,8 +369,7 @@ class VAEWidget(Panel):
                                                              key="vae:samples", colormap="gray"))
 
     def interpolate(self) -> None:
-        got = self._inputs()
-        if got is not None:
+        if (got := self._inputs()) is not None:
             layer, mask = got
             geometry = stack_geometry(self.model.params.spacing) if self.model is not None else None
             self.runner.start(interpolate_slices, self.model, layer_image(layer), self.slice_a.value(),
@@ -403,7 +380,17 @@ class VAEWidget(Panel):
     def reset_choices(self, *_args) -> None:
         """Refresh the layer drop-downs and the list of normal images (napari calls this)."""
         super().reset_choices()
-        chosen = list(self.normals.value)
-        self.normals.reset_choices()
-        self.normals.value = [ly for ly in chosen if ly in self.viewer.layers]  # by layer: a rename keeps it
-        self._preselect()
+        self._refresh_normals()
+
+    def _refresh_normals(self) -> None:
+        """Keep the chosen normal images that are still open (by layer: a rename keeps them).  Until the user
+        chooses (or clears) them, none chosen becomes the active Image layer or the only one (the first Train
+        then just works)."""
+        chosen = [layer for layer in self.normals.value if layer in self.viewer.layers]
+        if not chosen and not self._user_chose:
+            images = [layer for _name, layer in self._image_choices() if not layer.rgb]
+            active = self.viewer.layers.selection.active
+            chosen = [active] if active in images else images if len(images) == 1 else []
+        with self.normals.changed.blocked():  # the panel's own change, not the user's choice
+            self.normals.reset_choices()
+            self.normals.value = chosen
