@@ -131,3 +131,21 @@ def test_an_intensity_window_typed_under_advanced_reaches_training(viewer, monke
     w.window.setText("120 -20")
     w.train()
     assert len(started) == 1 and errors == ["The window needs LOW below HIGH (got 120 -20)."]
+
+
+def test_a_summary_that_grows_a_line_is_shown_whole(make_napari_viewer, qtbot):
+    """At laptop size a training summary longer than the first text was cut off at its top line."""
+    from napari_medgen._widgets.classify_widget import ClassifyWidget, training_summary
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((32, 32), np.float32), name="slice")
+    w = ClassifyWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    viewer.window.resize(1366, 768)
+    qtbot.wait(200)
+    metrics = {"accuracy": 1.0, "balanced_accuracy": 1.0, "auroc_macro": 1.0, "n": 4,
+               "confusion_matrix": [[2, 0], [0, 2]]}
+    w.metrics_line.setText(training_summary(["healthy", "lesion"], 18, metrics))
+    qtbot.wait(200)
+    line = w.metrics_line
+    assert line.height() >= line.heightForWidth(line.width()) > line.fontMetrics().height() * 2

@@ -13,7 +13,8 @@ from typing import Optional
 
 from magicgui.widgets import create_widget
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFormLayout, QFrame, QScrollArea, QSizePolicy, QStyle, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (QComboBox, QFormLayout, QFrame, QLabel, QScrollArea, QSizePolicy, QStyle, QVBoxLayout,
+                            QWidget)
 from superqt import QCollapsible
 
 PICKER_CHARS = 16  # a layer drop-down is this many characters wide; longer names show in full in its list
@@ -107,6 +108,26 @@ class Panel(QWidget):
             hint.setHeight(hint.height() + self._footer.sizeHint().height() + self.layout().spacing())
         hint.setWidth(max(self.minimumSizeHint().width(), WIDTH))
         return hint
+
+
+class Note(QLabel):
+    """A word-wrapped line of text that keeps room for all its lines: a scroll area sizes its panel only when
+    it is resized, so a status text that grows a line after the panel was laid out would be cut off."""
+
+    def __init__(self, text: str = ""):
+        super().__init__(text)
+        self.setWordWrap(True)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self._fit()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit()
+
+    def _fit(self) -> None:
+        self.setMinimumHeight(self.heightForWidth(max(self.width(), 1)) if self.text() else 0)
 
 
 def _fit_popup(combo: QComboBox) -> None:

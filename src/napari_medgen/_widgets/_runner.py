@@ -43,6 +43,7 @@ from superqt.utils import create_worker
 from ..engine.device import available_devices, describe_device
 from ..engine.jobs import Cancelled, Job, JobState, ProgressEvent, Status
 from ..errors import UserError
+from ._panel import Note
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,7 @@ class JobRunner(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         for b in (self.stop_button, self.cancel_button):
             b.setEnabled(False)
-        self.status = QLabel("idle")
-        self.status.setWordWrap(True)
+        self.status = Note("idle")
         row = QHBoxLayout()
         row.addWidget(self.bar, 1)
         row.addWidget(self.stop_button)

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit, QListWidget,
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLineEdit, QListWidget,
                             QListWidgetItem, QPushButton, QWidget)
 
 from ..data.normalize import window_spec
@@ -25,7 +25,7 @@ from ..tasks.classify_data import read_label_csv
 from ._layer_table import LayerTable
 from ._layers import budget_boxes, layer_image, row, show_result
 from ._model_files import save_model_file
-from ._panel import Panel
+from ._panel import Note, Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
@@ -139,8 +139,7 @@ class ClassifyWidget(Panel):
         load.clicked.connect(lambda: self.load_model())
         save.clicked.connect(lambda: save_model_file(self, self.model, "classifier"))
         self.plot = LivePlot("loss / validation score", "step", height=1.8)
-        self.metrics_line = QLabel("No model: train one or load a classifier .medgen.pt.")
-        self.metrics_line.setWordWrap(True)
+        self.metrics_line = Note("No model: train one or load a classifier .medgen.pt.")
 
         # --- classifying ---
         self.image = self.layer_picker(napari.layers.Image, tooltip="The image to classify.")

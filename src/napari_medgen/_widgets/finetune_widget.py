@@ -1,57 +1,33 @@
 """The "Fine-tune" dock widget: paint a few slices (in any view), train, correct, train again.
 
 "Interpolate between painted slices" fills the unpainted slices between painted ones into a
-new layer at once.  Train runs :func:`train_round` in a worker (autosave, fine-tune within a
-budget in seconds, complete the painting): the prediction layer shows the network's current
-guess from the first validation on and is refined live; the plot shows the training loss
-and the validation metric.  Stop keeps the best weights so far, Train again continues from
-them.  The user's layers are only changed by "Accept slice", one undo step (Ctrl-Z).
+new layer at once.  Train runs :func:`~napari_medgen.tasks.finetune_round.train_round` in a worker
+(autosave, fine-tune within a budget in seconds, complete the painting): the prediction layer shows
+the network's current guess from the first validation on and is refined live; the plot shows the
+training loss and the validation metric.  Stop keeps the best weights so far, Train again continues
+from them.  The user's layers are only changed by "Accept slice", one undo step (Ctrl-Z).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Optional
 
 import napari
 import numpy as np
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget,
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QListWidget,
                             QPushButton, QSpinBox)
 
 from ..data.interpolate import interpolate_labels
-from ..engine.jobs import Job, ProgressEvent
-from ..io import Geometry, ImageData, write_image
+from ..engine.jobs import ProgressEvent
+from ..io import Geometry, ImageData
 from ..models.segmentation import builtin_models, class_colors, class_names
-from ..tasks.finetune import FRESH, complete_labels, finetune
+from ..tasks.finetune import FRESH
+from ..tasks.finetune_round import train_round
 from ..tasks.uncertainty import rank_slices
 from ._layers import OUTPUT_KEY, edited, row, set_output, show_result
-from ._panel import Panel
+from ._panel import Note, Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
-
-PREVIEW_EVERY = 5.0  # seconds between live previews of the prediction while training
-
-
-def train_round(image: ImageData, labels: np.ndarray, start, *, project: Optional[str] = None,
-                round_index: int = 1, axis: Optional[int] = None, device: str = "auto", sparse: bool = False,
-                background_label: Optional[int] = None, progress=None, stop=None, **options) -> tuple:
-    """One round of the loop: autosave the annotations, fine-tune, complete the painting, autosave
-    the model.  Returns ``(model, history, prediction)``."""
-    job = Job.of(progress, stop)
-    folder = Path(project) if project else None
-    if folder is not None:
-        write_image(folder / f"annotations_round{round_index:02d}.nii.gz", labels, image.geometry, overwrite=True)
-    model, history = finetune(start, image, labels, axis=axis, device=device, sparse=sparse,
-                              background_label=background_label, preview_every=PREVIEW_EVERY, progress=job, **options)
-    job.report(1, 1, "completing the painting")
-    prediction = complete_labels(model, image, labels, sparse=sparse, background_label=background_label,
-                                 device=device)
-    if folder is not None:
-        model.save(folder / f"model_round{round_index:02d}.medgen.pt")
-        summary = {k: v for k, v in history.items() if k not in ("step", "loss", "pseudo_loss")}
-        (folder / f"history_round{round_index:02d}.json").write_text(json.dumps(summary, indent=1, default=str))
-    return model, history, prediction
 
 
 class FinetuneWidget(Panel):
@@ -126,8 +102,7 @@ class FinetuneWidget(Panel):
         self.runner.done.connect(lambda _s: self._busy(False))
         self.runner.done.connect(self._undo_discarded_run)
         self.plot = LivePlot("training loss and validation Dice (painted + interpolated slices)")
-        self.summary = QLabel("Paint a few slices of the annotation layer, then Train.")
-        self.summary.setWordWrap(True)
+        self.summary = Note("Paint a few slices of the annotation layer, then Train.")
         self.accept_button = QPushButton("Accept slice")
         self.accept_button.setToolTip("Copy the prediction of the current slice into its unpainted voxels (Ctrl-Z undoes).")
         self.accept_button.clicked.connect(self.accept_slice)

@@ -9,7 +9,7 @@ import napari
 import numpy as np
 from napari.utils.notifications import show_error
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPushButton
+from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QGroupBox, QPushButton
 
 from ..io import Geometry
 from ..io.read import ImageData
@@ -21,7 +21,7 @@ from ..tasks.synthesis_report import format_report, side_by_side, synthesis_repo
 from ._plot import LivePlot
 from ._model_files import save_model_file
 from ._layers import find_output, layer_image, row, show_result, spin
-from ._panel import Panel
+from ._panel import Note, Panel
 from ._runner import JobRunner, device_chooser
 
 MODES = ["unconditional", "mask-to-image (needs labels)"]
@@ -67,8 +67,7 @@ class GANWidget(Panel):
         load, save = QPushButton("Load model..."), QPushButton("Save model...")
         load.clicked.connect(lambda: self.load_model())
         save.clicked.connect(lambda: self.save_model())
-        self.model_line = QLabel("No model: train one or load a .medgen.pt GAN.")
-        self.model_line.setWordWrap(True)
+        self.model_line = Note("No model: train one or load a .medgen.pt GAN.")
         self.loss_plot = LivePlot("GAN losses", "step", height=1.6)
 
         self.n = spin(1, 10_000, 16, "How many new slices Synthesize draws.")
@@ -87,8 +86,7 @@ class GANWidget(Panel):
                           "some merely copy a training slice.")
         report.clicked.connect(self.quality_report)
         pairs.clicked.connect(self.show_pairs)
-        self.report_text = QLabel("Synthesize samples, then compare them with the image's real slices.")
-        self.report_text.setWordWrap(True)
+        self.report_text = Note("Synthesize samples, then compare them with the image's real slices.")
         self.report_text.setFont(QFont("monospace", 8))
 
         self.runner = JobRunner("GAN")

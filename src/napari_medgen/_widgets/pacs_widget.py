@@ -16,7 +16,7 @@ from ..pacs.client import PacsServer, find_series, find_studies, pull_series, pu
 from ..pacs.servers import load_servers, remember_server
 from ..pacs.seg import labels_to_seg, write_seg
 from ._layers import layer_array, row, show_result
-from ._panel import Panel
+from ._panel import Note, Panel
 from ._runner import JobRunner
 
 STUDY_COLUMNS = [("Date", "StudyDate"), ("Patient", "PatientName"), ("ID", "PatientID"),
@@ -131,8 +131,7 @@ class PacsWidget(Panel):
         self.send_button.clicked.connect(self.send)
         self.save_button = QPushButton("Save DICOM SEG file...")
         self.save_button.clicked.connect(self.save)
-        self.info = QLabel("")
-        self.info.setWordWrap(True)
+        self.info = Note("")
 
         form = self.form()
         form.addRow("server", self.url)

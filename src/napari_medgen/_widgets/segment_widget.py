@@ -8,7 +8,7 @@ from typing import Optional
 import napari
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QPushButton,
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QHeaderView, QPushButton,
                             QSpinBox, QTableWidget, QTableWidgetItem)
 
 from ..engine.jobs import Job
@@ -17,7 +17,7 @@ from ..models.segmentation import class_names, class_colors, builtin_models, loa
 from ..tasks.metrics import metrics_to_csv, segmentation_metrics
 from ..tasks.segment import SegmentResult, segment_result
 from ._layers import layer_array, layer_image, show_result
-from ._panel import Panel
+from ._panel import Note, Panel
 from ._runner import JobRunner, device_chooser
 
 IGNORE = "(ignore)"
@@ -85,21 +85,18 @@ class SegmentWidget(Panel):
         model_row = QHBoxLayout()
         model_row.addWidget(self.model, 1)
         model_row.addWidget(browse)
-        self.description = QLabel("")
-        self.description.setWordWrap(True)
+        self.description = Note("")
         self.mapping_table = QTableWidget(0, 2)
         self.mapping_table.setHorizontalHeaderLabels(["reference value", "model class"])
         self.mapping_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.mapping_table.verticalHeader().hide()
-        self.mapping_note = QLabel("")
-        self.mapping_note.setWordWrap(True)
+        self.mapping_note = Note("")
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
         self.runner = JobRunner("Segment")
         self.runner.started.connect(lambda: self.run_button.setEnabled(False))
         self.runner.done.connect(lambda _s: self.run_button.setEnabled(True))
-        self.warnings_label = QLabel("")
-        self.warnings_label.setWordWrap(True)
+        self.warnings_label = Note("")
         self.warnings_label.setStyleSheet("color: #f0b040")
         self.results = QTableWidget(0, 4)
         self.results.setHorizontalHeaderLabels(["class", "volume mL", "Dice", "HD95 mm"])
@@ -125,8 +122,7 @@ class SegmentWidget(Panel):
         self.allow_code = QCheckBox("Allow TorchScript (runs code from the file)")
         self.allow_code.setToolTip("A TorchScript model is a program: it can do anything your account can. "
                                    "Only allow it for files from people you trust.")
-        self.code_warning = QLabel("TorchScript files run their own code: use only files you trust.")
-        self.code_warning.setWordWrap(True)
+        self.code_warning = Note("TorchScript files run their own code: use only files you trust.")
         self.code_warning.setStyleSheet("color: #f06040")
         self.code_warning.setVisible(False)
         self.allow_code.toggled.connect(self._allow_code_toggled)

@@ -18,14 +18,14 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QPushButton
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QPushButton
 
 from ..io.timeseries import is_time_series
 from ..models.checkpoint import Model
 from ..tasks.sequence import load_sequence_model, predict_sequence, train_sequence_model
 from ._layer_table import LayerTable
 from ._layers import budget_boxes, layer_array, row
-from ._panel import Panel
+from ._panel import Note, Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
@@ -111,10 +111,8 @@ class SequenceWidget(Panel):
         self.runner.started.connect(lambda: self._busy(True))
         self.runner.done.connect(lambda _s: self._busy(False))
         self.loss_plot = LivePlot("training", "step", height=1.8)
-        self.model_label = QLabel("no model")
-        self.model_label.setWordWrap(True)
-        self.result_label = QLabel("")
-        self.result_label.setWordWrap(True)
+        self.model_label = Note("no model")
+        self.result_label = Note("")
         self.curve_plot = CurvePlot(self.seek)
 
         self.body.addWidget(self.table)
