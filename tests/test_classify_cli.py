@@ -47,6 +47,14 @@ def test_train_then_classify_with_heatmaps(folder, tmp_path, capsys):
     assert all(r[1] in ("T1", "T2") and abs(float(r[2]) + float(r[3]) - 1) < 1e-4 for r in rows[1:])
     hm, src = read_image(tmp_path / "hm" / "s25_heatmap.nii.gz"), read_image(folder / "s25.nii.gz")
     assert hm.data.shape == src.data.shape and hm.geometry.same_grid(src.geometry)
+    # two patients' files of one name: a heatmap each (the second was refused as existing, with no CSV row)
+    for patient, src in (("p1", files[0]), ("p2", files[1])):
+        (tmp_path / patient).mkdir()
+        (tmp_path / patient / "slice.nii.gz").write_bytes(open(src, "rb").read())
+    assert main(["classify", str(tmp_path / "p*" / "slice.nii.gz"), "-m", str(model), "-o", str(tmp_path / "p.csv"),
+                 "--heatmaps", str(tmp_path / "hm2"), "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "hm2").iterdir()) == ["p1_slice_heatmap.nii.gz", "p2_slice_heatmap.nii.gz"]
+    assert len(list(csv.reader((tmp_path / "p.csv").open()))) == 3
     capsys.readouterr()
     assert main(["classify", *files, "-m", str(model), "-o", str(tmp_path / "p2.csv"), "--heatmaps", files[0]]) == 2
     assert capsys.readouterr().err.strip().endswith("--heatmaps takes a folder; " + files[0] + " is a file.")

@@ -125,3 +125,19 @@ def test_a_folder_holding_one_image_gets_its_summary(slab, tmp_path, capsys):
     with open(tmp_path / "out" / "segment_summary.csv") as fh:
         assert [(r["input"], r["status"]) for r in csv.DictReader(fh)] == [(str(folder / "a.nii.gz"), "written")]
     assert str(tmp_path / "out" / "a_seg.nii.gz") in capsys.readouterr().out
+
+
+def test_inputs_of_one_name_get_outputs_of_their_own(slab, tmp_path, capsys):
+    """Two patients' t1.nii.gz (and sub00.nii beside sub00.nii.gz) wrote one output: the second was reported
+    'exists' and never segmented, or with --overwrite silently replaced the first."""
+    for folder in ("p1", "p2"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        (tmp_path / "in" / folder / "t1.nii.gz").write_bytes(slab.read_bytes())
+    sitk.WriteImage(sitk.ReadImage(str(slab))[:, :, :12], str(tmp_path / "in" / "p2" / "t1.nii"))
+    assert main(["segment", str(tmp_path / "in" / "*" / "t1.nii*"), str(tmp_path / "out"), "-q"]) == 0
+    with open(tmp_path / "out" / "segment_summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["status"] for r in rows] == ["written"] * 3 and len({r["output"] for r in rows}) == 3
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_seg.nii.gz")) == [
+        "p1_t1_seg.nii.gz", "t1_nii_gz_seg.nii.gz", "t1_nii_seg.nii.gz"]
+    assert read_image(tmp_path / "out" / "t1_nii_seg.nii.gz").data.shape[0] == 12  # each from its own input

@@ -108,12 +108,13 @@ def run_classify(args) -> int:
     from ..engine import distributed as dist
     from ..io.write import check_writable
     from ..tasks.classify import load_classifier
-    from .segment import find_cases
+    from .segment import case_names, find_cases
 
     out = Path(args.output)
     model = load_classifier(args.model)
     header = ["file", "label", *(str(c) for c in model.params.classes)]
     cases = [c for spec in args.inputs for c in find_cases(spec)[0]]
+    args.case_names = case_names(cases)  # heatmap names that two inputs never share
     target = out if args.num_parts == 1 else out.with_name(f"{_stem(out)}.part{args.part_id}of{args.num_parts}.csv")
     check_writable(target, overwrite=True)  # a folder or a read-only place is refused before any work
     sources = [] if args.overwrite else _earlier_tables(out)
@@ -200,14 +201,15 @@ def _classify_case(case: Path, model, args, label: str, quiet: bool) -> list[dic
     from ..tasks.classify import classify
     from .progress import terminal_job
 
-    rows = []
-    for img in read_path(case):
+    rows, images = [], read_path(case)
+    for img in images:
         with terminal_job(label, quiet=quiet) as job:
             r = classify(model, img, heatmap=bool(args.heatmaps), device=args.device, progress=job)
         rows.append({"file": str(case) if case.is_file() else f"{case}/{img.name}", "label": r.label,
                      **{str(k): f"{p:.6f}" for k, p in r.probabilities.items()}})
         if args.heatmaps:
-            heatmap = Path(args.heatmaps) / f"{img.name}_heatmap.nii.gz"
+            name = args.case_names[case] + (f"_{img.name}" if len(images) > 1 else "")
+            heatmap = Path(args.heatmaps) / f"{name}_heatmap.nii.gz"
             check_output(heatmap, args.overwrite)
             write_image(heatmap, r.heatmap, img.geometry, overwrite=args.overwrite)
     return rows

@@ -104,8 +104,24 @@ def check_output_name(out: Path, n_cases: int) -> None:
 def _case_name(path: Path) -> str:
     from ..io.read import EXTENSIONS
 
-    return next((path.name[: -len(e)] for e in sorted(EXTENSIONS, key=len, reverse=True)
+    return next((path.name[: -len(e)] for e in sorted(EXTENSIONS + PICTURES, key=len, reverse=True)
                  if path.name.lower().endswith(e)), path.name)
+
+
+def case_names(cases: list[Path]) -> dict[Path, str]:
+    """A distinct output name per input: its name without extension, with as many parent folder names in
+    front as tell apart inputs of one name (``a/sub00``, ``b/sub00`` -> ``a_sub00``, ``b_sub00``), and its
+    extension kept where only that differs (``sub00.nii``, ``sub00.nii.gz``)."""
+    base = [_case_name(c) if c.is_file() else c.name for c in cases]
+    names = list(base)
+    parents = [[p for p in c.resolve().parent.parts if p != c.anchor] for c in cases]
+    for depth in range(1, 1 + max((len(p) for p in parents), default=0)):
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1]
+        for i in clash:
+            names[i] = "_".join([*parents[i][-depth:], base[i]])
+    for i in [i for i, n in enumerate(names) if names.count(n) > 1]:
+        names[i] = cases[i].name.replace(".", "_")
+    return dict(zip(cases, names))
 
 
 def _output_path(out: Path, name: str, single: bool) -> Path:
@@ -117,14 +133,16 @@ def _output_path(out: Path, name: str, single: bool) -> Path:
     return out / f"{safe}_seg.nii.gz"
 
 
-def _segment_case(case: Path, out: Path, model, args, single: bool, label: str, quiet: bool) -> list[dict]:
-    """Segment one input (several series for a DICOM folder); one summary row per output."""
+def _segment_case(case: Path, case_name: str, out: Path, model, args, single: bool, label: str,
+                  quiet: bool) -> list[dict]:
+    """Segment one input (several series for a DICOM folder) into ``<case_name>_seg.nii.gz``; one summary row
+    per output."""
     from ..io import read_path, write_image
     from ..tasks.segment import segment
     from .progress import terminal_job
 
     if not single and case.is_file():
-        target = _output_path(out, _case_name(case), False)
+        target = _output_path(out, case_name, False)
         if target.exists() and not args.overwrite:
             return [{"input": str(case), "output": str(target), "status": "exists"}]
     rows = []
@@ -134,7 +152,7 @@ def _segment_case(case: Path, out: Path, model, args, single: bool, label: str, 
                         "name a folder as OUTPUT.")
     for img in images:
         t0 = time.monotonic()
-        name = img.name if case.is_file() else case.name + (f"_{img.name}" if len(images) > 1 else "")
+        name = case_name + (f"_{img.name}" if len(images) > 1 else "")
         target = _output_path(out, name, single and len(images) == 1)
         if not single and target.exists() and not args.overwrite:
             rows.append({"input": str(case), "output": str(target), "status": "exists"})
@@ -168,10 +186,11 @@ def run(args) -> int:
                      file=sys.stderr)
         mine = dist.shard(cases, args.num_parts, args.part_id)
         quiet = args.quiet or not dist.is_main_process()
-        rows = []
+        rows, names = [], case_names(cases)
         for i, case in enumerate(mine, 1):
             try:
-                rows += _segment_case(case, out, model, args, single, f"[{i}/{len(mine)}] {case.name}", quiet)
+                rows += _segment_case(case, names[case], out, model, args, single, f"[{i}/{len(mine)}] {case.name}",
+                                      quiet)
             except Cancelled:
                 print("napari-medgen: stopped; outputs written so far are complete.", file=sys.stderr)
                 return 130
