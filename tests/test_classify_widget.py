@@ -149,3 +149,11 @@ def test_a_summary_that_grows_a_line_is_shown_whole(make_napari_viewer, qtbot):
     qtbot.wait(200)
     line = w.metrics_line
     assert line.height() >= line.heightForWidth(line.width()) > line.fontMetrics().height() * 2
+    line.setText("Loaded a model.")  # and a shorter text after it leaves no empty lines behind
+    qtbot.wait(200)
+    assert line.height() < 2 * line.fontMetrics().height()
+    long = "training classifier " * 200  # a status of many lines is cut to three, all of it in the tooltip
+    w.runner.status.setText(long)
+    qtbot.wait(200)
+    status = w.runner.status
+    assert status.height() < 4 * status.fontMetrics().height() + 8 and status.toolTip() == long

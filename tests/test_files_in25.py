@@ -8,6 +8,7 @@ import torch
 
 from napari_medgen.data.interpolate import interpolate_labels
 from napari_medgen.data.normalize import apparent_modality, resolve
+from napari_medgen.errors import UserError
 from napari_medgen.io import Geometry, ImageData, read_image, write_image
 from napari_medgen.io.display import CT_SOFT_TISSUE, initial_contrast
 from napari_medgen.tasks.classify import training_modality
@@ -57,6 +58,8 @@ def test_synthesis_report_takes_files_and_image_data(brain, tmp_path):
             np.testing.assert_allclose(report[key], from_arrays[key], rtol=1e-5)
         assert report["memorisation"] == from_arrays["memorisation"]
         assert report["memorisation_baseline"] == from_arrays["memorisation_baseline"]  # the reference is training
+    with pytest.raises(UserError, match="needs at least two samples"):  # not an AttributeError on None
+        synthesis_report(samples, None)
 
 
 def test_add_diffusion_takes_a_model_file_and_image_files(brain, tissue, tmp_path):

@@ -111,23 +111,37 @@ class Panel(QWidget):
 
 
 class Note(QLabel):
-    """A word-wrapped line of text that keeps room for all its lines: a scroll area sizes its panel only when
-    it is resized, so a status text that grows a line after the panel was laid out would be cut off."""
+    """A word-wrapped line of text that keeps room for all its lines, and no more: a scroll area sizes its panel
+    only when it is resized, so a status text that grows a line after the panel was laid out would be cut off.
+    With ``max_lines`` a longer text is cut to that many lines, the whole of it in the tooltip."""
 
-    def __init__(self, text: str = ""):
-        super().__init__(text)
+    def __init__(self, text: str = "", max_lines: Optional[int] = None):
+        super().__init__()
         self.setWordWrap(True)
+        self._max_lines, self._full = max_lines, ""
+        self.setText(text)
 
     def setText(self, text: str) -> None:
-        super().setText(text)
-        self._fit()
+        self._full = text
+        self._show()
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
-        self._fit()
+        self._show()
 
-    def _fit(self) -> None:
-        self.setMinimumHeight(self.heightForWidth(max(self.width(), 1)) if self.text() else 0)
+    def _show(self) -> None:
+        text = self._full
+        if self._max_lines and text and self.width() > 1:
+            metrics = self.fontMetrics()  # a wrapped line holds a little less than the width: a word's worth
+            room = (self.width() - 6 * metrics.averageCharWidth()) * self._max_lines
+            shown = metrics.elidedText(text, Qt.TextElideMode.ElideRight, max(room, 1))
+            if shown != text:
+                self.setToolTip(text)
+            text = shown
+        if text != super().text():
+            super().setText(text)
+        self.setMinimumHeight(0)  # heightForWidth never answers less than the minimum: let it shrink
+        self.setMinimumHeight(self.heightForWidth(max(self.width(), 1)) if text else 0)
 
 
 def _fit_popup(combo: QComboBox) -> None:

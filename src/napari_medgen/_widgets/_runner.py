@@ -116,7 +116,7 @@ class JobRunner(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         for b in (self.stop_button, self.cancel_button):
             b.setEnabled(False)
-        self.status = Note("idle")
+        self.status = Note("idle", max_lines=3)
         row = QHBoxLayout()
         row.addWidget(self.bar, 1)
         row.addWidget(self.stop_button)

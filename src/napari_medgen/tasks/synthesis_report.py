@@ -161,7 +161,7 @@ def synthesis_report(samples, reference, training=None, window=None, n_suspiciou
     same = training is reference
     samples, reference = _stack(samples), _stack(reference)
     training = reference if same else _stack(training)
-    if samples.ndim != 3 or reference.ndim != 3 or len(samples) < 2 or len(reference) < 2:
+    if any(a is None or a.ndim != 3 or len(a) < 2 for a in (samples, reference)):
         raise UserError("A synthesis report needs at least two samples and two reference images, as (n, H, W) stacks.")
     window = window or reference_window(reference)
     size = reference.shape[-2:]
