@@ -347,6 +347,17 @@ def test_bad_model_file_is_one_sentence_and_runs_nothing(case, tmp_path):
     assert not (tmp_path / "marker").exists()
 
 
+def test_a_bare_network_given_as_model_is_one_sentence():
+    """segment(image, model.net) ended in "OSError: File name too long: 'UNet(...'"."""
+    from napari_medgen.tasks.anomaly import anomaly_map
+
+    net = torch.nn.Conv2d(1, 2, 3)
+    img = np.zeros((2, 16, 16), np.float32)
+    for call in (lambda: segment(img, net), lambda: anomaly_map(net, img), lambda: load_segmentation_model({})):
+        with pytest.raises(UserError, match="Give a napari-medgen Model or a model file, not a"):
+            call()
+
+
 # --- TorchScript is code: never run without consent ---------------------------------------------------
 @torch.library.custom_op("medgen_test::touch", mutates_args=())
 def _touch_op(x: torch.Tensor, path: str) -> torch.Tensor:
@@ -399,6 +410,10 @@ def test_torchscript_never_runs_without_consent(evil, tmp_path, capsys):
     assert main(["segment", str(tmp_path / "in.nii.gz"), str(tmp_path / "out.nii.gz"), "-m", str(path), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--allow-torchscript" in err[0]
+    # where only napari-medgen model files are taken: one sentence, without torch's advice to call torch.jit.load
+    assert main(["classify", str(tmp_path / "in.nii.gz"), "-m", str(path), "-o", str(tmp_path / "p.csv")]) == 2
+    assert capsys.readouterr().err.strip() == "napari-medgen: error: evil.ts is a TorchScript file (a program, not a " \
+                                                "napari-medgen model file)."
     assert not marker.exists() and not (tmp_path / "out.nii.gz").exists()
     # with consent it runs (proof that the test model really is code)
     segment(img, path, device="cpu", allow_code=True)

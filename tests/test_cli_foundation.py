@@ -69,3 +69,33 @@ def test_every_option_of_info_and_segment_has_help():
     for verb in ("info", "segment"):
         for action in sub.choices[verb]._actions:
             assert action.help, (verb, action.dest)
+
+
+def test_steps_alone_is_a_budget_in_steps(tmp_path):
+    """`train --steps 50` also stopped at the default 60 s (and validated by the clock): not reproducible."""
+    from napari_medgen.cli import build_parser
+    from napari_medgen.cli.options import budget_defaults
+
+    def budget(*extra):
+        (tmp_path / "a.nii.gz").touch()
+        args = build_parser().parse_args(["train", *[str(tmp_path / "a.nii.gz")] * 2, "--out", "m.medgen.pt", *extra])
+        budget_defaults(args)
+        return args.steps, args.seconds
+
+    assert budget() == (None, 60.0)
+    assert budget("--steps", "50") == (50, None)
+    assert budget("--steps", "50", "--seconds", "30") == (50, 30.0)
+
+
+def test_info_says_what_a_model_file_is(tmp_path, capsys):
+    from napari_medgen import Model, segmentation_config
+    from napari_medgen.cli import main
+
+    path = tmp_path / "mine.medgen.pt"
+    Model(segmentation_config("mine", 3, channels=(4, 8), strides=(2,))).save(path)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mine.medgen.pt: a segmentation model named 'mine'")
+    assert "classes: background, " in out and "saved by napari-medgen " in out and " UTC" in out
+    assert main(["info", str(tmp_path / "missing.medgen.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err

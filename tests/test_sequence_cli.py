@@ -36,6 +36,13 @@ def test_train_then_predict_writes_model_and_curves(folder, capsys):
     rows = list(csv.reader(open(curves)))
     assert rows[0][:3] == ["file", "frame", "time_s"] and len(rows) == 1 + 4 + 5
     assert float(rows[2][2]) == 2.0  # the second frame of s0, at the stored time step: a number, unit in the header
+    # one unreadable file among several is skipped and said; the others are answered and their curves written
+    (folder / "broken.nii.gz").write_bytes(b"not an image")
+    assert main(["sequence-predict", str(folder / "s0.nii.gz"), str(folder / "broken.nii.gz"), "--model", str(model),
+                 "--curves", str(folder / "c2.csv"), "-q"]) == 1
+    captured = capsys.readouterr()
+    assert "s0.nii.gz: " in captured.out and "skipping" in captured.err and "1 of 2 inputs failed" in captured.err
+    assert len(list(csv.reader(open(folder / "c2.csv")))) == 1 + 4
 
 
 def test_csv_missing_or_given_twice_is_one_line(folder, capsys):

@@ -14,6 +14,7 @@ import warnings
 
 from .. import __version__
 from ..errors import UserError
+from .options import budget_defaults
 
 # Each module has ``add_parser(subparsers)`` that registers its verbs with ``func=``.
 VERB_MODULES = ["info", "demo", "segment", "vae", "train", "gan", "pacs", "sequence", "cohort", "classify"]
@@ -95,6 +96,7 @@ def _main(argv: list[str] | None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, --version, usage errors
         return int(done.code or 0)
+    budget_defaults(args)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

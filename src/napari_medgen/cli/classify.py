@@ -14,8 +14,8 @@ import re
 import sys
 from pathlib import Path
 
-from .options import (add_budget, add_common, add_table, add_window, check_output, existing, table_of,
-                      window_of)
+from .options import (add_budget, add_common, add_table, add_window, check_model_output, check_output, existing,
+                      table_of, window_of)
 from ..errors import UserError
 
 
@@ -82,8 +82,7 @@ def run_train(args) -> int:
     from ..tasks.classify_data import read_label_csv
     from .progress import terminal_job
 
-    out = args.output if args.output.endswith(SUFFIX) else args.output + SUFFIX
-    check_output(out, args.overwrite)
+    out = str(check_model_output(args.output, args.overwrite))
     files, labels = read_label_csv(table_of(args), args.folder)
     with terminal_job("classify-train", quiet=args.quiet) as job:
         model, history = train_classifier([str(f) for f in files], labels, pretrained=args.pretrained,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_budget, add_common, check_output, existing
+from .options import add_budget, add_common, check_model_output, check_output, existing
 from .progress import terminal_job
 from ..errors import UserError
 
@@ -80,7 +80,7 @@ def run_train(args) -> int:
     from ..tasks.conditional_gan import train_conditional_gan
     from ..tasks.gan import train_gan
 
-    check_output(args.out, args.overwrite)
+    args.out = str(check_model_output(args.out, args.overwrite))
     if args.labels is not None and len(args.labels) != len(args.images):
         raise UserError(f"Got {len(args.labels)} label maps for {len(args.images)} images; give one per image.")
     images = [read_image(p) for p in args.images]

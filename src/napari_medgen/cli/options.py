@@ -42,13 +42,24 @@ def add_common(p) -> None:
 
 def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None, neither: str = "") -> None:
     """``--seconds`` and ``--steps``: the training budget every trainer takes (whichever ends first);
-    ``neither`` says what a run without either does, when that is not "no limit"."""
-    p.add_argument("--seconds", type=float, default=seconds,
+    ``neither`` says what a run without either does, when that is not "no limit".  A default in seconds
+    applies only when ``--steps`` is not given (:func:`budget_defaults`): ``--steps`` alone is a budget in steps,
+    which a seeded run repeats exactly."""
+    shown = f"{seconds:g}, or none when --steps is given" if seconds is not None else neither or "no time limit"
+    p.add_argument("--seconds", type=float, default=None,
                    help="training budget in seconds of wall time; training stops at whichever of --seconds/--steps "
-                        f"ends first (default: {seconds if seconds is not None else neither or 'no time limit'})")
+                        f"ends first (default: {shown})")
     p.add_argument("--steps", type=int, default=steps,
-                   help="training budget in optimizer steps "
+                   help="training budget in optimizer steps; with --steps alone (no --seconds) the run is "
+                        "reproducible: the same seed gives the same model on the same machine "
                         f"(default: {steps if steps is not None else neither or 'no step limit'})")
+    p.set_defaults(default_seconds=seconds)
+
+
+def budget_defaults(args) -> None:
+    """The default ``--seconds`` of a verb when neither ``--seconds`` nor ``--steps`` was given."""
+    if getattr(args, "default_seconds", None) is not None and args.seconds is None and args.steps is None:
+        args.seconds = args.default_seconds
 
 
 def add_window(p, default: str) -> None:
@@ -80,12 +91,12 @@ def check_output(path: "str | os.PathLike", overwrite: bool) -> None:
 
 
 def check_model_output(path: "str | os.PathLike", overwrite: bool) -> Path:
-    """:func:`check_output` for a model file, whose name must end with ``.medgen.pt``."""
-    from ..errors import UserError
+    """:func:`check_output` for a model file; ``.medgen.pt`` is appended to a name without it (as the
+    panels' Save model does), so every trainer writes a file the loaders recognise."""
     from ..models.checkpoint import SUFFIX
 
     p = Path(path)
     if not p.name.endswith(SUFFIX):
-        raise UserError(f"The model file name must end with {SUFFIX}.")
+        p = p.with_name(p.name + SUFFIX)
     check_output(p, overwrite)
     return p

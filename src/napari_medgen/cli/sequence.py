@@ -7,10 +7,11 @@ relative to the folder) and ``target`` (class name or number); an optional
 from __future__ import annotations
 
 import csv
+import sys
 import warnings
 from pathlib import Path
 
-from .options import add_budget, add_common, add_table, check_output, existing, table_of
+from .options import add_budget, add_common, add_table, check_model_output, check_output, existing, table_of
 from .progress import terminal_job
 from ..errors import UserError
 
@@ -108,7 +109,7 @@ def run_train(args) -> int:
     from ..io import read_image
     from ..tasks.sequence import train_sequence_model
 
-    check_output(args.out, args.overwrite)
+    args.out = str(check_model_output(args.out, args.overwrite))
     rows = read_table(Path(args.folder), Path(table_of(args)))
     seqs = [read_sequence(r["file"])[0] for r in rows]
     regions = [read_image(r["region"]).data if r["region"] else None for r in rows]
@@ -130,17 +131,24 @@ def run_train(args) -> int:
 def run_predict(args) -> int:
     from ..io import read_image
     from ..tasks.sequence import load_sequence_model, predict_sequence
+    from . import USER_ERRORS
 
     if args.curves:
         check_output(args.curves, args.overwrite)
     model = load_sequence_model(args.model)
     region = read_image(args.region).data if args.region else None
-    results, lines = [], []
+    results, lines, failed = [], [], []
     with terminal_job("sequence-predict", args.quiet) as job:
         for path in args.inputs:
-            data, (step, unit) = read_sequence(path)
-            results.append((path, step, unit, predict_sequence(model, data, region, device=args.device,
-                                                               progress=job)))
+            try:
+                data, (step, unit) = read_sequence(path)
+                results.append((path, step, unit, predict_sequence(model, data, region, device=args.device,
+                                                                   progress=job)))
+            except USER_ERRORS as err:
+                if len(args.inputs) == 1:
+                    raise
+                failed.append(path)
+                print(f"napari-medgen: skipping {path}: {err}", file=sys.stderr)
     for path, step, unit, res in results:
         answer = (f"{res.label} ({res.probabilities[res.label]:.0%})" if res.label is not None
                   else f"{res.value:.4g}")
@@ -150,11 +158,13 @@ def run_predict(args) -> int:
         seconds = SECONDS_PER.get(unit)  # None: frames without a time step
         lines += [[str(path), k, "" if seconds is None else f"{k * step * seconds:g}", f"{c:.6g}", f"{s:.6g}"]
                   for k, (c, s) in enumerate(zip(res.curve, res.signal))]
-    if args.curves:
+    if args.curves and results:
         Path(args.curves).parent.mkdir(parents=True, exist_ok=True)
         with open(args.curves, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["file", "frame", "time_s", results[0][3].curve_name, "signal"])
             w.writerows(lines)
         print(f"saved {args.curves}")
-    return 0
+    if failed:
+        print(f"napari-medgen: {len(failed)} of {len(args.inputs)} inputs failed.", file=sys.stderr)
+    return 1 if failed else 0

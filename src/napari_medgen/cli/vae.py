@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_budget, add_common, add_window, check_output, existing, window_of
+from .options import add_budget, add_common, add_window, check_model_output, check_output, existing, window_of
 from .progress import terminal_job
 from ..errors import UserError
 
@@ -133,7 +133,7 @@ def _training_data(args):
 def run_train(args) -> int:
     from ..tasks.vae_training import train_vae
 
-    check_output(args.out, args.overwrite)
+    args.out = str(check_model_output(args.out, args.overwrite))
     if args.diffusion < 0:
         raise UserError(f"The diffusion budget must be 0 (none) or more seconds (got {args.diffusion:g}).")
     images, masks = _training_data(args)

@@ -135,13 +135,16 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
     """Train ``task`` within ``budget``; the best weights end up in its networks, on the CPU.
 
     Validation runs every ``val_every`` steps or ``val_seconds`` seconds, whichever comes
-    first, and once at the end.  ``patience`` validations without an improvement of more
+    first, and once at the end; a budget in steps alone validates by steps only (every
+    ``val_every``, by default a tenth of the steps), so a seeded run gives the same weights again.  ``patience`` validations without an improvement of more
     than ``min_delta`` stop the run early.  Returns the history (keys :data:`HISTORY_KEYS`
     plus one list per loss the task returns and ``val_<name>``-free extras it adds).
     """
     job = Job.of(progress, stop, cancel)
     dev = select_device(device)
     main = is_main_process()
+    if budget.seconds is None and budget.steps:  # no clock decides anything
+        val_every, val_seconds = val_every or max(1, budget.steps // 10), math.inf
     history = {"step": [], "loss": [], "val_step": [], "val_metric": [], "best_step": None,
                "best_metric": None, "returned": "", "stopped": False, "stop_reason": "", "seconds": 0.0,
                "world_size": world_size(), "device": str(dev), "events": []}

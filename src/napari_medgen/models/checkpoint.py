@@ -10,6 +10,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -21,6 +24,23 @@ from .config import CONFIG_VERSION, ModelConfig, NetSpec, Task
 FORMAT = "napari-medgen"
 SUFFIX = ".medgen.pt"
 MAX_PARAMETERS = 500_000_000  # a config asking for more is refused before anything is allocated
+
+
+def is_torchscript(path: "str | os.PathLike") -> bool:
+    """True for a TorchScript archive (a zip with a ``code/`` folder), found without loading it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/")[1:2] == ["code"] for n in z.namelist())
+    except (OSError, zipfile.BadZipFile, IndexError):
+        return False
+
+
+def load_plain(path: "str | os.PathLike"):
+    """``torch.load`` of tensors and plain containers only: a file holding objects or code is an error, never run
+    (torch's hint to call ``torch.jit.load`` on a TorchScript file is silenced: users are told in words)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TorchScript.*")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class ModelFileError(UserError):
@@ -57,6 +77,7 @@ class Model:
 
     def __init__(self, config: ModelConfig, networks: dict | None = None):
         self.config = config
+        self.saved: dict = {}  # {"by": napari-medgen version, "at": UTC time} of the file it was loaded from
         self.networks = networks if networks is not None else {
             name: build_network(spec) for name, spec in config.networks.items()}
 
@@ -86,7 +107,11 @@ class Model:
         """Write the checkpoint atomically (temporary file, then rename)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
+        from .. import __version__
+
+        self.saved = {"by": f"napari-medgen {__version__}", "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         payload = {"format": FORMAT, "version": CONFIG_VERSION, "config": json.dumps(self.config.to_dict()),
+                   "saved": dict(self.saved),
                    "networks": {k: {n: t.detach().cpu() for n, t in v.state_dict().items()}
                                 for k, v in self.networks.items()}}
         tmp = p.with_name(p.name + ".partial")
@@ -104,9 +129,11 @@ class Model:
         if not p.is_file():
             raise ModelFileError(f"Model file {p} does not exist.")
         try:
-            payload = torch.load(p, map_location="cpu", weights_only=True)
+            payload = load_plain(p)
         except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file
-            raise NotAModelFileError(f"{p.name} is not a napari-medgen model file ({type(err).__name__}).") from None
+            what = "a TorchScript file (a program, not a napari-medgen model file)" if is_torchscript(p) else \
+                f"not a napari-medgen model file ({type(err).__name__})"
+            raise NotAModelFileError(f"{p.name} is {what}.") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise NotAModelFileError(f"{p.name} is not a napari-medgen model file.")
         if "config" not in payload or not isinstance(payload.get("networks"), dict):
@@ -121,6 +148,8 @@ class Model:
         if expect is not None and config.task != Task(expect):
             raise ModelFileError(f"{p.name} is a {config.task} model, not a {Task(expect)} model.")
         model = cls(config)
+        saved = payload.get("saved")
+        model.saved = {k: str(v) for k, v in saved.items()} if isinstance(saved, dict) else {}
         for name, net in model.networks.items():
             try:
                 net.load_state_dict(payload["networks"][name])
@@ -132,4 +161,14 @@ class Model:
 
 def as_model(model, expect: "Task | str") -> "Model":
     """``model`` itself, or the model file it names, checked to be an ``expect`` model (never unpickled)."""
-    return Model.load(model, expect=expect) if isinstance(model, (str, os.PathLike)) else model
+    if isinstance(model, (str, os.PathLike)):
+        return Model.load(model, expect=expect)
+    not_a_model(model)
+    return model
+
+
+def not_a_model(model) -> None:
+    """One sentence for an object that is neither a :class:`Model` nor a file name (a bare network, a dict)."""
+    if not isinstance(model, Model):
+        raise ModelFileError(f"Give a napari-medgen Model or a model file, not a {type(model).__name__}: a bare "
+                             "network says nothing of its classes, spacing or intensity normalisation.")

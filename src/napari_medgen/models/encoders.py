@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .checkpoint import load_plain
 from .config import NetSpec
 
 FEATURES = 16  # channels of the body's output map
@@ -148,7 +149,7 @@ def _load_model(name: str):
 def _state_dict_file(path: Path, spatial_dims: int) -> tuple[dict, dict, str]:
     """A MONAI UNet state dict saved with ``torch.save(net.state_dict())``; the architecture from its shapes."""
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = load_plain(path)
     except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file
         raise UserError(f"{path.name} is not a weights file ({type(err).__name__}).") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):

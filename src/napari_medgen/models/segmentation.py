@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import SUFFIX, Model, ModelFileError, NotAModelFileError, build_network
+from .checkpoint import (SUFFIX, Model, ModelFileError, NotAModelFileError, build_network, is_torchscript, load_plain,
+                         not_a_model)
 from .config import ModelConfig, NetSpec, SegmentationParams, Task
 from .palette import PALETTE
 from ..errors import UserError
@@ -110,6 +111,8 @@ def load_segmentation_model(model: "Model | str | os.PathLike", *, allow_code: b
         if model.task != Task.SEGMENTATION:
             raise ModelFileError(f"'{model.name}' is a {model.task or 'untyped'} model, not a segmentation model.")
         return model
+    if not isinstance(model, (str, os.PathLike)):
+        not_a_model(model)
     key = str(model)
     if key in BUILTIN:
         if not BUILTIN[key].is_file():
@@ -130,15 +133,6 @@ def load_segmentation_model(model: "Model | str | os.PathLike", *, allow_code: b
             raise
         raise NotAModelFileError(f"{p.name} is not a model file napari-medgen can read (expected {SUFFIX}, "
                                  "a MONAI bundle folder or TorchScript).") from None
-
-
-def is_torchscript(path: "str | os.PathLike") -> bool:
-    """True for a TorchScript archive (a zip with a ``code/`` folder), found without loading it."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.split("/")[1:2] == ["code"] for n in z.namelist())
-    except (OSError, zipfile.BadZipFile, IndexError):
-        return False
 
 
 # --- MONAI bundles -----------------------------------------------------------------------------
@@ -187,7 +181,7 @@ def _load_bundle(folder: Path) -> Model:
     spec = NetSpec(arch, args)
     net = build_network(spec)
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)  # never unpickles code
+        state = load_plain(weights)  # never unpickles code
     except Exception as err:  # noqa: BLE001 - a pickle with objects, TorchScript, junk
         raise ModelFileError(f"{folder.name}/models/model.pt is not a plain weights file "
                              f"({type(err).__name__}); napari-medgen does not unpickle objects.") from None

@@ -20,6 +20,7 @@ import os
 import time
 
 import numpy as np
+import torch
 from scipy import ndimage, special
 
 from ..data.annotations import IGNORE, AnnotationError, Targets, make_targets
@@ -163,6 +164,7 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     t = make_targets(lab, axis=0 if flat else axis, slices=slices, sparse=sparse, background_label=background_label)
     dev = select_device(device)
     size = "cuda" if dev.type == "cuda" else "cpu"
+    torch.manual_seed(seed)  # a fresh network's first weights come from the seed too
     net_model, fresh = start_model(model, max(t.classes) + 1, img[0] if flat else img, axis=t.axis,
                                    modality=modality, spacing=None if flat else spacing, context=context, size=size)
     listed = not (isinstance(slices, str) and slices == "auto")  # slice numbers the user gave, in their axes
