@@ -261,3 +261,32 @@ def test_slices_listed_by_the_user_are_taken_in_their_own_axes(brain, tissue):
     ann[[40, 50, 60]] = np.transpose(tissue.data, order)[[40, 50, 60]]
     _, history = finetune("brain-tissue-2d", stored, ann, slices=[40, 50, 60], **{**FAST, "steps": 2})
     assert history["axis"] == 0 and history["slices"] == [40, 50, 60]
+
+
+def test_a_seeded_run_in_steps_repeats_exactly(trained, brain):
+    """The same call twice (budget in steps, seed 0) gives the same model: a fresh network's first weights
+    were drawn before the seed was set, and validation was timed by the clock."""
+    model, history, ann, _ = trained
+    again, h2 = finetune(None, brain, ann, **{**FAST, "steps": 40})
+    assert h2["val_step"] == history["val_step"] and h2["best_step"] == history["best_step"]
+    assert all(torch.equal(v, again.net.state_dict()[k]) for k, v in model.net.state_dict().items())
+
+
+def test_a_project_folder_resumes_and_is_never_overwritten(brain, painted, tmp_path):
+    """The panel's project folder promised resuming; a new session wrote round 1 again over the old one."""
+    from napari_medgen.errors import UserError
+    from napari_medgen.tasks.finetune_round import open_project, train_round
+
+    kw = {**FAST, "steps": 2}
+    train_round(brain, painted, small_unet(), project=tmp_path, round_index=1, **kw)
+    first = (tmp_path / "model_round01.medgen.pt").read_bytes()
+    _, history, _ = train_round(brain, painted, small_unet(), project=tmp_path, round_index=1, **kw)  # next day
+    assert history["round"] == 2 and (tmp_path / "model_round01.medgen.pt").read_bytes() == first
+    last, model_file, annotations = open_project(tmp_path, brain)
+    assert last == 2 and model_file == tmp_path / "model_round02.medgen.pt"
+    assert np.array_equal(annotations.data, painted) and annotations.geometry.same_grid(brain.geometry)
+    other = ImageData(brain.data[:, :, :50], brain.geometry)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(UserError, match="holds the rounds of another image"):
+        train_round(other, painted[:, :, :50], small_unet(), project=tmp_path, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == files

@@ -139,3 +139,22 @@ def test_advanced_controls_say_what_they_do_and_fit(make_napari_viewer):
     # in a 440 px panel the style box gets ~250 px and the project line ~190 px: their texts must not be cut
     assert widget.painting.sizeHint().width() <= 200
     assert widget.project.fontMetrics().horizontalAdvance(widget.project.placeholderText()) <= 150
+
+
+def test_choosing_a_project_folder_resumes_its_last_round(make_napari_viewer, brain, tissue, tmp_path):
+    from napari_medgen.tasks.finetune_round import train_round
+
+    painted = np.zeros_like(tissue.data)
+    painted[PAINTED] = tissue.data[PAINTED]
+    small = Model(segmentation_config("small", 4, channels=(8, 16, 32), strides=(2, 2), num_res_units=1))
+    train_round(brain, painted, small, project=tmp_path, steps=2, seconds=None, patch_size=(64, 64), device="cpu")
+    viewer = make_napari_viewer()
+    viewer.add_image(brain.data, name="T1", **brain.geometry.layer_kwargs())
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.project.setText(str(tmp_path))
+    widget.resume_project()
+    layer = widget.labels.value
+    assert layer.name == "T1 annotations (round 1)" and np.array_equal(layer.data, painted)
+    assert widget.start.currentText() == str(tmp_path / "model_round01.medgen.pt") and widget.round == 1
+    assert "Train (round 2)" in widget.summary.text()

@@ -9,6 +9,7 @@ from them.  The user's layers are only changed by "Accept slice", one undo step 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import napari
@@ -19,10 +20,11 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLin
 
 from ..data.interpolate import interpolate_labels
 from ..engine.jobs import ProgressEvent
+from ..errors import UserError
 from ..io import Geometry, ImageData
 from ..models.segmentation import builtin_models, class_colors, class_names
 from ..tasks.finetune import FRESH
-from ..tasks.finetune_round import train_round
+from ..tasks.finetune_round import open_project, train_round
 from ..tasks.uncertainty import rank_slices
 from ._layers import OUTPUT_KEY, edited, row, set_output, show_result
 from ._panel import Note, Panel
@@ -81,7 +83,9 @@ class FinetuneWidget(Panel):
         self.project = QLineEdit()
         self.project.setPlaceholderText("optional folder")
         self.project.setToolTip("Optional: a folder where each round's model and annotations are saved "
-                                "automatically, so a session can be resumed or reviewed.")
+                                "automatically. Choosing a folder that holds rounds resumes its last one: its "
+                                "annotations as a new layer, its model as the start.")
+        self.project.editingFinished.connect(self.resume_project)
         folder = QPushButton("Folder...")
         folder.clicked.connect(self._browse_project)
         project_row = QHBoxLayout()
@@ -245,7 +249,7 @@ class FinetuneWidget(Panel):
 
     def _trained(self, result: tuple) -> None:
         model, history, prediction = result
-        self.model, self.round = model, self.round + 1
+        self.model, self.round = model, history["round"]
         self.resume.setEnabled(True)
         self.resume.setChecked(True)
         self._prediction_layer(prediction)
@@ -390,3 +394,27 @@ class FinetuneWidget(Panel):
         path = QFileDialog.getExistingDirectory(self, "Project folder")
         if path:
             self.project.setText(path)
+            self.resume_project()
+
+    def resume_project(self) -> None:
+        """Resume the project folder's last round: its annotations as a new layer, its model as the start."""
+        folder, img = self.project.text().strip(), self.image.value
+        if not folder or img is None:
+            return
+        geo = Geometry.from_layer(img)
+        try:
+            last, model_file, annotations = open_project(folder, ImageData(np.asarray(img.data), geo, img.name))
+        except UserError as err:
+            show_error(str(err))
+            return
+        if not last or last <= self.round:
+            return
+        layer = self.viewer.add_labels(annotations.data, name=f"{img.name} annotations (round {last})",
+                                       scale=img.scale, translate=img.translate, affine=img.affine)
+        self.labels.value = layer
+        self.start.addItem(str(model_file))
+        self.start.setCurrentText(str(model_file))
+        self.resume.setChecked(False)
+        self.round = last
+        self.summary.setText(f"Resumed {Path(folder).name}: round {last}'s annotations and model; paint more, then "
+                             f"Train (round {last + 1}).")

@@ -1,34 +1,65 @@
 """One round of the fine-tune loop (the Fine-tune panel's Train): autosave the painting in a project folder,
-fine-tune, complete the painting, autosave the model and its history."""
+fine-tune, complete the painting, autosave the model and its history; and resuming a project folder another
+day (:func:`open_project`: its last round's model and annotations, checked to be of the same image)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..engine.jobs import Job
-from ..io import ImageData, write_image
+from ..errors import UserError
+from ..io import ImageData, read_image, write_image
 from .finetune import complete_labels, finetune
 
 PREVIEW_EVERY = 5.0  # seconds between live previews of the prediction while training
+ROUND_FILE = re.compile(r"model_round(\d+)\.medgen\.pt")
+
+
+def saved_rounds(project) -> list[int]:
+    """The round numbers whose model ``project`` holds, in order (none for a missing or empty folder)."""
+    folder = Path(project) if project else None
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for f in folder.iterdir() if (m := ROUND_FILE.fullmatch(f.name)))
+
+
+def open_project(project, image: ImageData) -> tuple[int, Optional[Path], Optional[ImageData]]:
+    """``(last round, its model file, its annotations)`` saved in ``project`` (``(0, None, None)`` when it holds
+    none), refused in one sentence when that round's annotations are not on ``image``'s voxel grid."""
+    rounds = saved_rounds(project)
+    if not rounds:
+        return 0, None, None
+    folder, last = Path(project), rounds[-1]
+    annotations = read_image(folder / f"annotations_round{last:02d}.nii.gz")
+    if annotations.data.shape != np.shape(image.data) or not annotations.geometry.same_grid(image.geometry):
+        raise UserError(f"The project folder {folder.name} holds the rounds of another image (its annotations are "
+                        f"{'x'.join(map(str, annotations.data.shape))} voxels on another grid); choose another "
+                        "folder for this image.")
+    return last, folder / f"model_round{last:02d}.medgen.pt", annotations
 
 
 def train_round(image: ImageData, labels: np.ndarray, start, *, project: Optional[str] = None,
                 round_index: int = 1, axis: Optional[int] = None, device: str = "auto", sparse: bool = False,
                 background_label: Optional[int] = None, progress=None, stop=None, **options) -> tuple:
     """One round of the loop: autosave the annotations, fine-tune, complete the painting, autosave
-    the model.  Returns ``(model, history, prediction)``."""
+    the model.  Returns ``(model, history, prediction)``.  A ``project`` folder that holds another image's rounds
+    is refused before anything is written; the rounds saved there before are never overwritten (the round is
+    numbered after them)."""
     job = Job.of(progress, stop)
     folder = Path(project) if project else None
     if folder is not None:
+        round_index = max(round_index, open_project(folder, image)[0] + 1)
         write_image(folder / f"annotations_round{round_index:02d}.nii.gz", labels, image.geometry, overwrite=True)
     model, history = finetune(start, image, labels, axis=axis, device=device, sparse=sparse,
                               background_label=background_label, preview_every=PREVIEW_EVERY, progress=job, **options)
     job.report(1, 1, "completing the painting")
     prediction = complete_labels(model, image, labels, sparse=sparse, background_label=background_label,
                                  device=device)
+    history["round"] = round_index
     if folder is not None:
         model.save(folder / f"model_round{round_index:02d}.medgen.pt")
         summary = {k: v for k, v in history.items() if k not in ("step", "loss", "pseudo_loss")}
