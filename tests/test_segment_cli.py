@@ -102,6 +102,11 @@ def test_batch_skips_label_files_resumes_and_splits_into_parts(slab, tmp_path, c
     err = capsys.readouterr().err
     assert "skipping 3 label files" in err and "a_mask.nii.gz" in err
     assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == ["b_seg.nii.gz"]  # part 1 of 2: the 2nd file
+    # scans whose names only contain the letters (Seguin, brain_masked) are scans, not label files
+    from napari_medgen.cli.segment import find_cases
+    for name in ("Seguin_T1.nii.gz", "T1_brain_masked.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+        assert find_cases(str(tmp_path / name.replace("_", "?")))[0] == [tmp_path / name]
     first = (out / "b_seg.nii.gz").stat().st_mtime_ns
     # the whole batch again: the finished output is kept, the rest is done, each input once in the summary
     assert main(["segment", str(folder), str(out), "-q"]) == 0
@@ -110,7 +115,8 @@ def test_batch_skips_label_files_resumes_and_splits_into_parts(slab, tmp_path, c
     with open(out / "segment_summary.csv") as fh:
         rows = {r["input"]: r["status"] for r in csv.DictReader(fh)}
     assert rows == {str(folder / "a.nii.gz"): "written", str(folder / "b.nii.gz"): "exists",
-                    str(folder / "c.nii.gz"): "written"}
+                    str(folder / "c.nii.gz"): "written", **{str(folder / n): "skipped" for n in
+                                                         ("a_mask.nii.gz", "b_seg.nii.gz", "Labels01.nii.gz")}}
     assert (out / "segment_summary.part1of2.csv").is_file()
     assert main(["segment", str(folder), str(out), "--num-parts", "2", "--part-id", "2"]) == 2
     assert "--part-id must be between 0 and 1" in capsys.readouterr().err

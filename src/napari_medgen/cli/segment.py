@@ -17,7 +17,9 @@ from pathlib import Path
 from .options import add_common, check_output, existing
 from ..errors import UserError
 
-LABEL_FILE = re.compile(r"label|mask|seg", re.IGNORECASE)  # label maps, masks and our own outputs
+# label maps, masks and our own outputs: label/mask/seg as a word of the name (t1_seg, Labels01, brainmask, aseg),
+# not inside one (Seguin_T1, brain_masked, Delabel)
+LABEL_FILE = re.compile(r"(?:^|[^a-z])(?:labels?|[a-z]*masks?|(?:a|d|prob)?seg(?:mentation)?s?)(?:[^a-z]|$)", re.IGNORECASE)
 SUMMARY_FIELDS = ("input", "output", "status", "seconds", "rank", "message")
 PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # 2D images (X-ray exports) in a batch folder
 
@@ -203,6 +205,9 @@ def run(args) -> int:
                 print(f"napari-medgen: skipping {case.name}: {err}", file=sys.stderr)
         for row in rows:
             row["rank"] = dist.rank()
+        if dist.is_main_process():  # in the summary too, so a skipped scan is seen there
+            rows += [{"input": str(p), "status": "skipped", "message": "a label file, by its name (label, mask or seg)"}
+                     for p in label_files]
         if to_file:
             for row in rows:
                 print(row["output"])
@@ -225,7 +230,7 @@ def _report(rows: list[dict], summary: Path, main: bool) -> int:
             print(f"napari-medgen: {done} outputs already existed and were kept (use --overwrite to redo them).",
                   file=sys.stderr)
         if failed:
-            n_inputs = len({r["input"] for r in rows})
+            n_inputs = len({r["input"] for r in rows if r["status"] != "skipped"})
             print(f"napari-medgen: {len(failed)} of {n_inputs} inputs failed:", file=sys.stderr)
             for row in failed:
                 print(f"  {row['input']}: {row['message']}", file=sys.stderr)
