@@ -43,7 +43,8 @@ def test_train_then_classify_with_heatmaps(folder, tmp_path, capsys):
     assert main(["classify", *files, "-m", str(model), "--out", str(out), "--heatmaps", str(tmp_path / "hm"),
                  "--quiet"]) == 0
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["file", "label", "T1", "T2"] and len(rows) == 3
+    assert rows[0] == ["file", "label", "T1", "T2", "model"] and len(rows) == 3
+    assert all(r[4].startswith("clf.medgen.pt (saved ") for r in rows[1:])  # which model made each row
     assert all(r[1] in ("T1", "T2") and abs(float(r[2]) + float(r[3]) - 1) < 1e-4 for r in rows[1:])
     hm, src = read_image(tmp_path / "hm" / "s25_heatmap.nii.gz"), read_image(folder / "s25.nii.gz")
     assert hm.data.shape == src.data.shape and hm.geometry.same_grid(src.geometry)

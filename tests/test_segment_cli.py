@@ -147,3 +147,23 @@ def test_inputs_of_one_name_get_outputs_of_their_own(slab, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").glob("*_seg.nii.gz")) == [
         "p1_t1_seg.nii.gz", "t1_nii_gz_seg.nii.gz", "t1_nii_seg.nii.gz"]
     assert read_image(tmp_path / "out" / "t1_nii_seg.nii.gz").data.shape[0] == 12  # each from its own input
+
+
+def test_kept_outputs_of_another_model_are_named_and_said(slab, tmp_path, capsys):
+    """A batch re-run with a retrained model kept the first model's outputs and said only 'kept'."""
+    from napari_medgen import Model, segmentation_config
+
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (folder / name).write_bytes(slab.read_bytes())
+    model = tmp_path / "mine.medgen.pt"
+    Model(segmentation_config("mine", 4, channels=(4, 8), strides=(2,))).save(model)
+    assert main(["segment", str(folder), str(tmp_path / "out"), "-m", str(model), "-q"]) == 0
+    with open(tmp_path / "out" / "segment_summary.csv") as fh:
+        row = list(csv.DictReader(fh))[0]
+    assert row["model"].startswith("mine.medgen.pt (saved ") and row["status"] == "written"
+    capsys.readouterr()
+    assert main(["segment", str(folder), str(tmp_path / "out"), "-q"]) == 0  # the built-in model now
+    err = capsys.readouterr().err
+    assert "kept outputs were made by another model (mine.medgen.pt (saved " in err and "--overwrite" in err

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .options import (add_budget, add_common, add_table, add_window, check_model_output, check_output, existing,
-                      table_of, window_of)
+                      model_identity, table_of, window_of)
 from ..errors import UserError
 
 
@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
 
     c = sub.add_parser("classify", help="classify images; writes a CSV of class probabilities",
                        description="Classify image files, DICOM folders or folders of images with a trained "
-                                   "classifier; one CSV row per image (file, label, one column per class). "
+                                   "classifier; one CSV row per image (file, label, one column per class, the model). "
                                    "Files already listed in the --out CSV (or in its part files) are kept unless "
                                    "--overwrite, so an interrupted or split run resumes.",
                        epilog="example:\n  napari-medgen classify new_scans/ --model sorter.medgen.pt --out "
@@ -111,7 +111,8 @@ def run_classify(args) -> int:
 
     out = Path(args.output)
     model = load_classifier(args.model)
-    header = ["file", "label", *(str(c) for c in model.params.classes)]
+    args.model_identity = model_identity(model, args.model)
+    header = ["file", "label", *(str(c) for c in model.params.classes), "model"]
     cases = [c for spec in args.inputs for c in find_cases(spec)[0]]
     args.case_names = case_names(cases)  # heatmap names that two inputs never share
     target = out if args.num_parts == 1 else out.with_name(f"{_stem(out)}.part{args.part_id}of{args.num_parts}.csv")
@@ -152,6 +153,10 @@ def run_classify(args) -> int:
             if n_kept:
                 print(f"napari-medgen: {n_kept} inputs were already classified in earlier runs and were kept "
                       "(use --overwrite to redo them).", file=sys.stderr)
+            stale = sorted({r["model"] for case in cases for r in _rows_of(case, kept)} - {"", args.model_identity})
+            if stale:
+                print(f"napari-medgen: warning: kept rows were made by another model ({', '.join(stale)}); use "
+                      "--overwrite to redo them with this one.", file=sys.stderr)
             if failed:
                 print(f"napari-medgen: {len(failed)} of {len(cases)} inputs failed.", file=sys.stderr)
     return 1 if failed else 0
@@ -205,7 +210,7 @@ def _classify_case(case: Path, model, args, label: str, quiet: bool) -> list[dic
         with terminal_job(label, quiet=quiet) as job:
             r = classify(model, img, heatmap=bool(args.heatmaps), device=args.device, progress=job)
         rows.append({"file": str(case) if case.is_file() else f"{case}/{img.name}", "label": r.label,
-                     **{str(k): f"{p:.6f}" for k, p in r.probabilities.items()}})
+                     **{str(k): f"{p:.6f}" for k, p in r.probabilities.items()}, "model": args.model_identity})
         if args.heatmaps:
             name = args.case_names[case] + (f"_{img.name}" if len(images) > 1 else "")
             heatmap = Path(args.heatmaps) / f"{name}_heatmap.nii.gz"

@@ -100,3 +100,11 @@ def check_model_output(path: "str | os.PathLike", overwrite: bool) -> Path:
         p = p.with_name(p.name + SUFFIX)
     check_output(p, overwrite)
     return p
+
+
+def model_identity(model, given) -> str:
+    """Which model made a result, for the tables a batch writes: the name given and, when its file says, when it
+    was saved (a retrained model of the same file name is another model)."""
+    name = Path(str(given)).name
+    saved = getattr(model, "saved", None) or {}
+    return f"{name} (saved {saved['at']})" if saved.get("at") else name

@@ -8,19 +8,20 @@ even for one image.
 """
 from __future__ import annotations
 
+import csv
 import glob
 import re
 import sys
 import time
 from pathlib import Path
 
-from .options import add_common, check_output, existing
+from .options import add_common, check_output, existing, model_identity
 from ..errors import UserError
 
 # label maps, masks and our own outputs: label/mask/seg as a word of the name (t1_seg, Labels01, brainmask, aseg),
 # not inside one (Seguin_T1, brain_masked, Delabel)
 LABEL_FILE = re.compile(r"(?:^|[^a-z])(?:labels?|[a-z]*masks?|(?:a|d|prob)?seg(?:mentation)?s?)(?:[^a-z]|$)", re.IGNORECASE)
-SUMMARY_FIELDS = ("input", "output", "status", "seconds", "rank", "message")
+SUMMARY_FIELDS = ("input", "output", "status", "seconds", "model", "rank", "message")
 PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # 2D images (X-ray exports) in a batch folder
 
 
@@ -163,7 +164,7 @@ def _segment_case(case: Path, case_name: str, out: Path, model, args, single: bo
         with terminal_job(label, quiet=quiet) as job:
             labels = segment(img, model, axis=args.axis, device=args.device, tta=args.tta, progress=job)
         write_image(target, labels, img.geometry, overwrite=args.overwrite)
-        rows.append({"input": str(case), "output": str(target), "status": "written",
+        rows.append({"input": str(case), "output": str(target), "status": "written", "model": args.model_identity,
                      "seconds": f"{time.monotonic() - t0:.2f}"})
     return rows
 
@@ -180,6 +181,7 @@ def run(args) -> int:
     single = len(cases) == 1  # one input: its error is the command's error
     to_file = single and _output_path(out, "", True) == out  # else OUTPUT is a folder and gets the summary
     model = load_segmentation_model(args.model, allow_code=args.allow_torchscript)
+    args.model_identity = model_identity(model, args.model)
     with dist.session(args.device) as device:
         args.device = device
         if label_files:
@@ -203,19 +205,36 @@ def run(args) -> int:
                     raise
                 rows.append({"input": str(case), "status": "failed", "message": str(err)})
                 print(f"napari-medgen: skipping {case.name}: {err}", file=sys.stderr)
+        earlier = _earlier_models(out)
         for row in rows:
             row["rank"] = dist.rank()
+            if row["status"] == "exists":  # made by whichever model the earlier summary names
+                row["model"] = earlier.get(row["output"], "")
+        stale = sorted({r["model"] for r in rows if r["status"] == "exists"} - {"", args.model_identity})
+        if stale and dist.is_main_process():
+            print(f"napari-medgen: warning: kept outputs were made by another model ({', '.join(stale)}); use "
+                  "--overwrite to redo them with this one.", file=sys.stderr)
         if dist.is_main_process():  # in the summary too, so a skipped scan is seen there
             rows += [{"input": str(p), "status": "skipped", "message": "a label file, by its name (label, mask or seg)"}
                      for p in label_files]
         if to_file:
             for row in rows:
-                print(row["output"])
+                if row.get("output"):
+                    print(row["output"])
             return 0
         name = "segment_summary.csv" if args.num_parts == 1 else \
             f"segment_summary.part{args.part_id}of{args.num_parts}.csv"
         rows = dist.merge_summary(rows, out / name, SUMMARY_FIELDS)
         return _report(rows, out / name, dist.is_main_process())
+
+
+def _earlier_models(out: Path) -> dict[str, str]:
+    """``{output: model}`` from the summary an earlier run left in ``out`` (empty when there is none)."""
+    try:
+        with open(out / "segment_summary.csv", newline="", encoding="utf-8") as fh:
+            return {r["output"]: r.get("model") or "" for r in csv.DictReader(fh) if r.get("output")}
+    except (OSError, csv.Error, KeyError):
+        return {}
 
 
 def _report(rows: list[dict], summary: Path, main: bool) -> int:
