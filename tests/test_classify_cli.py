@@ -113,3 +113,17 @@ def test_parts_classify_each_file_once_and_a_plain_run_merges_them(folder, tmp_p
     assert (folder / "labels.csv").read_text() == before
     assert main(["classify", files[0], "-m", str(model), "-o", str(out), "--num-parts", "2", "--part-id", "2"]) == 2
     assert "--part-id must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_seeded_run_in_steps_gives_the_same_model(folder, tmp_path):
+    """--seed is every trainer's (classify-train had none), and --steps alone repeats exactly."""
+    import torch
+
+    def trained(name, seed):
+        path = tmp_path / name
+        assert main(["classify-train", str(folder), str(folder / "labels.csv"), "-o", str(path), "--steps", "4",
+                     "--size", "32", "32", "--spacing", "7", "--seed", str(seed), "-q"]) == 0
+        return load_classifier(f"{path}.medgen.pt").net.state_dict()  # the suffix is added
+
+    a, b, c = trained("a", 3), trained("b", 3), trained("c", 4)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)

@@ -86,7 +86,7 @@ def run_train(args) -> int:
     files, labels = read_label_csv(table_of(args), args.folder)
     with terminal_job("classify-train", quiet=args.quiet) as job:
         model, history = train_classifier([str(f) for f in files], labels, pretrained=args.pretrained,
-                                          steps=args.steps, seconds=args.seconds, size=args.size,
+                                          steps=args.steps, seconds=args.seconds, seed=args.seed, size=args.size,
                                           spacing=args.spacing, pooling=args.pooling,
                                           normalization=window_of(args),
                                           val_fraction=args.val_fraction, device=args.device,

@@ -50,7 +50,6 @@ def add_parser(sub) -> None:
                    help="continue from the checkpoint an interrupted run left next to --out (default: start afresh)")
     p.add_argument("--checkpoint-every", type=float, default=300.0,
                    help="seconds between checkpoints (written at validations; default 300)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the case split and the training (default 0)")
     add_common(p)
     p.set_defaults(func=run)
 

@@ -84,7 +84,8 @@ def run_train(args) -> int:
     if args.labels is not None and len(args.labels) != len(args.images):
         raise UserError(f"Got {len(args.labels)} label maps for {len(args.images)} images; give one per image.")
     images = [read_image(p) for p in args.images]
-    kw = dict(axis=args.axis, steps=args.steps, seconds=args.seconds, downsample=args.downsample, device=args.device)
+    kw = dict(axis=args.axis, steps=args.steps, seconds=args.seconds, seed=args.seed, downsample=args.downsample,
+              device=args.device)
     with terminal_job("gan-train", args.quiet) as job:
         if args.labels:
             model, history = train_conditional_gan(images, [read_image(p) for p in args.labels], progress=job, **kw)

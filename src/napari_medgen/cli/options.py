@@ -41,7 +41,7 @@ def add_common(p) -> None:
 
 
 def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None, neither: str = "") -> None:
-    """``--seconds`` and ``--steps``: the training budget every trainer takes (whichever ends first);
+    """``--seconds``, ``--steps`` and ``--seed``: the training budget every trainer takes (whichever ends first);
     ``neither`` says what a run without either does, when that is not "no limit".  A default in seconds
     applies only when ``--steps`` is not given (:func:`budget_defaults`): ``--steps`` alone is a budget in steps,
     which a seeded run repeats exactly."""
@@ -53,6 +53,8 @@ def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None,
                    help="training budget in optimizer steps; with --steps alone (no --seconds) the run is "
                         "reproducible: the same seed gives the same model on the same machine "
                         f"(default: {steps if steps is not None else neither or 'no step limit'})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the initial weights, the sampling and the augmentation (default 0)")
     p.set_defaults(default_seconds=seconds)
 
 

@@ -20,7 +20,8 @@ from ..errors import UserError
 
 # label maps, masks and our own outputs: label/mask/seg as a word of the name (t1_seg, Labels01, brainmask, aseg),
 # not inside one (Seguin_T1, brain_masked, Delabel)
-LABEL_FILE = re.compile(r"(?:^|[^a-z])(?:labels?|[a-z]*masks?|(?:a|d|prob)?seg(?:mentation)?s?)(?:[^a-z]|$)", re.IGNORECASE)
+LABEL_FILE = re.compile(r"(?:^|[^a-z])(?:labels?|[a-z]*masks?|(?:a|d|prob)?seg(?:mentation)?s?)(?:[^a-z]|$)",
+                        re.IGNORECASE)
 SUMMARY_FIELDS = ("input", "output", "status", "seconds", "model", "rank", "message")
 PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # 2D images (X-ray exports) in a batch folder
 

@@ -117,7 +117,8 @@ def run_train(args) -> int:
     with terminal_job("sequence-train", args.quiet) as job:
         model, hist = train_sequence_model(seqs, targets, args.task, regions=regions, size=args.size,
                                            names=[r["file"].name for r in rows],
-                                           steps=args.steps, seconds=args.seconds, bidirectional=args.bidirectional,
+                                           steps=args.steps, seconds=args.seconds, seed=args.seed,
+                                           bidirectional=args.bidirectional,
                                            readout=args.readout,
                                            pretrained=args.pretrained, device=args.device,
                                            name=Path(args.out).name.split(".")[0], progress=job)

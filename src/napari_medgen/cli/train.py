@@ -34,7 +34,6 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: 8 on a CPU, 32 on a GPU")
     p.add_argument("--predict", default=None,
                    help="also write the painting completed by the model (painted slices kept) to this file")
-    p.add_argument("--seed", type=int, default=0, help="random seed for sampling and initialisation (default 0)")
     add_common(p)
     p.set_defaults(func=run)
 

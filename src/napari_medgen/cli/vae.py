@@ -138,7 +138,8 @@ def run_train(args) -> int:
         raise UserError(f"The diffusion budget must be 0 (none) or more seconds (got {args.diffusion:g}).")
     images, masks = _training_data(args)
     with terminal_job("vae-train", args.quiet) as job:
-        model, hist = train_vae(images, masks, steps=args.steps, seconds=args.seconds, latent_size=args.latent,
+        model, hist = train_vae(images, masks, steps=args.steps, seconds=args.seconds, seed=args.seed,
+                                latent_size=args.latent,
                                 axis=args.axis, normalization=window_of(args), device=args.device,
                                 name=Path(args.out).name.split(".")[0],
                                 progress=job)
