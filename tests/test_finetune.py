@@ -290,3 +290,20 @@ def test_a_project_folder_resumes_and_is_never_overwritten(brain, painted, tmp_p
     with pytest.raises(UserError, match="holds the rounds of another image"):
         train_round(other, painted[:, :, :50], small_unet(), project=tmp_path, **kw)
     assert sorted(p.name for p in tmp_path.iterdir()) == files
+
+
+def test_continuing_a_model_of_another_modality_says_so():
+    """`train ct.nii.gz --from mri_model` trained silently with the MRI model's normalisation."""
+    from napari_medgen.tasks.model_fit import ModelMismatchWarning
+
+    ct = np.full((6, 64, 64), -1000, np.int16)
+    ct[:, 12:52, 12:52] = 40
+    ct[:, 28:36, 28:36] = 900
+    painted = np.zeros(ct.shape, np.uint8)
+    painted[[1, 4]] = (ct[[1, 4]] > 500).astype(np.uint8)
+    with pytest.warns(ModelMismatchWarning, match="looks like CT in Hounsfield units, but 'brain-tissue-2d' was "
+                                                  "trained on MR images; fine-tuning keeps its intensity"):
+        try:
+            finetune("brain-tissue-2d", ct, painted, steps=2, seconds=None, device="cpu")
+        except NothingLearnedError:  # two steps: the warning came before training, which is what counts here
+            pass

@@ -188,7 +188,7 @@ def classify(model, image, *, target=None, heatmap: bool = True, device="auto",
             result.slice_scores, result.top_slices = _slices(result.heatmap)
         return result
     doubt = modality_doubt(img.data, str(m.config.training.get("modality", "")), m.name, modality_of(img),
-                           "its class is")
+                           "its class is likely wrong")
     if doubt:
         warnings.warn(ModelMismatchWarning(doubt), stacklevel=2)
     dev = select_device(device)

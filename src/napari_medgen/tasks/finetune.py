@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from ..io.read import ImageData, opened
 from ..engine.seg_training import predict_logits, train_segmenter
 from ..models.checkpoint import Model, ModelFileError
 from ..models.segmentation import default_classes, is_torchscript, load_segmentation_model, segmentation_config
+from .model_fit import ModelMismatchWarning, expected_modality, modality_doubt
 
 FRESH = "fresh"
 LR_FRESH, LR_FINETUNE = 5e-3, 1e-3
@@ -181,6 +183,11 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     job.report(0, 1, "interpolating between painted slices")
     prior = Prior(lab, t, spacing, sparse=sparse, background_label=background_label, interpolate=interpolate)
     spec = resolve(net_model.config.normalization, img, modality)
+    doubt = "" if fresh else modality_doubt(img, expected_modality(net_model), net_model.name, modality,
+                                            "fine-tuning keeps its intensity normalisation, so 'fresh' may be the "
+                                            "better start")
+    if doubt:
+        warnings.warn(ModelMismatchWarning(doubt), stacklevel=2)
     if fresh and spec["kind"] == "window":  # CT: a window that spans the painted structure and its surroundings
         spec = net_model.config.normalization = structure_window(img, prior.foreground)
     volume = np.ascontiguousarray(take_slices(normalize(img, spec), t.axis))

@@ -21,11 +21,15 @@ class ModelMismatchWarning(UserWarning):
     """The image differs from the model's training data (modality, anatomy, spacing): labels may be wrong."""
 
 
+def expected_modality(model) -> str:
+    """The modality a segmentation model was trained on: its card's, else CT for a Hounsfield window, else ""."""
+    return str(model_card(model).get("modality", "")).upper() or _norm_modality(model.config.normalization)
+
+
 def mismatch_warnings(image: np.ndarray, model, *, spacing=None, modality: str = "", axis: int = 0) -> list[str]:
     """Sentences saying how ``image`` ((channels, *spatial)) differs from ``model``'s training data."""
     card, cfg, name = model_card(model), model.params, model.name
-    expected = str(card.get("modality", "")).upper() or _norm_modality(model.config.normalization)
-    doubt = modality_doubt(image[0], expected, name, modality)
+    doubt = modality_doubt(image[0], expected_modality(model), name, modality)
     out = [doubt] if doubt else []
     spatial = image.shape[1:]
     if spacing is None:
@@ -50,17 +54,16 @@ def mismatch_warnings(image: np.ndarray, model, *, spacing=None, modality: str =
 
 
 def modality_doubt(image: np.ndarray, expected: str, name: str, modality: str = "",
-                   what: str = "its labels are") -> str:
+                   then: str = "its labels are likely wrong") -> str:
     """One sentence when ``image`` (a modality named by its metadata, else CT if it is in Hounsfield units)
-    is not of the ``expected`` modality ``name`` was trained on (``what``: what is likely wrong); else ""."""
+    is not of the ``expected`` modality ``name`` was trained on (``then``: what follows for the user); else ""."""
     apparent = apparent_modality(image, modality)
     if not expected or apparent == expected or (expected != "CT" and not apparent):
         return ""
     if expected == "CT" and not modality:
-        return (f"The image does not look like CT in Hounsfield units, but '{name}' was trained on CT; "
-                f"{what} likely wrong.")
+        return f"The image does not look like CT in Hounsfield units, but '{name}' was trained on CT; {then}."
     looks = "CT in Hounsfield units" if apparent == "CT" else apparent
-    return f"The image looks like {looks}, but '{name}' was trained on {expected} images; {what} likely wrong."
+    return f"The image looks like {looks}, but '{name}' was trained on {expected} images; {then}."
 
 
 def _norm_modality(spec: "dict | None") -> str:
