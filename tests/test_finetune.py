@@ -180,10 +180,19 @@ def test_cli_train_writes_a_model_and_prediction_on_the_image_grid(tmp_path, bra
     start = small_unet().save(tmp_path / "small.medgen.pt")
     out, pred = tmp_path / "mine.medgen.pt", tmp_path / "pred.nii.gz"
     argv = ["train", str(img), str(lab), "--out", str(out), "--from", start, "--steps", "10", "--seconds", "30",
-            "--predict", str(pred), "--device", "cpu", "--quiet"]
+            "--predict", str(pred), "--device", "cpu", "--quiet", "--classes", "CSF,grey matter,white matter"]
     assert main(argv) == 0
     assert "[25, 40, 55]" in capsys.readouterr().out
-    assert Model.load(out, expect="segmentation").params.finetune["planes"] == {"0": PAINTED}
+    trained = Model.load(out, expect="segmentation")
+    assert trained.params.finetune["planes"] == {"0": PAINTED} and trained.params.finetune["steps"] == 10
+    assert [c["name"] for c in trained.params.classes] == ["background", "CSF", "grey matter", "white matter"]
+    again = tmp_path / "again.medgen.pt"  # continued: the steps add up, the names stay
+    assert main(["train", str(img), str(lab), "--out", str(again), "--from", str(out), "--steps", "3", "-q"]) == 0
+    continued = Model.load(again).params
+    assert continued.finetune["steps"] == 13 and continued.classes[1]["name"] == "CSF"
+    capsys.readouterr()
+    assert main([*argv[:-2], "--classes", "CSF", "--overwrite"]) == 2  # three painted values, one name
+    assert "Give a name for each painted label value 1-3" in capsys.readouterr().err
     written = read_image(pred)
     assert written.data.shape == brain.data.shape and written.geometry.same_grid(brain.geometry)
     np.testing.assert_array_equal(written.data[PAINTED], painted[PAINTED])  # the painting, completed

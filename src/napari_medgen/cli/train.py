@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     add_budget(p, seconds=60.0)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default by start model)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 8 on a CPU, 32 on a GPU")
+    p.add_argument("--classes", default=None, metavar="NAMES",
+                   help="names of the painted label values 1, 2, ... separated by commas, e.g. 'bone,soft tissue' "
+                        "(default: the start model's, or 'class N')")
     p.add_argument("--predict", default=None,
                    help="also write the painting completed by the model (painted slices kept) to this file")
     add_common(p)
@@ -63,7 +66,8 @@ def run(args) -> int:
         model, history = finetune(args.start, image, painted, axis=args.axis, slices=slices,
                                   sparse=args.sparse, background_label=args.background_label,
                                   seconds=args.seconds, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                                  device=args.device, seed=args.seed, progress=job)
+                                  device=args.device, seed=args.seed, progress=job,
+                                  class_names=None if args.classes is None else args.classes.split(","))
     model.save(out)
     summary = {k: history.get(k) for k in ("planes", "axis", "slices", "best_metric", "returned", "stop_reason",
                                             "seconds")}

@@ -142,8 +142,8 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
              background_label: int | None = None, seconds: float | None = 60.0, steps: int | None = None,
              lr: float | None = None, batch_size: int | None = None, patch_size=None, context: int | None = None,
              interpolate: bool = True, pseudo_weight: float = 0.5, patience: int | None = 8, spacing=None,
-             modality: str = "", seed: int = 0, device="auto", preview_every: float | None = None,
-             progress=None, stop=None, cancel=None) -> tuple[Model, dict]:
+             modality: str = "", class_names=None, seed: int = 0, device="auto",
+             preview_every: float | None = None, progress=None, stop=None, cancel=None) -> tuple[Model, dict]:
     """Train a copy of ``model`` on every painted slice of ``labels``; returns ``(model, history)``.
 
     ``labels``: slices painted along any axis (``axis=None`` trains along the axis with the most
@@ -155,7 +155,9 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     (``history["stopped"]``); cancel raises :class:`Cancelled` with nothing changed; a network that
     never predicts the painted structure raises :class:`NothingLearnedError`.  ``preview_every``
     (seconds) sends progress events whose ``preview`` is ``{"box", "labels"}``: the current
-    prediction inside the region of interest.
+    prediction inside the region of interest.  ``class_names`` name the painted label values 1, 2, ...
+    (0 is background): the model, its segmentations, volumes and DICOM SEG segments carry them
+    (default: the start model's names, "class N" for a fresh network).
     """
     t0 = time.monotonic()
     job = Job.of(progress, stop, cancel)
@@ -164,6 +166,10 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     if axis is not None and not flat and not 0 <= axis < 3:
         raise AnnotationError("axis must be 0, 1 or 2.")
     t = make_targets(lab, axis=0 if flat else axis, slices=slices, sparse=sparse, background_label=background_label)
+    names = None if class_names is None else [str(n).strip() for n in class_names]
+    if names is not None and (len(names) < max(t.classes) or not all(names)):
+        raise AnnotationError(f"Give a name for each painted label value 1-{max(t.classes)} (got {len(names)}: "
+                              f"{', '.join(names) or 'none'}).")
     dev = select_device(device)
     size = "cuda" if dev.type == "cuda" else "cpu"
     torch.manual_seed(seed)  # a fresh network's first weights come from the seed too
@@ -231,8 +237,12 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
         cfg.spacing = [float(s) * factor for s in inplane]
     rounds = (cfg.finetune or {}).get("rounds", 0) + 1
     planes = {int(a): [int(i) for i in idx] for a, idx in t.planes.items()}
+    steps_before = (cfg.finetune or {}).get("steps", 0)
     cfg.finetune = {"rounds": rounds, "planes": {str(a): v for a, v in planes.items()}, "sparse": bool(sparse),
-                    "background_label": background_label, "steps": len(history["step"])}
+                    "background_label": background_label, "steps": steps_before + len(history["step"])}
+    if names is not None:  # background first, then the painted values; a start model's further classes kept
+        names = names[: len(cfg.classes) - 1]  # one per output of the network
+        cfg.classes = default_classes(["background", *names, *[c["name"] for c in cfg.classes[len(names) + 1:]]])
     roi, user_axis = prior.box, int(t.axis)
     if how is not None:  # said in the caller's axes
         planes = dict(index_back(how, shape, a, idx) for a, idx in planes.items())
