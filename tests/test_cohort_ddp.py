@@ -93,6 +93,8 @@ def test_segment_batch_sharded_and_crash(scans, tmp_path, capsys):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "skipping 1 label files" in run.stderr and run.stderr.count("skipping 1 label") == 1
     rows = _summary(two)
+    assert [r["status"] for r in rows if r["input"].endswith("_label.nii.gz")] == ["skipped"]  # once, not per rank
+    rows = [r for r in rows if r["status"] != "skipped"]
     assert sorted(r["input"] for r in rows) == sorted(str(p) for p in scans.glob("sub?.nii.gz"))  # each once
     assert {r["rank"] for r in rows} == {"0", "1"} and {r["status"] for r in rows} == {"written"}
     outputs = sorted(p.name for p in two.glob("*_seg.nii.gz"))
