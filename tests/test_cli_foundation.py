@@ -97,5 +97,6 @@ def test_info_says_what_a_model_file_is(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("mine.medgen.pt: a segmentation model named 'mine'")
     assert "classes: background, " in out and "saved by napari-medgen " in out and " UTC" in out
+    assert main(["info", "brain-tissue-2d"]) == 0 and "trained on: MR" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "missing.medgen.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err

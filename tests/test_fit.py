@@ -143,3 +143,18 @@ def test_progress_names_the_training_step_under_a_time_budget():
     fit(Line(), Budget(seconds=0.5), progress=seen.append)
     steps = [e.train_step for e in seen if "loss" in e.metrics]
     assert steps == sorted(steps) and steps[-1] > 100 >= max(e.step for e in seen)
+
+
+class SlowLine(Line):
+    def train_step(self, step):
+        time.sleep(0.01)
+        return super().train_step(step)
+
+
+def test_a_steps_budget_validates_by_steps_unless_a_clock_is_asked_for():
+    """Steps alone: validation at fixed steps (a seeded run repeats); a caller's val_seconds (the cohort trainer
+    writes its checkpoints at validations, every --checkpoint-every seconds) is still honoured."""
+    h = fit(SlowLine(), Budget(steps=60), val_every=20)
+    assert h["val_step"] == [20, 40, 60]
+    h = fit(SlowLine(), Budget(steps=60), val_every=20, val_seconds=0.05)
+    assert len(h["val_step"]) > 6

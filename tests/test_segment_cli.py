@@ -107,6 +107,9 @@ def test_batch_skips_label_files_resumes_and_splits_into_parts(slab, tmp_path, c
     for name in ("Seguin_T1.nii.gz", "T1_brain_masked.nii.gz"):
         (tmp_path / name).write_bytes(b"")
         assert find_cases(str(tmp_path / name.replace("_", "?")))[0] == [tmp_path / name]
+    for name in ("t1_labelmap.nii.gz", "brainseg.nii.gz", "brainmask.nii.gz", "sub-01_dseg.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+        assert find_cases(str(tmp_path / "*.nii.gz"))[1].count(tmp_path / name) == 1
     first = (out / "b_seg.nii.gz").stat().st_mtime_ns
     # the whole batch again: the finished output is kept, the rest is done, each input once in the summary
     assert main(["segment", str(folder), str(out), "-q"]) == 0
@@ -164,6 +167,8 @@ def test_kept_outputs_of_another_model_are_named_and_said(slab, tmp_path, capsys
         row = list(csv.DictReader(fh))[0]
     assert row["model"].startswith("mine.medgen.pt (saved ") and row["status"] == "written"
     capsys.readouterr()
-    assert main(["segment", str(folder), str(tmp_path / "out"), "-q"]) == 0  # the built-in model now
+    Model(segmentation_config("mine", 4, channels=(4, 8), strides=(2,))).save(model)  # retrained, same name
+    (folder / "c.nii.gz").write_bytes(slab.read_bytes())
+    assert main(["segment", str(folder), str(tmp_path / "out"), "-m", str(model), "-q"]) == 0
     err = capsys.readouterr().err
     assert "kept outputs were made by another model (mine.medgen.pt (saved " in err and "--overwrite" in err

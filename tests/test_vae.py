@@ -390,3 +390,13 @@ def test_a_ct_with_an_empty_mask_says_what_is_missing(brain, tissue):
     with pytest.raises(UserError, match="slices with foreground"):
         train_vae(ImageData(hu, brain.geometry, "CT", metadata={"modality": "CT"}), np.zeros(hu.shape, bool),
                   steps=1, device="cpu", **TINY)
+
+
+def test_a_steps_budget_calibrates_on_a_bounded_number_of_slices(brain, tissue, monkeypatch):
+    """`vae-train --steps N` (no seconds) calibrated on every validation slice: minutes on a cohort."""
+    from napari_medgen.tasks import vae_training
+
+    monkeypatch.setattr(vae_training, "STEPS_CALIBRATION_SLICES", 3)
+    subjects = [ImageData(brain.data, brain.geometry, f"subject {i}") for i in range(3)]
+    model, _ = train_vae(subjects, [tissue.data > 0] * 3, steps=2, device="cpu", **TINY)
+    assert model.config.training["n_calibration"] == 3 < model.config.training["n_val"]

@@ -279,6 +279,7 @@ class FinetuneWidget(Panel):
     def _busy(self, busy: bool) -> None:
         """While a round trains, the prediction layer shows an unfinished network: nothing may be taken from it."""
         self.train_button.setEnabled(not busy)
+        self.project.setEnabled(not busy)
         for b in (self.suggest_button, self.accept_button):
             b.setEnabled(not busy and self.model is not None)
         training = (f"Round {self.round + 1} is training: the prediction layer shows the network as it learns "
@@ -409,9 +410,9 @@ class FinetuneWidget(Panel):
             return
         if not last or last <= self.round:
             return
-        layer = self.viewer.add_labels(annotations.data, name=f"{img.name} annotations (round {last})",
-                                       scale=img.scale, translate=img.translate, affine=img.affine)
-        self.labels.value = layer
+        if annotations is not None:
+            self.labels.value = self.viewer.add_labels(annotations.data, name=f"{img.name} annotations (round {last})",
+                                                       scale=img.scale, translate=img.translate, affine=img.affine)
         self.start.addItem(str(model_file))
         self.start.setCurrentText(str(model_file))
         self.resume.setChecked(False)

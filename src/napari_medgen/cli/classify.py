@@ -236,10 +236,10 @@ def _read_table(path: Path, header: list[str]) -> dict[str, dict]:
         raise UserError(f"Cannot write {path}: it is a folder; give a file name.")
     with open(path, newline="", encoding="utf-8-sig") as fh:
         lines = list(csv.reader(fh))
-    if lines and lines[0] != header:
+    if lines and lines[0] not in (header, header[:-1]):  # a table written before rows named their model
         raise UserError(f"{path} already exists and is not a table of this classifier ({','.join(header)}); "
                         "use --overwrite to replace it or name another file.")
-    return {line[0]: dict(zip(header, line)) for line in lines[1:] if len(line) == len(header)}
+    return {line[0]: {"model": "", **dict(zip(lines[0], line))} for line in lines[1:] if len(line) == len(lines[0])}
 
 
 def _rows_of(case: Path, kept: dict[str, dict]) -> list[dict]:

@@ -51,7 +51,7 @@ def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None,
                         f"ends first (default: {shown})")
     p.add_argument("--steps", type=int, default=steps,
                    help="training budget in optimizer steps; with --steps alone (no --seconds) the run is "
-                        "reproducible: the same seed gives the same model on the same machine "
+                        "reproducible: the same seed gives the same model on the same CPU machine "
                         f"(default: {steps if steps is not None else neither or 'no step limit'})")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the initial weights, the sampling and the augmentation (default 0)")
@@ -97,16 +97,20 @@ def check_model_output(path: "str | os.PathLike", overwrite: bool) -> Path:
     panels' Save model does), so every trainer writes a file the loaders recognise."""
     from ..models.checkpoint import SUFFIX
 
+    from ..errors import UserError
+
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p} is a folder; give the model file's name (e.g. {p / ('model' + SUFFIX)}).")
     if not p.name.endswith(SUFFIX):
-        p = p.with_name(p.name + SUFFIX)
+        p = p.with_name((p.name[:-3] if p.name.endswith(".pt") else p.name) + SUFFIX)
     check_output(p, overwrite)
     return p
 
 
 def model_identity(model, given) -> str:
     """Which model made a result, for the tables a batch writes: the name given and, when its file says, when it
-    was saved (a retrained model of the same file name is another model)."""
+    was saved and a digest of its weights (a retrained model of the same file name is another model)."""
     name = Path(str(given)).name
     saved = getattr(model, "saved", None) or {}
-    return f"{name} (saved {saved['at']})" if saved.get("at") else name
+    return f"{name} (saved {saved['at']}, weights {saved['weights']})" if saved.get("weights") else name

@@ -18,9 +18,9 @@ from pathlib import Path
 from .options import add_common, check_output, existing, model_identity
 from ..errors import UserError
 
-# label maps, masks and our own outputs: label/mask/seg as a word of the name (t1_seg, Labels01, brainmask, aseg),
-# not inside one (Seguin_T1, brain_masked, Delabel)
-LABEL_FILE = re.compile(r"(?:^|[^a-z])(?:labels?|[a-z]*masks?|(?:a|d|prob)?seg(?:mentation)?s?)(?:[^a-z]|$)",
+# label maps, masks and our own outputs: label/mask/seg ending a word of the name (t1_seg, Labels01, labelmap,
+# brainmask, aseg, segmented), not inside one (Seguin_T1, brain_masked, Delabel)
+LABEL_FILE = re.compile(r"(?:^|[^a-z])(?:labels?(?:maps?)?|[a-z]*masks?|[a-z]*seg(?:mentation|mented)?s?)(?:[^a-z]|$)",
                         re.IGNORECASE)
 SUMMARY_FIELDS = ("input", "output", "status", "seconds", "model", "rank", "message")
 PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # 2D images (X-ray exports) in a batch folder
@@ -215,7 +215,7 @@ def run(args) -> int:
         if stale and dist.is_main_process():
             print(f"napari-medgen: warning: kept outputs were made by another model ({', '.join(stale)}); use "
                   "--overwrite to redo them with this one.", file=sys.stderr)
-        if dist.is_main_process():  # in the summary too, so a skipped scan is seen there
+        if dist.is_main_process() and args.part_id == 0:  # in the summary too (once), so a skipped scan is seen
             rows += [{"input": str(p), "status": "skipped", "message": "a label file, by its name (label, mask or seg)"}
                      for p in label_files]
         if to_file:
@@ -231,11 +231,14 @@ def run(args) -> int:
 
 def _earlier_models(out: Path) -> dict[str, str]:
     """``{output: model}`` from the summary an earlier run left in ``out`` (empty when there is none)."""
-    try:
-        with open(out / "segment_summary.csv", newline="", encoding="utf-8") as fh:
-            return {r["output"]: r.get("model") or "" for r in csv.DictReader(fh) if r.get("output")}
-    except (OSError, csv.Error, KeyError):
-        return {}
+    found = {}
+    for summary in sorted(out.glob("segment_summary*.csv")) if out.is_dir() else []:  # the whole run's and parts'
+        try:
+            with open(summary, newline="", encoding="utf-8") as fh:
+                found.update({r["output"]: r.get("model") or "" for r in csv.DictReader(fh) if r.get("model")})
+        except (OSError, csv.Error, KeyError):
+            continue
+    return found
 
 
 def _report(rows: list[dict], summary: Path, main: bool) -> int:

@@ -129,22 +129,24 @@ def _value(v) -> float:
 
 
 def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[int] = None,
-        val_seconds: float = 15.0, patience: Optional[int] = None, min_delta: float = 0.0,
+        val_seconds: Optional[float] = None, patience: Optional[int] = None, min_delta: float = 0.0,
         keep_initial: bool = False, schedule: Optional[Callable[[float], float]] = warmup_cosine,
         max_nonfinite: int = 3, progress=None, stop=None, cancel=None, message: str = "training") -> dict:
     """Train ``task`` within ``budget``; the best weights end up in its networks, on the CPU.
 
-    Validation runs every ``val_every`` steps or ``val_seconds`` seconds, whichever comes
-    first, and once at the end; a budget in steps alone validates by steps only (every
-    ``val_every``, by default a tenth of the steps), so a seeded run gives the same weights again.  ``patience`` validations without an improvement of more
+    Validation runs every ``val_every`` steps or ``val_seconds`` seconds (default 15), whichever
+    comes first, and once at the end.  A budget in steps alone validates by steps only (every
+    ``val_every``, by default a tenth of the steps) unless ``val_seconds`` is given, so a seeded
+    run gives the same weights again.  ``patience`` validations without an improvement of more
     than ``min_delta`` stop the run early.  Returns the history (keys :data:`HISTORY_KEYS`
     plus one list per loss the task returns and ``val_<name>``-free extras it adds).
     """
     job = Job.of(progress, stop, cancel)
     dev = select_device(device)
     main = is_main_process()
-    if budget.seconds is None and budget.steps:  # no clock decides anything
+    if val_seconds is None and budget.seconds is None and budget.steps:  # no clock decides anything
         val_every, val_seconds = val_every or max(1, budget.steps // 10), math.inf
+    val_seconds = 15.0 if val_seconds is None else val_seconds
     history = {"step": [], "loss": [], "val_step": [], "val_metric": [], "best_step": None,
                "best_metric": None, "returned": "", "stopped": False, "stop_reason": "", "seconds": 0.0,
                "world_size": world_size(), "device": str(dev), "events": []}

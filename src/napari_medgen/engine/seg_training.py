@@ -171,8 +171,8 @@ def train_segmenter(net: torch.nn.Module, volume: np.ndarray, painted: tuple, *,
     task = SegmentationTask(net, volume, painted, pseudo=pseudo, pseudo_weight=pseudo_weight, context=context,
                             lr=lr, batch_size=batch_size, patch_size=patch_size, augment=augment, box=box,
                             preview=preview, seed=seed)
-    every = val_seconds or min(10.0, max(2.0, (seconds or 60.0) / 12))
     val_every = max(10, steps // 10) if steps and not seconds else None
+    every = val_seconds or (None if val_every else min(10.0, max(2.0, (seconds or 60.0) / 12)))  # steps: no clock
     history = fit(task, Budget(steps, seconds), device=device, keep_initial=keep_initial, val_every=val_every,
                   val_seconds=every, patience=patience, min_delta=1e-3, progress=job)
     if history["best_step"] is not None and task.painted_scores:

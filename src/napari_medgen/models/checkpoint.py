@@ -8,6 +8,7 @@ The config is a :class:`~napari_medgen.models.config.ModelConfig`.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import time
@@ -35,12 +36,13 @@ def is_torchscript(path: "str | os.PathLike") -> bool:
         return False
 
 
+# torch's hint to call torch.jit.load on a TorchScript file given to torch.load: users are told in words instead
+warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive.*", category=UserWarning)
+
+
 def load_plain(path: "str | os.PathLike"):
-    """``torch.load`` of tensors and plain containers only: a file holding objects or code is an error, never run
-    (torch's hint to call ``torch.jit.load`` on a TorchScript file is silenced: users are told in words)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*TorchScript.*")
-        return torch.load(path, map_location="cpu", weights_only=True)
+    """``torch.load`` of tensors and plain containers only: a file holding objects or code is an error, never run."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class ModelFileError(UserError):
@@ -109,7 +111,12 @@ class Model:
         p.parent.mkdir(parents=True, exist_ok=True)
         from .. import __version__
 
-        self.saved = {"by": f"napari-medgen {__version__}", "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        weights = hashlib.sha256()
+        for net in self.networks.values():
+            for tensor in net.state_dict().values():
+                weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        self.saved = {"by": f"napari-medgen {__version__}", "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                      "weights": weights.hexdigest()[:12]}
         payload = {"format": FORMAT, "version": CONFIG_VERSION, "config": json.dumps(self.config.to_dict()),
                    "saved": dict(self.saved),
                    "networks": {k: {n: t.detach().cpu() for n, t in v.state_dict().items()}

@@ -5,6 +5,9 @@ from .checkpoint import Model
 from .config import Task
 from .segmentation import model_card
 
+KINDS = {"auto": "a window for CT, each image's percentiles otherwise",
+         "sequence-window": "each series' own window (percentiles over all its frames)"}
+
 
 def _classes(params) -> str:
     classes = getattr(params, "classes", None)
@@ -20,8 +23,7 @@ def _normalisation(spec) -> str:
         return f"a fixed window {spec.get('low'):g} to {spec.get('high'):g} (e.g. Hounsfield units)"
     if spec.get("kind") == "percentile":
         return f"each image's percentiles {spec.get('lower'):g} to {spec.get('upper'):g}"
-    return spec.get("kind", "none") + (" (a window for CT, per-image percentiles otherwise)"
-                                       if spec.get("kind") == "auto" else "")
+    return KINDS.get(spec.get("kind"), spec.get("kind", "none"))
 
 
 def describe(model: Model, name: str = "") -> list[str]:
@@ -47,7 +49,8 @@ def describe(model: Model, name: str = "") -> list[str]:
     if training.get("returned") or training.get("best_step") is not None:
         done.append(str(training.get("returned") or f"best step {training['best_step']}"))
     if training.get("n_train"):
-        done.append(f"{training['n_train']} training / {training.get('n_val', 0)} validation images")
+        what = "slices" if cfg.task in (Task.VAE, Task.GAN, Task.CONDITIONAL_GAN) else "images"
+        done.append(f"{training['n_train']} training / {training.get('n_val', 0)} validation {what}")
     if training.get("device"):
         done.append(f"on {training['device']}")
     if done:

@@ -156,7 +156,7 @@ def add_diffusion(model: "Model | str", images, masks=None, *, seconds: float | 
     net = build_network(spec)
     task = DiffusionTask(net, train, val, params, lr=lr, batch_size=batch_size, augment=augment, seed=seed)
     history = fit(task, Budget(steps, seconds), device=device, val_every=val_every, progress=job,
-                  val_seconds=float("inf") if val_every else 15.0, message="training diffusion")
+                  val_seconds=float("inf") if val_every else None, message="training diffusion")
     new = model.copy()
     new.config.networks[NET], new.networks[NET] = spec, net
     new.params.diffusion = params

@@ -29,12 +29,16 @@ def saved_rounds(project) -> list[int]:
 
 def open_project(project, image: ImageData) -> tuple[int, Optional[Path], Optional[ImageData]]:
     """``(last round, its model file, its annotations)`` saved in ``project`` (``(0, None, None)`` when it holds
-    none), refused in one sentence when that round's annotations are not on ``image``'s voxel grid."""
+    none; annotations None when that round's file is missing), refused in one sentence when that round's annotations
+    are not on ``image``'s voxel grid."""
     rounds = saved_rounds(project)
     if not rounds:
         return 0, None, None
     folder, last = Path(project), rounds[-1]
-    annotations = read_image(folder / f"annotations_round{last:02d}.nii.gz")
+    path = folder / f"annotations_round{last:02d}.nii.gz"
+    if not path.is_file():  # its model alone: nothing to check the image against, nothing to show
+        return last, folder / f"model_round{last:02d}.medgen.pt", None
+    annotations = read_image(path)
     if annotations.data.shape != np.shape(image.data) or not annotations.geometry.same_grid(image.geometry):
         raise UserError(f"The project folder {folder.name} holds the rounds of another image (its annotations are "
                         f"{'x'.join(map(str, annotations.data.shape))} voxels on another grid); choose another "

@@ -36,6 +36,7 @@ MIN_SLICES = 8
 MIN_TRAIN_SHARE = 0.5  # of a seconds budget: training keeps at least this, however long calibration will take
 CALIBRATION_SHARE = 0.3  # of a seconds budget: calibration uses as many validation slices as fit in this ...
 MIN_CALIBRATION_SLICES = 2  # ... but at least these (evenly spread), when there are as many
+STEPS_CALIBRATION_SLICES = 32  # a budget in steps alone: at most these (about a minute on a laptop CPU)
 FOV_ROOM = 1.2  # a masked model's field of view: this much wider than the largest training box
 
 
@@ -283,7 +284,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
                               params=params, normalization=spec, description="VAE trained on normal scans"))
     task = VAETask(model.net, train, val, lr=lr, beta=beta, batch_size=batch_size, augment=augment, seed=seed)
     model.params.tissue = tissue_model(val[:, 0])
-    cal = np.arange(len(val))  # the validation slices the thresholds are calibrated on
+    cal = evenly_spread(len(val), STEPS_CALIBRATION_SLICES)  # the validation slices the thresholds are calibrated on
     if seconds:
         job.report(0, 1, "timing the calibration")
         per_slice = calibration_seconds(model, val[:1, 0], val_raw[:1, 0], device, Job(None, None, job.cancelled))
@@ -291,7 +292,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
         cal = evenly_spread(len(val), max(MIN_CALIBRATION_SLICES, fits))
         seconds = max(seconds - (time.monotonic() - started) - per_slice * len(cal), MIN_TRAIN_SHARE * seconds)
     history = fit(task, Budget(steps, seconds), device=device, val_every=val_every, progress=job,
-                  val_seconds=float("inf") if val_every else 15.0, message="training")
+                  val_seconds=float("inf") if val_every else None, message="training")
     model.config.training = {k: history[k] for k in ("best_step", "best_metric", "returned", "stopped",
                                                      "stop_reason", "seconds", "device", "events")}
     model.config.training.update(n_train=int(len(train)), n_val=int(len(val)), n_calibration=int(len(cal)),
