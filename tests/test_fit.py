@@ -158,3 +158,18 @@ def test_a_steps_budget_validates_by_steps_unless_a_clock_is_asked_for():
     assert h["val_step"] == [20, 40, 60]
     h = fit(SlowLine(), Budget(steps=60), val_every=20, val_seconds=0.05)
     assert len(h["val_step"]) > 6
+
+
+def test_slow_live_previews_take_at_most_a_fifth_of_training():
+    """Fine-tune previews of a whole 490x490x324 CT took 3-4 s every 5 s: 60 % of a round's training time."""
+    from types import SimpleNamespace
+
+    from napari_medgen.engine.seg_training import SegmentationTask
+
+    sent = []
+    task = SimpleNamespace(preview=(lambda net, dev: (sent.append(1), time.sleep(0.05)), 0.0), networks={"net": None},
+                           device="cpu", _last_preview=None, _preview_wait=0.0)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.0:
+        SegmentationTask._maybe_preview(task)
+    assert 2 <= len(sent) <= 6  # about one 0.05 s preview per 0.25 s, not 20 back to back

@@ -3,6 +3,7 @@ errors are one sentence (user) or a logged bug, and closing waits for the worker
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import numpy as np
@@ -157,3 +158,22 @@ def test_closing_the_panel_cancels_and_a_failing_live_view_does_not_stop_the_run
         other.start(chatty_job, 200, out, on_progress=broken_view)
     assert sig.args == ["finished"] and "result" in out
     assert "showing progress failed" in caplog.text
+
+
+def test_the_last_phase_is_shown_even_when_it_reports_once(make_napari_viewer, qtbot):
+    """The Fine-tune status froze on 'training steps ...' for the 16-32 s of completing the labels: the phase's only
+    event came too soon after the last repaint and was dropped, and no later event brought it."""
+    from napari_medgen.engine.jobs import ProgressEvent
+
+    make_napari_viewer()
+    runner = JobRunner("Fine-tune", trains=True)
+    release = threading.Event()
+    runner.start(lambda progress=None, stop=None: release.wait(10))
+    try:
+        runner._next_paint = time.monotonic() + 0.3  # a repaint just happened: the next one is rationed
+        runner._show_progress(ProgressEvent(1, 1, "completing the painting"))
+        assert "completing" not in runner.status.text()
+        qtbot.waitUntil(lambda: "completing the painting" in runner.status.text(), timeout=2000)
+    finally:
+        release.set()
+    qtbot.waitUntil(lambda: not runner.running, timeout=10_000)

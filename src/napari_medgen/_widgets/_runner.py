@@ -100,6 +100,7 @@ class JobRunner(QWidget):
         self._finished = threading.Event()
         self._on_result = self._on_progress = None
         self._next_paint = self._next_preview = 0.0
+        self._pending: Optional[ProgressEvent] = None  # the newest progress not shown yet (repaints are rationed)
         self._window = None
         self._relay = QTimer(self)
         self._relay.setInterval(RELAY_MS)
@@ -225,6 +226,8 @@ class JobRunner(QWidget):
         while self._events:
             events.append(self._events.popleft())
         if not events:
+            if self._pending is not None:  # the last words of a phase that sends no more (completing the labels)
+                self._show_progress(self._pending)
             return
         now = time.monotonic()
         # the batch's newest preview (a later event may carry none); previews (layer updates) follow PAINT too
@@ -253,7 +256,9 @@ class JobRunner(QWidget):
         """Bar and status line, repainted at most as often as :data:`PAINT` allows (one paint for both)."""
         now = time.monotonic()
         if now < self._next_paint:
+            self._pending = ev  # shown by a later drain, even when no further event comes
             return
+        self._pending = None
         total = max(int(ev.total), 1)
         metrics = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in self.state.metrics.items())
@@ -304,6 +309,7 @@ class JobRunner(QWidget):
 
     def _close(self, outcome: str, error: Optional[BaseException] = None, note: str = "") -> None:
         self._relay.stop()
+        self._pending = None
         self._events.clear()
         _LIVE.discard(self)
         self._watch_window(False)

@@ -28,6 +28,7 @@ from .jobs import Job
 
 _DICE = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=IGNORE, batch=True)
 MIN_LEARNED_DICE = 0.1  # below this on the painted slices, the network has not learned the structure
+PREVIEW_COST = 4.0  # after a live preview taking d seconds, the next waits at least this many times d
 
 
 def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -97,7 +98,7 @@ class SegmentationTask(TrainTask):
         self.batch_size = batch_size
         self.device = torch.device("cpu")
         self.preview = preview  # (callable(labels of the box), seconds between calls) or None
-        self._last_preview = None
+        self._last_preview, self._preview_wait = None, 0.0
         self.painted_scores = []  # Dice on the painted slices at each validation
 
     def to(self, device):
@@ -145,10 +146,12 @@ class SegmentationTask(TrainTask):
             return
         send, every = self.preview
         now = time.monotonic()
-        if self._last_preview is not None and now - self._last_preview < every:
+        if self._last_preview is not None and now - self._last_preview < max(every, self._preview_wait):
             return
-        self._last_preview = now
         send(self.networks["net"], self.device)
+        self._last_preview = time.monotonic()
+        # a preview of a large region takes seconds: at most a fifth of the training time goes to them
+        self._preview_wait = PREVIEW_COST * (self._last_preview - now)
 
     def nothing_learned(self, best_metric):
         if best_metric is None or not np.isfinite(best_metric) or best_metric < MIN_LEARNED_DICE:
