@@ -78,7 +78,8 @@ class FinetuneWidget(Panel):
         self.seconds.setRange(1, 36_000)
         self.seconds.setValue(60)
         self.seconds.setSuffix(" s")
-        self.seconds.setToolTip("Training time budget; training stops earlier when nothing improves.")
+        self.seconds.setToolTip("Training time budget; training stops earlier when nothing improves. Completing the "
+                                "painting follows it (seconds more on a large CT).")
         self.device, self.device_line = device_chooser()
         self.project = QLineEdit()
         self.project.setPlaceholderText("optional folder")

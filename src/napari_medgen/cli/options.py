@@ -47,8 +47,9 @@ def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None,
     which a seeded run repeats exactly."""
     shown = f"{seconds:g}, or none when --steps is given" if seconds is not None else neither or "no time limit"
     p.add_argument("--seconds", type=float, default=None,
-                   help="training budget in seconds of wall time; training stops at whichever of --seconds/--steps "
-                        f"ends first (default: {shown})")
+                   help="training budget in seconds of wall time (preparing the images counts, reading and "
+                        "writing files and predicting afterwards do not); training stops at whichever of "
+                        f"--seconds/--steps ends first (default: {shown})")
     p.add_argument("--steps", type=int, default=steps,
                    help="training budget in optimizer steps; with --steps alone (no --seconds) the run is "
                         "reproducible: the same seed gives the same model on the same CPU machine "
