@@ -173,3 +173,15 @@ def test_slow_live_previews_take_at_most_a_fifth_of_training():
     while time.monotonic() - t0 < 1.0:
         SegmentationTask._maybe_preview(task)
     assert 2 <= len(sent) <= 6  # about one 0.05 s preview per 0.25 s, not 20 back to back
+
+
+class SlowValidation(Line):
+    def validate(self):
+        time.sleep(0.1)
+        return super().validate()
+
+
+def test_slow_validation_takes_at_most_a_fifth_of_a_seconds_budget():
+    """gan-train --seconds 30 validated every 3 s at 5-8 s each: half the budget went to validation."""
+    h = fit(SlowValidation(), Budget(seconds=2.0), val_seconds=0.01)
+    assert 3 <= len(h["val_step"]) <= 6  # about one 0.1 s validation per 0.5 s, not one after every step

@@ -32,6 +32,7 @@ from .device import select_device
 from .distributed import any_rank, is_main_process, max_over_ranks, world_size, wrap_ddp
 from .jobs import Cancelled, Job
 
+VAL_COST = 4.0  # validation by the clock waits at least this many times what the last one took
 HISTORY_KEYS = ("step", "loss", "val_step", "val_metric", "best_step", "best_metric", "returned",
                 "stopped", "stop_reason", "seconds", "world_size", "device", "events")
 
@@ -138,7 +139,8 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
     comes first, and once at the end.  A budget in steps alone validates by steps only (every
     ``val_every``, by default a tenth of the steps) unless ``val_seconds`` is given, so a seeded
     run gives the same weights again.  ``patience`` validations without an improvement of more
-    than ``min_delta`` stop the run early.  Returns the history (keys :data:`HISTORY_KEYS`
+    than ``min_delta`` stop the run early.  Validation by the clock waits at least :data:`VAL_COST` times
+    what the last one took, so it never takes more than a fifth of a budget in seconds.  Returns the history (keys :data:`HISTORY_KEYS`
     plus one list per loss the task returns and ``val_<name>``-free extras it adds).
     """
     job = Job.of(progress, stop, cancel)
@@ -188,7 +190,7 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
     move(dev)
     restore_ddp = wrap_ddp(task, dev)
     t0 = time.monotonic()
-    last_val = t0
+    last_val, val_took = t0, 0.0
     total = budget.total_steps()
     step = 0
     try:
@@ -250,10 +252,12 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
                 history.setdefault(k, []).append(v)
             metrics = dict(losses)
             now = time.monotonic()
-            (due,) = any_rank(bool(val_every and step % val_every == 0) or now - last_val >= val_seconds)
+            (due,) = any_rank(bool(val_every and step % val_every == 0)
+                              or now - last_val >= max(val_seconds, VAL_COST * val_took))
             if due:
                 evaluate(step)
                 last_val = time.monotonic()
+                val_took = last_val - now
                 if history["val_step"] and history["val_step"][-1] == step:
                     metrics["val_metric"] = history["val_metric"][-1]
                 (patience_out,) = any_rank(patience is not None and since_best >= patience)
