@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import time
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -36,12 +35,11 @@ def is_torchscript(path: "str | os.PathLike") -> bool:
         return False
 
 
-# torch's hint to call torch.jit.load on a TorchScript file given to torch.load: users are told in words instead
-warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive.*", category=UserWarning)
-
-
 def load_plain(path: "str | os.PathLike"):
-    """``torch.load`` of tensors and plain containers only: a file holding objects or code is an error, never run."""
+    """``torch.load`` of tensors and plain containers only: a file holding objects or code is an error, never run
+    (a TorchScript file is refused before torch.load, which would only print a hint to call torch.jit.load)."""
+    if is_torchscript(path):
+        raise ValueError("a TorchScript file (a program, not weights)")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -135,12 +133,12 @@ class Model:
         p = Path(path)
         if not p.is_file():
             raise ModelFileError(f"Model file {p} does not exist.")
+        if is_torchscript(p):
+            raise NotAModelFileError(f"{p.name} is a TorchScript file (a program, not a napari-medgen model file).")
         try:
             payload = load_plain(p)
         except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file
-            what = "a TorchScript file (a program, not a napari-medgen model file)" if is_torchscript(p) else \
-                f"not a napari-medgen model file ({type(err).__name__})"
-            raise NotAModelFileError(f"{p.name} is {what}.") from None
+            raise NotAModelFileError(f"{p.name} is not a napari-medgen model file ({type(err).__name__}).") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise NotAModelFileError(f"{p.name} is not a napari-medgen model file.")
         if "config" not in payload or not isinstance(payload.get("networks"), dict):
