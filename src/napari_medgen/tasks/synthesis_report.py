@@ -118,9 +118,15 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, patch: int = 7, n_patch
     patches standardised together (Karras et al. 2018), averaged over random unit directions."""
     gen = torch.Generator().manual_seed(seed)
 
-    def patches(x):
-        p = F.unfold(x.float(), patch).transpose(1, 2).reshape(-1, patch * patch)
-        return p[torch.randint(len(p), (min(n_patches, len(p)),), generator=gen)]
+    def patches(x):  # the patches F.unfold would give at random positions, without unfolding every position
+        x = x.float()
+        n, _, h, w = x.shape
+        rows, cols = h - patch + 1, w - patch + 1
+        idx = torch.randint(n * rows * cols, (min(n_patches, n * rows * cols),), generator=gen)
+        image, at = idx // (rows * cols), idx % (rows * cols)
+        off = torch.arange(patch)
+        ys, xs = (at // cols)[:, None] + off, (at % cols)[:, None] + off
+        return x[image[:, None, None], 0, ys[:, :, None], xs[:, None, :]].reshape(-1, patch * patch)
 
     pa, pb = patches(a), patches(b)
     both = torch.cat([pa, pb])
