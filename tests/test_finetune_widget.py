@@ -22,6 +22,7 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
     Model(segmentation_config("small", 4, channels=(16, 32, 64), strides=(2, 2), num_res_units=1)).save(start)
     widget.start.setCurrentText(str(start))
     widget.project.setText(str(tmp_path / "project"))
+    widget.class_names.setText("CSF, grey matter,white matter")
     widget.seconds.setValue(600)
 
     # Interpolate: a new layer fills the slices between the painted ones at once; the painting is untouched
@@ -55,6 +56,7 @@ def test_widget_train_stop_again_accept_suggest_save(make_napari_viewer, qtbot, 
     assert sig.args == ["finished"] and widget.round == 2 and widget.prediction is pred
     assert widget.plot.series["loss"][0][-1] > first_x
     assert widget.model.params.finetune["rounds"] == 2
+    assert [c["name"] for c in widget.model.params.classes] == ["background", "CSF", "grey matter", "white matter"]
     saved = sorted(p.name for p in (tmp_path / "project").iterdir())
     assert "model_round02.medgen.pt" in saved and "annotations_round02.nii.gz" in saved
 

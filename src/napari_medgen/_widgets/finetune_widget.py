@@ -69,6 +69,11 @@ class FinetuneWidget(Panel):
         self.painting.addItems(["dense (whole slices)", "sparse (scribbles)"])
         self.painting.setToolTip("dense: every voxel of a painted slice is labelled (0 is background). sparse: "
                                  "you scribble on a few voxels, 0 is unknown and background has its own label.")
+        self.class_names = QLineEdit()
+        self.class_names.setPlaceholderText("e.g. liver, tumour")
+        self.class_names.setToolTip("Names of the painted label values 1, 2, ... separated by commas; the model, its "
+                                    "volumes and DICOM SEG segments carry them (empty: the start model's, or "
+                                    "'class N').")
         self.background = QSpinBox()
         self.background.setRange(1, 255)
         self.background.setEnabled(False)
@@ -132,6 +137,7 @@ class FinetuneWidget(Panel):
         form.addRow("", self.resume)
         form.addRow("budget", self.seconds)
         adv = self.advanced()
+        adv.addRow("class names", self.class_names)
         adv.addRow("slice axis", self.axis)
         adv.addRow("style", self.painting)
         adv.addRow("background label", self.background)
@@ -212,6 +218,7 @@ class FinetuneWidget(Panel):
                           axis=self._axis(), device=self.device.currentText(), sparse=sparse,
                           background_label=self.background.value() if sparse else None,
                           seconds=float(self.seconds.value()), stoppable=True, on_result=self._trained,
+                          class_names=[n for n in self.class_names.text().split(",") if n.strip()] or None,
                           on_progress=self._on_progress)
 
     def _on_progress(self, ev: ProgressEvent) -> None:
