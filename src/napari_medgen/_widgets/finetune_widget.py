@@ -218,7 +218,7 @@ class FinetuneWidget(Panel):
                           axis=self._axis(), device=self.device.currentText(), sparse=sparse,
                           background_label=self.background.value() if sparse else None,
                           seconds=float(self.seconds.value()), stoppable=True, on_result=self._trained,
-                          class_names=[n for n in self.class_names.text().split(",") if n.strip()] or None,
+                          class_names=self.class_names.text().split(",") if self.class_names.text().strip() else None,
                           on_progress=self._on_progress)
 
     def _on_progress(self, ev: ProgressEvent) -> None:
@@ -395,9 +395,13 @@ class FinetuneWidget(Panel):
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Start model", "", "Models (*.medgen.pt);;All files (*)")
         if path:
-            self.start.addItem(path)
-            self.start.setCurrentText(path)
-            self.resume.setChecked(False)
+            self._start_from(path)
+
+    def _start_from(self, path: str) -> None:
+        """Make the model file ``path`` the start of the next round (not the last round's weights)."""
+        self.start.addItem(path)
+        self.start.setCurrentText(path)
+        self.resume.setChecked(False)
 
     def _browse_project(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Project folder")
@@ -421,9 +425,7 @@ class FinetuneWidget(Panel):
         if annotations is not None:
             self.labels.value = self.viewer.add_labels(annotations.data, name=f"{img.name} annotations (round {last})",
                                                        scale=img.scale, translate=img.translate, affine=img.affine)
-        self.start.addItem(str(model_file))
-        self.start.setCurrentText(str(model_file))
-        self.resume.setChecked(False)
+        self._start_from(str(model_file))
         self.round = last
         self.summary.setText(f"Resumed {Path(folder).name}: round {last}'s annotations and model; paint more, then "
                              f"Train (round {last + 1}).")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .options import (add_budget, add_common, add_table, add_window, check_model_output, check_output, existing,
-                      model_identity, table_of, window_of)
+                      model_identity, table_of, warn_other_models, window_of)
 from ..errors import UserError
 
 
@@ -153,10 +153,8 @@ def run_classify(args) -> int:
             if n_kept:
                 print(f"napari-medgen: {n_kept} inputs were already classified in earlier runs and were kept "
                       "(use --overwrite to redo them).", file=sys.stderr)
-            stale = sorted({r["model"] for case in cases for r in _rows_of(case, kept)} - {"", args.model_identity})
-            if stale:
-                print(f"napari-medgen: warning: kept rows were made by another model ({', '.join(stale)}); use "
-                      "--overwrite to redo them with this one.", file=sys.stderr)
+            warn_other_models((r["model"] for case in cases for r in _rows_of(case, kept)), args.model_identity,
+                              "rows")
             if failed:
                 print(f"napari-medgen: {len(failed)} of {len(cases)} inputs failed.", file=sys.stderr)
     return 1 if failed else 0

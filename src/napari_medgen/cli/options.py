@@ -96,9 +96,8 @@ def check_output(path: "str | os.PathLike", overwrite: bool) -> None:
 def check_model_output(path: "str | os.PathLike", overwrite: bool) -> Path:
     """:func:`check_output` for a model file; ``.medgen.pt`` is appended to a name without it (as the
     panels' Save model does), so every trainer writes a file the loaders recognise."""
-    from ..models.checkpoint import SUFFIX
-
     from ..errors import UserError
+    from ..models.checkpoint import SUFFIX
 
     p = Path(path)
     if p.is_dir():
@@ -115,3 +114,14 @@ def model_identity(model, given) -> str:
     name = Path(str(given)).name
     saved = getattr(model, "saved", None) or {}
     return f"{name} (saved {saved['at']}, weights {saved['weights']})" if saved.get("weights") else name
+
+
+def warn_other_models(made_by, identity: str, what: str) -> None:
+    """One warning when some of ``what`` a re-run keeps were made, as ``made_by`` (model identities) says, by a
+    model other than ``identity`` (unknown makers, "", are not counted)."""
+    import sys
+
+    others = sorted(set(made_by) - {"", identity})
+    if others:
+        print(f"napari-medgen: warning: kept {what} were made by another model ({', '.join(others)}); use "
+              "--overwrite to redo them with this one.", file=sys.stderr)

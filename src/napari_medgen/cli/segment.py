@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .options import add_common, check_output, existing, model_identity
+from .options import add_common, check_output, existing, model_identity, warn_other_models
 from ..errors import UserError
 
 # label maps, masks and our own outputs: label/mask/seg ending a word of the name (t1_seg, Labels01, labelmap,
@@ -211,10 +211,8 @@ def run(args) -> int:
             row["rank"] = dist.rank()
             if row["status"] == "exists":  # made by whichever model the earlier summary names
                 row["model"] = earlier.get(row["output"], "")
-        stale = sorted({r["model"] for r in rows if r["status"] == "exists"} - {"", args.model_identity})
-        if stale and dist.is_main_process():
-            print(f"napari-medgen: warning: kept outputs were made by another model ({', '.join(stale)}); use "
-                  "--overwrite to redo them with this one.", file=sys.stderr)
+        if dist.is_main_process():
+            warn_other_models((r["model"] for r in rows if r["status"] == "exists"), args.model_identity, "outputs")
         if dist.is_main_process() and args.part_id == 0:  # in the summary too (once), so a skipped scan is seen
             rows += [{"input": str(p), "status": "skipped", "message": "a label file, by its name (label, mask or seg)"}
                      for p in label_files]

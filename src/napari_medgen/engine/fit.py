@@ -139,8 +139,9 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
     comes first, and once at the end.  A budget in steps alone validates by steps only (every
     ``val_every``, by default a tenth of the steps) unless ``val_seconds`` is given, so a seeded
     run gives the same weights again.  ``patience`` validations without an improvement of more
-    than ``min_delta`` stop the run early.  Validation by the clock waits at least :data:`VAL_COST` times
-    what the last one took, so it never takes more than a fifth of a budget in seconds.  Returns the history (keys :data:`HISTORY_KEYS`
+    than ``min_delta`` stop the run early.  Validation by the clock waits at least :data:`VAL_COST`
+    times what the last one took, so it never takes more than a fifth of a budget in seconds.
+    Returns the history (keys :data:`HISTORY_KEYS`
     plus one list per loss the task returns and ``val_<name>``-free extras it adds).
     """
     job = Job.of(progress, stop, cancel)

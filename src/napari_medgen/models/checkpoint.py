@@ -39,7 +39,8 @@ def load_plain(path: "str | os.PathLike"):
     """``torch.load`` of tensors and plain containers only: a file holding objects or code is an error, never run
     (a TorchScript file is refused before torch.load, which would only print a hint to call torch.jit.load)."""
     if is_torchscript(path):
-        raise ValueError("a TorchScript file (a program, not weights)")
+        raise NotAModelFileError(f"{Path(path).name} is a TorchScript file (a program, not a napari-medgen model "
+                                 "file).")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -77,7 +78,7 @@ class Model:
 
     def __init__(self, config: ModelConfig, networks: dict | None = None):
         self.config = config
-        self.saved: dict = {}  # {"by": napari-medgen version, "at": UTC time} of the file it was loaded from
+        self.saved: dict = {}  # {"by": version, "at": UTC time, "weights": digest} of the file it was saved to
         self.networks = networks if networks is not None else {
             name: build_network(spec) for name, spec in config.networks.items()}
 
@@ -133,10 +134,10 @@ class Model:
         p = Path(path)
         if not p.is_file():
             raise ModelFileError(f"Model file {p} does not exist.")
-        if is_torchscript(p):
-            raise NotAModelFileError(f"{p.name} is a TorchScript file (a program, not a napari-medgen model file).")
         try:
             payload = load_plain(p)
+        except NotAModelFileError:
+            raise
         except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file
             raise NotAModelFileError(f"{p.name} is not a napari-medgen model file ({type(err).__name__}).") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -33,8 +33,8 @@ def describe(model: Model, name: str = "") -> list[str]:
     lines = [f"{name or cfg.name}: a {cfg.task.value} model named '{cfg.name}'"]
     if cfg.description:
         lines.append(f"  {cfg.description}")
-    if _classes(params):
-        lines.append(f"  classes: {_classes(params)}")
+    if classes := _classes(params):
+        lines.append(f"  classes: {classes}")
     card = model_card(model) if cfg.task == Task.SEGMENTATION else training.get("card") or {}
     modality = training.get("modality") or card.get("modality")
     if modality:

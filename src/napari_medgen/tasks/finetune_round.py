@@ -35,15 +35,15 @@ def open_project(project, image: ImageData) -> tuple[int, Optional[Path], Option
     if not rounds:
         return 0, None, None
     folder, last = Path(project), rounds[-1]
-    path = folder / f"annotations_round{last:02d}.nii.gz"
+    model, path = folder / f"model_round{last:02d}.medgen.pt", folder / f"annotations_round{last:02d}.nii.gz"
     if not path.is_file():  # its model alone: nothing to check the image against, nothing to show
-        return last, folder / f"model_round{last:02d}.medgen.pt", None
+        return last, model, None
     annotations = read_image(path)
     if annotations.data.shape != np.shape(image.data) or not annotations.geometry.same_grid(image.geometry):
         raise UserError(f"The project folder {folder.name} holds the rounds of another image (its annotations are "
                         f"{'x'.join(map(str, annotations.data.shape))} voxels on another grid); choose another "
                         "folder for this image.")
-    return last, folder / f"model_round{last:02d}.medgen.pt", annotations
+    return last, model, annotations
 
 
 def train_round(image: ImageData, labels: np.ndarray, start, *, project: Optional[str] = None,
