@@ -171,3 +171,11 @@ def test_nan_voxels_are_ignored_with_a_warning(brain):
     with pytest.warns(NonFiniteWarning, match="16 NaN"):
         data = training_slices(ImageData(bad, brain.geometry), downsample=DS)
     assert len(data["images"]) > 50 and np.isfinite(data["images"]).all()
+
+
+def test_time_limit_with_many_steps_still_validates_along_the_way(split):
+    """`--steps 100000 --seconds 6`: the clock ends the run long before the steps, so validation (which picks
+    the weights returned) must come by the clock too, not only every 10,000 steps (i.e. once, at the end)."""
+    fast = dict(FAST, seconds=6)
+    _, history = train_gan(ImageData(split[0], Geometry((1.0, 8.0, 8.0))), steps=100_000, **fast)
+    assert history["step"][-1] < 10_000 and len(history["val_step"]) >= 2

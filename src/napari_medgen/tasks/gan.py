@@ -142,11 +142,10 @@ def holdout(n: int) -> np.ndarray:
 
 
 def budget_kwargs(steps, seconds) -> dict:
-    """Validation (and preview) about ten times per budget; by step count alone when steps are given
-    (reproducible runs)."""
-    if steps:
-        return {"val_every": max(1, steps // 10), "val_seconds": float("inf")}
-    return {"val_every": None, "val_seconds": max(2.0, seconds / 10)}
+    """Validation (and preview) about ten times per budget: by step count alone when the budget is steps
+    alone (reproducible runs), else also by the clock (a time limit may end the run long before the steps)."""
+    every = max(1, steps // 10) if steps else None
+    return {"val_every": every, "val_seconds": float("inf") if not seconds else max(2.0, seconds / 10)}
 
 
 ARCHITECTURES = ("cascade", "single-scale")
