@@ -20,4 +20,5 @@ def write_single(path: str, data, meta: dict) -> list[str]:
     n = min(data.ndim, 3)
     geo = Geometry.from_transform(meta.get("scale", (1.0,) * data.ndim),
                                   meta.get("translate", (0.0,) * data.ndim), matrix, ndim=n)
+    geo = geo.placed((meta.get("metadata") or {}).get("geometry"))  # a slice's place in 3D
     return [write_image(path, data, geo, overwrite=True)]

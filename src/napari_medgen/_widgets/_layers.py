@@ -30,7 +30,7 @@ def layer_array(layer) -> np.ndarray:
 
 
 def layer_image(layer) -> ImageData:
-    """The layer's data with the geometry of its scale/translate/affine."""
+    """The layer's data with the geometry of its scale/translate/affine (a slice's place in 3D: its metadata)."""
     return ImageData(layer_array(layer), Geometry.from_layer(layer), layer.name,
                      metadata=dict(layer.metadata), rgb=getattr(layer, "rgb", False))
 
@@ -65,6 +65,8 @@ def show_result(viewer, data, geometry=None, *, name: str, kind: str = "image", 
         raise ValueError(f"kind must be 'image' or 'labels', not {kind!r}")
     key = key or name
     meta = {**(metadata or {}), OUTPUT_KEY: key}
+    if geometry is not None:  # with a slice's place in 3D, which scale/translate/affine cannot say
+        meta["geometry"] = geometry.to_dict()
     style = {}
     if class_names is not None:
         meta["class_names"] = list(class_names)

@@ -148,8 +148,8 @@ def read_image(path: "str | os.PathLike") -> ImageData:
     item = _with_notes(_to_image_data(img, _stem(p), meta), arr, geo, notes)
     if img.GetDimension() == 4:  # (t, z, y, x): label the time axis, keep the time step
         from .timeseries import from_4d_image
-        item = from_4d_image(img, item)
-    return item
+        return from_4d_image(img, item)
+    return _one_slice(item)
 
 
 def _read_file(p: Path, head: bytes) -> sitk.Image:
@@ -185,11 +185,22 @@ def _to_image_data(img, name: str, meta: dict) -> ImageData:
                        np.asarray(img.GetDirection()).reshape(4, 4)[:3, :3][::-1, ::-1])
     else:
         geo = Geometry.from_sitk(img)
-    if geo.ndim == 3 and data.shape[0] == 1 and np.allclose(np.abs(geo.direction[0]), [1, 0, 0]):
-        data = data[0]  # a single slice (X-ray, CR) is a 2D image
-        geo = Geometry(geo.spacing[1:], geo.origin[1:], geo.direction[1:, 1:])
     kind = "labels" if (not rgb and _label_like(data, name)) else "image"
     return ImageData(data, geo, name, kind, meta, rgb)
+
+
+def _one_slice(item: ImageData) -> ImageData:
+    """A volume of one voxel along a spatial axis (any axis, any orientation: a single DICOM slice, a sagittal
+    NIfTI slice) as 2D data, the other two axes in their stored order, whose geometry keeps its place in space."""
+    geo = item.geometry
+    lead = np.ndim(item.data) - geo.ndim - int(item.rgb)  # a vector image's channels come first
+    if geo.ndim != 3 or lead not in (0, 1):
+        return item
+    ones = [a for a, n in enumerate(np.shape(item.data)[lead:lead + 3]) if n == 1]
+    if ones:
+        item.data = np.ascontiguousarray(np.take(item.data, 0, axis=lead + ones[0]))
+        item.geometry = Geometry.of_slice(geo, ones[0])
+    return item
 
 
 def _label_like(data: np.ndarray, name: str) -> bool:
@@ -237,7 +248,7 @@ def _read_series(files: tuple, sid: str) -> ImageData:
     img, arr, geo, notes, extra = read_series(files, desc)
     meta = {"source": str(Path(files[0]).parent), "modality": modality, "series_uid": sid,
             "series_description": desc, "n_files": len(files), "window": _window(info), **extra}
-    item = _with_notes(_to_image_data(img, desc, meta), arr, geo, notes)
+    item = _one_slice(_with_notes(_to_image_data(img, desc, meta), arr, geo, notes))
     item.kind = "image"
     return item
 

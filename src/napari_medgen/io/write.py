@@ -18,6 +18,8 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
                 *, overwrite: bool = False) -> str:
     """Write ``data`` (napari axis order) with ``geometry``; refuses to overwrite unless asked.
 
+    2D data on the grid of a slice read from a one-slice volume is written as that one-slice volume.
+
     The file is written to a temporary name first and renamed, so a failure never
     leaves a half-written file behind.
     """
@@ -32,7 +34,7 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
         arr = arr.astype(np.uint8)
     if arr.dtype == np.int64 and arr.size and arr.min() >= 0 and arr.max() < 65536:
         arr = arr.astype(np.uint16 if arr.max() > 255 else np.uint8)
-    geo = geometry or Geometry.identity(arr.ndim)
+    arr, geo = (geometry or Geometry.identity(arr.ndim)).as_volume(arr)  # a slice goes back to its place in 3D
     if arr.ndim != geo.ndim:
         raise UserError(f"Cannot write a {arr.ndim}D array with {geo.ndim}D geometry.")
     img = sitk.GetImageFromArray(arr)
