@@ -185,3 +185,23 @@ def test_slow_validation_takes_at_most_a_fifth_of_a_seconds_budget():
     """gan-train --seconds 30 validated every 3 s at 5-8 s each: half the budget went to validation."""
     h = fit(SlowValidation(), Budget(seconds=2.0), val_seconds=0.01)
     assert 3 <= len(h["val_step"]) <= 6  # about one 0.1 s validation per 0.5 s, not one after every step
+
+
+def test_cpu_out_of_memory_is_one_sentence_and_weights_unchanged():
+    """The CPU allocator's failure is a plain RuntimeError (not torch.OutOfMemoryError): it showed as a traceback."""
+    class Greedy(Line):
+        def train_step(self, step):
+            if step == 3:
+                raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                                   "you tried to allocate 140737488355328 bytes.")
+            return super().train_step(step)
+
+    task = Greedy(w0=1.0)
+    with pytest.raises(UserError, match="ran out of memory"):
+        fit(task, Budget(steps=10), val_every=1)
+    assert task.w == 1.0  # the starting weights are back
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not taken for memory
+        class Broken(Line):
+            def train_step(self, step):
+                raise RuntimeError("shape mismatch")
+        fit(Broken(), Budget(steps=3))

@@ -220,6 +220,23 @@ def test_monai_bundle_folder(tmp_path, builtin):
         load_segmentation_model(tmp_path / "good")
 
 
+def test_model_file_that_would_download_weights_is_refused(tmp_path, monkeypatch):
+    """A shared file naming EfficientNetBN (pretrained=True by default) or HoVerNet(pretrained_url=...) made
+    Model.load reach the internet; it is refused before anything is fetched."""
+    import urllib.request
+    from napari_medgen.models.checkpoint import build_network
+    from napari_medgen.models.config import NetSpec
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail(f"network reached: {a[0]}"))
+    args = {"model_name": "efficientnet-b0", "spatial_dims": 2, "in_channels": 1, "num_classes": 2}
+    cfg = ModelConfig("classification", "x", {"net": NetSpec("EfficientNetBN", args)}, {})
+    with pytest.raises(ModelFileError, match=r"would download weights .*pretrained=True"):
+        Model(cfg)
+    with pytest.raises(ModelFileError, match="pretrained_url='http://example.org/w.pt'"):
+        build_network(NetSpec("HoVerNet", {"pretrained_url": "http://example.org/w.pt"}))
+    assert build_network(NetSpec("EfficientNetBN", dict(args, pretrained=False))) is not None  # off: allowed
+
+
 def test_out_of_memory_retries_smaller(brain, builtin):
     class Picky(torch.nn.Module):  # runs out of memory above 4 slices per batch
         def __init__(self, net):

@@ -45,3 +45,9 @@ def available_devices() -> list[str]:
     if mps is not None and mps.is_available():
         names.append("mps")
     return names
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for an allocation failure: torch's GPU error, or the CPU allocator's plain RuntimeError."""
+    msg = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg

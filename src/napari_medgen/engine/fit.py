@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import NothingLearnedError, UserError
-from .device import select_device
+from .device import is_out_of_memory, select_device
 from .distributed import any_rank, is_main_process, max_over_ranks, world_size, wrap_ddp
 from .jobs import Cancelled, Job
 
@@ -218,7 +218,9 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
             try:
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                     losses = {k: _value(v) for k, v in task.train_step(step + 1).items()}
-            except torch.OutOfMemoryError:
+            except RuntimeError as err:  # torch.OutOfMemoryError is one
+                if not is_out_of_memory(err):
+                    raise
                 if dev.type != "cuda" or world_size() > 1:  # DDP ranks cannot shrink or move alone
                     raise TrainingMemoryError("Training ran out of memory; use smaller images, batch or "
                                               "network. The model and your inputs are unchanged.") from None

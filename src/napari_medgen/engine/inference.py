@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from .device import select_device
+from .device import is_out_of_memory, select_device
 from .jobs import Job
 
 OVERLAP = 0.5
@@ -47,11 +47,6 @@ def auto_batch_size(device: torch.device, item_voxels: int, cap: int) -> int:
         free = psutil.virtual_memory().available // 2
         per_item = item_voxels * BYTES_PER_VOXEL
     return int(max(1, min(cap, free // 2 // max(per_item, 1))))
-
-
-def _is_oom(err: BaseException) -> bool:
-    msg = str(err).lower()
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg
 
 
 def _autocast(device: torch.device):
@@ -119,7 +114,7 @@ def _predict_2d(net, image, axis, device, tta, batch_size, divisor, job, context
                 xp, (t, l) = _pad_to(x, divisor)
                 p = _forward(net, xp, tta, device)[..., t:t + h, l:l + w].cpu().numpy()
             except (torch.OutOfMemoryError, RuntimeError) as err:
-                if not _is_oom(err):
+                if not is_out_of_memory(err):
                     raise
                 device, batch = _fallback(job, device, b, net)
                 continue
@@ -163,6 +158,6 @@ def _predict_3d(net, image, roi, device, tta, batch_size, job) -> np.ndarray:
                                              sw_device=device, device=stitch)
             return p[0].float().cpu().numpy()
         except (torch.OutOfMemoryError, RuntimeError) as err:
-            if not _is_oom(err):
+            if not is_out_of_memory(err):
                 raise
             device, batch = _fallback(job, device, batch, net)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -57,10 +58,15 @@ TORCH_LAYERS = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "Linear": torch.nn.L
 
 
 def build_network(spec: NetSpec) -> torch.nn.Module:
-    """Instantiate a MONAI network (or one of :data:`TORCH_LAYERS`) from its :class:`NetSpec`."""
+    """Instantiate a MONAI network (or one of :data:`TORCH_LAYERS`) from its :class:`NetSpec`; a network that would
+    fetch weights while being built (``pretrained=True``, a URL, a hub name) is refused: nothing reaches the network."""
     cls = (getattr(nets, spec.arch, None) or TORCH_LAYERS.get(spec.arch)) if isinstance(spec.arch, str) else None
     if cls is None or not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
         raise ModelFileError(f"Unknown network architecture '{spec.arch}' (not in monai.networks.nets).")
+    fetch = _fetching_arguments(cls, spec.args)
+    if fetch:
+        raise ModelFileError(f"The {spec.arch} network would download weights while being built ({fetch}); "
+                             "napari-medgen never reaches the network: give it with that argument off.")
     with torch.device("meta"):  # count parameters without allocating them
         try:
             n = sum(p.numel() for p in cls(**copy.deepcopy(spec.args)).parameters())
@@ -71,6 +77,19 @@ def build_network(spec: NetSpec) -> torch.nn.Module:
         raise ModelFileError(f"The {spec.arch} network would have {n:,} parameters ({4 * n / 1e9:,.0f} GB); "
                              f"refusing to build more than {MAX_PARAMETERS:,}.")
     return cls(**copy.deepcopy(spec.args))  # some nets (SPADENet) edit their args
+
+
+FETCHING = ("pretrained", "pretrained_url", "weights", "path_or_repo_id")  # constructor arguments that download
+
+
+def _fetching_arguments(cls, args: dict) -> str:
+    """``name=value`` of the constructor arguments (given or default) that would download weights; "" if none."""
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return ""
+    found = {name: args.get(name, params[name].default) for name in FETCHING if name in params}
+    return ", ".join(f"{k}={v!r}" for k, v in found.items() if v and v is not inspect.Parameter.empty)
 
 
 class Model:
@@ -106,6 +125,9 @@ class Model:
 
     def save(self, path: "str | os.PathLike") -> str:
         """Write the checkpoint atomically (temporary file, then rename)."""
+        if any(spec.arch == "TorchScript" for spec in self.config.networks.values()):
+            raise ModelFileError(f"{self.name} is a TorchScript program; a napari-medgen model file holds weights "
+                                 "of MONAI networks only, so it cannot be saved as one (keep the TorchScript file).")
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         from .. import __version__

@@ -119,6 +119,8 @@ def pretrained_source(source, spatial_dims: int) -> tuple[dict, dict, str]:
     net = model.net
     spec = model.config.networks["net"]
     args = spec.args
+    if spec.arch not in ("UNet", "VarAutoEncoder"):
+        raise UserError(f"Only U-Net and VAE networks can be transferred; {model.name} is a {spec.arch}.")
     if int(args.get("spatial_dims", 2)) != spatial_dims:
         raise UserError(f"{Path(name).name} is a {args.get('spatial_dims')}D network; these images need a "
                         f"{spatial_dims}D one.")
@@ -127,9 +129,7 @@ def pretrained_source(source, spatial_dims: int) -> tuple[dict, dict, str]:
             "num_res_units": int(args.get("num_res_units", 0))}
     if spec.arch == "UNet":
         return body, net.state_dict(), f"U-Net of {model.name}"
-    if spec.arch == "VarAutoEncoder":
-        return body, _vae_encoder_as_unet(net, body, spatial_dims), f"VAE encoder of {model.name}"
-    raise UserError(f"Only U-Net and VAE networks can be transferred; {model.name} is a {spec.arch}.")
+    return body, _vae_encoder_as_unet(net, body, spatial_dims), f"VAE encoder of {model.name}"
 
 
 def _load_model(name: str):

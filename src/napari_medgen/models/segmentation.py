@@ -195,10 +195,14 @@ def _load_bundle(folder: Path) -> Model:
     chdef = fmt.get("outputs", {}).get("pred", {}).get("channel_def") or {}
     names = [chdef.get(str(i), "background" if i == 0 else f"class {i}") for i in range(out_ch)]
     dims = int(args.get("spatial_dims", 3))
+    # a bundle's arrays are in its loader's (x, y, z) order: with an Orientation transform the volume is turned to
+    # it (its pixdim and roi_size then apply as written); without one they are reversed into napari's (z, y, x)
+    orientation = _bundle_orientation(cfg) if dims == 3 else None
+    order = (lambda v: v) if orientation is not None else (lambda v: None if v is None else v[::-1])
     config = segmentation_config(folder.name, names, spatial_dims=dims,
                                  in_channels=int(args.get("in_channels", 1)),
-                                 normalization=_bundle_normalization(cfg), spacing=_bundle_spacing(cfg),
-                                 patch_size=_bundle_roi(cfg) if dims == 3 else None,
+                                 normalization=_bundle_normalization(cfg), spacing=order(_bundle_spacing(cfg)),
+                                 patch_size=order(_bundle_roi(cfg)) if dims == 3 else None, orientation=orientation,
                                  description=meta.get("description", "MONAI bundle"))
     config.networks["net"] = spec
     return Model(config, {"net": net})
@@ -226,9 +230,24 @@ def _bundle_normalization(cfg: dict) -> dict:
 
 
 def _bundle_spacing(cfg: dict):
+    """The ``pixdim`` of the bundle's Spacing transform, in the bundle's (x, y, z) order."""
     for d in _walk(cfg.get("preprocessing", cfg)):
         if str(d.get("_target_", "")).startswith("Spacing") and isinstance(d.get("pixdim"), list):
-            return [float(s) for s in d["pixdim"][::-1]]  # bundles speak (x, y, z)
+            return [float(s) for s in d["pixdim"]]
+    return None
+
+
+AXCODES = {"R": (-1, 0, 0), "L": (1, 0, 0), "A": (0, -1, 0), "P": (0, 1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}  # LPS
+
+
+def _bundle_orientation(cfg: dict):
+    """The direction (napari order) of the array axes an ``Orientation(d)`` transform gives (e.g. ``"RAS"``)."""
+    for d in _walk(cfg.get("preprocessing", cfg)):
+        codes = str(d.get("axcodes", "")).upper()
+        if str(d.get("_target_", "")).startswith("Orientation") and len(codes) == 3 and set(codes) <= set(AXCODES):
+            axes = np.array([AXCODES[c][::-1] for c in codes], float).T  # column i: array axis i in (z, y, x)
+            if abs(np.linalg.det(axes)) == 1:
+                return axes.tolist()
     return None
 
 
