@@ -116,6 +116,21 @@ def test_interpolation_fills_between_painted_slices_only(tissue):
     assert 100 > area[1] > area[2] > area[3] > 0 and not area[6:].any()
 
 
+def test_a_structure_between_two_empty_slices_is_filled_from_slices_along_another_axis():
+    """Axial slices painted at both ends of a ball (nothing of it there) and sagittal slices through it: the axial
+    interpolation filled the whole slab with background first, so the ball was never interpolated between the
+    sagittal slices."""
+    z, y, x = np.mgrid[:21, :40, :40]
+    ball = ((z - 10) ** 2 + (y - 20) ** 2 + (x - 20) ** 2) <= 64
+    ann = np.zeros(ball.shape, np.uint8)
+    ann[[0, 1, 19, 20]] = ball[[0, 1, 19, 20]]  # empty: the ball spans z 2-18; more axial than sagittal slices
+    ann[:, :, [14, 20, 26]] = ball[:, :, [14, 20, 26]]
+    out = interpolate_labels(ann, spacing=(1, 1, 1), planes={0: [0, 1, 19, 20], 2: [14, 20, 26]})
+    between = np.s_[:, :, 15:26]
+    dice = 2 * (out[between] & ball[between]).sum() / (out[between].sum() + ball[between].sum())
+    assert dice > 0.85, dice
+
+
 def test_ct_is_recognised_by_hounsfield_values_whatever_the_dtype():
     rng = np.random.default_rng(0)
     ct = np.full((8, 64, 64), -1000.0, np.float32)  # air around a body

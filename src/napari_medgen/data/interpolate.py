@@ -5,7 +5,7 @@ is blended linearly along the slice axis; a voxel takes the label whose blended 
 most negative (Raya & Udupa 1990, the idea behind 3D Slicer's "fill between slices").  A
 label present on only one of the two slices tapers to nothing at the other.  Slices painted
 along several axes are each interpolated along their own axis; where two axes both fill a
-voxel, the axis with more painted slices wins.  Nothing is extrapolated beyond the first or
+voxel, a structure beats background, then the axis with more painted slices wins.  Nothing is extrapolated beyond the first or
 last painted slice; :func:`extrapolate_ends` does that separately (sphere caps), for callers that
 want a guess there.  Instant on a CPU (two distance transforms per label and painted slice).
 """
@@ -38,9 +38,10 @@ def _blend(d0: np.ndarray, d1: np.ndarray, t: float) -> np.ndarray:
 
 
 def interpolate_along(labels: np.ndarray, axis: int, index, spacing=None) -> tuple[np.ndarray, np.ndarray]:
-    """Labels on the slices strictly between consecutive painted slices ``index`` along ``axis``,
-    and the distance of each filled voxel to the nearest interpolated boundary (mm; inf where not
-    filled).  Returns ``(labels, margin)`` of ``labels``' shape; painted slices are left 0 / inf."""
+    """Labels on the slices strictly between consecutive painted slices ``index`` along ``axis`` (background
+    is a shape too: every voxel there gets an answer), and the distance of each voxel there to the nearest
+    interpolated boundary (mm).  Returns ``(labels, margin)`` of ``labels``' shape; painted slices and
+    slices beyond the first/last painted one are left 0 / inf."""
     lab = np.moveaxis(np.asarray(labels), axis, 0)
     plane_spacing = None if spacing is None else [float(s) for i, s in enumerate(spacing) if i != axis]
     out = np.zeros(lab.shape, lab.dtype)
@@ -49,9 +50,7 @@ def interpolate_along(labels: np.ndarray, axis: int, index, spacing=None) -> tup
     for k0, k1 in zip(index[:-1], index[1:]):
         if k1 - k0 < 2:
             continue
-        classes = sorted(set(np.unique(lab[k0])) | set(np.unique(lab[k1])) - {0})
-        if not classes:
-            continue
+        classes = sorted({0} | set(np.unique(lab[k0])) | set(np.unique(lab[k1])))
         dist = [(signed_distance(lab[k0] == c, plane_spacing), signed_distance(lab[k1] == c, plane_spacing))
                 for c in classes]
         for k in range(k0 + 1, k1):
@@ -88,15 +87,17 @@ def interpolate_labels(labels, *, spacing=None, planes: dict | None = None, retu
             sel = [slice(None)] * 3
             sel[axis] = np.asarray(index, int)
             known[tuple(sel)] = True
-        filled = known.copy()
+        structure = np.zeros(lab.shape, bool)  # filled with a label (not background) by an earlier axis
         for axis, index in sorted(planes.items(), key=lambda kv: -len(kv[1])):  # most painted axis first
             if len(index) < 2:
                 continue
             fill, dist = interpolate_along(lab, axis, index, spacing)
-            covered = np.isfinite(dist) & ~filled
+            # an earlier axis's background gives way to this axis's structure (two empty painted ends say
+            # nothing of a structure between them that slices along another axis show)
+            covered = np.isfinite(dist) & ~known & ~structure & (~np.isfinite(margin) | (fill != 0))
             out[covered] = fill[covered]
             margin[covered] = dist[covered]
-            filled |= covered
+            structure |= covered & (fill != 0)
     if geometry is not None:
         out = ImageData(out, geometry, f"{item.name} interpolated", "labels", dict(item.metadata))
     return (out, margin) if return_margin else out
