@@ -91,7 +91,7 @@ def head_ct() -> np.ndarray:
 
 
 @pytest.mark.parametrize("named, hounsfield, apparent", [
-    ("", True, "CT"), ("", False, ""), ("ct", False, "CT"), ("MR", False, "MR"), ("MR", True, "MR")])
+    ("", True, "CT"), ("", False, ""), ("ct", False, "CT"), ("MR", False, "MR"), ("MR", True, "CT"), ("OT", True, "CT")])
 def test_one_rule_says_which_modality_an_image_is(brain, named, hounsfield, apparent):
     data = head_ct() if hounsfield else brain.data[40:44]
     assert apparent_modality(data, named) == apparent

@@ -50,7 +50,11 @@ def test_folder_of_frames_in_natural_order_and_mismatch_is_one_sentence(tmp_path
     assert item.data.shape == (3, 8, 9) and item.metadata["axis_labels"] == ("t", "y", "x")
     assert list(item.data[:, 0, 0]) == [1, 2, 10]
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 5), np.int16)), str(folder / "frame_11.nii.gz"))
-    with pytest.raises(ImageReadError, match="frame_11.nii.gz has shape"):
+    assert [it.data.shape for it in read_path(folder)] == [(8, 9)] * 3 + [(5, 5)]  # files of other sizes: one each
+    for k in (1, 2):
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((8, 9, 3), k, np.uint8), isVector=True), str(folder / f"f{k}.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 5, 3), np.uint8), isVector=True), str(folder / "f3.png"))
+    with pytest.raises(ImageReadError, match="f3.png has shape"):  # 2D pictures in a folder are always frames
         read_path(folder)
 
 

@@ -17,8 +17,8 @@ def write_single(path: str, data, meta: dict) -> list[str]:
         geo = Geometry.from_transform(meta.get("scale", (1.0,) * data.ndim), meta.get("translate", (0.0,) * data.ndim),
                                       matrix, ndim=data.ndim - 1)
         return [write_time_series(path, data, geo, time_step(meta.get("metadata"))[0], overwrite=True)]
-    n = min(data.ndim, 3)
-    geo = Geometry.from_transform(meta.get("scale", (1.0,) * data.ndim),
-                                  meta.get("translate", (0.0,) * data.ndim), matrix, ndim=n)
+    rgb = bool(meta.get("rgb"))  # (y, x, channels): a colour image of 2D geometry
+    n = min(data.ndim - rgb, 3)
+    geo = Geometry.from_transform(meta.get("scale", (1.0,) * n), meta.get("translate", (0.0,) * n), matrix, ndim=n)
     geo = geo.placed((meta.get("metadata") or {}).get("geometry"))  # a slice's place in 3D
-    return [write_image(path, data, geo, overwrite=True)]
+    return [write_image(path, data, geo, overwrite=True, rgb=rgb)]

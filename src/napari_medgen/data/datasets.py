@@ -24,7 +24,7 @@ from .annotations import IGNORE
 from .normalize import MRI_DEFAULT, normalize
 from .resample import resize, target_shape
 from ..errors import UserError
-from ..io.read import EXTENSIONS, read_image
+from ..io.read import EXTENSIONS, _stem as case_stem, read_image  # case_stem: a name without its (double) extension
 from .orientation import reorientation, turn, turned
 
 CHANNEL = re.compile(r"_(\d{4})$")  # nnU-Net: case_0000 is channel 0 of "case"
@@ -50,14 +50,6 @@ class CohortDataset:
     cases: list
     classes: list = field(default_factory=list)  # class names by label value; empty: found from the labels
     modality: str = ""  # "CT" or "" (MRI and other arbitrary units)
-
-
-def case_stem(path: Path) -> str:
-    name = path.name
-    for ext in sorted(EXTENSIONS, key=len, reverse=True):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -25,7 +25,7 @@ def resolve(spec: dict | None, image: np.ndarray | None = None, modality: str = 
     spec = dict(spec or {"kind": "auto"})
     if spec["kind"] != "auto":
         return spec
-    if modality.upper() == "CT" or apparent_modality(image) == "CT":  # Hounsfield values: a window, whatever the name
+    if apparent_modality(image, modality) == "CT":
         return dict(CT_WINDOW)
     return dict(MRI_DEFAULT)
 
@@ -100,10 +100,13 @@ def modality_of(image) -> str:
 
 
 def apparent_modality(image, modality: str = "") -> str:
-    """The one rule for "which modality is this image": the named ``modality`` (upper-cased), else "CT" when
-    ``image``'s values look like Hounsfield units (:func:`looks_like_hounsfield`), else ""."""
+    """The one rule for "which modality is this image" (display window, normalisation, model fit): "CT" when
+    named so or when ``image``'s values look like Hounsfield units (:func:`looks_like_hounsfield`), whatever the
+    name (a CT exported as "OT" or "SC"), else the named ``modality`` (upper-cased), else ""."""
     named = str(modality or "").upper()
-    return named or ("CT" if image is not None and looks_like_hounsfield(image) else "")
+    if named == "CT" or (image is not None and looks_like_hounsfield(image)):
+        return "CT"
+    return named
 
 
 def looks_like_hounsfield(image: np.ndarray) -> bool:

@@ -7,13 +7,27 @@ from ..data.normalize import apparent_modality
 CT_SOFT_TISSUE = (-160.0, 240.0)  # level 40 HU, width 400 HU
 
 
-def dicom_window(center: str, width: str) -> tuple[float, float] | None:
-    """(low, high) from Window Center / Width tag values (the first of several), None if absent or unusable."""
+def dicom_window(tag) -> tuple[float, float] | None:
+    """(low, high) from Window Center / Width (the first of several) for the values as read, None if absent or
+    unusable; ``tag("gggg|eeee")`` gives a tag's value ("" if absent).
+
+    ITK reads a MONOCHROME1 image (0 = white) inverted, ``v`` as ``mirror - v`` (bone bright, as MONOCHROME2),
+    while the window is given for ``v``: it is mirrored too."""
     try:
-        c, w = float(center.split("\\")[0]), float(width.split("\\")[0])
+        c, w = float(tag("0028|1050").split("\\")[0]), float(tag("0028|1051").split("\\")[0])
     except ValueError:
         return None
-    return (c - w / 2, c + w / 2) if w >= 1 else None
+    if w < 1:
+        return None
+    if tag("0028|0004").upper() != "MONOCHROME1":
+        return (c - w / 2, c + w / 2)
+    try:
+        bits, signed = int(tag("0028|0101") or 16), tag("0028|0103") == "1"
+        slope, intercept = float(tag("0028|1053") or 1), float(tag("0028|1052") or 0)
+    except ValueError:
+        return None
+    mirror = slope * (-1 if signed else 2 ** bits - 1) + 2 * intercept  # lowest + highest stored value, rescaled
+    return (mirror - c - w / 2, mirror - c + w / 2)
 
 
 def initial_contrast(item) -> tuple[float, float] | None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,11 @@ from .geometry import Geometry
 from .header import nifti_header, voxel_bytes
 from .nifti_shear import is_nifti2, is_shear_error, read_sheared, sform_sheared
 from ..errors import UserError
+from ..naming import LABEL_NAME
 
 EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
-LABEL_NAME = re.compile(r"(label|seg|mask|tissue)", re.IGNORECASE)
-MAX_LABELS = 64
+MAX_LABELS = 128  # TotalSegmentator's 117 classes and background; an 8-bit scan has more grey levels
 
 
 class ImageReadError(UserError):
@@ -63,29 +62,41 @@ class ImageData:
 
 
 def is_supported(path: "str | os.PathLike") -> bool:
-    """True for files with a known extension and for folders that contain DICOM files."""
+    """True for files with a known extension, DICOM files of any name (IM0001) and folders that contain DICOM files."""
     p = Path(path)
     if p.is_dir():
         from .timeseries import is_frames_folder
         return any(_looks_dicom(f) for f in _walk_files(p, limit=200)) or is_frames_folder(p)
-    return str(p).lower().endswith(EXTENSIONS)
+    return str(p).lower().endswith(EXTENSIONS) or _looks_dicom(p)
 
 
 def read_path(path: "str | os.PathLike") -> list[ImageData]:
-    """Read a file or a DICOM folder; a folder with several series gives one item per series."""
+    """Read a file or a folder; a folder gives one item per time series (cine file, DICOM series whose slice
+    positions repeat over time, two or more 2D frames), other DICOM series and volume file in it."""
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"{p} does not exist.")
     segs = _read_dicom_seg(p)
     if segs is not None:
         return segs
-    from .timeseries import read_time_series
-    series = read_time_series(p)  # cine DICOM, DICOM series with temporal positions, folder of frames
-    if series:
-        return series
-    if p.is_dir():
-        return _read_dicom_folder(p)
-    return [read_image(p)]
+    from .timeseries import read_time_series, volume_files
+    series = read_time_series(p) or []
+    if not p.is_dir():
+        return series or [read_image(p)]
+    volumes = [read_image(f) for f in volume_files(p)]
+    taken = {it.metadata.get("series_uid") for it in series} - {None}
+    if not taken:  # the DICOM series as they are (the sentence of an empty folder too)
+        dicom = [] if (series or volumes) and not any(_looks_dicom(f) for f in _walk_files(p)) else _read_dicom_folder(p)
+        return series + dicom + volumes
+    for d in sorted({f.parent for f in _walk_files(p) if _looks_dicom(f)}):  # the others, each file read once
+        for sid in [s for s in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or () if s not in taken]:
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid)
+            try:
+                series.append(_read_series(files, sid))
+            except (RuntimeError, ImageReadError, DicomSeriesError) as err:
+                warnings.warn(ImageReadWarning(f"Skipped a DICOM series in {Path(files[0]).parent.name}: "
+                                               f"{_first_line(err)}"), stacklevel=2)
+    return series + volumes
 
 
 def _read_dicom_seg(p: Path) -> list[ImageData] | None:
@@ -106,7 +117,19 @@ def _read_dicom_seg(p: Path) -> list[ImageData] | None:
                 images = _read_dicom_folder(p)
         except ImageReadError:  # a folder holding only SEG objects
             pass
-    return images + [read_seg_file(f, images) for f in segs]
+    out, skipped = list(images), []
+    for f in segs:  # an unreadable SEG in a study folder is skipped with a warning, as a bad series is
+        try:
+            out.append(read_seg_file(f, images))
+        except (UserError, OSError, ValueError) as err:
+            if p.is_file():
+                raise
+            skipped.append(f"{f.relative_to(p)}: {_first_line(err)}")
+    if not out:
+        raise ImageReadError(f"{p} holds no readable DICOM image series, and its SEG cannot be read ({skipped[0]}).")
+    for line in skipped:
+        warnings.warn(ImageReadWarning(f"Skipped the DICOM SEG {line}"), stacklevel=4)
+    return out
 
 
 def opened(item):
@@ -213,7 +236,7 @@ def _label_like(data: np.ndarray, name: str) -> bool:
         return False
     values = np.unique(sample)
     if LABEL_NAME.search(name):
-        return values.size <= 10 * MAX_LABELS
+        return values.size <= MAX_LABELS
     return values.size <= 8 and data.dtype.itemsize == 1
 
 
@@ -244,7 +267,8 @@ def _read_series(files: tuple, sid: str) -> ImageData:
     modality = _tag(info, "0008|0060")
     if modality in NOT_IMAGES:
         raise ImageReadError(f"{modality} objects are not images")
-    desc = _tag(info, "0008|103e") or _tag(info, "0008|0020") or sid[-12:]
+    number = _tag(info, "0020|0011")  # without a description: "CT series 3", which a user finds on the scanner's list
+    desc = _tag(info, "0008|103e") or f"{modality or 'DICOM'} series {number or sid[-12:]}"
     img, arr, geo, notes, extra = read_series(files, desc)
     meta = {"source": str(Path(files[0]).parent), "modality": modality, "series_uid": sid,
             "series_description": desc, "n_files": len(files), "window": _window(info), **extra}
@@ -300,9 +324,11 @@ def _walk_files(folder: Path, limit: int | None = None):
 
 
 def _looks_dicom(f: Path) -> bool:
+    """A .dcm file, or a file named without extension (IM0001, as CD and PACS exports name them) or by a UID
+    (1.2.840.113619.2.55.3.12) with the DICOM preamble."""
     if f.suffix.lower() == ".dcm":
         return True
-    if f.suffix or not f.is_file():
+    if (f.suffix and not f.suffix[1:].isdigit()) or not f.is_file():
         return False
     try:
         with open(f, "rb") as fh:
@@ -333,8 +359,8 @@ def _tag(obj, key: str) -> str:
 
 
 def _window(obj) -> tuple[float, float] | None:
-    """The display window of Window Center / Width."""
-    return dicom_window(_tag(obj, "0028|1050"), _tag(obj, "0028|1051"))
+    """The display window of a SimpleITK image's or file reader's DICOM tags, for its values as read."""
+    return dicom_window(lambda key: _tag(obj, key))
 
 
 def _stem(p: Path) -> str:

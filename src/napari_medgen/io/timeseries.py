@@ -5,11 +5,14 @@ Each becomes one :class:`~napari_medgen.io.read.ImageData` whose first axis is t
 them on the sliders), ``metadata["time_step"]`` the time between frames and
 ``metadata["time_unit"]`` its unit.  :func:`write_time_series` writes it back as a
 4D image (time as the fourth axis, its spacing the time step), so it reads back the same.
+Colour frames are read as their grey levels (luminance), with a warning: the time-series
+models take one value per pixel.
 """
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
@@ -19,13 +22,16 @@ import SimpleITK as sitk
 
 from ..errors import UserError
 from .geometry import Geometry
-from .read import EXTENSIONS, ImageData, ImageReadError, _first_line, _looks_dicom, _stem, _tag, _walk_files
-from .write import WRITE_EXTENSIONS
+from .read import (EXTENSIONS, LABEL_NAME, ImageData, ImageReadError, ImageReadWarning, _first_line, _looks_dicom,
+                   _stem, _tag, _walk_files)
+from .write import WRITE_EXTENSIONS, check_writable
 
-FRAME_EXTENSIONS = tuple(e for e in EXTENSIONS if e != ".dcm") + (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+RASTER_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")  # 2D formats: always frames in a folder
+VOLUME_EXTENSIONS = tuple(e for e in EXTENSIONS if e != ".dcm")  # frames only when they hold one slice
 MIN_FRAMES = 2
 TEMPORAL_POSITION, TRIGGER_TIME, FRAME_TIME = "0020|0100", "0018|1060", "0018|1063"
 POSITION, ORIENTATION, FRAMES = "0020|0032", "0020|0037", "0028|0008"
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 weights of R, G, B
 
 
 def is_time_series(metadata: Optional[dict], axis_labels=None) -> bool:
@@ -54,12 +60,14 @@ def time_step(metadata: Optional[dict]) -> tuple[float, str]:
 
 
 def read_time_series(path: "str | os.PathLike") -> Optional[list[ImageData]]:
-    """Time series at ``path`` (4D file, cine DICOM, temporal DICOM folder, folder of frames); None if none."""
+    """The time series at ``path`` (4D files aside: read_image reads them), None if none: a cine DICOM file; in a
+    folder, its cine files and DICOM series whose positions repeat over time (``metadata["series_uid"]`` says
+    which) and its own 2D frames as one series."""
     p = Path(path)
     if p.is_dir():
-        return _temporal_dicom_folder(p) or _frames_folder(p)
+        return (_temporal_dicom_folder(p) + _frames_folder(p)) or None
     if _looks_dicom(p):
-        item = _cine_dicom(p)
+        item = _cine_dicom(p, _info(p))
         return [item] if item is not None else None
     return None
 
@@ -67,6 +75,19 @@ def read_time_series(path: "str | os.PathLike") -> Optional[list[ImageData]]:
 def from_4d_image(img, item: ImageData) -> ImageData:
     """Mark an item read from a 4D SimpleITK image (NIfTI time spacing in seconds)."""
     return mark_time_series(item, img.GetSpacing()[3], "s")
+
+
+def _grey(arr: np.ndarray, name: str, channels: int) -> np.ndarray:
+    """Colour pixels (last axis R, G, B[, A]) as their luminance, in the same dtype."""
+    if channels not in (3, 4):
+        raise ImageReadError(f"{name} has {channels} values per pixel; frames are grey or colour (RGB).")
+    grey = arr[..., :3].astype(np.float32) @ LUMA
+    return np.rint(grey).astype(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else grey
+
+
+def _say_grey(name: str) -> None:
+    warnings.warn(ImageReadWarning(f"{name}: colour frames are read as their grey levels (luminance); the "
+                                   "time-series models take one value per pixel."), stacklevel=4)
 
 
 # --- multi-frame (cine) DICOM -----------------------------------------------------------------
@@ -80,10 +101,9 @@ def _info(path: Path) -> Optional[sitk.ImageFileReader]:
     return reader
 
 
-def _cine_dicom(path: Path) -> Optional[ImageData]:
+def _cine_dicom(path: Path, info) -> Optional[ImageData]:
     """A multi-frame DICOM whose frames are times (Frame Time or Frame Time Vector present)."""
-    info = _info(path)
-    if info is None or _number(_tag(info, FRAMES)) is None or _number(_tag(info, FRAMES)) < MIN_FRAMES:
+    if info is None or (_number(_tag(info, FRAMES)) or 1) < MIN_FRAMES:
         return None
     step = _number(_tag(info, FRAME_TIME))
     vector = _numbers(_tag(info, "0018|1065"))
@@ -94,54 +114,73 @@ def _cine_dicom(path: Path) -> Optional[ImageData]:
     img = sitk.ReadImage(str(path))
     data = sitk.GetArrayFromImage(img)
     if img.GetNumberOfComponentsPerPixel() > 1:
-        raise ImageReadError(f"{path.name}: colour cine loops are not supported; convert it to grey levels.")
+        data = _grey(data, path.name, img.GetNumberOfComponentsPerPixel())
+        _say_grey(path.name)
     g3 = Geometry.from_sitk(img)  # (frame, y, x): the frame axis is time, not space
     geo = Geometry(g3.spacing[1:], g3.origin[1:], g3.direction[1:, 1:])
-    meta = {"source": str(path), "modality": _tag(info, "0008|0060")}
+    meta = {"source": str(path), "modality": _tag(info, "0008|0060"), "series_uid": _tag(info, "0020|000e")}
     return mark_time_series(ImageData(data, geo, _stem(path), "image", meta), step / 1000.0, "s")
 
 
 # --- DICOM series with temporal positions ------------------------------------------------------
-def _temporal_dicom_folder(folder: Path) -> Optional[list[ImageData]]:
-    files = [f for f in _walk_files(folder) if _looks_dicom(f)]
-    groups: dict = defaultdict(list)  # series UID -> [(time key, position along the normal, file, trigger)]
-    for f in files:
-        info = _info(f)
-        if info is None or (_number(_tag(info, FRAMES)) or 1) > 1:
+def _temporal_dicom_folder(folder: Path) -> list[ImageData]:
+    """The folder's cine files and its series whose slice positions repeat over time."""
+    out, groups, names = [], defaultdict(list), {}  # series UID -> [(time, position, along normal, file, trigger)]
+    for f in _walk_files(folder):
+        info = _info(f) if _looks_dicom(f) else None
+        if info is None:
             continue
-        when = _tag(info, TEMPORAL_POSITION) or _tag(info, TRIGGER_TIME)
-        if not when:
+        if (_number(_tag(info, FRAMES)) or 1) > 1:
+            cine = _cine_dicom(f, info)
+            out += [cine] if cine is not None else []
             continue
-        groups[_tag(info, "0020|000e")].append((_number(when), _along_normal(info), str(f),
-                                                _number(_tag(info, TRIGGER_TIME))))
-    out = []
+        when = _number(_tag(info, TEMPORAL_POSITION) or _tag(info, TRIGGER_TIME))
+        if when is None:
+            continue
+        uid = _tag(info, "0020|000e")
+        names[uid] = _tag(info, "0008|103e") or f"{folder.name} {uid[-8:]}".strip()
+        groups[uid].append((when, tuple(np.round(_numbers(_tag(info, POSITION)), 2)), _along_normal(info), str(f),
+                            _number(_tag(info, TRIGGER_TIME))))
     for uid, entries in groups.items():
-        times = sorted({e[0] for e in entries if e[0] is not None})
-        if len(times) >= MIN_FRAMES:
-            out.append(_stack_times(uid, entries, times, folder))
-    return out or None
+        frames = _time_points(entries, folder)
+        if frames is not None:
+            out.append(_stack_times(uid, names[uid], frames, folder, len(entries)))
+    return out
 
 
-def _stack_times(uid: str, entries: list, times: list, folder: Path) -> ImageData:
+def _time_points(entries: list, folder: Path) -> Optional[list]:
+    """The entries of each time point (sorted along the slice normal) when every slice position is seen at the
+    same number (two or more) of distinct times; None when each position has one time (a volume whose slices
+    were acquired one after another) or repeats a time (not a time series)."""
+    at = defaultdict(list)
+    for e in entries:
+        at[e[1]].append(e)
+    counts = {len(v) for v in at.values()}
+    if max(counts) < MIN_FRAMES or any(len({e[0] for e in v}) < len(v) for v in at.values()):
+        return None
+    if len(counts) > 1:
+        raise ImageReadError(f"{folder.name}: the slice positions have different numbers of time points "
+                             f"({sorted(counts)}); the series is incomplete.")
+    columns = [sorted(v) for v in at.values()]
+    return [sorted((c[k] for c in columns), key=lambda e: e[2]) for k in range(counts.pop())]
+
+
+def _stack_times(uid: str, name: str, time_points: list, folder: Path, n_files: int) -> ImageData:
     frames, triggers, geo = [], [], None
-    for t in times:
-        here = sorted((e for e in entries if e[0] == t), key=lambda e: e[1])
+    for here in time_points:
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames([e[2] for e in here])
+        reader.SetFileNames([e[3] for e in here])
         try:
             img = reader.Execute()
         except RuntimeError as err:
-            raise ImageReadError(f"{folder.name}: time point {t:g} cannot be read ({_first_line(err)}).") from None
+            raise ImageReadError(f"{folder.name}: time point {here[0][0]:g} cannot be read ({_first_line(err)}).") from None
         frames.append(sitk.GetArrayFromImage(img))
-        triggers.append(np.nanmean([e[3] if e[3] is not None else np.nan for e in here]))
+        known = [e[4] for e in here if e[4] is not None]
+        triggers.append(np.mean(known) if known else np.nan)
         geo = geo or Geometry.from_sitk(img)
-    if len({f.shape for f in frames}) > 1:
-        raise ImageReadError(f"{folder.name}: the time points have different numbers of slices "
-                             f"({sorted({f.shape[0] for f in frames})}); the series is incomplete.")
     diffs = np.diff(np.asarray(triggers, float))
     step, unit = (float(np.nanmedian(diffs)) / 1000.0, "s") if np.isfinite(diffs).any() else (1.0, "frame")
-    item = ImageData(np.stack(frames), geo, f"{folder.name} {uid[-8:]}".strip(), "image",
-                     {"source": str(folder), "series_uid": uid, "n_files": len(entries)})
+    item = ImageData(np.stack(frames), geo, name, "image", {"source": str(folder), "series_uid": uid, "n_files": n_files})
     return mark_time_series(item, step, unit)
 
 
@@ -153,38 +192,69 @@ def _along_normal(info) -> float:
     return float(np.dot(pos, normal))
 
 
-# --- a folder of frames -------------------------------------------------------------------------
+# --- a folder's own image files: 2D frames and volumes ---------------------------------------------
 def is_frames_folder(folder: "str | os.PathLike") -> bool:
-    """A folder (no DICOM) with at least two image files: each file is one frame."""
+    """A folder whose own files open: two or more 2D images (frames of one time series) or volume files."""
     p = Path(folder)
-    return p.is_dir() and len(_frame_files(p)) >= MIN_FRAMES
+    if not p.is_dir():
+        return False
+    names = [f.name.lower() for f in _image_files(p)]
+    return any(n.endswith(VOLUME_EXTENSIONS) for n in names) or sum(n.endswith(RASTER_EXTENSIONS) for n in names) >= MIN_FRAMES
 
 
-def _frame_files(folder: Path) -> list[Path]:
-    files = [f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(FRAME_EXTENSIONS)
+def volume_files(folder: "str | os.PathLike") -> list[Path]:
+    """The folder's own image files that open one layer each: volumes, and 2D files too few to be frames."""
+    files = _image_files(Path(folder))
+    frames = _frame_files(files)
+    return [f for f in files if f not in frames or len(frames) < MIN_FRAMES]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = [f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(VOLUME_EXTENSIONS + RASTER_EXTENSIONS)
              and not f.name.startswith(".")]
     key = lambda f: [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", f.name)]
     return sorted(files, key=key)  # frame_2 before frame_10
 
 
-def _frames_folder(folder: Path) -> Optional[list[ImageData]]:
-    files = _frame_files(folder)
+def _frame_files(files: list[Path]) -> list[Path]:
+    """The frames of one time series among a folder's image files: its 2D raster images (two or more), else its
+    volume files when they are two or more images of one size (follow-ups, a 4D CT stored one file per time
+    point), none named as labels; [] otherwise (a case with its label map, a dataset of cases)."""
+    rasters = [f for f in files if f.name.lower().endswith(RASTER_EXTENSIONS)]
+    if len(rasters) >= MIN_FRAMES:
+        return rasters
+    volumes = [f for f in files if f not in rasters]
+    sizes = {_size(f) for f in volumes}
+    if len(volumes) < MIN_FRAMES or len(sizes) != 1 or None in sizes or any(LABEL_NAME.search(f.name) for f in volumes):
+        return []
+    return volumes
+
+
+def _size(f: Path) -> Optional[tuple]:
+    info = _info(f)
+    return None if info is None else tuple(info.GetSize())  # None: read_image then says what is wrong with it
+
+
+def _frames_folder(folder: Path) -> list[ImageData]:
+    files = _frame_files(_image_files(folder))
     if len(files) < MIN_FRAMES:
-        return None
-    frames, geo = [], None
+        return []
+    frames, geo, colour = [], None, False
     for f in files:
         try:
             img = sitk.ReadImage(str(f))
         except RuntimeError as err:
             raise ImageReadError(f"Frame {f.name} cannot be read ({_first_line(err)}).") from None
-        if img.GetNumberOfComponentsPerPixel() > 1:
-            img = sitk.VectorIndexSelectionCast(img, 0)
         arr = sitk.GetArrayFromImage(img)
+        if img.GetNumberOfComponentsPerPixel() > 1:
+            arr, colour = _grey(arr, f"Frame {f.name}", img.GetNumberOfComponentsPerPixel()), True
         if frames and arr.shape != frames[0].shape:
             raise ImageReadError(f"Frame {f.name} has shape {arr.shape} but {files[0].name} has "
                                  f"{frames[0].shape}; all frames of a series must match.")
         frames.append(arr)
         geo = geo or Geometry.from_sitk(img)
+    if colour:
+        _say_grey(folder.name)
     if frames[0].ndim == 3 and frames[0].shape[0] == 1:
         frames, geo = [f[0] for f in frames], Geometry(geo.spacing[1:], geo.origin[1:], geo.direction[1:, 1:])
     item = ImageData(np.stack(frames), geo, folder.name, "image", {"source": str(folder), "n_files": len(files)})
@@ -195,35 +265,36 @@ def _frames_folder(folder: Path) -> Optional[list[ImageData]]:
 def write_time_series(path: "str | os.PathLike", data: np.ndarray, geometry: Optional[Geometry] = None,
                       step: float = 1.0, *, overwrite: bool = False) -> str:
     """Write (t, y, x) or (t, z, y, x) as a 4D image whose fourth spacing is the time step."""
+    p = Path(path).expanduser()
+    ext = next((e for e in sorted(WRITE_EXTENSIONS, key=len, reverse=True) if p.name.lower().endswith(e)), None)
+    if ext is None or ext in (".mhd", ".nhdr"):
+        raise UserError(f"Cannot write {p.name}: write a time series to a single file (.nii.gz, .nii, .nrrd, .mha).")
     arr = np.asarray(data)
     if arr.ndim not in (3, 4):
         raise UserError(f"A time series is (t, y, x) or (t, z, y, x); got shape {arr.shape}.")
+    if arr.dtype.kind not in "biuf":
+        raise UserError(f"Cannot write {arr.dtype} values to {p.name}; images hold numbers.")
     geo = geometry or Geometry.identity(arr.ndim - 1)
     if geo.ndim != arr.ndim - 1:
         raise UserError(f"Cannot write {arr.ndim - 1}D frames with {geo.ndim}D geometry.")
+    check_writable(p, overwrite)
     if arr.ndim == 3:  # 2D frames: one slice thick
         arr = arr[:, None]
         geo = Geometry((1.0,) + geo.spacing, (0.0,) + geo.origin,
                        np.block([[np.eye(1), np.zeros((1, 2))], [np.zeros((2, 1)), geo.direction]]))
-    p = Path(path)
-    if not str(p).lower().endswith(WRITE_EXTENSIONS):
-        raise UserError(f"Cannot write {p.name}: use one of {', '.join(WRITE_EXTENSIONS)}.")
-    if p.exists() and not overwrite:
-        raise FileExistsError(f"{p} already exists; not overwriting it.")
-    if arr.dtype == bool or arr.dtype == np.int64:
-        arr = arr.astype(np.uint8 if arr.dtype == bool else np.int32)
+    if arr.dtype in (bool, np.int64, np.float16):
+        arr = arr.astype({np.dtype(bool): np.uint8, np.dtype(np.int64): np.int32}.get(arr.dtype, np.float32))
     img = sitk.GetImageFromArray(arr, isVector=False)  # (x, y, z, t)
     direction = np.eye(4)
     direction[1:, 1:] = geo.direction
     Geometry((float(step),) + geo.spacing, (0.0,) + geo.origin, direction).apply_to_sitk(img)
-    ext = next(e for e in sorted(WRITE_EXTENSIONS, key=len, reverse=True) if p.name.lower().endswith(e))
-    if ext in (".mhd", ".nhdr"):
-        raise UserError(f"Write time series to a single file ({', '.join(('.nii.gz', '.nii', '.nrrd', '.mha'))}).")
     tmp = p.with_name(f".{p.name[: -len(ext)]}.partial{ext}")
-    p.parent.mkdir(parents=True, exist_ok=True)
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(img, str(tmp), True)
         os.replace(tmp, p)
+    except (OSError, RuntimeError) as err:
+        raise UserError(f"Cannot write {p}: {_first_line(err)}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return str(p)

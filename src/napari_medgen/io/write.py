@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,46 +16,51 @@ WRITE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry | None = None,
-                *, overwrite: bool = False) -> str:
+                *, overwrite: bool = False, rgb: bool = False) -> str:
     """Write ``data`` (napari axis order) with ``geometry``; refuses to overwrite unless asked.
 
     2D data on the grid of a slice read from a one-slice volume is written as that one-slice volume.
+    ``rgb``: the last axis holds 8-bit colour channels (RGB or RGBA), written as a colour image the reader
+    opens as RGB again.
 
-    The file is written to a temporary name first and renamed, so a failure never
-    leaves a half-written file behind.
+    The file (and the data file beside a .mhd/.nhdr header) is written under a temporary folder first and
+    moved in place, so a failure never leaves a half-written file behind.
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     if not str(p).lower().endswith(WRITE_EXTENSIONS):
         raise UserError(f"Cannot write {p.name}: use one of {', '.join(WRITE_EXTENSIONS)}.")
     check_writable(p, overwrite)
     arr = np.asarray(data)
     if arr.dtype.kind not in "biuf":
         raise UserError(f"Cannot write {arr.dtype} values to {p.name}; images hold numbers.")
+    if rgb and (arr.dtype != np.uint8 or arr.shape[-1] not in (3, 4)):
+        raise UserError(f"Cannot write {p.name}: RGB layers are saved with 3 or 4 channels of 8-bit values "
+                        f"(this one has {arr.shape[-1]} of {arr.dtype}).")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
+    if arr.dtype == np.float16:  # no file format here stores half floats
+        arr = arr.astype(np.float32)
     if arr.dtype == np.int64 and arr.size and arr.min() >= 0 and arr.max() < 65536:
         arr = arr.astype(np.uint16 if arr.max() > 255 else np.uint8)
-    arr, geo = (geometry or Geometry.identity(arr.ndim)).as_volume(arr)  # a slice goes back to its place in 3D
-    if arr.ndim != geo.ndim:
-        raise UserError(f"Cannot write a {arr.ndim}D array with {geo.ndim}D geometry.")
-    img = sitk.GetImageFromArray(arr)
+    geo = geometry or Geometry.identity(arr.ndim - rgb)
+    if not rgb:
+        arr, geo = geo.as_volume(arr)  # a slice goes back to its place in 3D
+    if arr.ndim - rgb != geo.ndim:
+        raise UserError(f"Cannot write a {arr.ndim - rgb}D {'RGB ' if rgb else ''}array with {geo.ndim}D geometry.")
+    img = sitk.GetImageFromArray(arr, isVector=rgb)
     geo.apply_to_sitk(img)
-    name = p.name
-    ext = next(e for e in sorted(WRITE_EXTENSIONS, key=len, reverse=True) if name.lower().endswith(e))
-    tmp = p.with_name(f".{name[: -len(ext)]}.partial{ext}")
+    tmp = None
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(img, str(tmp), True)
-        if ext in (".mhd", ".nhdr"):  # header + detached data: rewrite under the final name
-            tmp.unlink()
-            sitk.WriteImage(img, str(p), True)
-        else:
-            os.replace(tmp, p)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.partial", dir=p.parent))
+        sitk.WriteImage(img, str(tmp / p.name), True)
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name == p.name):  # a detached data file first, the header last
+            os.replace(f, p.parent / f.name)
     except (OSError, RuntimeError) as err:
         raise UserError(f"Cannot write {p}: {(str(err).strip().splitlines() or [type(err).__name__])[-1][:200]}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(p)
 
 
