@@ -13,14 +13,15 @@ import textwrap
 import warnings
 
 from .. import __version__
+from ..engine.jobs import Cancelled
 from ..errors import UserError
 from .options import budget_defaults
 
 # Each module has ``add_parser(subparsers)`` that registers its verbs with ``func=``.
 VERB_MODULES = ["info", "demo", "segment", "vae", "train", "gan", "pacs", "sequence", "cohort", "classify"]
 
-USER_ERRORS = (UserError, ValueError, FileExistsError, FileNotFoundError, PermissionError,
-               IsADirectoryError, NotADirectoryError)
+# what a user can cause: one line, status 2; anything else (a plain ValueError too) is a bug and shows its traceback
+USER_ERRORS = (UserError, FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -78,7 +79,8 @@ def _describe(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; user errors print one line and exit with status 2; a closed pipe ends quietly."""
+    """Entry point; user errors print one line and exit with status 2, a stop (Ctrl-C) one line and status 130;
+    a closed pipe ends quietly."""
     try:
         code = _main(argv)
         sys.stdout.flush()  # a reader that left (``| head``) shows here, not as a traceback at exit
@@ -107,6 +109,9 @@ def _main(argv: list[str] | None) -> int:
     except USER_ERRORS as err:
         print(f"napari-medgen: error: {err}", file=sys.stderr)
         return 2
+    except Cancelled:  # Ctrl-C once, in a verb that cannot stop early and keep what it has
+        print("napari-medgen: stopped; nothing more was written.", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("napari-medgen: interrupted.", file=sys.stderr)
         return 130

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .options import (add_budget, add_common, add_table, add_window, check_model_output, check_output, existing,
-                      model_identity, table_of, warn_other_models, window_of)
+                      model_identity, skipped_label_files, table_of, warn_other_models, window_of)
 from ..errors import UserError
 
 
@@ -55,7 +55,8 @@ def add_parser(sub) -> None:
                        description="Classify image files, DICOM folders or folders of images with a trained "
                                    "classifier; one CSV row per image (file, label, one column per class, the model). "
                                    "Files already listed in the --out CSV (or in its part files) are kept unless "
-                                   "--overwrite, so an interrupted or split run resumes.",
+                                   "--overwrite, so an interrupted or split run resumes. In a folder or glob, files "
+                                   "whose names contain label, mask or seg are skipped (and listed on stderr).",
                        epilog="example:\n  napari-medgen classify new_scans/ --model sorter.medgen.pt --out "
                               "probabilities.csv --heatmaps heatmaps/")
     c.add_argument("inputs", nargs="+", type=existing,
@@ -113,7 +114,8 @@ def run_classify(args) -> int:
     model = load_classifier(args.model)
     args.model_identity = model_identity(model, args.model)
     header = ["file", "label", *(str(c) for c in model.params.classes), "model"]
-    cases = [c for spec in args.inputs for c in find_cases(spec)[0]]
+    found = [find_cases(spec) for spec in args.inputs]
+    cases, label_files = [c for images, _ in found for c in images], [p for _, labels in found for p in labels]
     args.case_names = case_names(cases)  # heatmap names that two inputs never share
     target = out if args.num_parts == 1 else out.with_name(f"{_stem(out)}.part{args.part_id}of{args.num_parts}.csv")
     check_writable(target, overwrite=True)  # a folder or a read-only place is refused before any work
@@ -128,6 +130,8 @@ def run_classify(args) -> int:
         Path(args.heatmaps).mkdir(parents=True, exist_ok=True)
     with dist.session(args.device) as device:
         args.device = device
+        if label_files:
+            dist.say(skipped_label_files(label_files), file=sys.stderr)
         mine = dist.shard(cases, args.num_parts, args.part_id)
         quiet = args.quiet or not dist.is_main_process()
         log = out.with_name(f".{out.name}.part{args.part_id}of{args.num_parts}.rank{dist.rank()}.{os.getpid()}"

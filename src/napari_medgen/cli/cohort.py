@@ -7,16 +7,7 @@ from __future__ import annotations
 
 import json
 
-from .options import add_budget, add_common, check_model_output, existing
-from ..errors import UserError
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"'{text}' is not a comma-separated list of whole numbers.") from None
-
+from .options import add_budget, add_common, check_model_output, existing, int_list
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train-cohort", help="train a 2D/3D U-Net on a Decathlon / nnU-Net dataset folder",
@@ -49,7 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint an interrupted run left next to --out (default: start afresh)")
     p.add_argument("--checkpoint-every", type=float, default=300.0,
-                   help="seconds between checkpoints (written at validations; default 300)")
+                   help="least seconds between checkpoints, each written at the next validation (validations "
+                        "come every tenth of --steps and, with --seconds, at least every max(15 s, a tenth of "
+                        "--seconds)) (default 300)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -69,8 +62,8 @@ def run(args) -> int:
         with terminal_job("train-cohort", quiet=quiet) as job:
             model, history = train_cohort(
                 args.dataset, spatial_dims=args.dims, steps=args.steps, seconds=args.seconds, axis=args.axis,
-                val_fraction=args.val_fraction, channels=tuple(_ints(args.channels)),
-                patch_size=_ints(args.patch_size) if args.patch_size else None, batch_size=args.batch_size,
+                val_fraction=args.val_fraction, channels=tuple(int_list(args.channels)),
+                patch_size=int_list(args.patch_size) if args.patch_size else None, batch_size=args.batch_size,
                 lr=args.lr, augment=not args.no_augment, checkpoint=ckpt, resume=args.resume,
                 checkpoint_seconds=args.checkpoint_every, device=device, seed=args.seed, progress=job)
         if dist.is_main_process():

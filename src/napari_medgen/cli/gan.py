@@ -26,7 +26,10 @@ def add_parser(sub) -> None:
     p.add_argument("--architecture", choices=("cascade", "single-scale"), default="cascade",
                    help="cascade (default): a GAN on 4x reduced slices + a full-resolution refiner; single-scale: one "
                         "GAN at full resolution")
-    p.add_argument("--axis", type=int, default=0, help="slice axis in (z, y, x) order; 0 is axial")
+    p.add_argument("--axis", type=int, default=0,
+                   help="slice axis as the first image is stored, in napari (z, y, x) order: 0 is its first "
+                        "stored axis, axial only when the file stores axial slices (nothing is reoriented); "
+                        "the other images are cut like the first")
     add_common(p)
     p.set_defaults(func=run_train)
 
@@ -46,7 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images (default 0)")
     p.add_argument("--to-seed", type=int, help="interpolate from --seed to this seed instead (default: sample)")
     p.add_argument("--labels", type=existing,
-                   help="label map file (mask-to-image model): one image per slice; -n is then unused")
+                   help="label map file (mask-to-image model): one image per slice along the axis the model "
+                        "was trained on; -n is then unused")
     p.add_argument("--out", required=True, help="image stack file, e.g. samples.nii.gz")
     add_common(p)
     p.set_defaults(func=run_synthesize)
@@ -61,7 +65,7 @@ def add_parser(sub) -> None:
     p.add_argument("--real", required=True, type=existing,
                    help="real image whose slices are the reference and training set")
     p.add_argument("--json", help="also write the full report (all similarities) as JSON (default: none)")
-    add_common(p)
+    add_common(p, device=False)  # the report's measures run on the CPU
     p.set_defaults(func=run_report)
 
 
@@ -99,6 +103,8 @@ def run_train(args) -> int:
 
 
 def run_synthesize(args) -> int:
+    from ..data.resample import inplane_spacing
+    from ..data.slices import put_slices, take_slices
     from ..io import read_image, write_image
     from ..tasks.conditional_gan import synthesize_from_labels
     from ..tasks.gan import interpolate_seeds, synthesize
@@ -109,14 +115,12 @@ def run_synthesize(args) -> int:
     check_output(args.out, args.overwrite)
     model = _load(args.model)
     with terminal_job("gan-synthesize", args.quiet) as job:
-        if args.labels:
-            labels = read_image(args.labels)
-            axis = model.params.axis
-            data = labels.data if labels.data.ndim == 2 else labels.data.swapaxes(0, axis)
-            spacing = [s for k, s in enumerate(labels.geometry.spacing) if labels.data.ndim == 2 or k != axis]
-            item = synthesize_from_labels(model, data, spacing=spacing, device=args.device, progress=job)
-            if labels.data.ndim == 3:  # back on the label map's own grid
-                item.data, item.geometry = item.data.swapaxes(0, axis), labels.geometry
+        if args.labels:  # cut as training cut its slices, and put back on the label map's own grid
+            labels, axis = read_image(args.labels), model.params.axis
+            ndim, spacing = labels.data.ndim, labels.geometry.spacing
+            item = synthesize_from_labels(model, take_slices(labels.data, axis), device=args.device, progress=job,
+                                          spacing=spacing[-2:] if ndim == 2 else inplane_spacing(spacing, axis))
+            item.data, item.geometry = put_slices(item.data, axis, ndim), labels.geometry
         elif args.to_seed is not None:
             item = interpolate_seeds(model, args.seed, args.to_seed, steps=args.n, device=args.device, progress=job)
         else:

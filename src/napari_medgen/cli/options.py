@@ -5,6 +5,10 @@ import argparse
 import os
 from pathlib import Path
 
+# verbs whose trainer spends a budget in seconds on the whole call, preparing the images included
+# (tasks/finetune.py, tasks/vae_training.py); the other trainers' clock starts in engine.fit
+WHOLE_CALL = ("train", "vae-train")
+
 
 def existing(text: str) -> str:
     """argparse ``type`` of an input path: a missing file is said at once, before torch is imported
@@ -12,6 +16,16 @@ def existing(text: str) -> str:
     if any(c in text for c in "*?[") or os.path.exists(text):
         return text
     raise argparse.ArgumentTypeError(f"{text} does not exist")
+
+
+def int_list(text: str) -> list[int]:
+    """A comma-separated list of whole numbers (``--channels 16,32``); anything else is one clear sentence."""
+    from ..errors import UserError
+
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"'{text}' is not a comma-separated list of whole numbers.") from None
 
 
 def add_table(p, what: str) -> None:
@@ -32,10 +46,11 @@ def table_of(args) -> str:
     return args.table or args.csv
 
 
-def add_common(p) -> None:
-    """``--device``, ``--overwrite`` and ``--quiet`` for a verb's parser."""
-    p.add_argument("--device", default="auto",
-                   help="compute device: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
+def add_common(p, device: bool = True) -> None:
+    """``--device`` (unless the verb computes nothing on one), ``--overwrite`` and ``--quiet`` for a verb's parser."""
+    if device:
+        p.add_argument("--device", default="auto",
+                       help="compute device: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
 
@@ -46,9 +61,11 @@ def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None,
     applies only when ``--steps`` is not given (:func:`budget_defaults`): ``--steps`` alone is a budget in steps,
     which a seeded run repeats exactly."""
     shown = f"{seconds:g}, or none when --steps is given" if seconds is not None else neither or "no time limit"
+    counted = ("preparing the images counts, reading and writing files and predicting afterwards do not"
+               if p.prog.split()[-1] in WHOLE_CALL else
+               "the clock starts when training does: reading and preparing the images do not count")
     p.add_argument("--seconds", type=float, default=None,
-                   help="training budget in seconds of wall time (preparing the images counts, reading and "
-                        "writing files and predicting afterwards do not); training stops at whichever of "
+                   help=f"training budget in seconds of wall time ({counted}); training stops at whichever of "
                         f"--seconds/--steps ends first (default: {shown})")
     p.add_argument("--steps", type=int, default=steps,
                    help="training budget in optimizer steps; with --steps alone (no --seconds) the run is "
@@ -114,6 +131,12 @@ def model_identity(model, given) -> str:
     name = Path(str(given)).name
     saved = getattr(model, "saved", None) or {}
     return f"{name} (saved {saved['at']}, weights {saved['weights']})" if saved.get("weights") else name
+
+
+def skipped_label_files(files) -> str:
+    """The line that says which files of a folder or glob a batch verb left out as label files, by their names."""
+    names = ", ".join(p.name for p in files[:5]) + (" ..." if len(files) > 5 else "")
+    return f"napari-medgen: skipping {len(files)} label files (names with label, mask or seg): {names}"
 
 
 def warn_other_models(made_by, identity: str, what: str) -> None:

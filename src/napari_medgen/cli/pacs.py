@@ -33,6 +33,8 @@ def add_parser(sub) -> None:
         q.add_argument("--timeout", type=float, default=30.0,
                        help="seconds the PACS may stay silent before a request fails; a transfer that keeps "
                             "sending is never cut (default 30; raise it for a slow archive)")
+
+    def transfer(q):  # pull and push show a progress bar
         q.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
 
     f = verbs.add_parser("find", help="list studies and their series",
@@ -60,6 +62,7 @@ def add_parser(sub) -> None:
     g.add_argument("--series", required=True, help="SeriesInstanceUID of the series to retrieve (from pacs find)")
     g.add_argument("output", help="image file to write: .nii.gz, .nii, .nrrd or .mha (keeps the geometry)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    transfer(g)
     g.set_defaults(func=run_pull)
 
     s = verbs.add_parser("push", help="send a label image as a DICOM SEG referencing a series",
@@ -80,6 +83,8 @@ def add_parser(sub) -> None:
                    help="algorithm name recorded in the SEG (default napari-medgen)")
     s.add_argument("--algorithm-version", default="", help="algorithm version recorded in the SEG (default: empty)")
     s.add_argument("--save", default="", help="also write the SEG to this .dcm file (default: send only)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --save file")
+    transfer(s)
     s.set_defaults(func=run_push)
 
 
@@ -90,8 +95,8 @@ def server_from(args):
     password = os.environ.get(PASSWORD_ENV, "")
     if args.user and not password:
         if not sys.stdin.isatty():
-            raise ValueError(f"Set {PASSWORD_ENV} to the password of '{args.user}' (it is never taken from the "
-                             f"command line).")
+            raise UserError(f"Set {PASSWORD_ENV} to the password of '{args.user}' (it is never taken from the "
+                            f"command line).")
         password = getpass.getpass(f"Password for {args.user} at {args.url}: ")
     if args.timeout <= 0:
         raise UserError("--timeout must be a positive number of seconds.")
@@ -141,19 +146,14 @@ def _row(columns, values) -> str:
 
 
 def run_pull(args) -> int:
-    from .. import Cancelled
     from ..io import write_image
     from ..pacs.client import pull_series
     from .progress import terminal_job
 
     check_output(args.output, args.overwrite)  # before the transfer, not after it
     server = server_from(args)
-    try:
-        with terminal_job("pull", quiet=args.quiet) as job:
-            item = pull_series(server, args.series, progress=job)
-    except Cancelled:
-        print("napari-medgen: stopped; nothing was written.", file=sys.stderr)
-        return 130
+    with terminal_job("pull", quiet=args.quiet) as job:
+        item = pull_series(server, args.series, progress=job)
     print(write_image(args.output, item.data, item.geometry, overwrite=args.overwrite))
     return 0
 
@@ -166,7 +166,7 @@ def run_push(args) -> int:
     from .progress import terminal_job
 
     if args.save:
-        check_output(args.save, False)
+        check_output(args.save, args.overwrite)
     labels = read_image(Path(args.labels))
     names = [c.strip() for c in args.classes.split(",")] if args.classes else None
     server = server_from(args)
@@ -178,6 +178,6 @@ def run_push(args) -> int:
         print("napari-medgen: stopped; nothing was sent.", file=sys.stderr)
         return 130
     if args.save:
-        print(write_seg(args.save, seg))
+        print(write_seg(args.save, seg, overwrite=args.overwrite))
     print(seg.SeriesInstanceUID)
     return 0

@@ -15,13 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from .options import add_common, check_output, existing, model_identity, warn_other_models
+from .options import (add_common, check_output, existing, model_identity, skipped_label_files,
+                      warn_other_models)
 from ..errors import UserError
+from ..naming import LABEL_NAME
 
-# label maps, masks and our own outputs: label/mask/seg ending a word of the name (t1_seg, Labels01, labelmap,
-# brainmask, aseg, segmented), not inside one (Seguin_T1, brain_masked, Delabel)
-LABEL_FILE = re.compile(r"(?:^|[^a-z])(?:labels?(?:maps?)?|[a-z]*masks?|[a-z]*seg(?:mentation|mented)?s?)(?:[^a-z]|$)",
-                        re.IGNORECASE)
 SUMMARY_FIELDS = ("input", "output", "status", "seconds", "model", "rank", "message")
 PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # 2D images (X-ray exports) in a batch folder
 
@@ -82,7 +80,7 @@ def find_cases(spec: str) -> tuple[list[Path], list[Path]]:
 
 
 def _without_labels(paths: list[Path], spec: str) -> tuple[list[Path], list[Path]]:
-    labels = [p for p in paths if LABEL_FILE.search(p.name)]
+    labels = [p for p in paths if LABEL_NAME.search(p.name)]
     images = [p for p in paths if p not in labels]
     if not images:
         raise FileNotFoundError(f"{spec} holds only label files (names with label, mask or seg); "
@@ -186,9 +184,7 @@ def run(args) -> int:
     with dist.session(args.device) as device:
         args.device = device
         if label_files:
-            dist.say(f"napari-medgen: skipping {len(label_files)} label files (names with label, mask or seg): "
-                     + ", ".join(p.name for p in label_files[:5]) + (" ..." if len(label_files) > 5 else ""),
-                     file=sys.stderr)
+            dist.say(skipped_label_files(label_files), file=sys.stderr)
         mine = dist.shard(cases, args.num_parts, args.part_id)
         quiet = args.quiet or not dist.is_main_process()
         rows, names = [], case_names(cases)

@@ -125,7 +125,9 @@ def run_train(args) -> int:
     model.save(args.out)
     metric = "accuracy" if args.task == "classification" else "MAE"
     note = " (stopped early; best weights so far)" if hist["stopped"] else ""
-    print(f"saved {args.out}{note}; best validation {metric} {hist['best_metric']:.4g}")
+    where = (" (on the training set: too few series per class to hold any out)"
+             if model.params.metrics.get("validation is training set") else "")
+    print(f"saved {args.out}{note}; best validation {metric} {hist['best_metric']:.4g}{where}")
     return 0
 
 

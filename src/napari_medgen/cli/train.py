@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_budget, add_common, check_model_output, check_output, existing
+from .options import add_budget, add_common, check_model_output, check_output, existing, int_list
 from ..errors import UserError
 
 
@@ -58,7 +58,7 @@ def run(args) -> int:
     if labels.data.shape != image.data.shape or not labels.geometry.same_grid(image.geometry):
         raise UserError(f"{Path(args.labels).name} is not on the voxel grid of {Path(args.image).name} "
                          "(different shape, spacing, origin or direction).")
-    slices = "auto" if args.slices == "auto" else [int(s) for s in args.slices.split(",") if s.strip()]
+    slices = "auto" if args.slices == "auto" else int_list(args.slices)
     geometry, painted = image.geometry, labels.data
     how = world_order(geometry.direction) if args.axis is None and slices == "auto" and image.data.ndim == 3 else None
     if how is not None:  # a sagittal-first file is trained on as napari shows it: axial slices first

@@ -148,10 +148,12 @@ def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, se
                  progress=None, stop=None, cancel=None) -> tuple[Model, dict]:
     """Train a fresh U-Net on the labelled cases of ``dataset`` (a Decathlon / nnU-Net folder).
 
-    Budget: ``steps`` and/or ``seconds`` (1000 steps when neither).  ``checkpoint`` (a path) is
-    written by rank 0 at validations, at most every ``checkpoint_seconds``; ``resume=True``
-    continues from it, with the steps and seconds it already used taken off the budget.
-    Under torchrun the process group is joined here; each rank reads its share of the cases.
+    Budget: ``steps`` and/or ``seconds`` (1000 steps when neither).  Validation comes every tenth of
+    ``steps`` and, with ``seconds``, at least every max(15 s, a tenth of ``seconds``), so a budget in
+    steps alone is reproducible.  ``checkpoint`` (a path) is written by rank 0 at validations, at most
+    every ``checkpoint_seconds``; ``resume=True`` continues from it, with the steps and seconds it
+    already used taken off the budget.  Under torchrun the process group is joined here; each rank
+    reads its share of the cases.
     Returns ``(model, history)`` on every rank; the model's ``config.training`` records the
     world size, the samples seen and the cases used.
     """
@@ -238,7 +240,8 @@ def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, se
                       batch_size=batch_size, augment=augment, seed=seed + 1000 * dist.rank(),
                       on_validate=write_checkpoint)
     val_every = max(1, (steps or 0) // 10) if steps else None
-    history = fit(task, budget, device=dev, val_every=val_every, val_seconds=max(15.0, (seconds or 0) / 10),
+    val_seconds = None if seconds is None else max(15.0, seconds / 10)  # None: in steps alone, by steps only
+    history = fit(task, budget, device=dev, val_every=val_every, val_seconds=val_seconds,
                   keep_initial=bool(done), progress=job, stop=stop, cancel=cancel, message="training")
     trained = len(history["step"])
     model.config.training = dict(

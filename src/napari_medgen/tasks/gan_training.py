@@ -3,9 +3,11 @@
 Recipe for few images on a CPU: a spectral-norm MONAI ``PatchDiscriminator``, least-squares
 ``PatchAdversarialLoss``, differentiable augmentation of what the discriminator sees, and an
 exponential moving average (EMA) of the generator, which is what is validated, kept and sampled.
-Validation is held out: the unconditional GAN scores the sliced Wasserstein distance of its
-EMA samples' patches to held-out real slices (lower is better); the mask-to-image GAN the L1
-error of its renderings of held-out label maps.
+Validation: the single-scale unconditional GAN scores the sliced Wasserstein distance of its EMA
+samples' patches to a held-out tenth of the real slices (lower is better); the default cascade
+(:mod:`.cascade_gan`) scores its samples against all the training slices (a distribution distance
+needs more slices than a held-out tenth; ``gan-report`` measures memorisation); the mask-to-image
+GAN the L1 error of its renderings of held-out label maps.
 """
 from __future__ import annotations
 

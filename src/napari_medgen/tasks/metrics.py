@@ -47,11 +47,6 @@ def segmentation_metrics(pred: np.ndarray, reference: np.ndarray, spacing=None,
     return out
 
 
-def mean_dice(metrics: dict) -> float:
-    """The mean Dice over the classes of :func:`segmentation_metrics`."""
-    return float(np.mean([m["dice"] for m in metrics.values()])) if metrics else float("nan")
-
-
 def label_volumes_ml(labels: np.ndarray, spacing, class_names: list[str] | None = None) -> dict:
     """``{class name: mL}`` for each foreground class (named ones even when absent, then any other value).
 

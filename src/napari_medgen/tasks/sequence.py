@@ -124,7 +124,8 @@ def _outputs(networks: dict, frames: list, device, readout: str = "final",
 
 
 def _split(n: int, y: np.ndarray, kind: str, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices; stratified by class; tiny sets validate on the training set."""
+    """Train and validation indices, stratified by class; tiny sets, and sets whose every class occurs once
+    (nothing to hold out), validate on the training set."""
     idx = np.arange(n)
     if n < 5 or fraction <= 0:
         return idx, idx
@@ -134,6 +135,8 @@ def _split(n: int, y: np.ndarray, kind: str, fraction: float, seed: int) -> tupl
     for g in groups:
         g = rng.permutation(g)
         val += list(g[:max(1, int(round(fraction * len(g))))] if len(g) > 1 else [])
+    if not val:
+        return idx, idx
     val = np.array(sorted(val), int)
     return np.setdiff1d(idx, val), val
 
