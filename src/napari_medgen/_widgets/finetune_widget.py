@@ -25,14 +25,14 @@ from ..io import Geometry, ImageData
 from ..models.segmentation import builtin_models, class_colors, class_names
 from ..tasks.finetune import FRESH
 from ..tasks.finetune_round import open_project, train_round
-from ..tasks.uncertainty import rank_slices
 from ._layers import OUTPUT_KEY, edited, row, set_output, show_result
 from ._panel import Note, Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
+from .finetune_slices import SliceTools
 
 
-class FinetuneWidget(Panel):
+class FinetuneWidget(SliceTools, Panel):
     """Image + annotation layers, start model, annotation style, budget; Interpolate / Train / Stop / Accept /
     Suggest / Save."""
 
@@ -297,89 +297,6 @@ class FinetuneWidget(Panel):
             self.summary.setText(training)
         elif not busy and self.summary.text() == training:  # cancelled or failed: the last round's summary again
             self.summary.setText(self._summary_before)
-
-    # --- the loop's helpers ---------------------------------------------------------------------
-    def view_axis(self) -> int:
-        """The axis (of the annotation layer) of the slices the viewer shows: paint and accept in any view."""
-        lab = self.labels.value
-        if lab is None or lab.ndim < 3:
-            return 0
-        hidden = [d - (self.viewer.dims.ndim - lab.ndim) for d in self.viewer.dims.not_displayed]
-        hidden = [d for d in hidden if d >= 0]
-        return hidden[-1] if hidden else 0
-
-    def current_slice(self, axis: Optional[int] = None) -> int:
-        """Index along ``axis`` (default: the viewed slice axis) of the slice the viewer shows."""
-        lab = self.labels.value
-        if lab.ndim == 2:
-            return 0
-        axis = self.view_axis() if axis is None else axis
-        point = np.asarray(lab.world_to_data(self.viewer.dims.point[-lab.ndim:]))
-        return int(np.clip(np.round(point[axis]), 0, lab.data.shape[axis] - 1))
-
-    def accept_slice(self) -> int:
-        """Copy the prediction of the current slice into its unpainted voxels; returns the count written.
-
-        Voxels already painted are never overwritten; the change is one undo step of the layer.
-        In sparse mode predicted background is written as the background label.
-        """
-        lab = self.labels.value
-        if self.runner.running:
-            show_error("Wait for the round to finish (or cancel it): the prediction shows an unfinished network.")
-            return 0
-        if self.prediction is None or lab is None or self.prediction.data.shape != lab.data.shape:
-            show_error("Train first: there is no prediction on the annotation layer's grid.")
-            return 0
-        axis = self.view_axis()
-        k = self.current_slice(axis)
-        index = [slice(None)] * lab.ndim
-        if lab.ndim == 3:
-            index[axis] = k
-        pred = np.asarray(self.prediction.data[tuple(index)]).astype(np.int64)
-        if self.painting.currentIndex() == 1:
-            pred = np.where(pred == 0, self.background.value(), pred)
-        free = (np.asarray(lab.data[tuple(index)]) == 0) & (pred != 0)
-        coords = list(np.nonzero(free))
-        if lab.ndim == 3:
-            coords.insert(axis, np.full(coords[0].shape, k))
-        lab.data_setitem(tuple(coords), pred[free].astype(lab.data.dtype))
-        show_info(f"Accepted the prediction on slice {k}: {int(free.sum())} voxels filled, painted voxels kept "
-                  "(Ctrl-Z on the layer undoes it).")
-        return int(free.sum())
-
-    def suggest(self) -> None:
-        """Rank the unannotated slices by the model's uncertainty and go to the most uncertain."""
-        inputs = self._inputs()
-        if inputs is None or self.model is None:
-            return
-        image, annotations = inputs
-        self.runner.start(rank_slices, self.model, image, annotations, axis=int(self.model.params.axis),
-                          device=self.device.currentText(), on_result=self._ranked, what="Suggest next slice")
-
-    def _ranked(self, ranking: list) -> None:
-        self.ranking = ranking
-        self.ranking_list.clear()
-        for k, score in ranking[:20]:
-            self.ranking_list.addItem(f"slice {k}: uncertainty {score:.3f}")
-            self.ranking_list.item(self.ranking_list.count() - 1).setData(256, k)
-        if ranking:
-            self.go_to(ranking[0][0])
-            self.ranking_list.setCurrentRow(0)
-        else:
-            show_info("Every informative slice is annotated already.")
-
-    def go_to(self, k: int, axis: Optional[int] = None) -> None:
-        """Show slice ``k`` along ``axis`` (default: the model's slice axis, else the viewed one)."""
-        lab = self.labels.value
-        if lab is None or lab.ndim != 3:
-            return
-        point = np.asarray(lab.world_to_data(self.viewer.dims.point[-3:]), dtype=float)
-        if axis is None:
-            axis = int(self.model.params.axis) if self.model is not None else self.view_axis()
-        point[axis] = k
-        world = np.asarray(lab.data_to_world(point))
-        n = self.viewer.dims.ndim
-        self.viewer.dims.set_point(list(range(n - 3, n)), tuple(world))
 
     def save_model(self, path: str) -> str:
         """Write the current model (a ``.medgen.pt`` the Segment widget and the CLI load)."""

@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
                         "(default: the start model's, or 'class N')")
     p.add_argument("--predict", default=None,
                    help="also write the painting completed by the model (painted slices kept) to this file; this "
-                        "comes after the training budget (about 20 s more for a 490x490x324 CT on a laptop CPU)")
+                        "comes after the training budget (about 15 s more for a 490x490x324 CT on a laptop CPU)")
     add_common(p)
     p.set_defaults(func=run)
 

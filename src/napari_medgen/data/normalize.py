@@ -30,26 +30,36 @@ def resolve(spec: dict | None, image: np.ndarray | None = None, modality: str = 
     return dict(MRI_DEFAULT)
 
 
-def normalize(image: np.ndarray, spec: dict | None = None, modality: str = "", clip: bool = True) -> np.ndarray:
+def normalize(image: np.ndarray, spec: dict | None = None, modality: str = "", clip: bool = True,
+              box: tuple | None = None) -> np.ndarray:
     """Return a float32 copy of ``image`` normalised by ``spec`` (NaN/Inf become the image minimum);
-    ``clip=False`` keeps what lies beyond a window or percentile range (below 0, above 1)."""
+    ``clip=False`` keeps what lies beyond a window or percentile range (below 0, above 1).  ``box`` (a tuple
+    of slices): only that part, computed alone (its statistics still from the whole image)."""
     spec = resolve(spec, image, modality)
-    img = np.asarray(image, dtype=np.float32)
+    arr = np.asarray(image)
+    if box is not None and (spec["kind"] == "zscore" or (arr.dtype.kind == "f" and not np.isfinite(arr).all())):
+        return normalize(arr, spec, clip=clip)[box]  # z-scores and the NaN fill take the whole image
+    img = np.array(arr if box is None else arr[box], dtype=np.float32)  # our own copy: changed in place below
     finite = np.isfinite(img)
     if not finite.all():
         img = np.where(finite, img, np.min(img[finite]) if finite.any() else 0.0).astype(np.float32)
+    whole = img if box is None else arr
     if spec["kind"] == "window" and float(spec["low"]) > PADDING_BELOW:
         pad = img < PADDING_BELOW
-        if pad.any() and looks_like_hounsfield(img):
+        if pad.any() and looks_like_hounsfield(whole):
             img = np.where(pad, np.float32(AIR_HU), img)  # a CT's outside-the-scan padding is air
     if spec["kind"] == "zscore":
         fg = img > img.min()
         vals = img[fg] if fg.any() else img
         return ((img - vals.mean()) / max(float(vals.std()), 1e-6)).astype(np.float32)
-    lo, hi = intensity_window(img, spec)
+    lo, hi = intensity_window(whole, spec)
     if hi <= lo:
         return np.zeros_like(img)
-    return (((np.clip(img, lo, hi) if clip else img) - lo) / (hi - lo)).astype(np.float32)
+    if clip:
+        np.clip(img, lo, hi, out=img)
+    img -= lo
+    img /= hi - lo
+    return img
 
 
 def intensity_window(image: np.ndarray, spec: dict) -> tuple[float, float]:
@@ -59,7 +69,7 @@ def intensity_window(image: np.ndarray, spec: dict) -> tuple[float, float]:
         return float(spec["low"]), float(spec["high"])
     if kind == "percentile":
         img = np.asarray(image)
-        sample = img.ravel()[:: max(1, img.size // 1_000_000)]
+        sample = img.ravel()[:: max(1, img.size // 1_000_000)].astype(np.float32)  # the same for any dtype
         if looks_like_hounsfield(sample):
             sample = sample[sample >= PADDING_BELOW]  # a CT's outside-the-scan padding is no intensity of its own
         lo, hi = np.percentile(sample, [spec.get("lower", 0.5), spec.get("upper", 99.5)])

@@ -22,23 +22,24 @@ import warnings
 
 import numpy as np
 import torch
-from scipy import ndimage, special
 
-from ..data.annotations import IGNORE, AnnotationError, Targets, make_targets
-from ..data.interpolate import extrapolate_ends, interpolate_labels, interpolation_reliability
-from ..data.normalize import modality_of, normalize, resolve, structure_window
+from ..data.annotations import AnnotationError, make_targets
+from ..data.interpolate import interpolation_reliability
+from ..data.normalize import apparent_modality, normalize, resolve, structure_window
 from ..data.resample import resize
-from ..data.sampling import patch_size_for, roi_box
-from ..data.orientation import box_back, index_back, plane_turn, stored_direction, turn, turn_back, turned
+from ..data.sampling import patch_size_for
+from ..data.orientation import box_back, index_back, plane_turn, stored_direction, turn_back
 from ..data.slices import take_slices
 from ..engine.device import select_device
-from ..engine.inference import predict
 from ..engine.jobs import Job
-from ..io.read import ImageData, opened
+from ..io.read import opened
 from ..engine.seg_training import predict_logits, train_segmenter
 from ..models.checkpoint import Model, ModelFileError
 from ..models.segmentation import default_classes, is_torchscript, load_segmentation_model, segmentation_config
+from .completion import Prior, as_stored, complete_labels, painting_inputs
 from .model_fit import ModelMismatchWarning, expected_modality, modality_doubt
+
+__all__ = ["FRESH", "complete_labels", "finetune", "start_model"]  # complete_labels: from .completion
 
 FRESH = "fresh"
 LR_FRESH, LR_FINETUNE = 5e-3, 1e-3
@@ -81,63 +82,6 @@ def start_model(model, n_classes: int, image: np.ndarray, *, axis: int = 0, moda
     return base.copy(), False
 
 
-def _turned(item, how):
-    """An ImageData or array stored as ``how`` says."""
-    return turned(item, how) if isinstance(item, ImageData) else turn(np.asarray(item), how)
-
-
-def _inputs(image, labels, spacing, modality):
-    """(image, labels) as 3D arrays (a 2D image becomes one slice), spacing, modality; checks them."""
-    img = np.asarray(getattr(image, "data", image))
-    lab = np.asarray(getattr(labels, "data", labels))
-    if img.ndim not in (2, 3):
-        raise AnnotationError(f"Fine-tuning needs a 2D or 3D single-channel image, not {img.ndim}D.")
-    if img.shape != lab.shape:
-        raise AnnotationError(f"The annotation {lab.shape} and the image {img.shape} have different shapes.")
-    geos = [getattr(x, "geometry", None) for x in (image, labels)]
-    if None not in geos and not geos[0].same_grid(geos[1]):
-        raise AnnotationError("The annotation is not on the image's voxel grid (spacing, origin or direction differ).")
-    spacing = spacing or getattr(getattr(image, "geometry", None), "spacing", None)
-    spacing = [float(s) for s in spacing][-img.ndim:] if spacing is not None else [1.0] * img.ndim
-    modality = modality or modality_of(image)
-    if img.ndim == 2:
-        return img[None], lab[None], [1.0] + spacing, modality, True
-    return img, lab, spacing, modality, False
-
-
-class Prior:
-    """What the painting says about the rest of the volume: the interpolated labels between painted
-    slices, their distance to the interpolated boundary, sphere caps beyond the end slices (with their
-    margin), and the region of interest around the paint."""
-
-    def __init__(self, lab: np.ndarray, t: Targets, spacing, *, sparse: bool, background_label=None,
-                 interpolate: bool = True):
-        self.labels, self.margin = (interpolate_labels(lab, spacing=spacing, planes=t.planes, return_margin=True)
-                                    if interpolate and not sparse else (lab, np.full(lab.shape, np.inf, np.float32)))
-        self.caps, self.cap_margin = (extrapolate_ends(lab, t.axis, t.planes.get(t.axis, []), spacing)
-                                      if interpolate and not sparse else (None, None))
-        fg = self.labels != 0
-        if sparse and background_label is not None:
-            fg &= self.labels != background_label
-        self.foreground = fg
-        extent = [(hi - lo) * s for (lo, hi), s in zip(roi_box(fg, 0), spacing)] if fg.any() else [0.0] * 3
-        grow_mm = max(10.0, 0.5 * max(extent))
-        self.box = roi_box(fg if fg.any() else lab != 0, [max(2, int(np.ceil(grow_mm / s))) for s in spacing])
-
-    def pseudo(self, axis: int, band_mm: float):
-        """Pseudo-label slices along ``axis``: (indices, targets) with IGNORE off the interpolation and in the band;
-        None when there are none (e.g. one painted slice)."""
-        known = np.isfinite(self.margin) & (self.margin >= band_mm)
-        target = np.where(known, self.labels.astype(np.int32), IGNORE)
-        moved = take_slices(target, axis)
-        index = np.flatnonzero((moved != IGNORE).reshape(len(moved), -1).any(1))
-        return (index, np.ascontiguousarray(moved[index])) if index.size else None
-
-    def inplane_box(self, axis: int) -> tuple:
-        (a0, a1), (b0, b1) = [self.box[i] for i in range(3) if i != axis]
-        return a0, a1, b0, b1
-
-
 def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sparse: bool = False,
              background_label: int | None = None, seconds: float | None = 60.0, steps: int | None = None,
              lr: float | None = None, batch_size: int | None = None, patch_size=None, context: int | None = None,
@@ -162,7 +106,7 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     t0 = time.monotonic()
     job = Job.of(progress, stop, cancel)
     image, labels = opened(image), opened(labels)
-    img, lab, spacing, modality, flat = _inputs(image, labels, spacing, modality)
+    img, lab, spacing, modality, flat = painting_inputs(image, labels, spacing, modality)
     if axis is not None and not flat and not 0 <= axis < 3:
         raise AnnotationError("axis must be 0, 1 or 2.")
     t = make_targets(lab, axis=0 if flat else axis, slices=slices, sparse=sparse, background_label=background_label)
@@ -179,9 +123,9 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     how = None if fresh or axis is not None or flat or listed else plane_turn(image, net_model.params.orientation)
     if how is not None:  # a volume stored in another axis order than the model's: trained on as the model's were
         shape = img.shape
-        image, labels = _turned(image, how), _turned(labels, how)
-        img, lab, spacing, modality, flat = _inputs(image, labels, None if spacing is None else
-                                                    [spacing[-3:][p] for p in how[0]], modality)
+        image, labels = as_stored(image, how), as_stored(labels, how)
+        img, lab, spacing, modality, flat = painting_inputs(image, labels, None if spacing is None else
+                                                            [spacing[-3:][p] for p in how[0]], modality)
     if how is not None or (not fresh and axis is None and not flat and net_model.params.axis != t.axis):  # its axis
         t = make_targets(lab, axis=net_model.params.axis, slices=slices, sparse=sparse,
                          background_label=background_label)
@@ -240,6 +184,14 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     steps_before = (cfg.finetune or {}).get("steps", 0)
     cfg.finetune = {"rounds": rounds, "planes": {str(a): v for a, v in planes.items()}, "sparse": bool(sparse),
                     "background_label": background_label, "steps": steps_before + len(history["step"])}
+    earlier = (net_model.config.training or {}) if rounds > 1 else {}  # a fine-tuned start's record goes on, no other's
+    net_model.config.training = {
+        **{k: history[k] for k in ("best_step", "best_metric", "returned", "stopped", "stop_reason", "device")},
+        "seconds": earlier.get("seconds", 0.0) + history["seconds"], "steps": cfg.finetune["steps"], "rounds": rounds,
+        "painted_slices": sum(len(v) for v in planes.values()),
+        "pseudo_slices": 0 if pseudo is None else int(len(pseudo[0])), "modality": apparent_modality(img, modality)}
+    if interpolate:
+        prior.keep_for(net_model)  # complete_labels on this model and painting takes it instead of building it again
     if names is not None:  # background first, then the painted values; a start model's further classes kept
         names = names[: len(cfg.classes) - 1]  # one per output of the network
         cfg.classes = default_classes(["background", *names, *[c["name"] for c in cfg.classes[len(names) + 1:]]])
@@ -263,143 +215,3 @@ def _box_labels(net, volume, box, axis, context, device, factor=1.0) -> np.ndarr
     labels = logits.argmax(1).numpy().astype(np.uint8)
     labels = resize(labels, (a1 - a0, b1 - b0), mode="nearest")
     return np.moveaxis(labels, 0, axis)
-
-
-def complete_labels(model, image, labels, *, sparse: bool = False, background_label: int | None = None,
-                    spacing=None, modality: str = "", prior_weight: float | None = None, restrict: bool = True,
-                    device="auto", progress=None, stop=None) -> np.ndarray:
-    """The user's painting completed by ``model``: a new label array of ``labels``' shape and dtype.
-
-    Painted slices are kept as painted.  Elsewhere: the model's prediction inside the region
-    around the painted structure, blended (``prior_weight``; None: by how well interpolation
-    re-makes a painted slice left out) with the shape-based interpolation between painted slices
-    and sphere caps beyond the end slices (confident far from their boundary, undecided on it;
-    with fewer than three painted slices the caps weigh 4x the network).  With ``restrict``: kept near a reliable
-    interpolation, growing beyond the first/last painted slice by at most one slice spacing per
-    slice, and only the connected parts that touch the paint or the interpolation.
-    Raises :class:`Cancelled` on stop.  Inputs are only read.
-    """
-    job = Job.of(progress, stop)
-    m, image, labels = load_segmentation_model(model), opened(image), opened(labels)
-    how = plane_turn(image, m.params.orientation) if np.ndim(getattr(image, "data", image)) == 3 else None
-    if how is not None:  # a volume stored in another axis order than the model's: completed as the model's were
-        labels = turn_back(complete_labels(m, _turned(image, how), _turned(labels, how), sparse=sparse,
-                                           background_label=background_label,
-                                           spacing=None if spacing is None else [spacing[-3:][p] for p in how[0]],
-                                           modality=modality, prior_weight=prior_weight, restrict=restrict,
-                                           device=device, progress=progress, stop=stop), how)
-        return labels
-    img, lab, spacing, modality, flat = _inputs(image, labels, spacing, modality)
-    axis = 0 if flat else int(m.params.axis)
-    t = make_targets(lab, axis=axis, sparse=sparse, background_label=background_label)
-    prior = Prior(lab, t, spacing, sparse=sparse, background_label=background_label)
-    box = tuple(slice(a, b) for a, b in prior.box) if restrict else (slice(None),) * 3
-    probs = _network_probs(m, img, spacing, modality, box, axis, flat, device, job)
-    job.check()
-    pred = _combine(probs, lab, t, prior, box, axis, spacing, sparse=sparse, prior_weight=prior_weight,
-                    restrict=restrict)
-    out = np.zeros_like(lab)
-    out[box] = pred
-    known = np.zeros(lab.shape, bool)
-    if sparse:
-        known = lab != 0
-    else:
-        for a, idx in t.planes.items():
-            sel = [slice(None)] * 3
-            sel[a] = idx
-            known[tuple(sel)] = True
-    out[known] = lab[known]
-    if sparse and background_label is not None:
-        out[lab == background_label] = 0
-    return out[0] if flat else out
-
-
-def _network_probs(m, img, spacing, modality, box, axis, flat, device, job) -> np.ndarray:
-    """The model's class probabilities (C, *box) in volume order."""
-    norm = np.moveaxis(normalize(img, m.config.normalization, modality)[box], axis, 0)  # (n, h, w) along axis
-    shape = norm.shape[1:]
-    if m.params.spacing and not flat:  # the model's grid
-        have = [s for i, s in enumerate(spacing) if i != axis]
-        norm = resize(norm, [max(8, int(round(n * h / w))) for n, h, w in zip(shape, have, m.params.spacing)])
-    args = m.config.networks["net"].args
-    probs = predict(m.net, norm[None], spatial_dims=2, axis=0, context=int(m.params.context or 0),
-                    device=device, divisor=int(np.prod(args.get("strides", (16,)))), progress=job)
-    return np.moveaxis(resize(probs, shape), 1, 1 + axis)
-
-
-def _combine(probs, lab, t, prior, box, axis, spacing, *, sparse, prior_weight, restrict) -> np.ndarray:
-    """Labels inside ``box`` from the network's ``probs`` and the prior (interpolation between painted
-    slices, sphere caps beyond them), restricted to what continues the painting."""
-    reliability = interpolation_reliability(lab, t.planes, spacing) if not sparse else 0.0
-    if prior_weight is None:  # trust the interpolation as far as it re-made painted slices it did not see
-        prior_weight = 0.5 if reliability is None else 0.5 * float(np.clip((reliability - 0.6) / 0.3, 0, 1))
-    if prior_weight > 0 and not sparse:
-        inplane = min(s for i, s in enumerate(spacing) if i != axis)
-        plab = np.where(np.isfinite(prior.margin), prior.labels, prior.caps)[box]
-        pmar = np.where(np.isfinite(prior.margin), prior.margin, prior.cap_margin)[box]
-        known = np.isfinite(pmar)
-        confidence = special.expit(np.where(known, pmar, 0.0) / inplane - 1.0) * known
-        w = prior_weight * confidence
-        target = [(plab == c).astype(np.float32) for c in range(probs.shape[0])]
-        if reliability is None:  # fewer than three painted slices: the network has seen too little to know
-            # where the structure ends (it under-segments there); beyond the ends the sphere's signed-distance
-            # probability counts 4x the network's, which decides only near the sphere's boundary
-            caps = np.isfinite(pmar) & ~np.isfinite(prior.margin[box])
-            sure = special.expit(np.where(known, pmar, 0.0) / inplane)
-            w = np.where(caps, min(1.0, 1.6 * prior_weight), w)
-            n = probs.shape[0]
-            target = [np.where(caps, np.where(plab == c, sure, (1 - sure) / max(1, n - 1)), tc)
-                      for c, tc in enumerate(target)]
-        for c in range(probs.shape[0]):
-            probs[c] = (1 - w) * probs[c] + w * target[c]
-    pred = probs.argmax(0).astype(lab.dtype)
-    if restrict and not sparse:
-        between = np.isfinite(prior.margin[box]) & ((reliability or 0.0) >= 0.8)  # stay near a good interpolation
-        pred = _continuous(pred, prior.labels[box], between, t.planes.get(axis, []),
-                           box[axis].start or 0, axis, spacing)
-    if restrict:
-        pred = _connected_to(pred, (lab != 0)[box] | prior.foreground[box])
-    return pred
-
-
-def _continuous(pred, prior, between, painted, offset: int, axis: int, spacing, band_mm: float = 3.0):
-    """``pred`` kept only where it continues the painting: on slices between painted ones within
-    ``band_mm`` (plus a quarter of the distance to the nearest painted slice) of the interpolation, and beyond the first/last painted slice growing by at most one
-    slice spacing per slice (a 45-degree surface) from its neighbour nearer the paint."""
-    p = np.moveaxis(pred, axis, 0).copy()
-    ref = np.moveaxis(prior, axis, 0)
-    inside = np.moveaxis(between, axis, 0).reshape(len(p), -1).any(1)
-    anchors = sorted({int(k) - offset for k in painted if 0 <= int(k) - offset < len(p)} |
-                     set(np.flatnonzero(inside).tolist()))
-    if not anchors:
-        return pred
-    inplane = min(s for i, s in enumerate(spacing) if i != axis)
-    step = max(1, round(spacing[axis] / inplane))
-    local = sorted(int(k) - offset for k in painted)
-    for c in np.unique(p[p > 0]):
-        m = p == c
-        for k in anchors:
-            if k in local:
-                m[k] = ref[k] == c
-                continue
-            gap_mm = min(abs(k - j) for j in local) * spacing[axis] if local else 0.0
-            band = max(2, round((band_mm + 0.25 * gap_mm) / inplane))  # interpolation errs more far from paint
-            m[k] &= ndimage.binary_dilation(ref[k] == c, iterations=band)
-        for k in range(anchors[-1] + 1, len(p)):
-            m[k] &= ndimage.binary_dilation(m[k - 1], iterations=step)
-        for k in range(anchors[0] - 1, -1, -1):
-            m[k] &= ndimage.binary_dilation(m[k + 1], iterations=step)
-        p[(p == c) & ~m] = 0
-    return np.moveaxis(p, 0, axis)
-
-
-def _connected_to(pred: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """``pred`` with each class's connected parts that touch none of ``seeds`` removed."""
-    out = np.zeros_like(pred)
-    for c in np.unique(pred):
-        if c == 0:
-            continue
-        parts, n = ndimage.label(pred == c)
-        keep = np.unique(parts[seeds & (parts > 0)])
-        out[np.isin(parts, keep[keep > 0])] = c
-    return out
