@@ -112,6 +112,15 @@ def test_layer_choices_follow_the_layer_list(setup):
     assert new not in widget.image.choices
 
 
+def test_a_chosen_layer_stays_chosen_when_renamed(setup):
+    """magicgui found a choice again by its name: renaming the reference left the picker empty, and Run then gave
+    no Dice at all."""
+    viewer, widget, image, ref = setup
+    widget.reference.value = ref
+    ref.name, image.name = "tissue (edited)", "T1 renamed"
+    assert widget.reference.value is ref and widget.image.value is image
+
+
 def test_cancel_adds_nothing(qtbot, setup):
     viewer, widget, _image, _ref = setup
     states = []

@@ -91,9 +91,16 @@ class Panel(QWidget):
 
     # --- napari hooks --------------------------------------------------------------------------
     def reset_choices(self, *_args) -> None:
-        """Refresh every layer drop-down (napari calls this on layer list changes)."""
+        """Refresh every layer drop-down (napari calls this on layer list changes), keeping each chosen layer even
+        when it was renamed (magicgui finds the choice again by its name)."""
         for picker in self._pickers:
-            picker.reset_choices()
+            chosen = picker.value
+            with picker.changed.blocked():  # a rename is no change of choice for the panel
+                picker.reset_choices()
+                if chosen is not None and picker.value is not chosen and any(c is chosen for c in picker.choices):
+                    picker.value = chosen
+            if picker.value is not chosen:  # the chosen layer was removed
+                picker.changed.emit(picker.value)
             _fit_popup(picker.native)
 
     def minimumSizeHint(self):

@@ -14,9 +14,9 @@ preview of a batch is delivered (on the event that carried it), and no more ofte
 (heavy live views update at <= 10 Hz on a GPU, about once a second on software OpenGL).
 "Stop" (training jobs) keeps the best so far, "Cancel" discards the run, and so does closing the panel.  A
 live view that fails logs its traceback and stops updating; the run goes on.  User errors
-(:class:`UserError`, missing/existing files, out of memory) become one sentence; anything
-else is a bug: its traceback goes to the log and the notification says so.  Closing the
-viewer (or quitting) cancels a running job and waits for its worker, so nothing runs on
+(:class:`UserError`, a file missing, existing or not writable there, out of memory) become one sentence (naming
+the user's path, not a temporary file); anything else is a bug: its traceback goes to the log and the notification
+says so.  Closing the viewer (or quitting) cancels a running job and waits for its worker, so nothing runs on
 while Qt and Python tear down.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -47,8 +48,10 @@ from ._panel import Note
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, MemoryError)
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+               MemoryError)  # the file errors name a path the user chose: theirs to fix, not a bug
 RELAY_MS = 100  # progress reaches the GUI at most this often
+_TEMP = re.compile(r"\.?(?P<stem>.+?)\.partial(?P<ext>(\.\w+)*)")  # a temporary file written before the user's
 CLOSE_WAIT_S = 10.0  # how long closing the viewer waits for a cancelled job to return
 _LIVE: "weakref.WeakSet[JobRunner]" = weakref.WeakSet()  # runners with a job in flight
 
@@ -80,8 +83,15 @@ def user_message(err: BaseException) -> str:
     if isinstance(err, MemoryError):
         return "Out of memory: try a smaller image, fewer steps or another device."
     if isinstance(err, OSError) and err.strerror and err.filename:
-        return f"{err.filename}: {err.strerror}."
+        return f"{_users_name(str(err.filename))}: {err.strerror}."
     return str(err) or type(err).__name__
+
+
+def _users_name(path: str) -> str:
+    """The path the user chose, not the temporary file written first (".name.partial", ".stem.partial.ext")."""
+    head, sep, name = path.rpartition(os.sep)
+    temp = _TEMP.fullmatch(name)
+    return head + sep + (temp["stem"] + temp["ext"] if temp else name)
 
 
 class JobRunner(QWidget):

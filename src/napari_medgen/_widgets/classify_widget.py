@@ -9,10 +9,9 @@ import math
 from typing import Optional
 
 import napari
-import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLineEdit, QListWidget,
                             QListWidgetItem, QPushButton, QWidget)
 
@@ -25,6 +24,7 @@ from ..tasks.classify_data import read_label_csv
 from ._layer_table import LayerTable
 from ._layers import budget_boxes, layer_image, row, show_result
 from ._model_files import save_model_file
+from ._navigate import go_to_slice
 from ._panel import Note, Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
@@ -283,8 +283,11 @@ class ClassifyWidget(Panel):
                           on_result=self._show)
 
     def _show(self, result) -> None:
-        self.result = result
         src = self._source
+        if src not in self.viewer.layers:
+            show_info(f"'{src.name}' was removed while it was classified, so its result was not shown.")
+            return
+        self.result = result
         self.bars.show_probabilities(result.probabilities)
         self.heatmap_layer = show_result(self.viewer, result.heatmap, name=f"{src.name} heatmap ({result.target})",
                                          key=f"classify:{src.unique_id}:heatmap", source=src, colormap="inferno",
@@ -298,8 +301,6 @@ class ClassifyWidget(Panel):
 
     def _jump(self, item: QListWidgetItem) -> None:
         """Show the clicked slice of the classified layer."""
-        src, z = self._source, int(item.data(256))
-        if src is None:
-            return
-        world = src.data_to_world(np.array([z] + [0] * (src.ndim - 1), float))
-        self.viewer.dims.set_point(0, float(world[0]))
+        src = self._source
+        if src is not None and src in self.viewer.layers:
+            go_to_slice(self.viewer, src, 0, int(item.data(256)))

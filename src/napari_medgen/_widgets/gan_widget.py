@@ -20,6 +20,7 @@ from ..tasks.gan import ARCHITECTURES, interpolate_seeds, real_slices, synthesiz
 from ..tasks.synthesis_report import format_report, side_by_side, synthesis_report
 from ._plot import LivePlot
 from ._model_files import save_model_file
+from ._navigate import go_to_slice
 from ._layers import find_output, layer_image, row, show_result, spin
 from ._panel import Note, Panel
 from ._runner import JobRunner, device_chooser
@@ -120,7 +121,6 @@ class GANWidget(Panel):
         form = self.advanced("Quality report (vs. the image's real slices)")
         form.addRow(row(report, pairs))
         form.addRow(self.report_text)
-        self.report_section = self.sections["Quality report (vs. the image's real slices)"]
         self.form().addRow("device", self.device)
         self.body.addWidget(self.device_line)
         self.body.addStretch(1)
@@ -271,7 +271,7 @@ class GANWidget(Panel):
         layer = show_result(self.viewer, item, name=f"GAN {what}", key=f"gan:{what}", colormap="gray")
         layer.visible = True
         self.viewer.reset_view()
-        self.viewer.dims.set_point(0, float(layer.data_to_world([0, 0, 0])[0]))
+        go_to_slice(self.viewer, layer, 0, 0)
 
     # --- report -----------------------------------------------------------------------------------
     def quality_report(self) -> None:

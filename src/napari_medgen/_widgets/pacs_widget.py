@@ -27,16 +27,17 @@ SERIES_COLUMNS = [("#", "SeriesNumber"), ("Modality", "Modality"), ("Description
 MODALITIES = ["", "CT", "MR", "PT", "SEG", "CR", "DX", "US", "NM"]
 
 
-def search(server: PacsServer, filters: dict, progress=None, stop=None) -> list[dict]:
+# the jobs below are one request each: they take the runner's ``progress`` and have nothing to report on it
+def search(server: PacsServer, filters: dict, progress=None) -> list[dict]:
     return find_studies(server, **filters)
 
 
-def list_series(server: PacsServer, study_uid: str, progress=None, stop=None) -> list[dict]:
+def list_series(server: PacsServer, study_uid: str, progress=None) -> list[dict]:
     return find_series(server, study_uid)
 
 
 def save_seg(path: str, labels, geometry: Geometry, metadata: dict, server: Optional[PacsServer], names,
-             algorithm: str, version: str, progress=None, stop=None) -> str:
+             algorithm: str, version: str, progress=None) -> str:
     seg = labels_to_seg(labels, geometry, source_headers(metadata, server), names, algorithm, version)
     return write_seg(path, seg, overwrite=True)
 
@@ -120,6 +121,8 @@ class PacsWidget(Panel):
         self.runner = JobRunner("PACS")
         self.runner.started.connect(lambda: self._busy(True))
         self.runner.done.connect(lambda _s: self._busy(False))
+        self.runner.done.connect(self._list_chosen_study)
+        self._study_waits = False  # a study was chosen while a job ran: its series are listed when it ends
 
         self.labels = self.layer_picker(napari.layers.Labels, tooltip="The labels to send as DICOM SEG.")
         self.reference = self.layer_picker(napari.layers.Image, tooltip="The image (opened from the PACS or a "
@@ -189,9 +192,19 @@ class PacsWidget(Panel):
 
     def _study_chosen(self) -> None:
         r = self.study_table.currentRow()
-        if 0 <= r < len(self.studies) and not self.runner.running:
-            self.runner.start(list_series, self.server(), self.studies[r]["StudyInstanceUID"],
-                              on_result=self._show_series)
+        if not 0 <= r < len(self.studies):
+            return
+        if self.runner.running:  # never the previous study's series under this one
+            self._study_waits = True
+            self._show_series([])
+            return
+        self.runner.start(list_series, self.server(), self.studies[r]["StudyInstanceUID"],
+                          on_result=self._show_series)
+
+    def _list_chosen_study(self, _outcome: str) -> None:
+        if self._study_waits:
+            self._study_waits = False
+            QTimer.singleShot(0, self._study_chosen)
 
     def _show_series(self, rows: list[dict]) -> None:
         self.series = rows

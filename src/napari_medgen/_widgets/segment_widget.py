@@ -184,7 +184,10 @@ class SegmentWidget(Panel):
     def _fill_mapping(self, *_args) -> None:
         """One row per value of the reference, each mapped to a model class (same number by default)."""
         ref = self.reference.value
-        values = label_values(layer_array(ref)) if ref is not None else []
+        self._list_values(label_values(layer_array(ref)) if ref is not None else [])
+
+    def _list_values(self, values: list[int], keep: Optional[dict] = None) -> None:
+        """Rows for ``values`` with the default classes, then the choices in ``keep`` where they still apply."""
         classes = self._classes
         self.mapping_table.setRowCount(len(values))
         for i, v in enumerate(values):
@@ -200,6 +203,8 @@ class SegmentWidget(Panel):
         self.mapping_note.setText(
             f"Reference values {unknown} are not classes of this model: map them, or they are ignored."
             if unknown and classes else "Each reference value is scored as the model class chosen here.")
+        if keep:
+            self.set_mapping(keep)
 
     def mapping(self) -> Optional[dict]:
         """``{reference value: model class index or None}`` from the table (None without a reference)."""
@@ -234,6 +239,10 @@ class SegmentWidget(Panel):
                 show_error(f"The reference '{ref.name}' {reference.shape} is not on the image's grid "
                            f"{image.data.shape}; choose another reference.")
                 return
+            chosen = self.mapping()
+            values = label_values(reference)
+            if set(values) - set(chosen):  # painted since the table was filled: those get the default class
+                self._list_values(values, keep=chosen)
         self.warnings_label.setText("")
         self._source, self._geometry = layer, image.geometry  # the labels land where the image was
         self.runner.start(segment_and_score, image, self.model.currentText().strip(), reference, self.mapping(),

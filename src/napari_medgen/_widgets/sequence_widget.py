@@ -1,7 +1,7 @@
 """The "Time series" dock widget: train a CNN + LSTM on layers with a time axis, predict, plot per-frame curves.
 
 Targets are typed per layer or loaded from a CSV (``file``/``layer`` and ``target``
-columns, matched to layer names or source file names).  A Labels or Shapes layer
+columns, matched to layer names, else to file names less their image extension).  A Labels or Shapes layer
 restricts the model and the signal to a region (e.g. a lesion).  The per-frame
 curve is plotted in a panel under the viewer with a cursor on the current frame;
 clicking the plot moves the time slider to that frame.
@@ -14,22 +14,62 @@ from typing import Callable, Optional
 
 import napari
 import numpy as np
+from magicgui.widgets import create_widget
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QPushButton
 
-from ..io.timeseries import is_time_series
+from ..errors import UserError
+from ..io.read import EXTENSIONS
+from ..io.timeseries import RASTER_EXTENSIONS, is_time_series
 from ..models.checkpoint import Model
 from ..tasks.sequence import load_sequence_model, predict_sequence, train_sequence_model
 from ._layer_table import LayerTable
 from ._layers import budget_boxes, layer_array, row
+from ._model_files import save_model_file
 from ._panel import Note, Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
 NO_REGION = "(whole frame)"
+IMAGE_EXTENSIONS = tuple(sorted({*EXTENSIONS, *RASTER_EXTENSIONS}, key=len, reverse=True))
+
+
+def image_stem(name: str) -> str:
+    """``name`` less a known image extension (".nii.gz", ".dcm", ".png", ...); other dots stay ("echo.1")."""
+    low = name.lower()
+    return next((name[:-len(e)] for e in IMAGE_EXTENSIONS if low.endswith(e)), name)
+
+
+def read_targets(path: str) -> tuple[dict, dict]:
+    """``({name: target}, {name less its image extension: target})`` from a CSV with a layer (or file) column and
+    a target column; one sentence (UserError) for a table that cannot say which target is whose."""
+    title = Path(path).name
+    names, stems, by_stem = {}, {}, {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = {c.strip().lower(): c for c in reader.fieldnames or [] if c}
+            key = next((cols[c] for c in ("layer", "file", "path", "name") if c in cols), None)
+            val = next((cols[c] for c in ("target", "label", "value", "class") if c in cols), None)
+            if key is None or val is None:
+                raise UserError(f"{title} needs a 'layer' or 'file' column and a 'target' column.")
+            for line in reader:
+                if line[key] is None or line[val] is None:
+                    raise UserError(f"Line {reader.line_num} of {title} has no {val}; give every row a {key} "
+                                    f"and a {val}.")
+                name, target = Path(line[key].strip()).name, line[val].strip()
+                stem = image_stem(name)
+                first = by_stem.setdefault(stem, name)
+                if stems.get(stem, target) != target:
+                    raise UserError(f"{title} gives '{first}' and '{name}' different targets, but both name the "
+                                    f"image '{stem}'; keep one row for it.")
+                names[name] = stems[stem] = target
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise UserError(f"{title} is not a CSV table of text: {err}.") from None
+    return names, stems
 
 
 class CurvePlot(FigureCanvasQTAgg):
@@ -88,8 +128,8 @@ class SequenceWidget(Panel):
         self.table.setMinimumHeight(110)
         self.table.setToolTip("Layers with a time axis; type a class or a value for each layer to train on "
                               "(empty = not used).")
-        self.region = QComboBox()
-        self.region.setToolTip("A Labels or Shapes layer that restricts the model and the signal to a region.")
+        self.region = create_widget(annotation=napari.layers.Layer, options={"choices": self._region_choices})
+        self.region.native.setToolTip("A Labels or Shapes layer that restricts the model and the signal to a region.")
         self.steps, self.seconds = budget_boxes()
         self.bidirectional = QCheckBox("bidirectional LSTM")
         self.bidirectional.setToolTip("Read the frames forwards and backwards: use it when the answer depends on "
@@ -105,7 +145,7 @@ class SequenceWidget(Panel):
         self.predict_button = QPushButton("Predict current layer")
         self.predict_button.clicked.connect(self.predict)
         save, load = QPushButton("Save model..."), QPushButton("Load model...")
-        save.clicked.connect(self._save)
+        save.clicked.connect(lambda: save_model_file(self, self.model, "time series model"))
         load.clicked.connect(self._load)
         self.runner = JobRunner("Time series", trains=True)
         self.runner.started.connect(lambda: self._busy(True))
@@ -119,7 +159,7 @@ class SequenceWidget(Panel):
         self.body.addWidget(csv_button)
         form = self.form()
         form.addRow("task", self.task)
-        form.addRow("region", self.region)
+        form.addRow("region", self.region.native)
         form.addRow("budget", row(self.steps, self.seconds))
         adv = self.advanced()
         adv.addRow(self.bidirectional)
@@ -138,19 +178,24 @@ class SequenceWidget(Panel):
         return [ly for ly in self.viewer.layers if isinstance(ly, napari.layers.Image) and not ly.rgb
                 and ly.ndim in (3, 4) and is_time_series(ly.metadata, ly.axis_labels)]
 
+    def _region_choices(self, _widget=None) -> list:
+        return [(NO_REGION, None)] + [(ly.name, ly) for ly in self.viewer.layers
+                                      if isinstance(ly, (napari.layers.Labels, napari.layers.Shapes))]
+
     def reset_choices(self, *args) -> None:
         """napari's layer-list hook: re-list the layers."""
         super().reset_choices(*args)
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-list the time-series layers (keeping typed targets) and the region layers."""
+        """Re-list the time-series layers (keeping typed targets) and the region layers (keeping the chosen layer,
+        renamed or not)."""
         self.table.show_layers(self.series_layers())
-        current = self.region.currentText()
-        self.region.clear()
-        self.region.addItems([NO_REGION] + [ly.name for ly in self.viewer.layers
-                                            if isinstance(ly, (napari.layers.Labels, napari.layers.Shapes))])
-        self.region.setCurrentText(current if current else NO_REGION)
+        chosen = self.region.value  # magicgui keeps a choice by its name: a renamed layer would be dropped
+        with self.region.changed.blocked():
+            self.region.reset_choices()
+        if chosen is not None and chosen in self.region.choices:
+            self.region.value = chosen
 
     def targets(self) -> dict:
         """Layer name -> typed target (non-empty only)."""
@@ -160,19 +205,14 @@ class SequenceWidget(Panel):
         self.table.set_value(self.viewer.layers[layer_name], target)
 
     def load_targets(self, path: str) -> int:
-        """Fill targets from a CSV matched on layer names or source file names; returns how many matched."""
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-        cols = {c.strip().lower(): c for c in (rows[0] if rows else {})}
-        key = next((cols[c] for c in ("layer", "file", "path", "name") if c in cols), None)
-        val = next((cols[c] for c in ("target", "label", "value", "class") if c in cols), None)
-        if key is None or val is None:
-            raise ValueError(f"{Path(path).name} needs a 'layer' or 'file' column and a 'target' column.")
-        by_name = {Path(r[key].strip()).name.split(".")[0]: r[val].strip() for r in rows}
+        """Fill targets from a CSV matched on layer names, else on file names less their image extension (of the
+        layer's name or source file); returns how many layers got one."""
+        names, stems = read_targets(path)
         n = 0
         for ly in self.series_layers():
-            source = Path(str(ly.metadata.get("source", ""))).name.split(".")[0]
-            target = by_name.get(ly.name.split(".")[0], by_name.get(source))
+            source = Path(str(ly.metadata.get("source", ""))).name
+            target = next((t for t in (names.get(ly.name), names.get(source), stems.get(image_stem(ly.name)),
+                                       stems.get(image_stem(source))) if t), None)
             if target:
                 self.set_target(ly.name, target)
                 n += 1
@@ -187,14 +227,19 @@ class SequenceWidget(Panel):
                 show_error(str(err))
 
     def region_mask(self, layer) -> Optional[np.ndarray]:
-        """The chosen region on ``layer``'s grid (None for the whole frame)."""
-        name = self.region.currentText()
-        if not name or name == NO_REGION or name not in self.viewer.layers:
+        """The chosen region on ``layer``'s grid: one frame's or the whole series' (None for the whole frame)."""
+        reg = self.region.value
+        if reg is None or reg not in self.viewer.layers:
             return None
-        reg = self.viewer.layers[name]
-        if isinstance(reg, napari.layers.Shapes):
-            return reg.to_labels(labels_shape=layer.data.shape) > 0 if len(reg.data) else None
-        return layer_array(reg)
+        if not isinstance(reg, napari.layers.Shapes):
+            return layer_array(reg)
+        if not len(reg.data):
+            return None
+        shape = layer_array(layer).shape
+        if reg.ndim not in (len(shape), len(shape) - 1):
+            raise UserError(f"The region '{reg.name}' is {reg.ndim}D but the frames of '{layer.name}' are "
+                            f"{len(shape) - 1}D; draw it on the series or on one frame.")
+        return reg.to_labels(labels_shape=shape[-reg.ndim:]) > 0
 
     # --- actions ---------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -205,7 +250,11 @@ class SequenceWidget(Panel):
             show_error("Type a target for at least two time-series layers (or load a CSV) before training.")
             return
         seqs = [layer_array(ly) for ly in layers]
-        regions = [self.region_mask(ly) for ly in layers]
+        try:
+            regions = [self.region_mask(ly) for ly in layers]
+        except UserError as err:
+            show_error(str(err))
+            return
         self.loss_plot.clear()
         self.runner.start(train_sequence_model, seqs, [targets[ly.name] for ly in layers], self.task.currentText(),
                           regions=regions, names=[ly.name for ly in layers], steps=self.steps.value(),
@@ -240,9 +289,14 @@ class SequenceWidget(Panel):
         if layer is None:
             show_error("Open or select a layer with a time axis to predict.")
             return
+        try:
+            region = self.region_mask(layer)
+        except UserError as err:
+            show_error(str(err))
+            return
         self._source = layer
         self.result_label.setText("")  # never the last layer's answer beside this layer's failure
-        self.runner.start(predict_sequence, self.model, layer_array(layer), self.region_mask(layer),
+        self.runner.start(predict_sequence, self.model, layer_array(layer), region,
                           device=self.device.currentText(), on_result=self._predicted)
 
     def _predicted(self, res) -> None:
@@ -285,14 +339,6 @@ class SequenceWidget(Panel):
     def _busy(self, busy: bool) -> None:
         self.train_button.setEnabled(not busy)
         self.predict_button.setEnabled(not busy)
-
-    def _save(self) -> None:
-        if self.model is None:
-            show_error("Train or load a time series model first.")
-            return
-        path, _ = QFileDialog.getSaveFileName(self, "Save model", f"{self.model.name}.medgen.pt", "Models (*.medgen.pt)")
-        if path:
-            self.model.save(path)
 
     def _load(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Time series model", "", "Models (*.medgen.pt)")

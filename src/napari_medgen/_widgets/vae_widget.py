@@ -6,7 +6,7 @@ from typing import Optional
 import napari
 import numpy as np
 from magicgui.widgets import create_widget
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QListWidget,
                             QListWidgetItem, QPushButton, QSlider)
@@ -19,8 +19,9 @@ from ..tasks.diffusion_training import add_diffusion
 from ..tasks.vae import interpolate_slices, reconstruct, synthesize_vae
 from ..tasks.vae_training import train_vae
 from ..tasks.volume_input import stack_geometry
-from ._layers import layer_array, layer_image, row, set_output, show_result, spin
+from ._layers import edited, layer_array, layer_image, row, set_output, show_result, spin
 from ._model_files import save_model_file
+from ._navigate import go_to_slice
 from ._panel import Note, Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
@@ -296,20 +297,30 @@ class VAEWidget(Panel):
         return show_result(self.viewer, data, name=f"{src.name} VAE {what}", kind=kind,
                            key=f"vae:{src.unique_id}:{what}", source=src, **kwargs)
 
+    def _removed(self, src) -> bool:
+        """Whether ``src`` left the viewer while it was being scored (then its result is dropped, with a word)."""
+        if src in self.viewer.layers:
+            return False
+        show_info(f"'{src.name}' was removed while the VAE worked on it, so its result was not added.")
+        return True
+
     def _show_reconstruction(self, rec, src) -> None:
+        if self._removed(src):
+            return
         self._source = src
         layer = self._show("reconstruction", rec, src, colormap="gray")
         layer.contrast_limits = tuple(src.contrast_limits)
 
     def _show_anomaly(self, result, src) -> None:
+        if self._removed(src):
+            return
         self.result, self._source = result, src
         for msg in result.warnings:
             show_warning(msg)
         top = float(max(result.score.max(), result.threshold * 2, 1e-6))
         heat = self._show("heatmap", result.score, src, colormap="inferno", blending="additive")
         heat.contrast_limits = (0.5 * result.threshold, top)
-        self._mask_layer = self._show("anomalies", result.mask.astype(np.uint8), src, kind="labels", opacity=0.9)
-        self._mask_layer.contour = 1  # outlines, so the heatmap stays visible underneath
+        self._show_mask(result, src)
         self._score_top = top
         self.slider.blockSignals(True)
         self.slider.setValue(int(round(result.threshold / top * SLIDER_STEPS)))
@@ -320,6 +331,12 @@ class VAEWidget(Panel):
         self._fill_slices()
         self.scroll.ensureWidgetVisible(self.slices)  # the result, its explanation and the slice list in view
 
+    def _show_mask(self, result, src) -> None:
+        """The anomaly mask as outlines (the heatmap stays visible underneath); a mask the user painted on is
+        kept as it is and the new one goes to a new layer."""
+        self._mask_layer = self._show("anomalies", result.mask.astype(np.uint8), src, kind="labels", opacity=0.9)
+        self._mask_layer.contour = 1
+
     def set_threshold(self, value: float) -> None:
         """Re-threshold the last heatmap (no model run): updates the mask layer and slice list."""
         res = self.result
@@ -327,7 +344,10 @@ class VAEWidget(Panel):
             return
         res.rethreshold(value)
         if self._mask_layer is not None and self._mask_layer in self.viewer.layers:
-            set_output(self._mask_layer, res.mask.astype(np.uint8))
+            if edited(self._mask_layer):
+                self._show_mask(res, self._source)
+            else:
+                set_output(self._mask_layer, res.mask.astype(np.uint8))
         self._update_threshold_line()
         self._fill_slices()
 
@@ -354,13 +374,8 @@ class VAEWidget(Panel):
     def go_to_slice(self, index: int) -> None:
         """Move the viewer to slice ``index`` (along the model's slicing axis) of the scored image."""
         src, res = self._source, self.result
-        if src is None or res is None or src not in self.viewer.layers:
-            return
-        point = (np.asarray(layer_array(src).shape, float) - 1) / 2
-        point[res.axis] = index
-        world = np.asarray(src.data_to_world(point))
-        dim = self.viewer.dims.ndim - src.ndim + res.axis
-        self.viewer.dims.set_point(dim, world[res.axis])
+        if src is not None and res is not None and src in self.viewer.layers:
+            go_to_slice(self.viewer, src, res.axis, index)
 
     # --- generation ---
     def sample(self) -> None:
