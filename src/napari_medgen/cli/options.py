@@ -5,10 +5,6 @@ import argparse
 import os
 from pathlib import Path
 
-# verbs whose trainer spends a budget in seconds on the whole call, preparing the images included
-# (tasks/finetune.py, tasks/vae_training.py); the other trainers' clock starts in engine.fit
-WHOLE_CALL = ("train", "vae-train")
-
 
 def existing(text: str) -> str:
     """argparse ``type`` of an input path: a missing file is said at once, before torch is imported
@@ -55,14 +51,16 @@ def add_common(p, device: bool = True) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
 
 
-def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None, neither: str = "") -> None:
+def add_budget(p, *, seconds: "float | None" = None, steps: "int | None" = None, neither: str = "",
+               whole_call: bool = False) -> None:
     """``--seconds``, ``--steps`` and ``--seed``: the training budget every trainer takes (whichever ends first);
-    ``neither`` says what a run without either does, when that is not "no limit".  A default in seconds
+    ``neither`` says what a run without either does, when that is not "no limit"; ``whole_call``: the trainer
+    spends its seconds on preparing the images too (finetune, vae-train).  A default in seconds
     applies only when ``--steps`` is not given (:func:`budget_defaults`): ``--steps`` alone is a budget in steps,
     which a seeded run repeats exactly."""
     shown = f"{seconds:g}, or none when --steps is given" if seconds is not None else neither or "no time limit"
     counted = ("preparing the images counts, reading and writing files and predicting afterwards do not"
-               if p.prog.split()[-1] in WHOLE_CALL else
+               if whole_call else
                "the clock starts when training does: reading and preparing the images do not count")
     p.add_argument("--seconds", type=float, default=None,
                    help=f"training budget in seconds of wall time ({counted}); training stops at whichever of "

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
                    help="scribbles: 0 is unknown, not background (default: dense, each painted slice complete)")
     p.add_argument("--background-label", type=int, default=None,
                    help="with --sparse: the label value painted on background (default: none painted)")
-    add_budget(p, seconds=60.0)
+    add_budget(p, seconds=60.0, whole_call=True)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default by start model)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 8 on a CPU, 32 on a GPU")
     p.add_argument("--classes", default=None, metavar="NAMES",

@@ -22,14 +22,18 @@ def add_parser(sub) -> None:
     p.add_argument("--mask", nargs="*", type=existing, default=None,
                    help="foreground mask per image file, same order (default: whole image)")
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
-    add_budget(p, seconds=120.0)
+    add_budget(p, seconds=120.0, whole_call=True)
     p.add_argument("--latent", type=int, default=64, help="size of the VAE's latent code")
-    p.add_argument("--axis", type=int, default=0, help="slice axis in (z, y, x) order; 0 is axial")
+    p.add_argument("--axis", type=int, default=0,
+                   help="slice axis as the first image is stored, in napari (z, y, x) order: 0 is its first "
+                        "stored axis, axial only when the file stores axial slices (nothing is resampled); the "
+                        "other images, and those scored later, are turned to be stored as it is")
     add_window(p, "by modality: CT with --mask the masked tissue's HU range widened by half, CT without "
                   "-1000..1000 HU, MRI each scan's percentiles")
     p.add_argument("--diffusion", type=float, default=0.0, metavar="SECONDS",
-                   help="also train a diffusion model of the same normal scans for this many seconds (scoring "
-                        "method 'diffusion'; kept in the same model file; 0: none, the default; 300 is a start)")
+                   help="also train a diffusion model of the same normal scans for this many seconds, its "
+                        "calibration included (scoring method 'diffusion'; kept in the same model file; 0: none, "
+                        "the default; 300 is a start)")
     add_common(p)
     p.set_defaults(func=run_train)
 
@@ -92,10 +96,11 @@ def add_parser(sub) -> None:
                               "  napari-medgen vae-sample --model vae.medgen.pt -n 8 --between t1.nii.gz 30 60 "
                               "--out walk.nii.gz")
     p.add_argument("--model", required=True, help="VAE model file (.medgen.pt) from vae-train")
-    p.add_argument("-n", type=int, default=8, help="number of samples (or interpolation steps)")
+    p.add_argument("-n", type=int, default=8, help="number of samples (or interpolation steps, slice A first)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same samples (default 0)")
     p.add_argument("--between", nargs=3, metavar=("IMAGE", "A", "B"),
-                   help="interpolate between slices A and B of IMAGE instead of sampling (default: sample)")
+                   help="interpolate between slices A and B of IMAGE (numbered along its array axis that runs "
+                        "across the slices the VAE cuts) instead of sampling (default: sample)")
     p.add_argument("--mask", type=existing,
                    help="with --between: IMAGE's foreground mask (needed if the VAE was trained masked)")
     p.add_argument("--out", required=True, help="stack file (n, H, W)")
@@ -126,8 +131,13 @@ def _training_data(args):
         return normal_cohort(folder)
     if args.mask and len(args.mask) != len(args.images):
         raise UserError(f"Got {len(args.mask)} masks for {len(args.images)} images; give one per image.")
+    from .segment import case_names
+
+    names = case_names([Path(p) for p in args.images])  # subjects told apart: a/t1.nii.gz, b/t1.nii.gz
     images = [_read(p) for p in args.images]
-    return images, [_read(p).data for p in args.mask] if args.mask else None
+    for image, path in zip(images, args.images):
+        image.name = names[Path(path)]
+    return images, [_read(p) for p in args.mask] if args.mask else None  # with geometry: the grid is checked
 
 
 def run_train(args) -> int:
@@ -195,7 +205,7 @@ def run_reconstruct(args) -> int:
 def run_sample(args) -> int:
     from ..io import write_image
     from ..tasks.vae import interpolate_slices, synthesize_vae
-    from ..tasks.volume_input import check_count
+    from ..tasks.volume_input import check_count, stack_geometry
 
     check_count(args.n, "interpolation steps" if args.between else "samples")  # before anything is loaded
     check_output(args.out, args.overwrite)
@@ -203,11 +213,14 @@ def run_sample(args) -> int:
     with terminal_job("vae-sample", args.quiet) as job:
         if args.between:
             path, a, b = args.between
-            mask = _read(args.mask).data if args.mask else None
-            stack = interpolate_slices(model, _read(path), int(a), int(b), steps=args.n, mask=mask, progress=job)
-            write_image(args.out, stack, overwrite=args.overwrite)
+            if not (a.isdigit() and b.isdigit()):
+                raise UserError(f"--between takes an image and two slice numbers (got '{a}' and '{b}').")
+            mask = _read(args.mask) if args.mask else None  # with geometry: the grid is checked
+            stack = interpolate_slices(model, _read(path), int(a), int(b), steps=args.n, mask=mask,
+                                       device=args.device, progress=job)
+            write_image(args.out, stack, stack_geometry(model.params.spacing), overwrite=args.overwrite)
         else:
-            item = synthesize_vae(model, args.n, seed=args.seed, progress=job)
+            item = synthesize_vae(model, args.n, seed=args.seed, device=args.device, progress=job)
             stack = item.data
             write_image(args.out, stack, item.geometry, overwrite=args.overwrite)
     print(f"saved {args.out} ({len(stack)} slices)")

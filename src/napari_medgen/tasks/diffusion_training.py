@@ -4,14 +4,18 @@ The diffusion network learns on the same normal slices as the VAE would (each vo
 the model's spec on its own intensities, resampled to its pixel spacing, fitted to its size) to
 predict Gaussian noise added at timesteps up to ``t0`` (restoration never noises further); it is
 validated on normal slices held out by subject (or ``val_images``), which then calibrate the
-``"diffusion"`` anomaly thresholds.  The result is a new model holding both networks: one file.
+``"diffusion"`` anomaly thresholds (on as many of them as the budget allows, as for the VAE).  The
+result is a new model holding both networks: one file.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
 from monai.inferers import DiffusionInferer
 
+from ..data.slices import evenly_spread
 from ..engine.device import select_device
 from ..engine.fit import Budget, TrainTask, fit
 from ..engine.jobs import Job
@@ -21,8 +25,9 @@ from ..models.config import NetSpec
 from .anomaly import calibrate
 from .diffusion_restore import CONFIGS, NET, SCHEDULE, net_args, to_net, training_scheduler
 from .vae import require_vae
-from .vae_training import (MIN_SLICES, augmentation, checked_volumes, plane_shapes, slice_stacks, split_rows,
-                           subject_ids)
+from .vae_training import (CALIBRATION_SHARE, MIN_CALIBRATION_SLICES, MIN_SLICES, MIN_TRAIN_SHARE,
+                           STEPS_CALIBRATION_SLICES, augmentation, checked_volumes, plane_shapes, slice_stacks,
+                           split_rows, subject_ids)
 from .volume_input import check_batch
 
 LEARNED = 0.8  # validation loss (noise MSE) at or above this share of predicting no noise: nothing learned
@@ -112,6 +117,26 @@ def _normal_split(model: Model, images, masks, val_images, val_masks, val_fracti
     return data[rows], data[val_rows], split, held
 
 
+def _calibration_plan(model: Model, spec: NetSpec, params: dict, val: np.ndarray, seconds: float | None,
+                      started: float, device, job: Job) -> tuple[np.ndarray, float | None]:
+    """(validation rows to calibrate on, training seconds), as :func:`~.vae_training.train_vae` plans: with a
+    seconds budget, as many evenly spread rows as fit in its ``CALIBRATION_SHARE`` (timed on one slice with an
+    untrained network of the same shape; at least ``MIN_CALIBRATION_SLICES``), training keeping at least
+    ``MIN_TRAIN_SHARE`` of it; with steps alone, at most ``STEPS_CALIBRATION_SLICES`` rows."""
+    if not seconds:
+        return evenly_spread(len(val), STEPS_CALIBRATION_SLICES), seconds
+    job.report(0, 1, "timing the calibration")
+    probe = model.copy()
+    probe.config.networks[NET], probe.networks[NET] = spec, build_network(spec)
+    probe.params.diffusion = params
+    for _ in range(2):  # the first run pays for setting up the network
+        t0 = time.monotonic()
+        calibrate(probe, val[:1, 0], device=device, job=Job(None, None, job.cancelled), methods=(NET,))
+    per_slice = time.monotonic() - t0
+    cal = evenly_spread(len(val), max(MIN_CALIBRATION_SLICES, int(CALIBRATION_SHARE * seconds / max(per_slice, 1e-6))))
+    return cal, max(seconds - (time.monotonic() - started) - per_slice * len(cal), MIN_TRAIN_SHARE * seconds)
+
+
 def add_diffusion(model: "Model | str", images, masks=None, *, seconds: float | None = 300.0, steps: int | None = None,
                   config: str = "auto", channels=None, noise_level: float | None = None, ddim_steps: int | None = None,
                   batch_size: int | None = None, lr: float = 1e-3, augment: bool = True, val_images=None,
@@ -123,14 +148,18 @@ def add_diffusion(model: "Model | str", images, masks=None, *, seconds: float | 
     ``"diffusion"`` and its calibrated thresholds, so ``anomaly_map(new, image, method="diffusion")`` works
     and one ``.medgen.pt`` file keeps both.
 
-    The budget is ``steps`` and/or ``seconds`` (five minutes by default).  ``config`` "cpu" is a small
-    U-Net (minutes on a laptop), "cuda" a larger one with attention and more DDIM steps (trained under
-    bf16 autocast); "auto" picks by ``device``; ``channels`` (per level) overrides the config's.
+    The budget is ``steps`` and/or ``seconds`` (five minutes by default); ``seconds`` is the whole call,
+    calibration included, planned as :func:`~napari_medgen.tasks.vae_training.train_vae` plans it.
+    ``config`` "cpu" is a small U-Net (minutes on a laptop), "cuda" a larger one with attention and more
+    DDIM steps (trained under bf16 autocast); "auto" picks by ``device``; ``channels`` (per level)
+    overrides the config's.
     ``noise_level`` (fraction of the 1000-step schedule restoration noises to, default 0.25) and
     ``ddim_steps`` are kept in the model for scoring.  Split, stop and cancel are those of
     :func:`~napari_medgen.tasks.vae_training.train_vae`; ``model`` itself is never changed.
     """
+    started = time.monotonic()
     job = Job.of(progress, stop, cancel)
+    Budget(steps, seconds)  # a bad budget is refused before any work, in the user's own numbers
     model = require_vae(model)
     if config == "auto":
         config = "cuda" if select_device(device).type == "cuda" else "cpu"
@@ -152,6 +181,7 @@ def add_diffusion(model: "Model | str", images, masks=None, *, seconds: float | 
     if any(int(s) % factor for s in model.params.size):
         raise UserError(f"The VAE's slices ({' x '.join(map(str, model.params.size))}) do not halve "
                         f"{len(spec.args['channels']) - 1} times; give the diffusion model fewer channel levels.")
+    cal, seconds = _calibration_plan(model, spec, params, val, seconds, started, device, job)
     torch.manual_seed(seed)  # the starting weights too
     net = build_network(spec)
     task = DiffusionTask(net, train, val, params, lr=lr, batch_size=batch_size, augment=augment, seed=seed)
@@ -162,10 +192,10 @@ def add_diffusion(model: "Model | str", images, masks=None, *, seconds: float | 
     new.params.diffusion = params
     new.config.training[NET] = {**{k: history[k] for k in ("best_step", "best_metric", "returned", "stopped",
                                                            "stop_reason", "seconds", "device", "events")},
-                                "n_train": int(len(train)), "n_val": int(len(val)), "split": split,
-                                "val_subjects": held}
+                                "n_train": int(len(train)), "n_val": int(len(val)), "n_calibration": int(len(cal)),
+                                "split": split, "val_subjects": held}
     history.update(split=split, val_subjects=held)
     # calibration continues after a stop request (the model is wanted) but honours a cancel
     calib = Job(lambda ev: job.report(ev.step, ev.total, "calibrating thresholds"), None, job.cancelled)
-    calibrate(new, val[:, 0], device=device, job=calib, methods=("diffusion",))
+    calibrate(new, val[cal, 0], device=device, job=calib, methods=(NET,))
     return new, history

@@ -53,6 +53,11 @@ def _as_list(images, what: str) -> list[ImageData]:
     return [as_image(i, what) for i in items]
 
 
+def _placed(item: ImageData) -> bool:
+    """Whether ``item``'s geometry places it in space (not the unit grid of a bare array)."""
+    return not item.geometry.same_grid(Geometry.identity(item.geometry.ndim))
+
+
 def _plane_spacing(item: ImageData, axis: int) -> tuple:
     sp = item.geometry.spacing
     return tuple(sp[-2:]) if item.data.ndim == 2 else inplane_spacing(sp, axis)
@@ -71,6 +76,10 @@ def training_slices(images, axis: int = 0, labels=None, downsample: int = 1, siz
     labs = None if labels is None else _as_list(labels, "label map")
     if labs is not None and [l.data.shape for l in labs] != [i.data.shape for i in items]:
         raise UserError("Each label map must have the same shape as its image.")
+    if labs is not None and any(_placed(l) and _placed(i) and not l.geometry.same_grid(i.geometry)
+                                for l, i in zip(labs, items)):
+        raise UserError("A label map is not on its image's voxel grid (its origin, spacing or direction differ); "
+                        "resample it onto the image first.")
     items, hows = stored_alike(items, stored_direction(items[0]))  # every volume stored as the first is
     if labs is not None:
         labs = [lab if h is None else turned(lab, h) for lab, h in zip(labs, hows)]

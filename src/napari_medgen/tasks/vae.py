@@ -80,17 +80,6 @@ def normalized(volume: np.ndarray, mask: np.ndarray | None, spec: dict, clip: bo
     return img * mask if mask is not None else img
 
 
-def to_slices(volume: np.ndarray, size, axis: int = 0) -> np.ndarray:
-    """Normalised volume -> (n, 1, H, W) float32 stack at the network's ``size``."""
-    return fit_to_size(take_slices(volume, axis), tuple(size))[:, None].astype(np.float32)
-
-
-def from_slices(stack: np.ndarray, shape, axis: int = 0) -> np.ndarray:
-    """(n, 1, H, W) network output -> volume of ``shape`` (inverse of :func:`to_slices`)."""
-    plane = tuple(take_slices(np.empty(shape, bool), axis).shape[1:])
-    return put_slices(fit_to_size(stack[:, 0], plane), axis, ndim=len(shape))
-
-
 def _to_input_units(raw: np.ndarray, normed: np.ndarray):
     """The linear map from normalised units back to the image's own units (fit on unclipped voxels)."""
     r, n = np.asarray(raw, np.float64).ravel(), np.asarray(normed, np.float64).ravel()
@@ -236,14 +225,18 @@ def reconstruct(model: Model, image, mask=None, *, device: str = "auto", progres
     return (rec * scale + offset).astype(np.float32)
 
 
-def _decode(model: Model, z: torch.Tensor, scale: float, offset: float) -> np.ndarray:
-    net = model.net.cpu().eval()
-    with torch.no_grad():
-        out = net.decode_forward(z, net.use_sigmoid).numpy()
+def _decode(model: Model, z: torch.Tensor, scale: float, offset: float, device: str = "auto") -> np.ndarray:
+    dev = select_device(device)
+    net = model.net.to(dev).eval()
+    try:
+        with torch.no_grad():
+            out = net.decode_forward(z.to(dev), net.use_sigmoid).float().cpu().numpy()
+    finally:
+        net.cpu()
     return (fit_to_size(out[:, 0], tuple(model.params.slice_shape)) * scale + offset).astype(np.float32)
 
 
-def synthesize_vae(model: Model, n: int = 8, *, seed: int = 0, temperature: float = 1.0,
+def synthesize_vae(model: Model, n: int = 8, *, seed: int = 0, temperature: float = 1.0, device: str = "auto",
                    progress=None, stop=None) -> ImageData:
     """``n`` slices drawn from the prior (sample i depends only on seed and i) as an (n, H, W) stack in
     the training intensity scale and pixel spacing."""
@@ -254,31 +247,46 @@ def synthesize_vae(model: Model, n: int = 8, *, seed: int = 0, temperature: floa
     z = torch.randn((n, latent), generator=torch.Generator().manual_seed(int(seed))) * float(temperature)
     job.check()
     lo, hi = model.params.intensity or (0.0, 1.0)
-    out = _decode(model, z, hi - lo, lo)
+    out = _decode(model, z, hi - lo, lo, device)
     job.report(1, 1, "sampled")
     return ImageData(out, stack_geometry(model.params.spacing), name=f"VAE samples seed {seed}",
                      metadata={"seed": int(seed), "model": model.name})
 
 
 def interpolate_slices(model: Model, image, index_a: int, index_b: int, steps: int = 8, mask=None, *,
-                       progress=None, stop=None) -> np.ndarray:
-    """Decode ``steps`` points on the line between the encodings of two slices: (steps, H, W),
-    in the image's intensity units."""
+                       device: str = "auto", progress=None, stop=None) -> np.ndarray:
+    """Decode ``steps`` points on the line between the encodings of two slices (the first is slice
+    ``index_a``'s): (steps, H, W) at the training pixel spacing (:func:`stack_geometry` of
+    ``model.params.spacing``), in the image's intensity units.  A volume stored in another orientation than
+    the training scans is turned to theirs first, as :func:`reconstruct` does: the slices are those the model
+    cuts, numbered along the image's own array axis that runs across them."""
     steps = check_count(steps, "interpolation steps")
     job = Job.of(progress, stop)
-    model = require_vae(model)
-    prep = prepare(model, opened(image), opened(mask))
-    n = len(prep.stack)
+    model, image, mask = require_vae(model), opened(image), opened(mask)
+    shape = as_volume(image, model="the VAE").shape  # a 1D or 4D array is refused before its slices are counted
+    how = as_stored_like(image, model.params.orientation)
+    axis = (model.params.axis if len(shape) == 3 else 0) if how is None else how[0][model.params.axis]
+    n = shape[axis] if len(shape) == 3 else 1
     for idx in (index_a, index_b):
         if not 0 <= idx < n:
-            raise UserError(f"Slice {idx} is outside the image (0..{n - 1}).")
+            raise UserError(f"Slice {idx} is outside the image (0..{n - 1} along its axis {axis}).")
+    if how is not None:
+        mask = check_mask(mask, shape, image.geometry)
+        image, mask = turned(image, how), None if mask is None else turn(mask, how)
+        if how[1][model.params.axis]:
+            index_a, index_b = n - 1 - index_a, n - 1 - index_b
+    prep = prepare(model, image, mask)
     job.check()
-    net = model.net.cpu().eval()
-    with torch.no_grad():
-        mu, _ = net.encode_forward(torch.from_numpy(prep.stack[[index_a, index_b]]))
-    t = torch.linspace(0, 1, max(2, steps))[:, None]
-    z = mu[0][None] * (1 - t) + mu[1][None] * t
+    dev = select_device(device)
+    net = model.net.to(dev).eval()
+    try:
+        with torch.no_grad():
+            mu, _ = net.encode_forward(torch.from_numpy(prep.stack[[index_a, index_b]]).to(dev))
+    finally:
+        net.cpu()
+    t = torch.linspace(0, 1, steps)[:, None]
+    z = mu[0][None].cpu() * (1 - t) + mu[1][None].cpu() * t
     scale, offset = _to_input_units(prep.volume, prep.normed)
-    out = _decode(model, z, scale, offset)
+    out = _decode(model, z, scale, offset, device)
     job.report(1, 1, "interpolated")
     return out

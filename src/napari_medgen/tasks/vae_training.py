@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -101,7 +102,14 @@ class VAETask(TrainTask):
 
 
 def checked_volumes(images, masks, what: str):
-    items = [opened(x) for x in (images if isinstance(images, (list, tuple)) else [images])]
+    """(images, their voxel arrays, their boolean masks or Nones), each checked; images read here from files
+    of one name in different folders (two subjects' t1.nii.gz) are named by their paths, as subjects apart."""
+    given = images if isinstance(images, (list, tuple)) else [images]
+    items = [opened(x) for x in given]
+    read = [k for k, x in enumerate(given) if isinstance(x, (str, os.PathLike))]
+    for k in read:
+        if sum(items[j].name == items[k].name for j in read) > 1:
+            items[k].name = str(given[k])
     if not items:
         raise UserError(f"Give at least one {what} image.")
     vols = [as_volume(im, f"{what} image", "the VAE") for im in items]
@@ -109,7 +117,8 @@ def checked_volumes(images, masks, what: str):
     mask_list = [opened(m) for m in masks] if many else [opened(masks)] * len(vols)
     if len(mask_list) != len(vols):
         raise UserError(f"Got {len(mask_list)} masks for {len(vols)} images; give one mask per image or none.")
-    return items, vols, [check_mask(m, v.shape) for m, v in zip(mask_list, vols)]
+    return items, vols, [check_mask(m, v.shape, getattr(it, "geometry", None))  # a mask with a geometry: its grid
+                         for m, v, it in zip(mask_list, vols, items)]
 
 
 def slice_stacks(vols, masks, spec, size, axis, shapes, clip: bool = True) -> list[np.ndarray]:
@@ -173,7 +182,8 @@ def tissue_window(vols, masks, widen: float = 0.5, min_width: float = 100.0) -> 
 
 
 def subject_ids(items) -> list[str]:
-    """Who each volume comes from: an ImageData's name (pieces of one scan share it), else its position."""
+    """Who each volume comes from: an ImageData's name (pieces of one scan share it; files of one name in
+    different folders are named apart when read, see :func:`checked_volumes`), else its position."""
     return [str(getattr(it, "name", "") or f"image {k + 1}") for k, it in enumerate(items)]
 
 
@@ -228,7 +238,9 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     in-plane to the median pixel spacing.
     Validation slices are ``val_images`` if given, else those of whole held-out subjects when there
     are several (about ``val_fraction`` of them, at least one; a subject is an ImageData's name, so
-    pieces of one scan stay together), else a random ``val_fraction`` of the slices; they keep the
+    pieces of one scan stay together: give different subjects different names; files of one name
+    in different folders are told apart by their paths), else a random ``val_fraction`` of the
+    slices; they keep the
     best weights and calibrate the anomaly thresholds.  ``history["val_subjects"]`` and the model's
     ``config.training`` name the held-out subjects.  A stop request keeps the best weights
     (``history["stopped"]``) and still calibrates; a cancel (also during calibration) raises
@@ -314,7 +326,8 @@ def _case(path: Path) -> str:
 
 def normal_cohort(dataset_dir) -> tuple[list, list | None]:
     """The normal scans of a dataset folder (``imagesTr/``, nnU-Net/Decathlon layout) as ImageData named
-    by case, and their foreground masks (``labelsTr/`` > 0) when that folder exists, else None."""
+    by case, and their foreground masks (``labelsTr/``, > 0 is foreground, each to lie on its scan's grid)
+    when that folder exists, else None."""
     root = Path(dataset_dir).expanduser()
     if not root.is_dir():
         raise UserError(f"{root} is not a folder.")
@@ -339,7 +352,7 @@ def normal_cohort(dataset_dir) -> tuple[list, list | None]:
     if missing:
         raise UserError(f"{len(missing)} scans in imagesTr have no mask of the same name in labelsTr "
                         f"(first: {missing[0]}); add them or remove labelsTr to train unmasked.")
-    return images, [read_image(labels[n]).data > 0 for n in names]
+    return images, [read_image(labels[n]) for n in names]
 
 
 def _modality(root: Path) -> str:
