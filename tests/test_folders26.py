@@ -105,6 +105,34 @@ def test_follow_ups_of_one_size_are_still_one_time_series(tmp_path, brain):
     assert [int(item.data[t].min() - brain.data.min()) for t in range(3)] == [1, 2, 10]  # natural order
 
 
+def test_a_case_folder_of_contrasts_or_with_a_mask_picture_is_not_a_time_series(tmp_path, brain):
+    case = tmp_path / "BraTS_001"
+    case.mkdir()
+    for name in ("t1", "t2"):  # named alike but for a contrast's number: two layers, not two time points
+        write_image(case / f"BraTS_001_{name}.nii.gz", brain.data, brain.geometry)
+    assert [it.name for it in read_path(case)] == ["BraTS_001_t1", "BraTS_001_t2"]
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in ("frame_1", "frame_2", "frame_1_mask"):
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((8, 9), 3, np.uint8)), str(frames / f"{name}.png"))
+    items = read_path(frames)
+    assert [(it.name, it.data.shape) for it in items] == [("frames", (2, 8, 9)), ("frame_1_mask", (8, 9))]
+
+
+def test_a_repeated_slice_with_its_own_trigger_time_is_still_a_volume(tmp_path):
+    src = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    uid = generate_uid()
+    for k, z in enumerate([0, 1, 2, 3, 4, 2]):  # slice 2 acquired twice, every slice at its own time
+        ds = src.copy()
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = uid, generate_uid(), k + 1
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 5.0 * z], [1, 0, 0, 0, 1, 0]
+        ds.TriggerTime = 10 * k
+        ds.save_as(tmp_path / f"{k:03d}.dcm")
+    with pytest.warns(ImageReadWarning, match="duplicated slice"):
+        (item,) = read_path(tmp_path)  # was "the slice positions have different numbers of time points"
+    assert item.data.shape == (5, 64, 64) and "time_step" not in item.metadata
+
+
 def test_colour_frames_are_read_as_grey_with_a_warning(tmp_path):
     for k in range(3):
         rgb = np.zeros((16, 20, 3), np.uint8)

@@ -94,10 +94,27 @@ def test_an_unreadable_seg_is_skipped_with_a_warning_and_the_series_still_opens(
     headers = [pydicom.dcmread(f) for f in sorted(series.iterdir())]
     write_seg(tmp_path / "study" / "seg.dcm", labels_to_seg(labels, image.geometry, headers, None))
     raw = (tmp_path / "study" / "seg.dcm").read_bytes()
-    (tmp_path / "study" / "seg.dcm").write_bytes(raw[: len(raw) * 2 // 3])  # damaged in transfer
-    with pytest.warns(ImageReadWarning, match="Skipped the DICOM SEG seg.dcm"):
-        items = read_path(tmp_path / "study")
-    assert [i.kind for i in items] == ["image"] and np.array_equal(items[0].data, image.data)
+    for cut in (0.3, 0.5, 0.67, 0.9, 0.99):  # damaged in transfer; some cuts left pydicom a struct.error
+        (tmp_path / "study" / "seg.dcm").write_bytes(raw[: int(len(raw) * cut)])
+        with pytest.warns(ImageReadWarning, match="Skipped the DICOM SEG seg.dcm"):
+            items = read_path(tmp_path / "study")
+        assert [i.kind for i in items] == ["image"] and np.array_equal(items[0].data, image.data)
+
+
+def test_label_files_by_name_or_by_few_values():
+    """An atlas named as labels with 191 regions (FreeSurfer's Destrieux) and an int16 map of 4 tissue values both
+    open as labels; an 8-bit scan named *masked* does not."""
+    atlas = np.random.default_rng(0).permutation(np.repeat(np.arange(191, dtype=np.int16), 50)).reshape(10, 5, 191)
+    assert read._label_like(atlas, "aparc.a2009s+aseg")
+    assert read._label_like(np.arange(4, dtype=np.int16).repeat(100).reshape(4, 10, 10), "brain_tissue")
+    assert not read._label_like(np.arange(211, dtype=np.uint8).repeat(10).reshape(211, 10), "T1_masked")
+
+
+def test_an_address_python_cannot_parse_is_one_sentence():
+    from napari_medgen.pacs.client import PacsError, PacsServer
+
+    with pytest.raises(PacsError, match="not a valid address"):
+        PacsServer("http://[::1").client()
 
 
 def test_a_series_without_description_is_named_by_modality_and_number(tmp_path):

@@ -9,6 +9,7 @@ import json
 
 from .options import add_budget, add_common, check_model_output, existing, int_list
 
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train-cohort", help="train a 2D/3D U-Net on a Decathlon / nnU-Net dataset folder",
                        description="Train a segmenter on DATASET_DIR (imagesTr/ + labelsTr/ with matching "

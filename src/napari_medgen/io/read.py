@@ -20,7 +20,8 @@ from ..naming import LABEL_NAME
 
 EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
-MAX_LABELS = 128  # TotalSegmentator's 117 classes and background; an 8-bit scan has more grey levels
+MAX_LABELS = 128  # values of an 8-bit file named as labels (TotalSegmentator: 117 classes); a scan has more levels
+MAX_REGIONS = 1000  # values of a wider file named as labels: atlases have hundreds (FreeSurfer's Destrieux: 191)
 
 
 class ImageReadError(UserError):
@@ -85,18 +86,9 @@ def read_path(path: "str | os.PathLike") -> list[ImageData]:
         return series or [read_image(p)]
     volumes = [read_image(f) for f in volume_files(p)]
     taken = {it.metadata.get("series_uid") for it in series} - {None}
-    if not taken:  # the DICOM series as they are (the sentence of an empty folder too)
-        dicom = [] if (series or volumes) and not any(_looks_dicom(f) for f in _walk_files(p)) else _read_dicom_folder(p)
-        return series + dicom + volumes
-    for d in sorted({f.parent for f in _walk_files(p) if _looks_dicom(f)}):  # the others, each file read once
-        for sid in [s for s in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or () if s not in taken]:
-            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid)
-            try:
-                series.append(_read_series(files, sid))
-            except (RuntimeError, ImageReadError, DicomSeriesError) as err:
-                warnings.warn(ImageReadWarning(f"Skipped a DICOM series in {Path(files[0]).parent.name}: "
-                                               f"{_first_line(err)}"), stacklevel=2)
-    return series + volumes
+    if not any(_looks_dicom(f) for f in _walk_files(p)) and (series or volumes):
+        return series + volumes
+    return series + _read_dicom_folder(p, skip=taken, required=not (series or volumes)) + volumes
 
 
 def _read_dicom_seg(p: Path) -> list[ImageData] | None:
@@ -236,22 +228,24 @@ def _label_like(data: np.ndarray, name: str) -> bool:
         return False
     values = np.unique(sample)
     if LABEL_NAME.search(name):
-        return values.size <= MAX_LABELS
-    return values.size <= 8 and data.dtype.itemsize == 1
+        return values.size <= (MAX_LABELS if data.dtype.itemsize == 1 else MAX_REGIONS)
+    return values.size <= 8  # a scan of 8 or 16 bits has far more grey levels
 
 
-def _read_dicom_folder(folder: Path) -> list[ImageData]:
+def _read_dicom_folder(folder: Path, skip=(), required: bool = True) -> list[ImageData]:
+    """One item per DICOM series in ``folder`` (and below), but those of UIDs in ``skip`` (read already); one
+    sentence when there is none and ``required``."""
     dirs = sorted({f.parent for f in _walk_files(folder) if _looks_dicom(f)})
     out: list[ImageData] = []
     skipped: list[str] = []
     for d in dirs:
-        for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ():
+        for sid in [s for s in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or () if s not in skip]:
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid)
             try:
                 out.append(_read_series(files, sid))
             except (RuntimeError, ImageReadError, DicomSeriesError) as err:
                 skipped.append(f"{Path(files[0]).parent.name}: {_first_line(err)}")
-    if not out:
+    if not out and required:
         why = "; ".join(x.rstrip(".") for x in skipped) if skipped else "no image series found (only non-image objects such as RT-STRUCT or SEG?)"
         raise ImageReadError(f"{folder} holds no readable DICOM image series: {why}.")
     for line in skipped:

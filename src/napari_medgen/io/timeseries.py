@@ -22,11 +22,12 @@ import SimpleITK as sitk
 
 from ..errors import UserError
 from .geometry import Geometry
-from .read import (EXTENSIONS, LABEL_NAME, ImageData, ImageReadError, ImageReadWarning, _first_line, _looks_dicom,
+from ..naming import LABEL_NAME
+from .read import (EXTENSIONS, ImageData, ImageReadError, ImageReadWarning, _first_line, _looks_dicom,
                    _stem, _tag, _walk_files)
 from .write import WRITE_EXTENSIONS, check_writable
 
-RASTER_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")  # 2D formats: always frames in a folder
+RASTER_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")  # 2D formats: frames in a folder, unless named as labels
 VOLUME_EXTENSIONS = tuple(e for e in EXTENSIONS if e != ".dcm")  # frames only when they hold one slice
 MIN_FRAMES = 2
 TEMPORAL_POSITION, TRIGGER_TIME, FRAME_TIME = "0020|0100", "0018|1060", "0018|1063"
@@ -151,12 +152,12 @@ def _temporal_dicom_folder(folder: Path) -> list[ImageData]:
 def _time_points(entries: list, folder: Path) -> Optional[list]:
     """The entries of each time point (sorted along the slice normal) when every slice position is seen at the
     same number (two or more) of distinct times; None when each position has one time (a volume whose slices
-    were acquired one after another) or repeats a time (not a time series)."""
+    were acquired one after another, a repeated slice or two among them) or repeats a time (not a time series)."""
     at = defaultdict(list)
     for e in entries:
         at[e[1]].append(e)
     counts = {len(v) for v in at.values()}
-    if max(counts) < MIN_FRAMES or any(len({e[0] for e in v}) < len(v) for v in at.values()):
+    if min(counts) < MIN_FRAMES or any(len({e[0] for e in v}) < len(v) for v in at.values()):
         return None
     if len(counts) > 1:
         raise ImageReadError(f"{folder.name}: the slice positions have different numbers of time points "
@@ -218,16 +219,29 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _frame_files(files: list[Path]) -> list[Path]:
     """The frames of one time series among a folder's image files: its 2D raster images (two or more), else its
-    volume files when they are two or more images of one size (follow-ups, a 4D CT stored one file per time
-    point), none named as labels; [] otherwise (a case with its label map, a dataset of cases)."""
-    rasters = [f for f in files if f.name.lower().endswith(RASTER_EXTENSIONS)]
+    volume files when they are two or more images of one size named alike but for numbers (visit_1, visit_2: a
+    4D CT stored one file per time point), none named as labels; [] otherwise (a case with its label map, the
+    contrasts of a case such as t1/t2/flair, a dataset of cases)."""
+    rasters = [f for f in files if f.name.lower().endswith(RASTER_EXTENSIONS) and not LABEL_NAME.search(f.name)]
     if len(rasters) >= MIN_FRAMES:
         return rasters
     volumes = [f for f in files if f not in rasters]
     sizes = {_size(f) for f in volumes}
-    if len(volumes) < MIN_FRAMES or len(sizes) != 1 or None in sizes or any(LABEL_NAME.search(f.name) for f in volumes):
+    if len(volumes) < MIN_FRAMES or len(sizes) != 1 or None in sizes or not _numbered_alike(volumes) \
+            or any(LABEL_NAME.search(f.name) for f in volumes):
         return []
     return volumes
+
+
+def _numbered_alike(files: list[Path]) -> bool:
+    """True when the names differ only in numbers (visit_1, visit_2), and not in a T1/T2-style contrast number."""
+    parts = [re.split(r"(\d+)", f.name.lower()) for f in files]  # text, number, text, ...
+    if len({len(p) for p in parts}) != 1:
+        return False
+    for i, column in enumerate(zip(*parts)):
+        if len(set(column)) > 1 and (i % 2 == 0 or parts[0][i - 1].endswith("t")):
+            return False
+    return True
 
 
 def _size(f: Path) -> Optional[tuple]:

@@ -77,7 +77,10 @@ class PacsServer:
             session.auth = (self.user, self.password)
         session.mount("http://", _Wildcards())
         session.mount("https://", _Wildcards())
-        client = DICOMwebClient(url, session=session, timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout))
+        try:
+            client = DICOMwebClient(url, session=session, timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout))
+        except ValueError as err:  # e.g. "Invalid IPv6 URL"
+            raise PacsError(f"'{self.url}' is not a valid address ({err}).") from None
         # dicomweb-client would repeat a timed-out request (a hung server then costs twice the timeout):
         # retries are the session's (BUSY) instead
         client.set_http_retry_params(retry=False)

@@ -9,6 +9,7 @@ the grid its own frames span.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -185,7 +186,7 @@ def read_seg(ds: pydicom.Dataset, grid: Optional[tuple] = None, source: str = ""
             prob = np.asarray(vol.array, float)
             best = np.asarray(seg.segment_numbers)[prob.argmax(-1)]
             vol = vol.with_array(np.where(prob.max(-1) >= 0.5, best, 0), channels={})
-    except (ValueError, AttributeError, KeyError, RuntimeError) as err:
+    except (ValueError, AttributeError, KeyError, RuntimeError, struct.error) as err:  # struct: a truncated file
         raise SegError(f"Cannot read the DICOM SEG{f' {source}' if source else ''}: {err}") from None
     vol = vol.ensure_handedness("LEFT_HANDED", flip_axis=0)  # slices along row x column, as ITK reads series
     geometry = affine_to_geometry(vol.affine)
