@@ -22,8 +22,10 @@ class ModelMismatchWarning(UserWarning):
 
 
 def expected_modality(model) -> str:
-    """The modality a segmentation model was trained on: its card's, else CT for a Hounsfield window, else ""."""
-    return str(model_card(model).get("modality", "")).upper() or _norm_modality(model.config.normalization)
+    """The modality a segmentation model was trained on: its card's (or a fine-tune's record), else CT for a
+    Hounsfield window, else ""."""
+    named = model_card(model).get("modality") or model.config.training.get("modality") or ""
+    return str(named).upper() or _norm_modality(model.config.normalization)
 
 
 def mismatch_warnings(image: np.ndarray, model, *, spacing=None, modality: str = "", axis: int = 0) -> list[str]:
