@@ -11,8 +11,8 @@ from ..tasks.uncertainty import rank_slices
 
 
 class SliceTools:
-    """Mixed into the Fine-tune panel: uses its viewer, annotation and prediction layers, model, runner,
-    painting style, background label, device and ranking list."""
+    """Mixed into the Fine-tune panel: uses its viewer, annotation and prediction layers, model, the axis it
+    trained along (``slice_axis``, the user's), runner, painting style, background label, device and ranking list."""
 
     def view_axis(self) -> int:
         """The axis (of the annotation layer) of the slices the viewer shows: paint and accept in any view."""
@@ -68,7 +68,10 @@ class SliceTools:
         if inputs is None or self.model is None:
             return
         image, annotations = inputs
-        self.runner.start(rank_slices, self.model, image, annotations, axis=int(self.model.params.axis),
+        if np.ndim(image.data) != 3:
+            show_error("Suggest next slice ranks the slices of a 3D volume; a 2D image is one slice.")
+            return
+        self.runner.start(rank_slices, self.model, image, annotations, axis=self.slice_axis,
                           device=self.device.currentText(), on_result=self._ranked, what="Suggest next slice")
 
     def _ranked(self, ranking: list) -> None:
@@ -84,13 +87,13 @@ class SliceTools:
             show_info("Every informative slice is annotated already.")
 
     def go_to(self, k: int, axis: Optional[int] = None) -> None:
-        """Show slice ``k`` along ``axis`` (default: the model's slice axis, else the viewed one)."""
+        """Show slice ``k`` along ``axis`` (default: the axis the last round trained along, else the viewed one)."""
         lab = self.labels.value
         if lab is None or lab.ndim != 3:
             return
         point = np.asarray(lab.world_to_data(self.viewer.dims.point[-3:]), dtype=float)
         if axis is None:
-            axis = int(self.model.params.axis) if self.model is not None else self.view_axis()
+            axis = self.slice_axis if self.model is not None else self.view_axis()
         point[axis] = k
         world = np.asarray(lab.data_to_world(point))
         n = self.viewer.dims.ndim

@@ -31,6 +31,8 @@ from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 from .finetune_slices import SliceTools
 
+RGB = "Fine-tuning segments single-channel (grey-value) images, not RGB ones: choose a grey-value image layer."
+
 
 class FinetuneWidget(SliceTools, Panel):
     """Image + annotation layers, start model, annotation style, budget; Interpolate / Train / Stop / Accept /
@@ -45,6 +47,7 @@ class FinetuneWidget(SliceTools, Panel):
         self._x = 0  # plot x: training steps of all rounds so far
         self._before = None  # (plot x, prediction layer, its data) when the running round started
         self._shape: tuple = ()  # the image grid of the running round
+        self.slice_axis = 0  # the (user's) axis the last round trained along: Suggest ranks its slices
 
         self.image = self.layer_picker(napari.layers.Image, tooltip="The image to segment.")
         self.labels = self.layer_picker(napari.layers.Labels, tooltip="The layer you paint a few slices of.")
@@ -83,8 +86,9 @@ class FinetuneWidget(SliceTools, Panel):
         self.seconds.setRange(1, 36_000)
         self.seconds.setValue(60)
         self.seconds.setSuffix(" s")
-        self.seconds.setToolTip("Training time budget; training stops earlier when nothing improves. Completing the "
-                                "painting follows it (seconds more on a large CT).")
+        self.seconds.setToolTip("Time budget: preparing the painting and training share it (training gets at least "
+                                "half; it stops earlier when nothing improves). Completing the painting follows it "
+                                "(seconds more on a large CT).")
         self.device, self.device_line = device_chooser()
         self.project = QLineEdit()
         self.project.setPlaceholderText("optional folder")
@@ -157,6 +161,9 @@ class FinetuneWidget(SliceTools, Panel):
         if img is None or lab is None:
             show_error("Choose an image layer and the annotation (Labels) layer you painted.")
             return None
+        if img.rgb:
+            show_error(RGB)
+            return None
         if lab is self.prediction:
             show_error("Choose the layer you painted, not the prediction, as annotations.")
             return None
@@ -171,8 +178,8 @@ class FinetuneWidget(SliceTools, Panel):
     def new_annotation_layer(self) -> Optional[napari.layers.Labels]:
         """Add an empty Labels layer with the chosen image's shape and geometry, and select it."""
         img = self.image.value
-        if img is None:
-            show_error("Choose an image layer first.")
+        if img is None or img.rgb:
+            show_error(RGB if img is not None else "Choose an image layer first.")
             return None
         layer = self.viewer.add_labels(np.zeros(np.shape(img.data), np.uint8), name=f"{img.name} annotations",
                                        scale=img.scale, translate=img.translate, affine=img.affine)
@@ -232,11 +239,14 @@ class FinetuneWidget(SliceTools, Panel):
             self._show_preview(ev.preview)
 
     def _undo_discarded_run(self, status: str) -> None:
-        """After a cancelled or failed round the viewer is as before it: no preview of a discarded network."""
-        if status == "finished" or self._before is None:
+        """After a cancelled or failed round the viewer is as before it: no preview of a discarded network.
+        (Only a training round's: a finished round, or Suggest, leaves the prediction and the plot as they are.)"""
+        if self.runner.label != "Fine-tune":  # Suggest's run: no round to undo
             return
-        x, layer, data = self._before
-        self._before = None
+        before, self._before = self._before, None  # a round's, used once: no later run's end undoes it
+        if status == "finished" or before is None:
+            return
+        x, layer, data = before
         self._x = x
         self.plot.drop_after(x)
         if self.prediction is not None and self.prediction is not layer and self.prediction in self.viewer.layers:
@@ -257,7 +267,7 @@ class FinetuneWidget(SliceTools, Panel):
 
     def _trained(self, result: tuple) -> None:
         model, history, prediction = result
-        self.model, self.round = model, history["round"]
+        self.model, self.round, self.slice_axis = model, history["round"], int(history["axis"])
         self.resume.setEnabled(True)
         self.resume.setChecked(True)
         self._prediction_layer(prediction)
@@ -269,7 +279,7 @@ class FinetuneWidget(SliceTools, Panel):
             f"interpolated slices, {len(history['step'])} steps in {history['seconds']:.0f} s{stopped}; returned "
             f"{history['returned']}" + (f", validation Dice {best:.3f}" if best is not None else "") + ".")
         for b in (self.accept_button, self.suggest_button, self.save_button):
-            b.setEnabled(True)
+            b.setEnabled(b is not self.suggest_button or len(self._shape) == 3)
 
     def _prediction_layer(self, data: np.ndarray, preview: bool = False) -> napari.layers.Labels:
         """The prediction layer (created on first use); ``preview`` keeps existing data if the layer exists."""
@@ -289,7 +299,7 @@ class FinetuneWidget(SliceTools, Panel):
         self.train_button.setEnabled(not busy)
         self.project.setEnabled(not busy)
         for b in (self.suggest_button, self.accept_button):
-            b.setEnabled(not busy and self.model is not None)
+            b.setEnabled(not busy and self.model is not None and (b is self.accept_button or len(self._shape) == 3))
         training = (f"Round {self.round + 1} is training: the prediction layer shows the network as it learns "
                     "(Stop keeps the best so far, Cancel discards the round).")
         if busy and self.runner.state.label == "Fine-tune":

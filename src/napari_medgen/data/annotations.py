@@ -98,18 +98,36 @@ def painted_planes(labels: np.ndarray, axis: int | None = None) -> dict:
 
 
 MAX_LABEL = 255  # one network output per label value
+SPARSE_FROM = 16  # above this, label values must use at least half of 1..max (a 0/255 mask is refused)
 
 
-def _check_values(lab: np.ndarray) -> None:
+def label_array(labels) -> np.ndarray:
+    """``labels`` as an integer array: a float one (a label file saved as floats) cast when every value is whole;
+    checked (:class:`AnnotationError`: 2D or 3D, values 0..255, painted as 1..N rather than e.g. a 0/255 mask)."""
+    lab = np.asarray(labels)
     if lab.ndim not in (2, 3):
         raise AnnotationError(f"Annotations must be a 2D or 3D label array, not {lab.ndim}D.")
+    if lab.dtype == bool:
+        return lab.astype(np.uint8)
+    if np.issubdtype(lab.dtype, np.floating):
+        if not (np.isfinite(lab).all() and (lab == np.round(lab)).all()):
+            raise AnnotationError("Annotations must hold whole label values (0, 1, 2, ...), not fractions.")
+        small = lab.size and 0 <= lab.min() and lab.max() <= MAX_LABEL
+        lab = lab.astype(np.uint8 if small else np.int64)  # (the checks below say what is wrong with the others)
     if not np.issubdtype(lab.dtype, np.integer):
         raise AnnotationError("Annotations must be an integer label array.")
     if lab.size and lab.min() < 0:
         raise AnnotationError("Annotations must not contain negative label values.")
-    if lab.size and lab.max() > MAX_LABEL:
-        raise AnnotationError(f"Label value {int(lab.max())} is painted, but each value is one class of the model "
+    top = int(lab.max()) if lab.size else 0
+    if top > MAX_LABEL:
+        raise AnnotationError(f"Label value {top} is painted, but each value is one class of the model "
                               f"and values above {MAX_LABEL} are not supported; relabel the layer with small values.")
+    values = np.unique(lab).size - 1 if top > SPARSE_FROM else 0
+    if 2 * values < top and top > SPARSE_FROM:
+        raise AnnotationError(f"Label value {top} is painted, which would train a network of {top + 1} classes for "
+                              f"{values} painted value{'s' if values > 1 else ''}; paint the classes as 1..N"
+                              + (f" (a 0/{top} mask as 0/1)." if values == 1 else "."))
+    return lab
 
 
 def make_targets(labels: np.ndarray, *, axis: int | None = None, slices="auto", sparse: bool = False,
@@ -123,8 +141,7 @@ def make_targets(labels: np.ndarray, *, axis: int | None = None, slices="auto", 
     known.  The labels array is only read.  Raises :class:`AnnotationError` when nothing is
     painted or only one class is.
     """
-    lab = np.asarray(labels)
-    _check_values(lab)
+    lab = label_array(labels)
     if isinstance(slices, str):
         if slices != "auto":
             raise AnnotationError(f"slices must be 'auto' or a list of slice indices, not '{slices}'.")

@@ -12,7 +12,7 @@ import weakref
 import numpy as np
 from scipy import ndimage, special
 
-from ..data.annotations import IGNORE, AnnotationError, Targets, make_targets
+from ..data.annotations import IGNORE, AnnotationError, Targets, label_array, make_targets
 from ..data.interpolate import extrapolate_ends, interpolate_labels, interpolation_reliability
 from ..data.normalize import modality_of, normalize
 from ..data.orientation import plane_turn, turn, turn_back, turned
@@ -36,9 +36,9 @@ def as_stored(item, how):
 def painting_inputs(image, labels, spacing, modality):
     """(image, labels) as 3D arrays (a 2D image becomes one slice), spacing, modality; checks them."""
     img = np.asarray(getattr(image, "data", image))
-    lab = np.asarray(getattr(labels, "data", labels))
     if img.ndim not in (2, 3):
         raise AnnotationError(f"Fine-tuning needs a 2D or 3D single-channel image, not {img.ndim}D.")
+    lab = label_array(getattr(labels, "data", labels))  # float label files with whole values are taken
     if img.shape != lab.shape:
         raise AnnotationError(f"The annotation {lab.shape} and the image {img.shape} have different shapes.")
     geos = [getattr(x, "geometry", None) for x in (image, labels)]
@@ -136,7 +136,7 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
     t = make_targets(lab, axis=axis, sparse=sparse, background_label=background_label)
     prior = _prior_of(m, lab, t, spacing, sparse=sparse, background_label=background_label)
     box = tuple(slice(a, b) for a, b in prior.box) if restrict else (slice(None),) * 3
-    probs = _network_probs(m, img, spacing, modality, box, axis, flat, device, job)
+    probs = _network_probs(m, img, spacing, modality, box, axis, device, job)
     job.check()
     pred = _combine(probs, lab, t, prior, box, axis, spacing, sparse=sparse, prior_weight=prior_weight,
                     restrict=restrict)
@@ -156,11 +156,11 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
     return out[0] if flat else out
 
 
-def _network_probs(m, img, spacing, modality, box, axis, flat, device, job) -> np.ndarray:
+def _network_probs(m, img, spacing, modality, box, axis, device, job) -> np.ndarray:
     """The model's class probabilities (C, *box) in volume order."""
     norm = np.moveaxis(normalize(img, m.config.normalization, modality, box=box), axis, 0)  # (n, h, w) along axis
     shape = norm.shape[1:]
-    if m.params.spacing and not flat:  # the model's grid
+    if m.params.spacing:  # the model's grid (a 2D image's too)
         have = [s for i, s in enumerate(spacing) if i != axis]
         norm = resize(norm, [max(8, int(round(n * h / w))) for n, h, w in zip(shape, have, m.params.spacing)])
     args = m.config.networks["net"].args

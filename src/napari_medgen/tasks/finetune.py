@@ -93,8 +93,11 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     ``labels``: slices painted along any axis (``axis=None`` trains along the axis with the most
     painted slices); 0 is background on painted slices (dense) or unknown everywhere
     (``sparse=True``, ``background_label`` = the value painted on background); unpainted
-    slices are unknown, never background.  ``seconds`` bounds the whole call (``steps``
-    optionally too); training stops early after ``patience`` validations without improvement.
+    slices are unknown, never background.  ``slices``: "auto" (the painted slices along every axis) or the
+    indices of the painted slices along ``axis`` (default 0), in the caller's axes.  ``seconds`` is the
+    budget: training gets what preparation (interpolation, normalisation; seconds on a large CT) left of it,
+    but at least half of it, so the call can take longer than ``seconds`` (``steps`` optionally bounds
+    training too); training stops early after ``patience`` validations without improvement.
     ``history["returned"]`` says which weights came back and why.  Stop keeps the best weights
     (``history["stopped"]``); cancel raises :class:`Cancelled` with nothing changed; a network that
     never predicts the painted structure raises :class:`NothingLearnedError`.  ``preview_every``
@@ -109,6 +112,7 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     img, lab, spacing, modality, flat = painting_inputs(image, labels, spacing, modality)
     if axis is not None and not flat and not 0 <= axis < 3:
         raise AnnotationError("axis must be 0, 1 or 2.")
+    listed = not (isinstance(slices, str) and slices == "auto")  # slice numbers along the user's axis (or 0)
     t = make_targets(lab, axis=0 if flat else axis, slices=slices, sparse=sparse, background_label=background_label)
     names = None if class_names is None else [str(n).strip() for n in class_names]
     if names is not None and (len(names) < max(t.classes) or not all(names)):
@@ -119,14 +123,14 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     torch.manual_seed(seed)  # a fresh network's first weights come from the seed too
     net_model, fresh = start_model(model, max(t.classes) + 1, img[0] if flat else img, axis=t.axis,
                                    modality=modality, spacing=None if flat else spacing, context=context, size=size)
-    listed = not (isinstance(slices, str) and slices == "auto")  # slice numbers the user gave, in their axes
     how = None if fresh or axis is not None or flat or listed else plane_turn(image, net_model.params.orientation)
     if how is not None:  # a volume stored in another axis order than the model's: trained on as the model's were
         shape = img.shape
         image, labels = as_stored(image, how), as_stored(labels, how)
         img, lab, spacing, modality, flat = painting_inputs(image, labels, None if spacing is None else
                                                             [spacing[-3:][p] for p in how[0]], modality)
-    if how is not None or (not fresh and axis is None and not flat and net_model.params.axis != t.axis):  # its axis
+    if how is not None or (not fresh and axis is None and not flat and not listed and net_model.params.axis != t.axis):
+        # the start model's axis (listed slices are trained along as listed, the user's axis)
         t = make_targets(lab, axis=net_model.params.axis, slices=slices, sparse=sparse,
                          background_label=background_label)
     ctx = int(net_model.params.context or 0)
@@ -150,12 +154,12 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     inplane = [s for i, s in enumerate(spacing) if i != t.axis]
     factor = max(1.0, max(box[1] - box[0], box[3] - box[2]) / NETS[size]["grid"])
     if not fresh:  # a trained model keeps its own grid
-        factor = net_model.params.spacing[0] / inplane[0] if net_model.params.spacing and not flat else 1.0
+        factor = net_model.params.spacing[0] / inplane[0] if net_model.params.spacing else 1.0
     targets = t.targets
     if abs(factor - 1.0) > 0.1:  # e.g. a large structure: train on a coarser in-plane grid
-        shape = [max(8, int(round(n / factor))) for n in volume.shape[1:]]
-        volume, targets = resize(volume, shape), resize(targets, shape, mode="nearest")
-        pseudo = None if pseudo is None else (pseudo[0], resize(pseudo[1], shape, mode="nearest"))
+        grid = [max(8, int(round(n / factor))) for n in volume.shape[1:]]
+        volume, targets = resize(volume, grid), resize(targets, grid, mode="nearest")
+        pseudo = None if pseudo is None else (pseudo[0], resize(pseudo[1], grid, mode="nearest"))
         box = tuple(int(round(b / factor)) for b in box)
     patch = patch_size or patch_size_for((max(48, box[1] - box[0]), max(48, box[3] - box[2])), NETS[size]["patch"])
     preview = None
@@ -177,8 +181,7 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     cfg.axis = int(t.axis)
     direction = stored_direction(image)  # the plane it learned, in the patient: volumes stored otherwise are turned
     cfg.orientation = None if direction is None or flat else direction.tolist()
-    if not flat:
-        cfg.spacing = [float(s) * factor for s in inplane]
+    cfg.spacing = [float(s) * factor for s in inplane]  # the grid it learned (a 2D image's too: completion uses it)
     rounds = (cfg.finetune or {}).get("rounds", 0) + 1
     planes = {int(a): [int(i) for i in idx] for a, idx in t.planes.items()}
     steps_before = (cfg.finetune or {}).get("steps", 0)

@@ -1,9 +1,10 @@
-"""One round of the fine-tune loop (the Fine-tune panel's Train): autosave the painting in a project folder,
-fine-tune, complete the painting, autosave the model and its history; and resuming a project folder another
+"""One round of the fine-tune loop (the Fine-tune panel's Train): fine-tune, complete the painting, and save the
+round's painting, model and history in a project folder together (nothing of a cancelled round); and resuming a project folder another
 day (:func:`open_project`: its last round's model and annotations, checked to be of the same image)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -48,24 +49,41 @@ def open_project(project, image: ImageData) -> tuple[int, Optional[Path], Option
 
 def train_round(image: ImageData, labels: np.ndarray, start, *, project: Optional[str] = None,
                 round_index: int = 1, axis: Optional[int] = None, device: str = "auto", sparse: bool = False,
-                background_label: Optional[int] = None, progress=None, stop=None, **options) -> tuple:
-    """One round of the loop: autosave the annotations, fine-tune, complete the painting, autosave
-    the model.  Returns ``(model, history, prediction)``.  A ``project`` folder that holds another image's rounds
+                background_label: Optional[int] = None, progress=None, stop=None, cancel=None, **options) -> tuple:
+    """One round of the loop: fine-tune, complete the painting, save the round's annotations, model and history.
+    Returns ``(model, history, prediction)``.  A ``project`` folder that holds another image's rounds
     is refused before anything is written; the rounds saved there before are never overwritten (the round is
-    numbered after them)."""
-    job = Job.of(progress, stop)
+    numbered after them); a cancelled or failed round writes nothing there (its files are written at its end)."""
+    job = Job.of(progress, stop, cancel)
     folder = Path(project) if project else None
     if folder is not None:
         round_index = max(round_index, open_project(folder, image)[0] + 1)
-        write_image(folder / f"annotations_round{round_index:02d}.nii.gz", labels, image.geometry, overwrite=True)
     model, history = finetune(start, image, labels, axis=axis, device=device, sparse=sparse,
                               background_label=background_label, preview_every=PREVIEW_EVERY, progress=job, **options)
     job.report(1, 1, "completing the painting")
     prediction = complete_labels(model, image, labels, sparse=sparse, background_label=background_label,
-                                 device=device)
+                                 device=device, progress=Job(cancel=job.cancelled))  # Stop keeps this round
+    job.check(stop_cancels=False)
     history["round"] = round_index
     if folder is not None:
-        model.save(folder / f"model_round{round_index:02d}.medgen.pt")
-        summary = {k: v for k, v in history.items() if k not in ("step", "loss", "pseudo_loss")}
-        (folder / f"history_round{round_index:02d}.json").write_text(json.dumps(summary, indent=1, default=str))
+        _save_round(folder, round_index, image, labels, model, history)
     return model, history, prediction
+
+
+def _save_round(folder: Path, index: int, image: ImageData, labels, model, history: dict) -> None:
+    """Write a round's annotations, history and model into ``folder`` together: each to a hidden name first, then
+    renamed, the model (by which the round is found) last; nothing is left of a round whose writing failed."""
+    summary = {k: v for k, v in history.items() if k not in ("step", "loss", "pseudo_loss")}
+    names = [f"annotations_round{index:02d}.nii.gz", f"history_round{index:02d}.json",
+             f"model_round{index:02d}.medgen.pt"]
+    parts = [folder / f".part-{name}" for name in names]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        write_image(parts[0], labels, image.geometry, overwrite=True)
+        parts[1].write_text(json.dumps(summary, indent=1, default=str))
+        model.save(parts[2])
+        for part, name in zip(parts, names):
+            os.replace(part, folder / name)
+    finally:
+        for part in parts:
+            part.unlink(missing_ok=True)
