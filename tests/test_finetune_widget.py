@@ -160,3 +160,33 @@ def test_choosing_a_project_folder_resumes_its_last_round(make_napari_viewer, br
     assert layer.name == "T1 annotations (round 1)" and np.array_equal(layer.data, painted)
     assert widget.start.currentText() == str(tmp_path / "model_round01.medgen.pt") and widget.round == 1
     assert "Train (round 2)" in widget.summary.text()
+
+
+def test_annotations_on_a_single_ct_slice_keep_its_place_and_a_removed_image_gets_no_prediction(
+        make_napari_viewer, qtbot, tmp_path):
+    """New annotation layer on pydicom's CT_small (one slice at z = -75.7 mm, 5 mm thick): saved through the
+    plugin's writer it lay at z = 0, 1 mm thick (no metadata); a round whose image was removed still added its
+    prediction."""
+    import pydicom.data
+    from napari_medgen._writer import write_single
+    from napari_medgen.io.read import read_image
+
+    ct = read_image(pydicom.data.get_testdata_file("CT_small.dcm"))
+    viewer = make_napari_viewer()
+    data, kwargs, _ = ct.layer_data()
+    img = viewer.add_image(data, **kwargs)
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    ann = widget.new_annotation_layer()
+    ann.data[40:80, 40:80] = 1
+    out = tmp_path / "ann.nii.gz"
+    write_single(str(out), ann.data, {"scale": ann.scale, "translate": ann.translate,
+                                      "affine": ann.affine.affine_matrix, "metadata": ann.metadata})
+    import SimpleITK as sitk
+    back = sitk.ReadImage(str(out))
+    assert back.GetSize()[2] == 1 and abs(back.GetOrigin()[2] - ct.geometry.plane.volume.origin[0]) < 1e-3
+    assert abs(back.GetSpacing()[2] - ct.geometry.plane.volume.spacing[0]) < 1e-3
+    widget._source, widget._shape = img, ann.data.shape
+    viewer.layers.remove(img)
+    widget._trained((None, {"round": 1, "axis": 0}, np.ones(ann.data.shape, np.uint8)))
+    assert widget.prediction is None and [ly.name for ly in viewer.layers] == [ann.name]

@@ -8,6 +8,7 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info
 
 from ..tasks.uncertainty import rank_slices
+from ._navigate import go_to_slice
 
 
 class SliceTools:
@@ -91,10 +92,6 @@ class SliceTools:
         lab = self.labels.value
         if lab is None or lab.ndim != 3:
             return
-        point = np.asarray(lab.world_to_data(self.viewer.dims.point[-3:]), dtype=float)
         if axis is None:
             axis = self.slice_axis if self.model is not None else self.view_axis()
-        point[axis] = k
-        world = np.asarray(lab.data_to_world(point))
-        n = self.viewer.dims.ndim
-        self.viewer.dims.set_point(list(range(n - 3, n)), tuple(world))
+        go_to_slice(self.viewer, lab, axis, k)

@@ -14,7 +14,7 @@ from typing import Optional
 
 import napari
 import numpy as np
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QListWidget,
                             QPushButton, QSpinBox)
 
@@ -26,6 +26,7 @@ from ..models.segmentation import builtin_models, class_colors, class_names
 from ..tasks.finetune import FRESH
 from ..tasks.finetune_round import open_project, train_round
 from ._layers import OUTPUT_KEY, edited, row, set_output, show_result
+from ._model_files import save_model_file
 from ._panel import Note, Panel
 from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
@@ -128,7 +129,7 @@ class FinetuneWidget(SliceTools, Panel):
         self.ranking_list.setMaximumHeight(110)
         self.ranking_list.itemClicked.connect(lambda item: self.go_to(int(item.data(256))))
         self.save_button = QPushButton("Save model...")
-        self.save_button.clicked.connect(self._save_dialog)
+        self.save_button.clicked.connect(lambda: self.save_model())
         for b in (self.accept_button, self.suggest_button, self.save_button):
             b.setEnabled(False)
 
@@ -182,7 +183,7 @@ class FinetuneWidget(SliceTools, Panel):
             show_error(RGB if img is not None else "Choose an image layer first.")
             return None
         layer = self.viewer.add_labels(np.zeros(np.shape(img.data), np.uint8), name=f"{img.name} annotations",
-                                       scale=img.scale, translate=img.translate, affine=img.affine)
+                                       **_placed_like(img))
         self.labels.value = layer
         return layer
 
@@ -257,6 +258,8 @@ class FinetuneWidget(SliceTools, Panel):
 
     def _show_preview(self, preview: dict) -> None:
         """The network's current labels inside the region of interest, written into the prediction layer."""
+        if self._source not in self.viewer.layers:
+            return
         layer = self._prediction_layer(np.zeros(self._shape, np.uint8), preview=True)
         box, labels = preview["box"], np.asarray(preview["labels"])
         data = np.array(layer.data, copy=True)
@@ -267,6 +270,9 @@ class FinetuneWidget(SliceTools, Panel):
 
     def _trained(self, result: tuple) -> None:
         model, history, prediction = result
+        if self._source not in self.viewer.layers:  # removed while the round ran: no result for a layer gone
+            show_error(f"'{self._source.name}' was removed during the round; its prediction is not shown.")
+            return
         self.model, self.round, self.slice_axis = model, history["round"], int(history["axis"])
         self.resume.setEnabled(True)
         self.resume.setChecked(True)
@@ -308,16 +314,10 @@ class FinetuneWidget(SliceTools, Panel):
         elif not busy and self.summary.text() == training:  # cancelled or failed: the last round's summary again
             self.summary.setText(self._summary_before)
 
-    def save_model(self, path: str) -> str:
-        """Write the current model (a ``.medgen.pt`` the Segment widget and the CLI load)."""
-        if not path.endswith(".medgen.pt"):
-            path += ".medgen.pt"
-        return self.model.save(path)
-
-    def _save_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save model", "finetuned.medgen.pt", "Models (*.medgen.pt)")
-        if path:
-            show_info(f"Saved {self.save_model(path)}")
+    def save_model(self, path: Optional[str] = None) -> Optional[str]:
+        """Write the current model (a ``.medgen.pt`` the Segment widget and the CLI load), asking where when
+        ``path`` is None; as every panel saves (never silently over another file, one sentence on failure)."""
+        return save_model_file(self, self.model, "fine-tuned model", path)
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Start model", "", "Models (*.medgen.pt);;All files (*)")
@@ -351,8 +351,14 @@ class FinetuneWidget(SliceTools, Panel):
             return
         if annotations is not None:
             self.labels.value = self.viewer.add_labels(annotations.data, name=f"{img.name} annotations (round {last})",
-                                                       scale=img.scale, translate=img.translate, affine=img.affine)
+                                                       **_placed_like(img))
         self._start_from(str(model_file))
         self.round = last
         self.summary.setText(f"Resumed {Path(folder).name}: round {last}'s annotations and model; paint more, then "
                              f"Train (round {last + 1}).")
+
+
+def _placed_like(image) -> dict:
+    """Layer keywords that put a new Labels layer on ``image``'s grid, its place in 3D (a slice's plane) included."""
+    return {"scale": image.scale, "translate": image.translate, "affine": image.affine,
+            "metadata": {"geometry": Geometry.from_layer(image).to_dict()}}
