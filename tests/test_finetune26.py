@@ -45,7 +45,7 @@ def sphere_slices(monkeypatch):
 
 
 def test_completion_after_finetune_takes_its_interpolation_and_gives_the_same_labels(brain, blob, sphere_slices):
-    model, _ = finetune(small_unet(), brain, blob, **FAST)
+    model, _ = finetune(small_unet(), brain, blob, keep_prior=True, **FAST)
     built = len(sphere_slices)
     assert built > 0  # finetune built the prior, caps included
     first = complete_labels(model, brain, blob, device="cpu")
@@ -54,14 +54,18 @@ def test_completion_after_finetune_takes_its_interpolation_and_gives_the_same_la
     assert len(sphere_slices) > built and np.array_equal(first, again)
     other = blob.copy()
     other[PAINTED[-1]] = 0  # another painting: finetune's prior is of no use for it
-    finetune(model, brain, blob, **FAST)
+    kept, _ = finetune(model, brain, blob, keep_prior=True, **FAST)
     before = len(sphere_slices)
-    complete_labels(model, brain, other, device="cpu")
+    complete_labels(kept, brain, other, device="cpu")
+    assert len(sphere_slices) > before
+    plain, _ = finetune(model, brain, blob, **FAST)  # not asked to keep it: nothing held for an API caller
+    before = len(sphere_slices)
+    complete_labels(plain, brain, blob, device="cpu")
     assert len(sphere_slices) > before
 
 
 def test_completing_a_small_structure_takes_memory_for_its_region_not_the_volume(brain, blob):
-    model, _ = finetune(small_unet(), brain, blob, **FAST)
+    model, _ = finetune(small_unet(), brain, blob, keep_prior=True, **FAST)  # as a panel round and train --predict
     model.config.normalization = {"kind": "window", "low": 0.0, "high": 4000.0}  # a fixed window (as for CT)
     tracemalloc.start()
     try:

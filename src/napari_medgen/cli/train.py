@@ -67,7 +67,7 @@ def run(args) -> int:
         model, history = finetune(args.start, image, painted, axis=args.axis, slices=slices,
                                   sparse=args.sparse, background_label=args.background_label,
                                   seconds=args.seconds, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                                  device=args.device, seed=args.seed, progress=job,
+                                  device=args.device, seed=args.seed, keep_prior=bool(args.predict), progress=job,
                                   class_names=None if args.classes is None else args.classes.split(","))
     model.save(out)
     summary = {k: history.get(k) for k in ("planes", "axis", "slices", "best_metric", "returned", "stop_reason",

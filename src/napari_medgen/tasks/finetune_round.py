@@ -59,7 +59,8 @@ def train_round(image: ImageData, labels: np.ndarray, start, *, project: Optiona
     if folder is not None:
         round_index = max(round_index, open_project(folder, image)[0] + 1)
     model, history = finetune(start, image, labels, axis=axis, device=device, sparse=sparse,
-                              background_label=background_label, preview_every=PREVIEW_EVERY, progress=job, **options)
+                              background_label=background_label, preview_every=PREVIEW_EVERY, keep_prior=True,
+                              progress=job, **options)
     job.report(1, 1, "completing the painting")
     prediction = complete_labels(model, image, labels, sparse=sparse, background_label=background_label,
                                  device=device, progress=Job(cancel=job.cancelled))  # Stop keeps this round
