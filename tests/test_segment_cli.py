@@ -172,3 +172,29 @@ def test_kept_outputs_of_another_model_are_named_and_said(slab, tmp_path, capsys
     assert main(["segment", str(folder), str(tmp_path / "out"), "-m", str(model), "-q"]) == 0
     err = capsys.readouterr().err
     assert "kept outputs were made by another model (mine.medgen.pt (saved " in err and "--overwrite" in err
+
+
+def test_an_unexpected_error_in_one_case_does_not_end_the_batch(slab, tmp_path, capsys, monkeypatch):
+    """Plain ValueErrors are no longer taken for the user's (they hid bugs): one in a case (a numpy or ITK surprise
+    on an odd scan) stopped the whole batch with a traceback; it is that case's failure, said with its type."""
+    import shutil
+    from napari_medgen.cli import segment as verb
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a_t1.nii.gz", "b_t1.nii.gz"):
+        shutil.copy(slab, folder / name)
+    real = verb._segment_case
+
+    def odd(case, *args):
+        if case.name.startswith("a_"):
+            raise ValueError("operands could not be broadcast together")
+        return real(case, *args)
+
+    monkeypatch.setattr(verb, "_segment_case", odd)
+    assert main(["segment", str(folder), str(tmp_path / "out"), "-q"]) != 0
+    err = capsys.readouterr().err
+    assert "skipping a_t1.nii.gz: unexpected error (ValueError: operands could not" in err
+    assert (tmp_path / "out" / "b_t1_seg.nii.gz").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "out" / "segment_summary.csv")))
+    assert [r["status"] for r in rows if "a_t1" in r["input"]] == ["failed"]

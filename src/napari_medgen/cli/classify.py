@@ -14,8 +14,8 @@ import re
 import sys
 from pathlib import Path
 
-from .options import (add_budget, add_common, add_table, add_window, check_model_output, check_output, existing,
-                      model_identity, skipped_label_files, table_of, warn_other_models, window_of)
+from .options import (add_budget, add_common, add_table, add_window, case_error, check_model_output, check_output,
+                      existing, model_identity, skipped_label_files, table_of, warn_other_models, window_of)
 from ..errors import UserError
 
 
@@ -169,7 +169,7 @@ def _classify_share(mine: list[Path], n_cases: int, kept: dict, model, args, qui
     """Classify this process's inputs (keeping earlier rows); each new row is appended to ``log`` at once,
     so an interrupted run resumes.  Returns (rows, failures, number of inputs kept)."""
     from ..engine.distributed import RankFailed
-    from . import USER_ERRORS
+    from ..engine.jobs import Cancelled
 
     rows, failed, n_kept, n_new = [], [], 0, 0
     try:
@@ -184,13 +184,13 @@ def _classify_share(mine: list[Path], n_cases: int, kept: dict, model, args, qui
                     continue
                 try:
                     new = _classify_case(case, model, args, f"[{i}/{len(mine)}] {case.name}", quiet)
-                except RankFailed:
+                except (RankFailed, Cancelled):
                     raise
-                except USER_ERRORS as err:
+                except Exception as err:  # noqa: BLE001 - one bad input must not end a batch
                     if n_cases == 1:
                         raise
-                    failed.append(f"{case}: {err}")
-                    print(f"napari-medgen: skipping {case.name}: {err}", file=sys.stderr)
+                    failed.append(f"{case}: {case_error(err)}")
+                    print(f"napari-medgen: skipping {case.name}: {case_error(err)}", file=sys.stderr)
                     continue
                 writer.writerows([[r[k] for k in header] for r in new])
                 fh.flush()

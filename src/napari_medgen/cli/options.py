@@ -131,6 +131,14 @@ def model_identity(model, given) -> str:
     return f"{name} (saved {saved['at']}, weights {saved['weights']})" if saved.get("weights") else name
 
 
+def case_error(err: Exception) -> str:
+    """What a batch says of an input it skips: the user's sentence, or an unexpected error's type and message (a bug,
+    reported for that input so the rest of the batch goes on)."""
+    from . import USER_ERRORS
+
+    return str(err) if isinstance(err, USER_ERRORS) else f"unexpected error ({type(err).__name__}: {err})"
+
+
 def skipped_label_files(files) -> str:
     """The line that says which files of a folder or glob a batch verb left out as label files, by their names."""
     names = ", ".join(p.name for p in files[:5]) + (" ..." if len(files) > 5 else "")

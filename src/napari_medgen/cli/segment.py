@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from .options import (add_common, check_output, existing, model_identity, skipped_label_files,
-                      warn_other_models)
+from .options import (add_common, case_error, check_output, existing, model_identity,
+                      skipped_label_files, warn_other_models)
 from ..errors import UserError
 from ..naming import LABEL_NAME
 
@@ -172,7 +172,6 @@ def run(args) -> int:
     from .. import Cancelled
     from ..engine import distributed as dist
     from ..models.segmentation import load_segmentation_model
-    from . import USER_ERRORS
 
     out = Path(args.output)
     cases, label_files = find_cases(args.input)
@@ -197,11 +196,11 @@ def run(args) -> int:
                 return 130
             except dist.RankFailed:
                 raise
-            except USER_ERRORS as err:
+            except Exception as err:  # noqa: BLE001 - one bad input must not end a batch
                 if single:
                     raise
-                rows.append({"input": str(case), "status": "failed", "message": str(err)})
-                print(f"napari-medgen: skipping {case.name}: {err}", file=sys.stderr)
+                rows.append({"input": str(case), "status": "failed", "message": case_error(err)})
+                print(f"napari-medgen: skipping {case.name}: {case_error(err)}", file=sys.stderr)
         earlier = _earlier_models(out)
         for row in rows:
             row["rank"] = dist.rank()

@@ -11,7 +11,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .options import add_budget, add_common, add_table, check_model_output, check_output, existing, table_of
+from .options import (add_budget, add_common, add_table, case_error, check_model_output, check_output, existing,
+                      table_of)
 from .progress import terminal_job
 from ..errors import UserError
 
@@ -133,8 +134,8 @@ def run_train(args) -> int:
 
 def run_predict(args) -> int:
     from ..io import read_image
+    from ..engine.jobs import Cancelled
     from ..tasks.sequence import load_sequence_model, predict_sequence
-    from . import USER_ERRORS
 
     if args.curves:
         check_output(args.curves, args.overwrite)
@@ -147,11 +148,13 @@ def run_predict(args) -> int:
                 data, (step, unit) = read_sequence(path)
                 results.append((path, step, unit, predict_sequence(model, data, region, device=args.device,
                                                                    progress=job)))
-            except USER_ERRORS as err:
+            except Cancelled:
+                raise
+            except Exception as err:  # noqa: BLE001 - one bad input must not end a batch
                 if len(args.inputs) == 1:
                     raise
                 failed.append(path)
-                print(f"napari-medgen: skipping {path}: {err}", file=sys.stderr)
+                print(f"napari-medgen: skipping {path}: {case_error(err)}", file=sys.stderr)
     for path, step, unit, res in results:
         answer = (f"{res.label} ({res.probabilities[res.label]:.0%})" if res.label is not None
                   else f"{res.value:.4g}")
