@@ -66,8 +66,8 @@ def is_supported(path: "str | os.PathLike") -> bool:
     """True for files with a known extension, DICOM files of any name (IM0001) and folders that contain DICOM files."""
     p = Path(path)
     if p.is_dir():
-        from .timeseries import is_frames_folder
-        return any(_looks_dicom(f) for f in _walk_files(p, limit=200)) or is_frames_folder(p)
+        from .timeseries import has_image_files
+        return any(_looks_dicom(f) for f in _walk_files(p, limit=200)) or has_image_files(p)
     return str(p).lower().endswith(EXTENSIONS) or _looks_dicom(p)
 
 

@@ -25,10 +25,10 @@ from .geometry import Geometry
 from ..naming import LABEL_NAME
 from .read import (EXTENSIONS, ImageData, ImageReadError, ImageReadWarning, _first_line, _looks_dicom,
                    _stem, _tag, _walk_files)
-from .write import WRITE_EXTENSIONS, check_writable
+from .write import WRITE_EXTENSIONS, check_writable, storable
 
 RASTER_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")  # 2D formats: frames in a folder, unless named as labels
-VOLUME_EXTENSIONS = tuple(e for e in EXTENSIONS if e != ".dcm")  # frames only when they hold one slice
+VOLUME_EXTENSIONS = tuple(e for e in EXTENSIONS if e != ".dcm")  # frames only when numbered alike, of one size
 MIN_FRAMES = 2
 TEMPORAL_POSITION, TRIGGER_TIME, FRAME_TIME = "0020|0100", "0018|1060", "0018|1063"
 POSITION, ORIENTATION, FRAMES = "0020|0032", "0020|0037", "0028|0008"
@@ -194,7 +194,7 @@ def _along_normal(info) -> float:
 
 
 # --- a folder's own image files: 2D frames and volumes ---------------------------------------------
-def is_frames_folder(folder: "str | os.PathLike") -> bool:
+def has_image_files(folder: "str | os.PathLike") -> bool:
     """A folder whose own files open: two or more 2D images (frames of one time series) or volume files."""
     p = Path(folder)
     if not p.is_dir():
@@ -286,8 +286,7 @@ def write_time_series(path: "str | os.PathLike", data: np.ndarray, geometry: Opt
     arr = np.asarray(data)
     if arr.ndim not in (3, 4):
         raise UserError(f"A time series is (t, y, x) or (t, z, y, x); got shape {arr.shape}.")
-    if arr.dtype.kind not in "biuf":
-        raise UserError(f"Cannot write {arr.dtype} values to {p.name}; images hold numbers.")
+    arr = storable(arr, p.name)
     geo = geometry or Geometry.identity(arr.ndim - 1)
     if geo.ndim != arr.ndim - 1:
         raise UserError(f"Cannot write {arr.ndim - 1}D frames with {geo.ndim}D geometry.")
@@ -296,8 +295,8 @@ def write_time_series(path: "str | os.PathLike", data: np.ndarray, geometry: Opt
         arr = arr[:, None]
         geo = Geometry((1.0,) + geo.spacing, (0.0,) + geo.origin,
                        np.block([[np.eye(1), np.zeros((1, 2))], [np.zeros((2, 1)), geo.direction]]))
-    if arr.dtype in (bool, np.int64, np.float16):
-        arr = arr.astype({np.dtype(bool): np.uint8, np.dtype(np.int64): np.int32}.get(arr.dtype, np.float32))
+    if arr.dtype == np.int64:
+        arr = arr.astype(np.int32)
     img = sitk.GetImageFromArray(arr, isVector=False)  # (x, y, z, t)
     direction = np.eye(4)
     direction[1:, 1:] = geo.direction

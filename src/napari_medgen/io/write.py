@@ -30,16 +30,11 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
     if not str(p).lower().endswith(WRITE_EXTENSIONS):
         raise UserError(f"Cannot write {p.name}: use one of {', '.join(WRITE_EXTENSIONS)}.")
     check_writable(p, overwrite)
-    arr = np.asarray(data)
-    if arr.dtype.kind not in "biuf":
-        raise UserError(f"Cannot write {arr.dtype} values to {p.name}; images hold numbers.")
-    if rgb and (arr.dtype != np.uint8 or arr.shape[-1] not in (3, 4)):
+    given = np.asarray(data)
+    arr = storable(given, p.name)
+    if rgb and (given.dtype != np.uint8 or arr.shape[-1] not in (3, 4)):
         raise UserError(f"Cannot write {p.name}: RGB layers are saved with 3 or 4 channels of 8-bit values "
-                        f"(this one has {arr.shape[-1]} of {arr.dtype}).")
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if arr.dtype == np.float16:  # no file format here stores half floats
-        arr = arr.astype(np.float32)
+                        f"(this one has {arr.shape[-1]} of {given.dtype}).")
     if arr.dtype == np.int64 and arr.size and arr.min() >= 0 and arr.max() < 65536:
         arr = arr.astype(np.uint16 if arr.max() > 255 else np.uint8)
     geo = geometry or Geometry.identity(arr.ndim - rgb)
@@ -62,6 +57,18 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return str(p)
+
+
+def storable(arr: np.ndarray, name: str) -> np.ndarray:
+    """``arr`` in a type every format here stores (bool as uint8, float16 as float32); one sentence for values
+    that are no numbers."""
+    if arr.dtype.kind not in "biuf":
+        raise UserError(f"Cannot write {arr.dtype} values to {name}; images hold numbers.")
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if arr.dtype == np.float16:  # no file format here stores half floats
+        return arr.astype(np.float32)
+    return arr
 
 
 def check_writable(path: "str | os.PathLike", overwrite: bool = False) -> None:
