@@ -189,8 +189,9 @@ def _classify_share(mine: list[Path], n_cases: int, kept: dict, model, args, qui
                 except Exception as err:  # noqa: BLE001 - one bad input must not end a batch
                     if n_cases == 1:
                         raise
-                    failed.append(f"{case}: {case_error(err)}")
-                    print(f"napari-medgen: skipping {case.name}: {case_error(err)}", file=sys.stderr)
+                    why = case_error(err)
+                    failed.append(f"{case}: {why}")
+                    print(f"napari-medgen: skipping {case.name}: {why}", file=sys.stderr)
                     continue
                 writer.writerows([[r[k] for k in header] for r in new])
                 fh.flush()

@@ -199,8 +199,9 @@ def run(args) -> int:
             except Exception as err:  # noqa: BLE001 - one bad input must not end a batch
                 if single:
                     raise
-                rows.append({"input": str(case), "status": "failed", "message": case_error(err)})
-                print(f"napari-medgen: skipping {case.name}: {case_error(err)}", file=sys.stderr)
+                why = case_error(err)
+                rows.append({"input": str(case), "status": "failed", "message": why})
+                print(f"napari-medgen: skipping {case.name}: {why}", file=sys.stderr)
         earlier = _earlier_models(out)
         for row in rows:
             row["rank"] = dist.rank()

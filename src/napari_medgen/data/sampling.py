@@ -101,7 +101,11 @@ class PatchSampler:
 def roi_box(mask: np.ndarray, margin) -> tuple:
     """Bounding box ((lo, hi) per axis) of ``mask`` grown by ``margin`` voxels per axis, inside the array."""
     where = np.argwhere(mask)
-    lo, hi = where.min(0), where.max(0) + 1
-    margin = np.broadcast_to(np.asarray(margin, int), lo.shape)
-    return tuple((int(max(0, a - m)), int(min(n, b + m))) for a, b, m, n in zip(lo, hi, margin, mask.shape))
+    return grown(tuple(zip(where.min(0), where.max(0) + 1)), margin, mask.shape)
+
+
+def grown(box: tuple, margin, shape) -> tuple:
+    """``box`` ((lo, hi) per axis) grown by ``margin`` voxels per axis, inside an array of ``shape``."""
+    margin = np.broadcast_to(np.asarray(margin, int), (len(box),))
+    return tuple((int(max(0, lo - m)), int(min(n, hi + m))) for (lo, hi), m, n in zip(box, margin, shape))
 

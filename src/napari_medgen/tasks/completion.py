@@ -1,8 +1,8 @@
 """Completing a painting with a fine-tuned model (:func:`complete_labels`), and the interpolation prior
 (:class:`Prior`) that both fine-tuning and completion take from the painted slices.
 
-``finetune`` leaves the Prior it built with the model it returns; ``complete_labels`` on that model and
-the same painting takes it instead of building it again (seconds on a large CT).
+``finetune(keep_prior=True)`` leaves the Prior it built with the model it returns; ``complete_labels`` on that
+model and the same painting takes it instead of building it again (seconds on a large CT).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ..data.interpolate import extrapolate_ends, interpolate_labels, interpolati
 from ..data.normalize import modality_of, normalize
 from ..data.orientation import plane_turn, turn, turn_back, turned
 from ..data.resample import resize
-from ..data.sampling import roi_box
+from ..data.sampling import grown, roi_box
 from ..data.slices import take_slices
 from ..engine.inference import predict
 from ..engine.jobs import Job
@@ -55,11 +55,11 @@ def painting_inputs(image, labels, spacing, modality):
 class Prior:
     """What the painting says about the rest of the volume: the interpolated labels between painted
     slices, their distance to the interpolated boundary, sphere caps beyond the end slices (with their
-    margin), and the region of interest around the paint.  ``key`` names what it was built from."""
+    margin), and the region of interest around the paint."""
 
     def __init__(self, lab: np.ndarray, t: Targets, spacing, *, sparse: bool, background_label=None,
                  interpolate: bool = True):
-        self.key = _prior_key(lab, t, spacing, sparse, background_label, interpolate)
+        self._made_of = (lab, t, spacing, sparse, background_label, interpolate)
         self.labels, self.margin = (interpolate_labels(lab, spacing=spacing, planes=t.planes, return_margin=True)
                                     if interpolate and not sparse else (lab, np.full(lab.shape, np.inf, np.float32)))
         self.caps, self.cap_margin = (extrapolate_ends(lab, t.axis, t.planes.get(t.axis, []), spacing)
@@ -71,8 +71,7 @@ class Prior:
         tight = roi_box(fg, 0) if fg.any() else roi_box(lab != 0, 0)
         extent = [(hi - lo) * s for (lo, hi), s in zip(tight, spacing)] if fg.any() else [0.0] * 3
         grow_mm = max(10.0, 0.5 * max(extent))
-        grow = [max(2, int(np.ceil(grow_mm / s))) for s in spacing]
-        self.box = tuple((max(0, lo - g), min(n, hi + g)) for (lo, hi), g, n in zip(tight, grow, lab.shape))
+        self.box = grown(tight, [max(2, int(np.ceil(grow_mm / s))) for s in spacing], lab.shape)
 
     def pseudo(self, axis: int, band_mm: float):
         """Pseudo-label slices along ``axis``: (indices, targets) with IGNORE off the interpolation and in the band;
@@ -88,8 +87,10 @@ class Prior:
         return a0, a1, b0, b1
 
     def keep_for(self, model) -> None:
-        """Leave this Prior with ``model`` for :func:`complete_labels` (taken once; gone with the model)."""
-        _KEPT[model] = self
+        """Leave this Prior with ``model`` for :func:`complete_labels` (taken once; gone with the model), with the
+        key of the painting it was made of."""
+        _KEPT[model] = (_prior_key(*self._made_of), self)
+        self._made_of = None  # the painting itself is not held with it
 
 
 def _prior_key(lab, t, spacing, sparse, background_label, interpolate) -> tuple:
@@ -101,8 +102,8 @@ def _prior_key(lab, t, spacing, sparse, background_label, interpolate) -> tuple:
 
 def _prior_of(model, lab, t, spacing, *, sparse, background_label) -> Prior:
     """The Prior ``finetune`` left with ``model`` when it is of this painting, else a new one."""
-    kept = _KEPT.pop(model, None)
-    if kept is not None and kept.key == _prior_key(lab, t, spacing, sparse, background_label, True):
+    key, kept = _KEPT.pop(model, (None, None))
+    if kept is not None and key == _prior_key(lab, t, spacing, sparse, background_label, True):
         return kept
     return Prior(lab, t, spacing, sparse=sparse, background_label=background_label)
 

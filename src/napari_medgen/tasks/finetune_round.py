@@ -17,7 +17,8 @@ from ..io import ImageData, read_image, write_image
 from .finetune import complete_labels, finetune
 
 PREVIEW_EVERY = 5.0  # seconds between live previews of the prediction while training
-ROUND_FILE = re.compile(r"model_round(\d+)\.medgen\.pt")
+ROUND_FILES = ("annotations_round{:02d}.nii.gz", "history_round{:02d}.json", "model_round{:02d}.medgen.pt")
+ROUND_FILE = re.compile(r"model_round(\d+)\.medgen\.pt")  # the model marks a round as saved
 
 
 def saved_rounds(project) -> list[int]:
@@ -36,7 +37,7 @@ def open_project(project, image: ImageData) -> tuple[int, Optional[Path], Option
     if not rounds:
         return 0, None, None
     folder, last = Path(project), rounds[-1]
-    model, path = folder / f"model_round{last:02d}.medgen.pt", folder / f"annotations_round{last:02d}.nii.gz"
+    path, _, model = (folder / name.format(last) for name in ROUND_FILES)
     if not path.is_file():  # its model alone: nothing to check the image against, nothing to show
         return last, model, None
     annotations = read_image(path)
@@ -75,8 +76,7 @@ def _save_round(folder: Path, index: int, image: ImageData, labels, model, histo
     """Write a round's annotations, history and model into ``folder`` together: each to a hidden name first, then
     renamed, the model (by which the round is found) last; nothing is left of a round whose writing failed."""
     summary = {k: v for k, v in history.items() if k not in ("step", "loss", "pseudo_loss")}
-    names = [f"annotations_round{index:02d}.nii.gz", f"history_round{index:02d}.json",
-             f"model_round{index:02d}.medgen.pt"]
+    names = [name.format(index) for name in ROUND_FILES]
     parts = [folder / f".part-{name}" for name in names]
     folder.mkdir(parents=True, exist_ok=True)
     try:
