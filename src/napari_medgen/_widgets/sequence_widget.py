@@ -22,9 +22,9 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QPushButton
 
 from ..errors import UserError
-from ..io.read import EXTENSIONS
-from ..io.timeseries import RASTER_EXTENSIONS, is_time_series
+from ..io.timeseries import is_time_series
 from ..models.checkpoint import Model
+from ..naming import image_stem
 from ..tasks.sequence import load_sequence_model, predict_sequence, train_sequence_model
 from ._layer_table import LayerTable
 from ._layers import budget_boxes, layer_array, row
@@ -34,13 +34,6 @@ from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
 NO_REGION = "(whole frame)"
-IMAGE_EXTENSIONS = tuple(sorted({*EXTENSIONS, *RASTER_EXTENSIONS}, key=len, reverse=True))
-
-
-def image_stem(name: str) -> str:
-    """``name`` less a known image extension (".nii.gz", ".dcm", ".png", ...); other dots stay ("echo.1")."""
-    low = name.lower()
-    return next((name[:-len(e)] for e in IMAGE_EXTENSIONS if low.endswith(e)), name)
 
 
 def read_targets(path: str) -> tuple[dict, dict]:

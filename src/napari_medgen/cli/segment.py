@@ -18,10 +18,9 @@ from pathlib import Path
 from .options import (add_common, case_error, check_output, existing, model_identity,
                       skipped_label_files, warn_other_models)
 from ..errors import UserError
-from ..naming import LABEL_NAME
+from ..naming import LABEL_NAME, PICTURES, image_stem
 
 SUMMARY_FIELDS = ("input", "output", "status", "seconds", "model", "rank", "message")
-PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # 2D images (X-ray exports) in a batch folder
 
 
 def add_parser(sub) -> None:
@@ -103,18 +102,11 @@ def check_output_name(out: Path, n_cases: int) -> None:
                         "name a folder as OUTPUT.")
 
 
-def _case_name(path: Path) -> str:
-    from ..io.read import EXTENSIONS
-
-    return next((path.name[: -len(e)] for e in sorted(EXTENSIONS + PICTURES, key=len, reverse=True)
-                 if path.name.lower().endswith(e)), path.name)
-
-
 def case_names(cases: list[Path]) -> dict[Path, str]:
     """A distinct output name per input: its name without extension, with as many parent folder names in
     front as tell apart inputs of one name (``a/sub00``, ``b/sub00`` -> ``a_sub00``, ``b_sub00``), and its
     extension kept where only that differs (``sub00.nii``, ``sub00.nii.gz``)."""
-    base = [_case_name(c) if c.is_file() else c.name for c in cases]
+    base = [image_stem(c.name) if c.is_file() else c.name for c in cases]
     names = list(base)
     parents = [[p for p in c.resolve().parent.parts if p != c.anchor] for c in cases]
     for depth in range(1, 1 + max((len(p) for p in parents), default=0)):

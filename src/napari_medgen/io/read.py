@@ -16,9 +16,8 @@ from .geometry import Geometry
 from .header import nifti_header, voxel_bytes
 from .nifti_shear import is_nifti2, is_shear_error, read_sheared, sform_sheared
 from ..errors import UserError
-from ..naming import LABEL_NAME
+from ..naming import EXTENSIONS, LABEL_NAME
 
-EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
 MAX_LABELS = 128  # values of an 8-bit file named as labels (TotalSegmentator: 117 classes); a scan has more levels
 MAX_REGIONS = 1000  # values of a wider file named as labels: atlases have hundreds (FreeSurfer's Destrieux: 191)

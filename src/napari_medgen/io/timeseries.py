@@ -22,12 +22,12 @@ import SimpleITK as sitk
 
 from ..errors import UserError
 from .geometry import Geometry
-from ..naming import LABEL_NAME
+from ..naming import LABEL_NAME, PICTURES
 from .read import (EXTENSIONS, ImageData, ImageReadError, ImageReadWarning, _first_line, _looks_dicom,
                    _stem, _tag, _walk_files)
 from .write import WRITE_EXTENSIONS, check_writable, storable
 
-RASTER_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")  # 2D formats: frames in a folder, unless named as labels
+RASTER_EXTENSIONS = PICTURES  # 2D formats: frames in a folder, unless named as labels
 VOLUME_EXTENSIONS = tuple(e for e in EXTENSIONS if e != ".dcm")  # frames only when numbered alike, of one size
 MIN_FRAMES = 2
 TEMPORAL_POSITION, TRIGGER_TIME, FRAME_TIME = "0020|0100", "0018|1060", "0018|1063"
