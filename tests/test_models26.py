@@ -54,8 +54,20 @@ def test_bundle_volumes_reach_the_network_in_its_own_axis_order(tmp_path):
     labels = segment(ImageData(vol, Geometry((4.0, 1.0, 1.0))), m, device="cpu")
     assert net.shapes and all(s[0] >= 32 and s[2] <= 16 for s in net.shapes)  # x first, z last
     assert labels.shape == vol.shape and np.array_equal(labels == 1, vol > 0.5)  # back where it was
-    plain = _bundle(tmp_path / "plain", [{"_target_": "Spacingd", "keys": "image", "pixdim": [1.0, 1.0, 4.0]}])
-    assert plain.params.spacing == [4.0, 1.0, 1.0] and list(plain.params.patch_size) == [16, 24, 32]
+
+
+def test_bundle_without_orientation_gets_its_loaders_axis_order(tmp_path):
+    """A bundle that names no orientation was fed napari's (z, y, x) arrays, transposed against the (x, y, z)
+    arrays MONAI's loader gave it in training; it now gets them in RAS order (MONAI's canonical), and says so."""
+    m = _bundle(tmp_path / "plain", [{"_target_": "Spacingd", "keys": "image", "pixdim": [1.0, 1.0, 4.0]}])
+    assert m.params.spacing == [1.0, 1.0, 4.0] and list(m.params.patch_size) == [32, 24, 16]
+    assert "RAS" in m.config.description
+    m.networks["net"] = net = Bright()
+    vol = np.zeros((10, 24, 32), np.float32)
+    vol[2:5, 3:9, 20:30] = 1.0
+    labels = segment(ImageData(vol, Geometry((4.0, 1.0, 1.0))), m, device="cpu")
+    assert net.shapes and all(s[0] >= 32 and s[2] <= 16 for s in net.shapes)  # x first, z last
+    assert np.array_equal(labels == 1, vol > 0.5)
 
 
 def test_only_unet_and_vae_encoders_transfer_in_one_sentence():

@@ -195,15 +195,21 @@ def _load_bundle(folder: Path) -> Model:
     chdef = fmt.get("outputs", {}).get("pred", {}).get("channel_def") or {}
     names = [chdef.get(str(i), "background" if i == 0 else f"class {i}") for i in range(out_ch)]
     dims = int(args.get("spatial_dims", 3))
-    # a bundle's arrays are in its loader's (x, y, z) order: with an Orientation transform the volume is turned to
-    # it (its pixdim and roi_size then apply as written); without one they are reversed into napari's (z, y, x)
-    orientation = _bundle_orientation(cfg) if dims == 3 else None
+    # a bundle's arrays are in its loader's (x, y, z) order, so the volume is turned to it (its pixdim and roi_size
+    # then apply as written): to its Orientation transform's axes, or to RAS (MONAI's canonical) when it names none
+    description = meta.get("description", "MONAI bundle")
+    orientation = None
+    if dims == 3:
+        orientation = _bundle_orientation(cfg)
+        if orientation is None:
+            orientation = _axes_of("RAS")
+            description += " (the bundle names no orientation: volumes are given to it in RAS order)"
     order = (lambda v: v) if orientation is not None else (lambda v: None if v is None else v[::-1])
     config = segmentation_config(folder.name, names, spatial_dims=dims,
                                  in_channels=int(args.get("in_channels", 1)),
                                  normalization=_bundle_normalization(cfg), spacing=order(_bundle_spacing(cfg)),
                                  patch_size=order(_bundle_roi(cfg)) if dims == 3 else None, orientation=orientation,
-                                 description=meta.get("description", "MONAI bundle"))
+                                 description=description)
     config.networks["net"] = spec
     return Model(config, {"net": net})
 
@@ -243,12 +249,18 @@ AXCODES = {"R": (-1, 0, 0), "L": (1, 0, 0), "A": (0, -1, 0), "P": (0, 1, 0), "S"
 def _bundle_orientation(cfg: dict):
     """The direction (napari order) of the array axes an ``Orientation(d)`` transform gives (e.g. ``"RAS"``)."""
     for d in _walk(cfg.get("preprocessing", cfg)):
-        codes = str(d.get("axcodes", "")).upper()
-        if str(d.get("_target_", "")).startswith("Orientation") and len(codes) == 3 and set(codes) <= set(AXCODES):
-            axes = np.array([AXCODES[c][::-1] for c in codes], float).T  # column i: array axis i in (z, y, x)
-            if abs(np.linalg.det(axes)) == 1:
-                return axes.tolist()
+        if str(d.get("_target_", "")).startswith("Orientation") and _axes_of(d.get("axcodes", "")) is not None:
+            return _axes_of(d["axcodes"])
     return None
+
+
+def _axes_of(codes):
+    """The direction (napari order) of array axes named by orientation codes such as ``"RAS"``, else None."""
+    codes = str(codes).upper()
+    if len(codes) != 3 or not set(codes) <= set(AXCODES):
+        return None
+    axes = np.array([AXCODES[c][::-1] for c in codes], float).T  # column i: array axis i in (z, y, x)
+    return axes.tolist() if abs(np.linalg.det(axes)) == 1 else None
 
 
 def _bundle_roi(cfg: dict):
