@@ -46,8 +46,3 @@ def segment_codes(name: str) -> tuple:
     """``(category, type)`` codes of a class name, SNOMED CT where known, else generic "Tissue"."""
     category, kind = KNOWN.get(_norm(name), GENERIC)
     return getattr(codes.SCT, category), getattr(codes.SCT, kind)
-
-
-def is_known(name: str) -> bool:
-    """True when the class name has a specific SNOMED CT code."""
-    return _norm(name) in KNOWN
