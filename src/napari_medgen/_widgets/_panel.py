@@ -76,10 +76,13 @@ class Panel(QWidget):
         self._footer.addWidget(widget)
         return widget
 
-    def layer_picker(self, annotation, *, nullable: bool = False, tooltip: str = ""):
-        """A magicgui drop-down of the viewer's layers of type ``annotation`` (kept current by napari)."""
-        widget = create_widget(annotation=Optional[annotation] if nullable else annotation,
-                               options={"nullable": nullable} if nullable else {})
+    def layer_picker(self, annotation, *, nullable: bool = False, tooltip: str = "", choices=None):
+        """A magicgui drop-down of the viewer's layers of type ``annotation`` (kept current by napari);
+        ``choices(widget)`` lists ``(name, layer or None)`` pairs instead (e.g. layers of two types)."""
+        options = {"nullable": True} if nullable else {}
+        if choices is not None:
+            options["choices"] = choices
+        widget = create_widget(annotation=Optional[annotation] if nullable else annotation, options=options)
         combo: QComboBox = widget.native
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(PICKER_CHARS)

@@ -1,20 +1,18 @@
 """The "Time series" dock widget: train a CNN + LSTM on layers with a time axis, predict, plot per-frame curves.
 
-Targets are typed per layer or loaded from a CSV (``file``/``layer`` and ``target``
-columns, matched to layer names, else to file names less their image extension).  A Labels or Shapes layer
-restricts the model and the signal to a region (e.g. a lesion).  The per-frame
-curve is plotted in a panel under the viewer with a cursor on the current frame;
-clicking the plot moves the time slider to that frame.
+Targets are typed per layer or loaded from a CSV (a ``layer``, ``file`` or ``sequence`` column and a
+``target`` column, read as ``sequence-train`` reads it; matched to layer names, else to file names less
+their image extension).  A Labels or Shapes layer restricts the model and the signal to a region (e.g.
+a lesion).  The per-frame curve is plotted in a panel under the viewer with a cursor on the current
+frame; clicking the plot moves the time slider to that frame.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Callable, Optional
 
 import napari
 import numpy as np
-from magicgui.widgets import create_widget
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error, show_info
@@ -26,6 +24,7 @@ from ..io.timeseries import is_time_series
 from ..models.checkpoint import Model
 from ..naming import image_stem
 from ..tasks.sequence import load_sequence_model, predict_sequence, train_sequence_model
+from ..tasks.sequence_targets import by_image, read_targets, unknown
 from ._layer_table import LayerTable
 from ._layers import budget_boxes, layer_array, row
 from ._model_files import save_model_file
@@ -34,35 +33,6 @@ from ._plot import LivePlot
 from ._runner import JobRunner, device_chooser
 
 NO_REGION = "(whole frame)"
-
-
-def read_targets(path: str) -> tuple[dict, dict]:
-    """``({name: target}, {name less its image extension: target})`` from a CSV with a layer (or file) column and
-    a target column; one sentence (UserError) for a table that cannot say which target is whose."""
-    title = Path(path).name
-    names, stems, by_stem = {}, {}, {}
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            cols = {c.strip().lower(): c for c in reader.fieldnames or [] if c}
-            key = next((cols[c] for c in ("layer", "file", "path", "name") if c in cols), None)
-            val = next((cols[c] for c in ("target", "label", "value", "class") if c in cols), None)
-            if key is None or val is None:
-                raise UserError(f"{title} needs a 'layer' or 'file' column and a 'target' column.")
-            for line in reader:
-                if line[key] is None or line[val] is None:
-                    raise UserError(f"Line {reader.line_num} of {title} has no {val}; give every row a {key} "
-                                    f"and a {val}.")
-                name, target = Path(line[key].strip()).name, line[val].strip()
-                stem = image_stem(name)
-                first = by_stem.setdefault(stem, name)
-                if stems.get(stem, target) != target:
-                    raise UserError(f"{title} gives '{first}' and '{name}' different targets, but both name the "
-                                    f"image '{stem}'; keep one row for it.")
-                names[name] = stems[stem] = target
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise UserError(f"{title} is not a CSV table of text: {err}.") from None
-    return names, stems
 
 
 class CurvePlot(FigureCanvasQTAgg):
@@ -121,8 +91,9 @@ class SequenceWidget(Panel):
         self.table.setMinimumHeight(110)
         self.table.setToolTip("Layers with a time axis; type a class or a value for each layer to train on "
                               "(empty = not used).")
-        self.region = create_widget(annotation=napari.layers.Layer, options={"choices": self._region_choices})
-        self.region.native.setToolTip("A Labels or Shapes layer that restricts the model and the signal to a region.")
+        self.region = self.layer_picker(napari.layers.Layer, choices=self._region_choices,
+                                        tooltip="A Labels or Shapes layer that restricts the model and the signal "
+                                                "to a region.")
         self.steps, self.seconds = budget_boxes()
         self.bidirectional = QCheckBox("bidirectional LSTM")
         self.bidirectional.setToolTip("Read the frames forwards and backwards: use it when the answer depends on "
@@ -176,19 +147,14 @@ class SequenceWidget(Panel):
                                       if isinstance(ly, (napari.layers.Labels, napari.layers.Shapes))]
 
     def reset_choices(self, *args) -> None:
-        """napari's layer-list hook: re-list the layers."""
+        """napari's layer-list hook: re-list the time-series layers (keeping typed targets) and the region layers
+        (keeping the chosen one, renamed or not)."""
         super().reset_choices(*args)
-        self.refresh()
+        self.table.show_layers(self.series_layers())
 
     def refresh(self) -> None:
-        """Re-list the time-series layers (keeping typed targets) and the region layers (keeping the chosen layer,
-        renamed or not)."""
-        self.table.show_layers(self.series_layers())
-        chosen = self.region.value  # magicgui keeps a choice by its name: a renamed layer would be dropped
-        with self.region.changed.blocked():
-            self.region.reset_choices()
-        if chosen is not None and chosen in self.region.choices:
-            self.region.value = chosen
+        """Re-list the layers now (a panel not docked yet gets no hook from napari)."""
+        self.reset_choices()
 
     def targets(self) -> dict:
         """Layer name -> typed target (non-empty only)."""
@@ -197,27 +163,46 @@ class SequenceWidget(Panel):
     def set_target(self, layer_name: str, target) -> None:
         self.table.set_value(self.viewer.layers[layer_name], target)
 
-    def load_targets(self, path: str) -> int:
-        """Fill targets from a CSV matched on layer names, else on file names less their image extension (of the
-        layer's name or source file); returns how many layers got one."""
-        names, stems = read_targets(path)
-        n = 0
+    def match_targets(self, path: str) -> tuple[dict, list]:
+        """``({layer name: target}, rows naming no open layer)`` from a targets CSV, matched on layer names, else
+        on file names less their image extension (of the layer's name or source file); one sentence (UserError)
+        when the table cannot be used or no row names an open time-series layer."""
+        title = Path(path).name
+        rows = read_targets(path, numbers=self.task.currentText() == "regression")
+        images = by_image(rows, title)
+        found = {}  # layer name -> the image it is
         for ly in self.series_layers():
             source = Path(str(ly.metadata.get("source", ""))).name
-            target = next((t for t in (names.get(ly.name), names.get(source), stems.get(image_stem(ly.name)),
-                                       stems.get(image_stem(source))) if t), None)
-            if target:
-                self.set_target(ly.name, target)
-                n += 1
-        return n
+            image = next((i for i in (image_stem(ly.name), image_stem(source)) if i and i in images), None)
+            if image is not None:
+                found[ly.name] = image
+        if not found:
+            raise unknown(rows[0], title, "an open time-series layer (by its name or file name)")
+        return ({name: images[i].target for name, i in found.items()},
+                [r for i, r in images.items() if i not in found.values()])
+
+    def load_targets(self, path: str) -> int:
+        """Fill targets from a CSV (see :meth:`match_targets`; a refused table changes nothing); returns how many
+        layers got one."""
+        found, _ = self.match_targets(path)
+        for name, target in found.items():
+            self.set_target(name, target)
+        return len(found)
 
     def _load_csv(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Targets CSV", "", "CSV (*.csv);;All files (*)")
-        if path:
-            try:
-                show_info(f"Targets for {self.load_targets(path)} layers loaded.")
-            except (OSError, ValueError) as err:
-                show_error(str(err))
+        if not path:
+            return
+        try:
+            found, unused = self.match_targets(path)
+        except UserError as err:
+            show_error(str(err))
+            return
+        for name, target in found.items():
+            self.set_target(name, target)
+        skipped = (f"; {len(unused)} rows name no open layer ({', '.join(r.series for r in unused[:3])}"
+                   f"{', ...' if len(unused) > 3 else ''})") if unused else ""
+        show_info(f"Targets for {len(found)} layers loaded{skipped}.")
 
     def region_mask(self, layer) -> Optional[np.ndarray]:
         """The chosen region on ``layer``'s grid: one frame's or the whole series' (None for the whole frame)."""

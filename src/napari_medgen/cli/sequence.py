@@ -1,8 +1,10 @@
 """``napari-medgen sequence-*``: train a CNN + LSTM on image time series listed in a CSV, and predict.
 
-The CSV has a header with ``file`` (a 4D image, a cine DICOM or a folder of frames,
-relative to the folder) and ``target`` (class name or number); an optional
-``region`` column names a mask file that restricts the model to a lesion.
+The CSV (read by :mod:`napari_medgen.tasks.sequence_targets`, as the Time series panel reads it) has a
+header with ``file`` (or ``sequence`` or ``layer``: a 4D image, a cine DICOM or a folder of frames,
+relative to the folder; a name without its image extension is the image file of that name) and
+``target`` (class name or number); an optional ``region`` column names a mask file that restricts
+the model to a lesion.
 """
 from __future__ import annotations
 
@@ -16,20 +18,21 @@ from .options import (add_budget, add_common, add_table, case_error, check_model
 from .progress import terminal_job
 from ..errors import UserError
 
-FILE_COLUMNS, TARGET_COLUMNS = ("file", "path", "sequence", "name"), ("target", "label", "value", "class")
 SECONDS_PER = {"s": 1.0, "ms": 1e-3, "min": 60.0}  # time units a series may store, in seconds
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sequence-train", help="train a CNN + LSTM on time series listed in a CSV",
                        description="Train a per-frame CNN followed by an LSTM on the time series listed in a CSV "
-                                   "(columns file,target and optionally region, paths relative to FOLDER), for "
-                                   "classification or regression; prints the best validation score.",
+                                   "(columns file (or sequence or layer), target and optionally region, paths "
+                                   "relative to FOLDER), for classification or regression; prints the best "
+                                   "validation score.",
                        epilog="examples:\n  napari-medgen sequence-train loops/ targets.csv --out cine.medgen.pt\n"
                               "  napari-medgen sequence-train loops/ --csv ef.csv --task regression --readout "
                               "fraction --out ef.medgen.pt")
     p.add_argument("folder", type=existing, help="folder holding the sequences (and region masks) named in the CSV")
-    add_table(p, "CSV with columns file,target and optionally region (paths relative to FOLDER)")
+    add_table(p, "CSV with a header: file (or sequence or layer), target (or label, value or class) and "
+                 "optionally region (paths relative to FOLDER)")
     p.add_argument("--task", choices=["classification", "regression"], default="classification",
                    help="classification: targets are class names; regression: targets are numbers "
                         "(default classification)")
@@ -83,41 +86,20 @@ def read_sequence(path) -> tuple:
     return item.data, time_step(item.metadata)
 
 
-def read_table(folder: Path, table: Path) -> list[dict]:
-    """Rows of (file, target, region) from the CSV, paths resolved against ``folder``."""
-    if not table.is_file():
-        raise UserError(f"The CSV {table} does not exist.")
-    with open(table, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise UserError(f"{table.name} has no rows; it needs a header with file and target columns.")
-    cols = {c.strip().lower(): c for c in rows[0]}
-    fcol = next((cols[c] for c in FILE_COLUMNS if c in cols), None)
-    tcol = next((cols[c] for c in TARGET_COLUMNS if c in cols), None)
-    if fcol is None or tcol is None:
-        raise UserError(f"{table.name} needs a 'file' and a 'target' column (has {', '.join(cols) or 'none'}).")
-    out = []
-    for i, r in enumerate(rows, start=2):
-        name, target = (r.get(fcol) or "").strip(), (r.get(tcol) or "").strip()
-        if not name or not target:
-            raise UserError(f"{table.name} line {i} lacks a file or a target.")
-        region = (r.get(cols.get("region", ""), "") or "").strip()
-        out.append({"file": folder / name, "target": target, "region": folder / region if region else None})
-    return out
-
-
 def run_train(args) -> int:
     from ..io import read_image
     from ..tasks.sequence import train_sequence_model
+    from ..tasks.sequence_targets import in_folder, read_targets
 
     args.out = str(check_model_output(args.out, args.overwrite))
-    rows = read_table(Path(args.folder), Path(table_of(args)))
-    seqs = [read_sequence(r["file"])[0] for r in rows]
-    regions = [read_image(r["region"]).data if r["region"] else None for r in rows]
-    targets = [r["target"] for r in rows]
+    table = Path(table_of(args))
+    rows = in_folder(read_targets(table, numbers=args.task == "regression"), args.folder, table.name)
+    seqs = [read_sequence(file)[0] for file, _, _ in rows]
+    regions = [read_image(region).data if region else None for _, _, region in rows]
+    targets = [target for _, target, _ in rows]
     with terminal_job("sequence-train", args.quiet) as job:
         model, hist = train_sequence_model(seqs, targets, args.task, regions=regions, size=args.size,
-                                           names=[r["file"].name for r in rows],
+                                           names=[file.name for file, _, _ in rows],
                                            steps=args.steps, seconds=args.seconds, seed=args.seed,
                                            bidirectional=args.bidirectional,
                                            readout=args.readout,
