@@ -70,10 +70,10 @@ class Geometry:
         plane = Plane(volume, int(axis))
         return cls(*plane.in_plane(), plane=plane)
 
-    def as_volume(self, data) -> tuple:
-        """``(data, geometry)`` of a 2D array on this grid as the one-slice volume it lies in; as given
-        when this geometry has no plane."""
-        if self.plane is None or np.ndim(data) != 2:
+    def as_volume(self, data, rgb: bool = False) -> tuple:
+        """``(data, geometry)`` of a 2D array (``rgb``: with a last axis of colour channels) on this grid as the
+        one-slice volume it lies in; as given when this geometry has no plane."""
+        if self.plane is None or np.ndim(data) - rgb != 2:
             return data, self
         return np.expand_dims(data, self.plane.axis), self.plane.volume
 

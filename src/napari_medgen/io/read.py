@@ -15,8 +15,9 @@ from .display import dicom_window, initial_contrast
 from .geometry import Geometry
 from .header import nifti_header, voxel_bytes
 from .nifti_shear import is_nifti2, is_shear_error, read_sheared, sform_sheared
+from .nifti_slice import vector_slice_geometry
 from ..errors import UserError
-from ..naming import EXTENSIONS, LABEL_NAME
+from ..naming import EXTENSIONS, LABEL_NAME, image_stem
 
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
 MAX_LABELS = 128  # values of an 8-bit file named as labels (TotalSegmentator: 117 classes); a scan has more levels
@@ -72,54 +73,64 @@ def is_supported(path: "str | os.PathLike") -> bool:
 
 def read_path(path: "str | os.PathLike") -> list[ImageData]:
     """Read a file or a folder; a folder gives one item per time series (cine file, DICOM series whose slice
-    positions repeat over time, two or more 2D frames), other DICOM series and volume file in it."""
+    positions repeat over time, two or more 2D frames), other DICOM series and volume file in it, then its DICOM
+    SEG objects as Labels on their source series' grid."""
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"{p} does not exist.")
-    segs = _read_dicom_seg(p)
-    if segs is not None:
-        return segs
-    from .timeseries import read_time_series, volume_files
-    series = read_time_series(p) or []
-    if not p.is_dir():
-        return series or [read_image(p)]
-    volumes = [read_image(f) for f in volume_files(p)]
-    taken = {it.metadata.get("series_uid") for it in series} - {None}
-    if not any(_looks_dicom(f) for f in _walk_files(p)) and (series or volumes):
-        return series + volumes
-    return series + _read_dicom_folder(p, skip=taken, required=not (series or volumes)) + volumes
-
-
-def _read_dicom_seg(p: Path) -> list[ImageData] | None:
-    """DICOM SEG objects as Labels on their source series' grid, after the folder's images; None without SEG."""
-    if p.is_file() and not _looks_dicom(p):
-        return None
-    from ..pacs.files import find_seg_files
-
-    segs = find_seg_files(p)
+    from .timeseries import dicom_headers, read_time_series
+    if p.is_file():
+        if _looks_dicom(p) and _is_seg(p):
+            return [_read_seg(p, [])]
+        return read_time_series(p) or [read_image(p)]
+    headers = dicom_headers(p)  # each DICOM header read once, for the SEG objects, the time series and the series
+    segs = [f for f, info in headers.items() if _is_seg(f, info)]
     if not segs:
-        return None
+        return _read_folder(p, headers, required=True)
+    with warnings.catch_warnings():  # the SEG series it skips are read below
+        warnings.filterwarnings("ignore", "Skipped a DICOM series .*SEG objects", ImageReadWarning)
+        images = _read_folder(p, headers, required=False)  # a folder may hold only SEG objects
+    return images + _read_segs(p, segs, images)
+
+
+def _read_folder(p: Path, headers: dict, required: bool) -> list[ImageData]:
+    """A folder's time series, DICOM series and volume files (``headers``: its DICOM files' headers); one sentence
+    when it holds none and ``required``."""
+    from .timeseries import read_time_series, split_image_files
+    frames, singles = split_image_files(p)
+    series = read_time_series(p, frames, headers) or []
+    volumes = [read_image(f) for f in singles]
+    taken = {it.metadata.get("series_uid") for it in series} - {None}
+    if not headers and (series or volumes):
+        return series + volumes
+    return series + _read_dicom_folder(p, headers, skip=taken, required=required and not (series or volumes)) + volumes
+
+
+def _is_seg(f: Path, info=None) -> bool:
+    """True for a DICOM SEG object, told by its header (``info``, a SimpleITK file reader) when ITK read it."""
+    from ..pacs.files import SEG_SOP_CLASS, is_seg_file
+    if info is None:
+        return is_seg_file(f)
+    return _tag(info, "0008|0060") == "SEG" or _tag(info, "0008|0016") == SEG_SOP_CLASS
+
+
+def _read_seg(f: Path, images: list[ImageData]) -> ImageData:
     from ..pacs.seg import read_seg_file
-    images: list[ImageData] = []
-    if p.is_dir():
+    return read_seg_file(f, images)
+
+
+def _read_segs(p: Path, segs: list[Path], images: list[ImageData]) -> list[ImageData]:
+    """The folder ``p``'s SEG objects as Labels; an unreadable one is skipped with a warning, as a bad series is."""
+    out, skipped = [], []
+    for f in segs:
         try:
-            with warnings.catch_warnings():  # the SEG series it skips are read below
-                warnings.filterwarnings("ignore", "Skipped a DICOM series .*SEG objects", ImageReadWarning)
-                images = _read_dicom_folder(p)
-        except ImageReadError:  # a folder holding only SEG objects
-            pass
-    out, skipped = list(images), []
-    for f in segs:  # an unreadable SEG in a study folder is skipped with a warning, as a bad series is
-        try:
-            out.append(read_seg_file(f, images))
+            out.append(_read_seg(f, images))
         except (UserError, OSError, ValueError) as err:
-            if p.is_file():
-                raise
             skipped.append(f"{f.relative_to(p)}: {_first_line(err)}")
-    if not out:
+    if not (images or out):
         raise ImageReadError(f"{p} holds no readable DICOM image series, and its SEG cannot be read ({skipped[0]}).")
     for line in skipped:
-        warnings.warn(ImageReadWarning(f"Skipped the DICOM SEG {line}"), stacklevel=4)
+        warnings.warn(ImageReadWarning(f"Skipped the DICOM SEG {line}"), stacklevel=3)
     return out
 
 
@@ -160,6 +171,9 @@ def read_image(path: "str | os.PathLike") -> ImageData:
     if _looks_dicom(p) and geo is None:  # an enhanced multi-frame file gives its spacing per frame
         notes = notes + _spacing_notes(img, p.name)
     item = _with_notes(_to_image_data(img, _stem(p), meta), arr, geo, notes)
+    volume = vector_slice_geometry(head) if img.GetDimension() == 2 and img.GetNumberOfComponentsPerPixel() > 1 else None
+    if volume is not None:  # a NIfTI colour slice, which ITK reads 2D: the one-slice volume it is, placed below
+        item.data, item.geometry = np.expand_dims(item.data, 0 if item.rgb else 1), volume
     if img.GetDimension() == 4:  # (t, z, y, x): label the time axis, keep the time step
         from .timeseries import from_4d_image
         return from_4d_image(img, item)
@@ -231,10 +245,10 @@ def _label_like(data: np.ndarray, name: str) -> bool:
     return values.size <= 8  # a scan of 8 or 16 bits has far more grey levels
 
 
-def _read_dicom_folder(folder: Path, skip=(), required: bool = True) -> list[ImageData]:
-    """One item per DICOM series in ``folder`` (and below), but those of UIDs in ``skip`` (read already); one
-    sentence when there is none and ``required``."""
-    dirs = sorted({f.parent for f in _walk_files(folder) if _looks_dicom(f)})
+def _read_dicom_folder(folder: Path, files, skip=(), required: bool = True) -> list[ImageData]:
+    """One item per DICOM series in ``folder`` (and below; ``files``: its DICOM files), but those of UIDs in
+    ``skip`` (read already); one sentence when there is none and ``required``."""
+    dirs = sorted({f.parent for f in files})
     out: list[ImageData] = []
     skipped: list[str] = []
     for d in dirs:
@@ -248,7 +262,7 @@ def _read_dicom_folder(folder: Path, skip=(), required: bool = True) -> list[Ima
         why = "; ".join(x.rstrip(".") for x in skipped) if skipped else "no image series found (only non-image objects such as RT-STRUCT or SEG?)"
         raise ImageReadError(f"{folder} holds no readable DICOM image series: {why}.")
     for line in skipped:
-        warnings.warn(ImageReadWarning(f"Skipped a DICOM series in {line}"), stacklevel=3)
+        warnings.warn(ImageReadWarning(f"Skipped a DICOM series in {line}"), stacklevel=4)
     return out
 
 
@@ -308,7 +322,8 @@ def _check_gzip(p: Path) -> "tuple[int, bytes] | None":
 
 def _walk_files(folder: Path, limit: int | None = None):
     n = 0
-    for root, _dirs, names in os.walk(folder):
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()  # one order on every file system
         for name in sorted(names):
             yield Path(root) / name
             n += 1
@@ -357,11 +372,8 @@ def _window(obj) -> tuple[float, float] | None:
 
 
 def _stem(p: Path) -> str:
-    name = p.name
-    for ext in sorted(EXTENSIONS, key=len, reverse=True):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return p.stem
+    """The file's name less its image extension (:func:`naming.image_stem`, the one rule)."""
+    return image_stem(Path(p).name)
 
 
 def _first_line(err: Exception) -> str:

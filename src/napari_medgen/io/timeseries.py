@@ -24,7 +24,7 @@ from ..errors import UserError
 from .geometry import Geometry
 from ..naming import LABEL_NAME, PICTURES
 from .read import (EXTENSIONS, ImageData, ImageReadError, ImageReadWarning, _first_line, _looks_dicom,
-                   _stem, _tag, _walk_files)
+                   _stem, _tag, _walk_files, _window)
 from .write import WRITE_EXTENSIONS, check_writable, storable
 
 RASTER_EXTENSIONS = PICTURES  # 2D formats: frames in a folder, unless named as labels
@@ -60,13 +60,17 @@ def time_step(metadata: Optional[dict]) -> tuple[float, str]:
     return float(md.get("time_step", 1.0)), str(md.get("time_unit", "frame"))
 
 
-def read_time_series(path: "str | os.PathLike") -> Optional[list[ImageData]]:
+def read_time_series(path: "str | os.PathLike", frames: Optional[list] = None,
+                     headers: Optional[dict] = None) -> Optional[list[ImageData]]:
     """The time series at ``path`` (4D files aside: read_image reads them), None if none: a cine DICOM file; in a
     folder, its cine files and DICOM series whose positions repeat over time (``metadata["series_uid"]`` says
-    which) and its own 2D frames as one series."""
+    which) and its own frames as one series.  ``frames`` (see :func:`split_image_files`) and ``headers`` (see
+    :func:`dicom_headers`): what the caller has read of the folder already, when it has."""
     p = Path(path)
     if p.is_dir():
-        return (_temporal_dicom_folder(p) + _frames_folder(p)) or None
+        frames = split_image_files(p)[0] if frames is None else frames
+        headers = dicom_headers(p) if headers is None else headers
+        return (_temporal_dicom_folder(p, headers) + _frames_series(p, frames)) or None
     if _looks_dicom(p):
         item = _cine_dicom(p, _info(p))
         return [item] if item is not None else None
@@ -92,6 +96,12 @@ def _say_grey(name: str) -> None:
 
 
 # --- multi-frame (cine) DICOM -----------------------------------------------------------------
+def dicom_headers(folder: Path) -> dict:
+    """Each DICOM file below ``folder`` with its header (a SimpleITK file reader after ReadImageInformation; None
+    when ITK cannot read it): read once for every pass over the folder (SEG objects, time series, series)."""
+    return {f: _info(f) for f in _walk_files(folder) if _looks_dicom(f)}
+
+
 def _info(path: Path) -> Optional[sitk.ImageFileReader]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -119,16 +129,18 @@ def _cine_dicom(path: Path, info) -> Optional[ImageData]:
         _say_grey(path.name)
     g3 = Geometry.from_sitk(img)  # (frame, y, x): the frame axis is time, not space
     geo = Geometry(g3.spacing[1:], g3.origin[1:], g3.direction[1:, 1:])
-    meta = {"source": str(path), "modality": _tag(info, "0008|0060"), "series_uid": _tag(info, "0020|000e")}
+    meta = {"source": str(path), "modality": _tag(info, "0008|0060"), "series_uid": _tag(info, "0020|000e"),
+            "window": _window(info)}  # for the values as read (a MONOCHROME1 file's mirrored)
     return mark_time_series(ImageData(data, geo, _stem(path), "image", meta), step / 1000.0, "s")
 
 
 # --- DICOM series with temporal positions ------------------------------------------------------
-def _temporal_dicom_folder(folder: Path) -> list[ImageData]:
-    """The folder's cine files and its series whose slice positions repeat over time."""
-    out, groups, names = [], defaultdict(list), {}  # series UID -> [(time, position, along normal, file, trigger)]
-    for f in _walk_files(folder):
-        info = _info(f) if _looks_dicom(f) else None
+def _temporal_dicom_folder(folder: Path, headers: dict) -> list[ImageData]:
+    """The folder's cine files and its series whose slice positions repeat over time (``headers``: its DICOM files'
+    headers, see :func:`dicom_headers`)."""
+    out, names, windows = [], {}, {}
+    groups = defaultdict(list)  # series UID -> [(time, position, along normal, file, trigger)]
+    for f, info in headers.items():
         if info is None:
             continue
         if (_number(_tag(info, FRAMES)) or 1) > 1:
@@ -140,12 +152,13 @@ def _temporal_dicom_folder(folder: Path) -> list[ImageData]:
             continue
         uid = _tag(info, "0020|000e")
         names[uid] = _tag(info, "0008|103e") or f"{folder.name} {uid[-8:]}".strip()
+        windows.setdefault(uid, _window(info))
         groups[uid].append((when, tuple(np.round(_numbers(_tag(info, POSITION)), 2)), _along_normal(info), str(f),
                             _number(_tag(info, TRIGGER_TIME))))
     for uid, entries in groups.items():
         frames = _time_points(entries, folder)
         if frames is not None:
-            out.append(_stack_times(uid, names[uid], frames, folder, len(entries)))
+            out.append(_stack_times(uid, names[uid], frames, folder, len(entries), windows[uid]))
     return out
 
 
@@ -166,7 +179,7 @@ def _time_points(entries: list, folder: Path) -> Optional[list]:
     return [sorted((c[k] for c in columns), key=lambda e: e[2]) for k in range(counts.pop())]
 
 
-def _stack_times(uid: str, name: str, time_points: list, folder: Path, n_files: int) -> ImageData:
+def _stack_times(uid: str, name: str, time_points: list, folder: Path, n_files: int, window) -> ImageData:
     frames, triggers, geo = [], [], None
     for here in time_points:
         reader = sitk.ImageSeriesReader()
@@ -181,7 +194,8 @@ def _stack_times(uid: str, name: str, time_points: list, folder: Path, n_files: 
         geo = geo or Geometry.from_sitk(img)
     diffs = np.diff(np.asarray(triggers, float))
     step, unit = (float(np.nanmedian(diffs)) / 1000.0, "s") if np.isfinite(diffs).any() else (1.0, "frame")
-    item = ImageData(np.stack(frames), geo, name, "image", {"source": str(folder), "series_uid": uid, "n_files": n_files})
+    meta = {"source": str(folder), "series_uid": uid, "n_files": n_files, "window": window}
+    item = ImageData(np.stack(frames), geo, name, "image", meta)
     return mark_time_series(item, step, unit)
 
 
@@ -203,11 +217,13 @@ def has_image_files(folder: "str | os.PathLike") -> bool:
     return any(n.endswith(VOLUME_EXTENSIONS) for n in names) or sum(n.endswith(RASTER_EXTENSIONS) for n in names) >= MIN_FRAMES
 
 
-def volume_files(folder: "str | os.PathLike") -> list[Path]:
-    """The folder's own image files that open one layer each: volumes, and 2D files too few to be frames."""
+def split_image_files(folder: "str | os.PathLike") -> tuple[list[Path], list[Path]]:
+    """The folder's own image files as (the frames of its one time series, [] when none; the files that open one
+    layer each: volumes, and 2D files too few to be frames), each header read once."""
     files = _image_files(Path(folder))
     frames = _frame_files(files)
-    return [f for f in files if f not in frames or len(frames) < MIN_FRAMES]
+    frames = frames if len(frames) >= MIN_FRAMES else []
+    return frames, [f for f in files if f not in frames]
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -226,11 +242,10 @@ def _frame_files(files: list[Path]) -> list[Path]:
     if len(rasters) >= MIN_FRAMES:
         return rasters
     volumes = [f for f in files if f not in rasters]
+    if len(volumes) < MIN_FRAMES or not _numbered_alike(volumes) or any(LABEL_NAME.search(f.name) for f in volumes):
+        return []  # decided by the names, before any header is read
     sizes = {_size(f) for f in volumes}
-    if len(volumes) < MIN_FRAMES or len(sizes) != 1 or None in sizes or not _numbered_alike(volumes) \
-            or any(LABEL_NAME.search(f.name) for f in volumes):
-        return []
-    return volumes
+    return volumes if len(sizes) == 1 and None not in sizes else []
 
 
 def _numbered_alike(files: list[Path]) -> bool:
@@ -249,8 +264,8 @@ def _size(f: Path) -> Optional[tuple]:
     return None if info is None else tuple(info.GetSize())  # None: read_image then says what is wrong with it
 
 
-def _frames_folder(folder: Path) -> list[ImageData]:
-    files = _frame_files(_image_files(folder))
+def _frames_series(folder: Path, files: list[Path]) -> list[ImageData]:
+    """The folder's frames ``files`` (see :func:`split_image_files`) as one time series; [] for none."""
     if len(files) < MIN_FRAMES:
         return []
     frames, geo, colour = [], None, False

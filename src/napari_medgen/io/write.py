@@ -19,7 +19,7 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
                 *, overwrite: bool = False, rgb: bool = False) -> str:
     """Write ``data`` (napari axis order) with ``geometry``; refuses to overwrite unless asked.
 
-    2D data on the grid of a slice read from a one-slice volume is written as that one-slice volume.
+    2D data (grey or colour) on the grid of a slice read from a one-slice volume is written as that one-slice volume.
     ``rgb``: the last axis holds 8-bit colour channels (RGB or RGBA), written as a colour image the reader
     opens as RGB again.
 
@@ -38,8 +38,7 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
     if arr.dtype == np.int64 and arr.size and arr.min() >= 0 and arr.max() < 65536:
         arr = arr.astype(np.uint16 if arr.max() > 255 else np.uint8)
     geo = geometry or Geometry.identity(arr.ndim - rgb)
-    if not rgb:
-        arr, geo = geo.as_volume(arr)  # a slice goes back to its place in 3D
+    arr, geo = geo.as_volume(arr, rgb)  # a slice goes back to its place in 3D
     if arr.ndim - rgb != geo.ndim:
         raise UserError(f"Cannot write a {arr.ndim - rgb}D {'RGB ' if rgb else ''}array with {geo.ndim}D geometry.")
     img = sitk.GetImageFromArray(arr, isVector=rgb)
