@@ -10,7 +10,7 @@ from napari_medgen.data.annotations import IGNORE, AnnotationError, annotated_sl
 from napari_medgen.data.augment import augment_batch
 from napari_medgen.data.interpolate import interpolate_labels
 from napari_medgen.data.normalize import resolve
-from napari_medgen.data.sampling import PatchSampler
+from napari_medgen.data.sampling import PaintedPatchSampler
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_full_label_map_is_accepted_on_every_axis(tissue):
 def test_patches_centre_on_painted_pixels_and_augmentation_keeps_unknown_unknown(painted, brain):
     t = make_targets(np.where(painted > 0, painted + 1, 0), sparse=True, background_label=None)
     vol = brain.data.astype(np.float32) / 1000
-    sampler = PatchSampler(vol, t.targets, t.indices, (48, 48), context=1, seed=0)
+    sampler = PaintedPatchSampler(vol, t.targets, t.indices, (48, 48), context=1, seed=0)
     x, y = sampler.sample(32)
     assert x.shape == (32, 3, 48, 48) and y.shape == (32, 1, 48, 48)  # the slice and one neighbour on each side
     assert all((yy != IGNORE).any() for yy in y)  # every patch holds painted pixels

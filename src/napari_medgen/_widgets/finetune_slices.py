@@ -15,21 +15,22 @@ class SliceTools:
     """Mixed into the Fine-tune panel: uses its viewer, annotation and prediction layers, model, the axis it
     trained along (``slice_axis``, the user's), runner, painting style, background label, device and ranking list."""
 
-    def view_axis(self) -> int:
-        """The axis (of the annotation layer) of the slices the viewer shows: paint and accept in any view."""
+    def view_axis(self) -> Optional[int]:
+        """The axis (of the annotation layer) of the slices the viewer shows: paint and accept in any 2D view;
+        None in the 3D view, which shows no single slice."""
         lab = self.labels.value
         if lab is None or lab.ndim < 3:
             return 0
         hidden = [d - (self.viewer.dims.ndim - lab.ndim) for d in self.viewer.dims.not_displayed]
         hidden = [d for d in hidden if d >= 0]
-        return hidden[-1] if hidden else 0
+        return hidden[-1] if hidden else None
 
     def current_slice(self, axis: Optional[int] = None) -> int:
         """Index along ``axis`` (default: the viewed slice axis) of the slice the viewer shows."""
         lab = self.labels.value
         if lab.ndim == 2:
             return 0
-        axis = self.view_axis() if axis is None else axis
+        axis = (self.view_axis() or 0) if axis is None else axis
         point = np.asarray(lab.world_to_data(self.viewer.dims.point[-lab.ndim:]))
         return int(np.clip(np.round(point[axis]), 0, lab.data.shape[axis] - 1))
 
@@ -47,6 +48,12 @@ class SliceTools:
             show_error("Train first: there is no prediction on the annotation layer's grid.")
             return 0
         axis = self.view_axis()
+        if axis is None:  # the 3D view: the slice along the round's axis where the viewer stands, shown to check
+            k = self.current_slice(self.slice_axis)
+            self.go_to(k)
+            show_info(f"The 3D view shows no single slice: this is slice {k} along axis {self.slice_axis}, the "
+                      "axis the round trained along; check it and press Accept slice again.")
+            return 0
         k = self.current_slice(axis)
         index = [slice(None)] * lab.ndim
         if lab.ndim == 3:
@@ -88,10 +95,17 @@ class SliceTools:
             show_info("Every informative slice is annotated already.")
 
     def go_to(self, k: int, axis: Optional[int] = None) -> None:
-        """Show slice ``k`` along ``axis`` (default: the axis the last round trained along, else the viewed one)."""
+        """Show slice ``k`` along ``axis`` (default: the axis the last round trained along, else the viewed one),
+        in a 2D view of the slices along it (from the 3D view or a view of another plane)."""
         lab = self.labels.value
         if lab is None or lab.ndim != 3:
             return
         if axis is None:
-            axis = self.slice_axis if self.model is not None else self.view_axis()
+            axis = self.slice_axis if self.model is not None else (self.view_axis() or 0)
+        if self.view_axis() != axis:
+            dims, first = self.viewer.dims, self.viewer.dims.ndim - lab.ndim
+            ours = [first + a for a in range(3)]
+            dims.ndisplay = 2
+            dims.order = (*[d for d in dims.order if d not in ours], first + axis,
+                          *[d for d in ours if d != first + axis])
         go_to_slice(self.viewer, lab, axis, k)

@@ -12,7 +12,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a 2.5D segmenter on the painted slices of a labels file (any axis)",
                        description="Fine-tune a 2.5D U-Net on the slices painted in LABELS (along any axis; "
                                    "unpainted slices are unknown, never background) and write the model; "
-                                   "--predict also writes the painting completed by the model.",
+                                   "--predict also writes the painting completed by the model. --seconds "
+                                   "bounds preparing the painting and training together, but training gets at "
+                                   "least half of it, so a large volume can take longer (preparing a "
+                                   "490x490x324 CT takes 10-25 s on two CPU cores); starting, reading, "
+                                   "completing and writing come on top.",
                        epilog="example:\n  napari-medgen train t1.nii.gz painted.nii.gz --out mine.medgen.pt "
                               "--seconds 60 --predict completed.nii.gz\n"
                               "  napari-medgen segment t2.nii.gz t2_seg.nii.gz --model mine.medgen.pt")
@@ -37,7 +41,7 @@ def add_parser(sub) -> None:
                         "(default: the start model's, or 'class N')")
     p.add_argument("--predict", default=None,
                    help="also write the painting completed by the model (painted slices kept) to this file; this "
-                        "comes after the training budget (about 15 s more for a 490x490x324 CT on a laptop CPU)")
+                        "comes after the training budget (15-30 s more for a 490x490x324 CT on two CPU cores)")
     add_common(p)
     p.set_defaults(func=run)
 

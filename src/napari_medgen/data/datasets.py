@@ -6,7 +6,7 @@ Medical Segmentation Decathlon's ``training`` datalist, ``labels`` and ``modalit
 nnU-Net v2's ``labels`` and ``channel_names``.  :func:`discover` reads only names and
 headers; :func:`load_case` reads one case, normalises it like inference does
 (:func:`~napari_medgen.data.normalize.normalize` on the native grid) and resamples it to the
-dataset's target spacing; :class:`PatchSampler` draws training patches from loaded cases.
+dataset's target spacing; :class:`CasePatchSampler` draws training patches from loaded cases.
 """
 from __future__ import annotations
 
@@ -287,7 +287,7 @@ def load_case(image, labels: np.ndarray, spec: dict, spacing, spatial_dims: int 
     return np.ascontiguousarray(img, np.float16), np.ascontiguousarray(lab, dtype)
 
 
-class PatchSampler:
+class CasePatchSampler:
     """Random training patches from loaded cases (nnU-Net style: a third centred on foreground).
 
     ``images``/``labels``: lists of (n, H, W) slice stacks (2D) or (D, H, W) volumes (3D). Patches

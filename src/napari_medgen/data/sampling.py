@@ -38,7 +38,7 @@ def boundary_pixels(targets: np.ndarray) -> np.ndarray:
     return edge
 
 
-class PatchSampler:
+class PaintedPatchSampler:
     """Random (image, target) patches from a (N, H, W) volume and targets on some of its slices."""
 
     def __init__(self, volume: np.ndarray, targets: np.ndarray, indices, patch_size: tuple, *, context: int = 0,

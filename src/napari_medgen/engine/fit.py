@@ -5,8 +5,9 @@ forward/backward/optimiser step and returns its losses (``"loss"`` first);
 ``validate()`` returns one number (``metric_mode`` says whether higher is better).
 The loop owns everything else, so every trainer behaves alike:
 
-- budget in steps and/or seconds, learning-rate warm-up and cosine decay by the
-  fraction of the budget used, validation cadence, early stopping (``patience``);
+- budget in steps and/or seconds (a budget in seconds includes the final validation),
+  learning-rate warm-up and cosine decay by the fraction of the budget used, validation
+  cadence, early stopping (``patience``);
 - the best weights by the validation metric; the untrained start is never a
   candidate unless ``keep_initial`` (continuing from a trained model);
 - two kinds of stop: a stop request keeps the best weights (``stopped`` in the
@@ -33,6 +34,8 @@ from .distributed import any_rank, is_main_process, max_over_ranks, world_size, 
 from .jobs import Cancelled, Job
 
 VAL_COST = 4.0  # validation by the clock waits at least this many times what the last one took
+FIRST_VALIDATION = 0.25  # a budget in seconds validates by this fraction of it at the latest (to time validation)
+FINISH_SLACK = 1.1  # a budget in seconds keeps this many times the longest validation for the final one
 HISTORY_KEYS = ("step", "loss", "val_step", "val_metric", "best_step", "best_metric", "returned",
                 "stopped", "stop_reason", "seconds", "world_size", "device", "events")
 
@@ -56,12 +59,14 @@ class Budget:
         if self.seconds is not None and not float(self.seconds) > 0:
             raise UserError(f"The training budget must be more than 0 seconds (got {self.seconds}).")
 
-    def fraction(self, step: int, elapsed: float) -> float:
+    def fraction(self, step: int, elapsed: float, reserve: float = 0.0) -> float:
+        """How much of the budget is used; ``reserve`` seconds at the end are kept for finishing."""
         parts = []
         if self.steps:
             parts.append(step / self.steps)
         if self.seconds:
-            parts.append(elapsed / self.seconds)
+            left = self.seconds - reserve
+            parts.append(elapsed / left if left > 0 else 1.0)
         return min(1.0, max(parts))
 
     def total_steps(self) -> int:
@@ -141,9 +146,12 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
     run gives the same weights again.  ``patience`` validations without an improvement of more
     than ``min_delta`` stop the run early.  Validation by the clock waits at least :data:`VAL_COST`
     times what the last one took, so it never takes more than a fifth of a budget in seconds.
+    A budget in seconds covers the whole call: training ends early enough for one more step and the
+    final validation (timed by the longest so far; the first comes by :data:`FIRST_VALIDATION` of it).
     Returns the history (keys :data:`HISTORY_KEYS`
     plus one list per loss the task returns and ``val_<name>``-free extras it adds).
     """
+    t0 = time.monotonic()  # a budget in seconds counts from the call (choosing the device can take seconds)
     job = Job.of(progress, stop, cancel)
     dev = select_device(device)
     main = is_main_process()
@@ -160,6 +168,7 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
     lr0 = [[g["lr"] for g in opt.param_groups] for opt in task.optimizers]
     lr_scale = 1.0
     nonfinite = 0
+    val_cost, step_took = None, 0.0  # the longest validation and the last training step, in seconds
 
     def move(to: torch.device) -> None:
         for net in task.networks.values():
@@ -171,12 +180,18 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
                         st[k] = v.to(to)
         task.to(to)
 
+    def reserve() -> float:
+        """Seconds a budget in seconds keeps at its end: one more step and the final validation."""
+        return FINISH_SLACK * (val_cost or 0.0) + step_took if budget.seconds else 0.0
+
     def evaluate(step: int) -> None:
-        nonlocal best_state, since_best
+        nonlocal best_state, since_best, val_cost
+        start = time.monotonic()
         for net in task.networks.values():
             net.eval()
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             metric = task.validate()
+        val_cost = max(val_cost or 0.0, time.monotonic() - start)
         if metric is None:
             return
         metric = float(metric)
@@ -190,8 +205,7 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
 
     move(dev)
     restore_ddp = wrap_ddp(task, dev)
-    t0 = time.monotonic()
-    last_val, val_took = t0, 0.0
+    last_val, val_took = time.monotonic(), 0.0
     total = budget.total_steps()
     step = 0
     try:
@@ -200,7 +214,7 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
         while True:
             # under torchrun all ranks share rank-wise maxima: one schedule (a seconds budget reads
             # each rank's clock) and one decision to stop
-            frac, cancelled, stopped = max_over_ranks(budget.fraction(step, time.monotonic() - t0),
+            frac, cancelled, stopped = max_over_ranks(budget.fraction(step, time.monotonic() - t0, reserve()),
                                                       job.cancelled(), job.should_stop())
             done, cancelled, stopped = frac >= 1.0, cancelled > 0, stopped > 0
             if cancelled:
@@ -215,6 +229,7 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
                     g["lr"] = lr * factor
             for net in task.networks.values():
                 net.train()
+            started = time.monotonic()
             try:
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                     losses = {k: _value(v) for k, v in task.train_step(step + 1).items()}
@@ -236,6 +251,7 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
                     restore_ddp = wrap_ddp(task, dev)
                 continue
             step += 1
+            step_took = time.monotonic() - started
             loss = losses.get("loss", next(iter(losses.values()), float("nan")))
             (nonfinite_loss,) = any_rank(not math.isfinite(loss))
             if nonfinite_loss:
@@ -256,7 +272,9 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
             metrics = dict(losses)
             now = time.monotonic()
             (due,) = any_rank(bool(val_every and step % val_every == 0)
-                              or now - last_val >= max(val_seconds, VAL_COST * val_took))
+                              or now - last_val >= max(val_seconds, VAL_COST * val_took)
+                              or bool(budget.seconds) and val_cost is None
+                              and now - t0 >= FIRST_VALIDATION * budget.seconds)
             if due:
                 evaluate(step)
                 last_val = time.monotonic()
@@ -268,7 +286,7 @@ def fit(task: TrainTask, budget: Budget, *, device="auto", val_every: Optional[i
                     history["stop_reason"] = f"no improvement in {patience} validations"
                     break
             if main:
-                shown = step if budget.steps else int(100 * budget.fraction(step, now - t0))
+                shown = step if budget.steps else int(100 * budget.fraction(step, now - t0, reserve()))
                 job.report(shown, total, message, steps=step, **metrics)  # shown may be % of a time budget
         if step and (not history["val_step"] or history["val_step"][-1] != step):
             evaluate(step)

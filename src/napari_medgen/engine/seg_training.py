@@ -21,9 +21,10 @@ from monai.networks.utils import one_hot
 
 from ..data.annotations import IGNORE
 from ..data.augment import augment_batch
-from ..data.sampling import PatchSampler, context_stack, patch_size_for
+from ..data.sampling import PaintedPatchSampler, context_stack, patch_size_for
 from ..data.slices import evenly_spread
 from .fit import Budget, TrainTask, fit
+from .inference import _pad_to
 from .jobs import Job
 
 _DICE = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=IGNORE, batch=True)
@@ -38,20 +39,24 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return _DICE(logits, targets) + F.cross_entropy(logits, targets[:, 0], ignore_index=IGNORE)
 
 
+def padding_multiple(net: torch.nn.Module) -> int:
+    """What a U-Net's input sizes are padded to a multiple of: the product of its strides (16 if it has none)."""
+    return int(np.prod(getattr(net, "strides", None) or (16,)))
+
+
 def predict_logits(net: torch.nn.Module, volume: np.ndarray, indices, device: torch.device, *, context: int = 0,
-                   box: tuple | None = None, multiple: int = 16, batch_size: int = 8) -> torch.Tensor:
+                   box: tuple | None = None, batch_size: int = 8) -> torch.Tensor:
     """Class scores (n, C, h, w) on the CPU for slices ``indices`` of a (N, H, W) volume (inside the in-plane
-    ``box`` (y0, y1, x0, x1) if given), padded to a size the U-Net accepts."""
+    ``box`` (y0, y1, x0, x1) if given), padded as inference pads them (so a Dice of these is the output's)."""
     y0, y1, x0, x1 = box or (0, volume.shape[1], 0, volume.shape[2])
     h, w = y1 - y0, x1 - x0
-    ph, pw = max(multiple * 2, h + (-h) % multiple) - h, max(multiple * 2, w + (-w) % multiple) - w
     out = []
     net.eval()
     with torch.inference_mode():
         for i in range(0, len(indices), batch_size):
             x = np.stack([context_stack(volume, k, context)[:, y0:y1, x0:x1] for k in indices[i:i + batch_size]])
-            x = F.pad(torch.as_tensor(x, dtype=torch.float32).to(device), (0, pw, 0, ph), mode="replicate")
-            out.append(net(x)[..., :h, :w].float().cpu())
+            x, (top, left) = _pad_to(torch.as_tensor(x, dtype=torch.float32).to(device), padding_multiple(net))
+            out.append(net(x)[..., top:top + h, left:left + w].float().cpu())
     return torch.cat(out)
 
 
@@ -86,12 +91,12 @@ class SegmentationTask(TrainTask):
         self.volume, self.context, self.box = volume, int(context), box
         patch = tuple(patch_size or patch_size_for(volume.shape[1:]))
         self.painted = painted
-        self.sampler = PatchSampler(volume, painted[1], painted[0], patch, context=context, roi=box, seed=seed)
+        self.sampler = PaintedPatchSampler(volume, painted[1], painted[0], patch, context=context, roi=box, seed=seed)
         self.pseudo = None
         if pseudo is not None and len(pseudo[0]) and (np.asarray(pseudo[1]) != IGNORE).any():
             self.pseudo = pseudo
-            self.pseudo_sampler = PatchSampler(volume, pseudo[1], pseudo[0], patch, context=context, roi=box,
-                                               boundary_share=0.0, seed=seed + 1)
+            self.pseudo_sampler = PaintedPatchSampler(volume, pseudo[1], pseudo[0], patch, context=context, roi=box,
+                                                      boundary_share=0.0, seed=seed + 1)
         self.pseudo_weight = float(pseudo_weight)
         self.augment = augment
         self.rng = np.random.default_rng(seed)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.augment import augment_batch
-from ..data.datasets import (DatasetError, PatchSampler, check_one_modality, dataset_normalization, discover,
+from ..data.datasets import (CasePatchSampler, DatasetError, check_one_modality, dataset_normalization, discover,
                              fingerprint, foreground_sample, label_values, load_case, read_case, split,
                              warn_unusual_labels)
 from ..data.normalize import resolve
@@ -40,7 +40,7 @@ class CohortTask(TrainTask):
 
     ddp_networks = ("net",)
 
-    def __init__(self, net, sampler: PatchSampler, val: list, *, spatial_dims: int, patch_size, lr: float,
+    def __init__(self, net, sampler: CasePatchSampler, val: list, *, spatial_dims: int, patch_size, lr: float,
                  batch_size: int, augment: bool, seed: int, on_validate=None):
         self.networks = {"net": net}
         self.optimizers = [torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)]
@@ -214,8 +214,8 @@ def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, se
                            f"{done['seconds']:.0f} s); give a larger --steps or --seconds to train on.")
     budget = Budget(*left)
 
-    samplers = PatchSampler([x for x, _ in train_data], [y for _, y in train_data], patch,
-                            spatial_dims=spatial_dims, seed=seed + 1000 * dist.rank())
+    samplers = CasePatchSampler([x for x, _ in train_data], [y for _, y in train_data], patch,
+                                spatial_dims=spatial_dims, seed=seed + 1000 * dist.rank())
     val_arrays = [_validation_arrays(x, y, spatial_dims) for x, y in val_data]
     del val_data
     t0 = time.monotonic()

@@ -55,15 +55,24 @@ def painting_inputs(image, labels, spacing, modality):
 class Prior:
     """What the painting says about the rest of the volume: the interpolated labels between painted
     slices, their distance to the interpolated boundary, sphere caps beyond the end slices (with their
-    margin), and the region of interest around the paint."""
+    margin), how well interpolation re-makes a painted slice (``reliability``) and the region of interest
+    around the paint."""
 
     def __init__(self, lab: np.ndarray, t: Targets, spacing, *, sparse: bool, background_label=None,
-                 interpolate: bool = True):
+                 interpolate: bool = True, caps: bool = True, job: Job | None = None):
+        job = job or Job()  # checked between the steps (seconds each on a large CT): Cancelled on cancel
         self._made_of = (lab, t, spacing, sparse, background_label, interpolate)
         self.labels, self.margin = (interpolate_labels(lab, spacing=spacing, planes=t.planes, return_margin=True)
                                     if interpolate and not sparse else (lab, np.full(lab.shape, np.inf, np.float32)))
-        self.caps, self.cap_margin = (extrapolate_ends(lab, t.axis, t.planes.get(t.axis, []), spacing)
-                                      if interpolate and not sparse else (None, None))
+        job.check()
+        self._ends = (lab, t.axis, t.planes.get(t.axis, []), spacing) if interpolate and not sparse else None
+        self._caps = None  # the sphere caps: now, or (``caps=False``) when first used; training does not use them
+        if caps:
+            self._sphere_caps()
+            job.check()
+        # how well interpolation re-makes a painted slice left out (None: fewer than three painted slices)
+        self.reliability = interpolation_reliability(lab, t.planes, spacing) if interpolate and not sparse else None
+        job.check()
         fg = self.labels != 0
         if sparse and background_label is not None:
             fg &= self.labels != background_label
@@ -72,15 +81,36 @@ class Prior:
         extent = [(hi - lo) * s for (lo, hi), s in zip(tight, spacing)] if fg.any() else [0.0] * 3
         grow_mm = max(10.0, 0.5 * max(extent))
         self.box = grown(tight, [max(2, int(np.ceil(grow_mm / s))) for s in spacing], lab.shape)
+        job.check()
 
-    def pseudo(self, axis: int, band_mm: float):
+    def pseudo(self, axis: int, band_mm: float, job: Job | None = None):
         """Pseudo-label slices along ``axis``: (indices, targets) with IGNORE off the interpolation and in the band;
-        None when there are none (e.g. one painted slice)."""
-        known = np.isfinite(self.margin) & (self.margin >= band_mm)
-        target = np.where(known, self.labels.astype(np.int32), IGNORE)
-        moved = take_slices(target, axis)
-        index = np.flatnonzero((moved != IGNORE).reshape(len(moved), -1).any(1))
-        return (index, np.ascontiguousarray(moved[index])) if index.size else None
+        None when there are none (e.g. one painted slice).  A slice at a time (``job`` checked after each)."""
+        job = job or Job()
+        margins, labels = take_slices(self.margin, axis), take_slices(self.labels, axis)
+        index, targets = [], []
+        for k, margin in enumerate(margins):
+            known = np.isfinite(margin) & (margin >= band_mm)
+            if known.any():
+                index.append(k)
+                targets.append(np.where(known, labels[k].astype(np.int32), IGNORE))
+            job.check()
+        return (np.asarray(index), np.stack(targets)) if index else None
+
+    @property
+    def caps(self):
+        return self._sphere_caps()[0]
+
+    @property
+    def cap_margin(self):
+        return self._sphere_caps()[1]
+
+    def _sphere_caps(self) -> tuple:
+        """(labels, margin) of the sphere caps beyond the end slices (None, None without interpolation)."""
+        if self._caps is None:
+            self._caps = (None, None) if self._ends is None else extrapolate_ends(*self._ends)
+            self._ends = None
+        return self._caps
 
     def inplane_box(self, axis: int) -> tuple:
         (a0, a1), (b0, b1) = [self.box[i] for i in range(3) if i != axis]
@@ -89,8 +119,9 @@ class Prior:
     def keep_for(self, model) -> None:
         """Leave this Prior with ``model`` for :func:`complete_labels` (taken once; gone with the model), with the
         key of the painting it was made of."""
+        self._sphere_caps()  # (if not built yet) from the painting, which is not held with it
         _KEPT[model] = (_prior_key(*self._made_of), self)
-        self._made_of = None  # the painting itself is not held with it
+        self._made_of = None
 
 
 def _prior_key(lab, t, spacing, sparse, background_label, interpolate) -> tuple:
@@ -100,12 +131,12 @@ def _prior_key(lab, t, spacing, sparse, background_label, interpolate) -> tuple:
             background_label, bool(interpolate))
 
 
-def _prior_of(model, lab, t, spacing, *, sparse, background_label) -> Prior:
+def _prior_of(model, lab, t, spacing, *, sparse, background_label, job) -> Prior:
     """The Prior ``finetune`` left with ``model`` when it is of this painting, else a new one."""
     key, kept = _KEPT.pop(model, (None, None))
     if kept is not None and key == _prior_key(lab, t, spacing, sparse, background_label, True):
         return kept
-    return Prior(lab, t, spacing, sparse=sparse, background_label=background_label)
+    return Prior(lab, t, spacing, sparse=sparse, background_label=background_label, job=job)
 
 
 def complete_labels(model, image, labels, *, sparse: bool = False, background_label: int | None = None,
@@ -135,12 +166,14 @@ def complete_labels(model, image, labels, *, sparse: bool = False, background_la
     img, lab, spacing, modality, flat = painting_inputs(image, labels, spacing, modality)
     axis = 0 if flat else int(m.params.axis)
     t = make_targets(lab, axis=axis, sparse=sparse, background_label=background_label)
-    prior = _prior_of(m, lab, t, spacing, sparse=sparse, background_label=background_label)
+    job.check()  # between the steps (seconds each on a large CT) and a slab at a time
+    prior = _prior_of(m, lab, t, spacing, sparse=sparse, background_label=background_label, job=job)
     box = tuple(slice(a, b) for a, b in prior.box) if restrict else (slice(None),) * 3
     probs = _network_probs(m, img, spacing, modality, box, axis, device, job)
     job.check()
     pred = _combine(probs, lab, t, prior, box, axis, spacing, sparse=sparse, prior_weight=prior_weight,
-                    restrict=restrict)
+                    restrict=restrict, job=job)
+    job.check()
     out = np.zeros_like(lab)
     out[box] = pred
     known = np.zeros(lab.shape, bool)
@@ -161,9 +194,11 @@ def _network_probs(m, img, spacing, modality, box, axis, device, job) -> np.ndar
     """The model's class probabilities (C, *box) in volume order."""
     norm = np.moveaxis(normalize(img, m.config.normalization, modality, box=box), axis, 0)  # (n, h, w) along axis
     shape = norm.shape[1:]
+    job.check()
     if m.params.spacing:  # the model's grid (a 2D image's too)
         have = [s for i, s in enumerate(spacing) if i != axis]
         norm = resize(norm, [max(8, int(round(n * h / w))) for n, h, w in zip(shape, have, m.params.spacing)])
+        job.check()
     args = m.config.networks["net"].args
     probs = predict(m.net, norm[None], spatial_dims=2, axis=0, context=int(m.params.context or 0),
                     device=device, divisor=int(np.prod(args.get("strides", (16,)))), progress=job)
@@ -212,10 +247,10 @@ def _blend(probs, labels, margin, caps, cap_margin, inplane: float, weight: floa
             np.add(probs[c], w, out=probs[c], where=plab == c)
 
 
-def _combine(probs, lab, t, prior, box, axis, spacing, *, sparse, prior_weight, restrict) -> np.ndarray:
+def _combine(probs, lab, t, prior, box, axis, spacing, *, sparse, prior_weight, restrict, job) -> np.ndarray:
     """Labels inside ``box`` from the network's ``probs`` and the prior (interpolation between painted
     slices, sphere caps beyond them), restricted to what continues the painting."""
-    reliability = interpolation_reliability(lab, t.planes, spacing) if not sparse else 0.0
+    reliability = prior.reliability if not sparse else 0.0
     if prior_weight is None:  # trust the interpolation as far as it re-made painted slices it did not see
         prior_weight = 0.5 if reliability is None else 0.5 * float(np.clip((reliability - 0.6) / 0.3, 0, 1))
     prior_weight = float(prior_weight)
@@ -229,9 +264,11 @@ def _combine(probs, lab, t, prior, box, axis, spacing, *, sparse, prior_weight, 
         if parts:
             _blend(probs[:, s], *[a[s] for a in parts], inplane, prior_weight, reliability is None)
         _first_max(probs[:, s], pred[s])
+        job.check()
     if restrict and not sparse:
         near = np.isfinite(prior.margin[box]) & ((reliability or 0.0) >= 0.8)  # stay near a good interpolation
         pred = _continuous(pred, prior.labels[box], near, t.planes.get(axis, []), box[axis].start or 0, axis, spacing)
+        job.check()
     if restrict:
         pred = _connected_to(pred, (lab != 0)[box] | prior.foreground[box])
     return pred

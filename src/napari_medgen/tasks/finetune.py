@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from ..data.annotations import AnnotationError, make_targets
-from ..data.interpolate import interpolation_reliability
 from ..data.normalize import apparent_modality, normalize, resolve, structure_window
 from ..data.resample import resize
 from ..data.sampling import patch_size_for
@@ -100,14 +99,16 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     but at least half of it, so the call can take longer than ``seconds`` (``steps`` optionally bounds
     training too); training stops early after ``patience`` validations without improvement.
     ``history["returned"]`` says which weights came back and why.  Stop keeps the best weights
-    (``history["stopped"]``); cancel raises :class:`Cancelled` with nothing changed; a network that
+    (``history["stopped"]``); cancel, and a stop before training has begun, raise :class:`Cancelled` with
+    nothing changed (answered between the preparation steps, each seconds at most on a large CT); a network that
     never predicts the painted structure raises :class:`NothingLearnedError`.  ``preview_every``
     (seconds) sends progress events whose ``preview`` is ``{"box", "labels"}``: the current
     prediction inside the region of interest.  ``class_names`` name the painted label values 1, 2, ...
     (0 is background): the model, its segmentations, volumes and DICOM SEG segments carry them
     (default: the start model's names, "class N" for a fresh network).  ``keep_prior``: leave the interpolation
     built here with the returned model for the :func:`complete_labels` call that follows (taken once; it saves
-    rebuilding it, seconds on a large CT, and holds about 11 bytes per voxel until then).
+    rebuilding it, seconds on a large CT, and holds about 11 bytes per voxel until then; without it the sphere caps
+    beyond the end slices, which only completion uses, are not built).
     """
     t0 = time.monotonic()
     job = Job.of(progress, stop, cancel)
@@ -116,7 +117,9 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
     if axis is not None and not flat and not 0 <= axis < 3:
         raise AnnotationError("axis must be 0, 1 or 2.")
     listed = not (isinstance(slices, str) and slices == "auto")  # slice numbers along the user's axis (or 0)
+    job.report(0, 1, "finding the painted slices")
     t = make_targets(lab, axis=0 if flat else axis, slices=slices, sparse=sparse, background_label=background_label)
+    job.check()  # cancel (or a stop: there is nothing to keep yet) is answered between the preparation steps
     names = None if class_names is None else [str(n).strip() for n in class_names]
     if names is not None and (len(names) < max(t.classes) or not all(names)):
         raise AnnotationError(f"Give a name for each painted label value 1-{max(t.classes)} (got {len(names)}: "
@@ -138,7 +141,9 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
                          background_label=background_label)
     ctx = int(net_model.params.context or 0)
     job.report(0, 1, "interpolating between painted slices")
-    prior = Prior(lab, t, spacing, sparse=sparse, background_label=background_label, interpolate=interpolate)
+    prior = Prior(lab, t, spacing, sparse=sparse, background_label=background_label, interpolate=interpolate,
+                  caps=keep_prior, job=job)  # the sphere caps are for completion only
+    job.report(0, 1, "normalising the image")
     spec = resolve(net_model.config.normalization, img, modality)
     doubt = "" if fresh else modality_doubt(img, expected_modality(net_model), net_model.name, modality,
                                             "fine-tuning keeps its intensity normalisation, so 'fresh' may be the "
@@ -147,12 +152,15 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
         warnings.warn(ModelMismatchWarning(doubt), stacklevel=2)
     if fresh and spec["kind"] == "window":  # CT: a window that spans the painted structure and its surroundings
         spec = net_model.config.normalization = structure_window(img, prior.foreground)
+        job.check()
     volume = np.ascontiguousarray(take_slices(normalize(img, spec), t.axis))
+    job.check()
+    job.report(0, 1, "preparing the training slices")
     band = BAND_VOXELS * max(s for i, s in enumerate(spacing) if i != t.axis)
-    reliability = interpolation_reliability(lab, t.planes, spacing) if interpolate and not sparse else None
+    reliability = prior.reliability
     if reliability is not None:  # pseudo-labels count as far as interpolation re-makes a painted slice left out
         pseudo_weight = pseudo_weight * float(np.clip((reliability - 0.6) / 0.3, 0, 1))
-    pseudo = prior.pseudo(t.axis, band) if interpolate and not sparse and pseudo_weight > 0 else None
+    pseudo = prior.pseudo(t.axis, band, job) if interpolate and not sparse and pseudo_weight > 0 else None
     box = prior.inplane_box(t.axis)
     inplane = [s for i, s in enumerate(spacing) if i != t.axis]
     factor = max(1.0, max(box[1] - box[0], box[3] - box[2]) / NETS[size]["grid"])
@@ -164,6 +172,7 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
         volume, targets = resize(volume, grid), resize(targets, grid, mode="nearest")
         pseudo = None if pseudo is None else (pseudo[0], resize(pseudo[1], grid, mode="nearest"))
         box = tuple(int(round(b / factor)) for b in box)
+    job.check()
     patch = patch_size or patch_size_for((max(48, box[1] - box[0]), max(48, box[3] - box[2])), NETS[size]["patch"])
     preview = None
     if preview_every:
