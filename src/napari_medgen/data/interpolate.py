@@ -37,11 +37,11 @@ def _blend(d0: np.ndarray, d1: np.ndarray, t: float) -> np.ndarray:
     return (1 - t) * d0 + t * d1
 
 
-def interpolate_along(labels: np.ndarray, axis: int, index, spacing=None) -> tuple[np.ndarray, np.ndarray]:
+def interpolate_along(labels: np.ndarray, axis: int, index, spacing=None, check=None) -> tuple[np.ndarray, np.ndarray]:
     """Labels on the slices strictly between consecutive painted slices ``index`` along ``axis`` (background
     is a shape too: every voxel there gets an answer), and the distance of each voxel there to the nearest
     interpolated boundary (mm).  Returns ``(labels, margin)`` of ``labels``' shape; painted slices and
-    slices beyond the first/last painted one are left 0 / inf."""
+    slices beyond the first/last painted one are left 0 / inf.  ``check()`` (e.g. a job's) is called after each slice."""
     lab = np.moveaxis(np.asarray(labels), axis, 0)
     plane_spacing = None if spacing is None else [float(s) for i, s in enumerate(spacing) if i != axis]
     out = np.zeros(lab.shape, lab.dtype)
@@ -61,10 +61,12 @@ def interpolate_along(labels: np.ndarray, axis: int, index, spacing=None) -> tup
             inside = value < 0
             out[k][inside] = np.asarray(classes, lab.dtype)[best[inside]]
             margin[k] = np.abs(value)
+            if check is not None:
+                check()
     return np.moveaxis(out, 0, axis), np.moveaxis(margin, 0, axis)
 
 
-def interpolate_labels(labels, *, spacing=None, planes: dict | None = None, return_margin: bool = False):
+def interpolate_labels(labels, *, spacing=None, planes: dict | None = None, return_margin: bool = False, check=None):
     """New labels: the painted slices kept and the slices between them filled by shape-based
     interpolation.  ``labels``: an array (the result is an array), or an ImageData or its file (the
     result is an ImageData on its grid; ``spacing`` defaults to its own).  ``planes`` ({axis: slice
@@ -72,7 +74,7 @@ def interpolate_labels(labels, *, spacing=None, planes: dict | None = None, retu
     (:func:`~napari_medgen.data.annotations.painted_planes`).
     With ``return_margin`` also the distance (mm) of each voxel to the nearest interpolated
     boundary (0 on painted slices' boundaries is not computed: inf there and where nothing was filled).
-    ``labels`` is only read."""
+    ``labels`` is only read; ``check()`` (e.g. a job's, to cancel) is called after each filled slice."""
     item = opened(labels)
     lab = np.asarray(getattr(item, "data", item))
     geometry = getattr(item, "geometry", None)
@@ -91,7 +93,7 @@ def interpolate_labels(labels, *, spacing=None, planes: dict | None = None, retu
         for axis, index in sorted(planes.items(), key=lambda kv: -len(kv[1])):  # most painted axis first
             if len(index) < 2:
                 continue
-            fill, dist = interpolate_along(lab, axis, index, spacing)
+            fill, dist = interpolate_along(lab, axis, index, spacing, check)
             # an earlier axis's background gives way to this axis's structure (two empty painted ends say
             # nothing of a structure between them that slices along another axis show)
             covered = np.isfinite(dist) & ~known & ~structure & (~np.isfinite(margin) | (fill != 0))
@@ -135,13 +137,14 @@ def _scaled(sd: np.ndarray, scale: float) -> np.ndarray:
     return (scale * ndimage.map_coordinates(sd, coords, order=1, mode="nearest")).astype(np.float32)
 
 
-def extrapolate_ends(labels: np.ndarray, axis: int, index, spacing=None):
+def extrapolate_ends(labels: np.ndarray, axis: int, index, spacing=None, check=None):
     """Labels beyond the first and last painted slices ``index`` along ``axis``: each label's end slice
     shrunk about its centroid as the cross-section of a sphere fitted to the end slice and its painted
     neighbour (areas on two slices fix the centre and radius; one painted slice is taken as the
     widest; a shape that grows towards its end is taken as widest there), tapering to nothing where
     the sphere ends, and background beyond.  Returns ``(labels, margin)`` like :func:`interpolate_along`
-    (filled only beyond the ends; past a sphere's end the margin is the distance past it)."""
+    (filled only beyond the ends; past a sphere's end the margin is the distance past it); ``check()`` is called
+    after each slice."""
     lab = np.moveaxis(np.asarray(labels), axis, 0)
     sp = [1.0] * lab.ndim if spacing is None else [float(s) for s in spacing]
     plane_spacing = [s for i, s in enumerate(sp) if i != axis]
@@ -175,4 +178,6 @@ def extrapolate_ends(labels: np.ndarray, axis: int, index, spacing=None):
                 out[k][win & (scaled < 0)] = c
                 margin[k] = np.where(win, np.abs(scaled), margin[k])
                 k += direction
+                if check is not None:
+                    check()
     return np.moveaxis(out, 0, axis), np.moveaxis(margin, 0, axis)

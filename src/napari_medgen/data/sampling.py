@@ -100,8 +100,13 @@ class PaintedPatchSampler:
 
 def roi_box(mask: np.ndarray, margin) -> tuple:
     """Bounding box ((lo, hi) per axis) of ``mask`` grown by ``margin`` voxels per axis, inside the array."""
-    where = np.argwhere(mask)
-    return grown(tuple(zip(where.min(0), where.max(0) + 1)), margin, mask.shape)
+    box = []
+    for axis in range(mask.ndim):  # one projection per axis: no list of every voxel's coordinates
+        hit = np.flatnonzero(mask.any(axis=tuple(i for i in range(mask.ndim) if i != axis)))
+        if not hit.size:
+            raise ValueError("roi_box of an empty mask")
+        box.append((hit[0], hit[-1] + 1))
+    return grown(tuple(box), margin, mask.shape)
 
 
 def grown(box: tuple, margin, shape) -> tuple:

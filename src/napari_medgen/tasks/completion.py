@@ -62,14 +62,14 @@ class Prior:
                  interpolate: bool = True, caps: bool = True, job: Job | None = None):
         job = job or Job()  # checked between the steps (seconds each on a large CT): Cancelled on cancel
         self._made_of = (lab, t, spacing, sparse, background_label, interpolate)
-        self.labels, self.margin = (interpolate_labels(lab, spacing=spacing, planes=t.planes, return_margin=True)
+        self.labels, self.margin = (interpolate_labels(lab, spacing=spacing, planes=t.planes, return_margin=True,
+                                                       check=job.check)
                                     if interpolate and not sparse else (lab, np.full(lab.shape, np.inf, np.float32)))
         job.check()
         self._ends = (lab, t.axis, t.planes.get(t.axis, []), spacing) if interpolate and not sparse else None
         self._caps = None  # the sphere caps: now, or (``caps=False``) when first used; training does not use them
         if caps:
-            self._sphere_caps()
-            job.check()
+            self._sphere_caps(job.check)
         # how well interpolation re-makes a painted slice left out (None: fewer than three painted slices)
         self.reliability = interpolation_reliability(lab, t.planes, spacing) if interpolate and not sparse else None
         job.check()
@@ -105,10 +105,10 @@ class Prior:
     def cap_margin(self):
         return self._sphere_caps()[1]
 
-    def _sphere_caps(self) -> tuple:
+    def _sphere_caps(self, check=None) -> tuple:
         """(labels, margin) of the sphere caps beyond the end slices (None, None without interpolation)."""
         if self._caps is None:
-            self._caps = (None, None) if self._ends is None else extrapolate_ends(*self._ends)
+            self._caps = (None, None) if self._ends is None else extrapolate_ends(*self._ends, check=check)
             self._ends = None
         return self._caps
 
