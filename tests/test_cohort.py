@@ -124,7 +124,7 @@ def test_3d_model_and_ct_window(cohort):
     case = read_image(cohort / "imagesTr" / "case01_0000.nii.gz")  # 3 mm in-plane: resampled both ways
     assert segment(case, model, device="cpu").shape == case.data.shape
     # CT: one window from the cohort's foreground intensities, not per image
-    from napari_medgen.data.datasets import dataset_normalization
+    from napari_medgen.data.cohort_checks import dataset_normalization
 
     spec = dataset_normalization("CT", [np.arange(-100, 101, dtype=np.float32), np.full(10, 50, np.float32)])
     assert spec["kind"] == "window" and -100 < spec["low"] < -90 and 90 < spec["high"] < 100

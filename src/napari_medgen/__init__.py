@@ -16,7 +16,7 @@ _EXPORTS = {
     "io": ["Geometry", "ImageData", "read_image", "read_path", "write_image"],
     "models.checkpoint": ["Model", "ModelFileError"],
     "models.segmentation": ["CodeNotAllowedError", "builtin_models", "load_segmentation_model", "segmentation_config"],
-    "tasks.metrics": ["label_volumes_ml", "metrics_to_csv", "segmentation_metrics"],
+    "tasks.metrics": ["label_areas_cm2", "label_volumes_ml", "metrics_to_csv", "segmentation_metrics"],
     "tasks.segment": ["ImageInputError", "SegmentResult", "segment", "segment_result"],
     "tasks.model_fit": ["ModelMismatchWarning"],
     "tasks.anomaly": ["AnomalyResult", "anomaly_map"],

@@ -1,20 +1,22 @@
-"""npe2 reader: NIfTI, NRRD, MetaImage, DICOM files and DICOM series folders."""
+"""npe2 reader: NIfTI, NRRD, MetaImage, DICOM files and DICOM series folders, and 2D pictures (PNG, JPEG, TIFF)
+when the user picks this reader for them (napari's own reader opens them too, so napari asks which)."""
 from __future__ import annotations
 
+import os
 import warnings
 
 from napari.utils.notifications import show_warning
 
 from .data.orientation import in_world_order
 from .io.read import ImageReadError, ImageReadWarning, is_supported, read_path
+from .naming import PICTURES
 
 
 def get_reader(path):
     """Return a reader for supported paths, else None so napari can try other readers."""
-    if isinstance(path, list):
-        if not all(isinstance(p, str) and is_supported(p) for p in path):
-            return None
-    elif not is_supported(path):
+    paths = path if isinstance(path, list) else [path]
+    if not all(isinstance(p, (str, os.PathLike)) and (is_supported(p) or str(p).lower().endswith(PICTURES))
+               for p in paths):
         return None
     return read_layers
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -41,6 +40,7 @@ from qtpy.QtWidgets import (QApplication, QComboBox, QHBoxLayout, QLabel, QProgr
                             QWidget)
 from superqt.utils import create_worker
 
+from ..atomic import final_path
 from ..engine.device import available_devices, describe_device
 from ..engine.jobs import Cancelled, Job, JobState, ProgressEvent, Status
 from ..errors import UserError
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
                MemoryError)  # the file errors name a path the user chose: theirs to fix, not a bug
 RELAY_MS = 100  # progress reaches the GUI at most this often
-_TEMP = re.compile(r"\.?(?P<stem>.+?)\.partial(?P<ext>(\.\w+)*)")  # a temporary file written before the user's
 CLOSE_WAIT_S = 10.0  # how long closing the viewer waits for a cancelled job to return
 _LIVE: "weakref.WeakSet[JobRunner]" = weakref.WeakSet()  # runners with a job in flight
 
@@ -83,15 +82,8 @@ def user_message(err: BaseException) -> str:
     if isinstance(err, MemoryError):
         return "Out of memory: try a smaller image, fewer steps or another device."
     if isinstance(err, OSError) and err.strerror and err.filename:
-        return f"{_users_name(str(err.filename))}: {err.strerror}."
+        return f"{final_path(str(err.filename))}: {err.strerror}."  # the user's path, not the temporary file
     return str(err) or type(err).__name__
-
-
-def _users_name(path: str) -> str:
-    """The path the user chose, not the temporary file written first (".name.partial", ".stem.partial.ext")."""
-    head, sep, name = path.rpartition(os.sep)
-    temp = _TEMP.fullmatch(name)
-    return head + sep + (temp["stem"] + temp["ext"] if temp else name)
 
 
 class JobRunner(QWidget):

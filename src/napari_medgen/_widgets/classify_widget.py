@@ -146,6 +146,9 @@ class ClassifyWidget(Panel):
         self.classify_button = QPushButton("Classify")
         self.classify_button.clicked.connect(self.classify)
         self.bars = ProbabilityBars()
+        self.warnings_label = Note("")  # how the image differs from the training images
+        self.warnings_label.setStyleSheet("color: #f0b040")
+        self.warnings_label.setVisible(False)
         self.slices = QListWidget()
         self.slices.setMaximumHeight(90)
         self.slices.itemClicked.connect(self._jump)
@@ -172,6 +175,7 @@ class ClassifyWidget(Panel):
         form2 = QFormLayout(use_box)
         form2.addRow("image", self.image.native)
         form2.addRow(self.classify_button)
+        form2.addRow(self.warnings_label)  # above the bars: seen without scrolling
         form2.addRow(self.bars)
         form2.addRow("top slices", self.slices)
         self.body.addWidget(train_box)
@@ -289,6 +293,8 @@ class ClassifyWidget(Panel):
             return
         self.result = result
         self.bars.show_probabilities(result.probabilities)
+        self.warnings_label.setText("\n".join(f"! {w}" for w in result.warnings))
+        self.warnings_label.setVisible(bool(result.warnings))
         self.heatmap_layer = show_result(self.viewer, result.heatmap, name=f"{src.name} heatmap ({result.target})",
                                          key=f"classify:{src.unique_id}:heatmap", source=src, colormap="inferno",
                                          blending="additive", opacity=0.6, contrast_limits=(0, 1))

@@ -1,4 +1,4 @@
-"""The "Segment" dock widget: an Image layer and a model in; a Labels layer, volumes (mL) and,
+"""The "Segment" dock widget: an Image layer and a model in; a Labels layer, volumes (mL; 2D: areas, cm²) and,
 against a reference, Dice/HD95 out, with a CSV export and the model-mismatch warnings."""
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ class Scored:
 
     result: SegmentResult
     model: object
-    volumes: dict
+    size_name: str  # "volume mL", or "area cm²" for a 2D image
+    sizes: dict
     metrics: Optional[dict] = None
 
 
@@ -56,11 +57,11 @@ def segment_and_score(image: ImageData, model, reference: Optional[np.ndarray] =
                       mapping: Optional[dict] = None, *, axis: Optional[int] = None, device: str = "auto",
                       tta: bool = False,
                       allow_code: bool = False, progress=None, stop=None) -> Scored:
-    """Load the model, segment, measure volumes, and score against the (mapped) ``reference`` when given."""
+    """Load the model, segment, measure volumes (2D: areas), and score against the (mapped) ``reference``."""
     job = Job.of(progress, stop)
     m = load_segmentation_model(model, allow_code=allow_code)
     res = segment_result(image, m, axis=axis, device=device, tta=tta, progress=job)
-    scored = Scored(res, m, res.volumes_ml())
+    scored = Scored(res, m, *res.sizes())
     if reference is not None:
         job.report(1, 1, "Dice and HD95")
         scored.metrics = segmentation_metrics(res.labels, map_reference(reference, mapping),
@@ -265,11 +266,12 @@ class SegmentWidget(Panel):
 
     def _fill_results(self, scored: Scored) -> None:
         metrics = scored.metrics or {}
-        names = list(dict.fromkeys([*scored.volumes, *metrics]))
+        names = list(dict.fromkeys([*scored.sizes, *metrics]))
+        self.results.setHorizontalHeaderLabels(["class", scored.size_name, "Dice", "HD95 mm"])
         self.results.setRowCount(len(names))
         for i, name in enumerate(names):
             m = metrics.get(name, {})
-            cells = [name, _num(scored.volumes.get(name), ".1f"), _num(m.get("dice"), ".3f"),
+            cells = [name, _num(scored.sizes.get(name), ".1f"), _num(m.get("dice"), ".3f"),
                      _num(m.get("hd95"), ".1f")]
             for j, text in enumerate(cells):
                 self.results.setItem(i, j, QTableWidgetItem(text))
@@ -281,7 +283,7 @@ class SegmentWidget(Panel):
         self.export_button.setEnabled(bool(names))
 
     def save_csv(self, path: Optional[str] = None) -> Optional[str]:
-        """Write the volumes (and metrics) of the last run as CSV (asking for a file when ``path`` is None)."""
+        """Write the volumes or areas (and metrics) of the last run as CSV (asking for a file without ``path``)."""
         if self.last is None:
             show_error("Run a segmentation first.")
             return None
@@ -293,7 +295,9 @@ class SegmentWidget(Panel):
             if not path:
                 return None
         try:
-            metrics_to_csv(self.last.metrics, self.last.volumes, path, overwrite=overwrite)
+            area = self.last.size_name.startswith("area")
+            metrics_to_csv(self.last.metrics, None if area else self.last.sizes, path, overwrite=overwrite,
+                           areas=self.last.sizes if area else None)
         except (ValueError, FileExistsError) as err:
             show_error(str(err))
             return None

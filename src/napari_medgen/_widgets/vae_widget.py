@@ -52,7 +52,7 @@ class VAEWidget(Panel):
         self.normals.native.setToolTip("The scans of normal subjects to learn from. Ctrl-click (Cmd-click on macOS) "
                                        "or Shift-click to select several.")
         self._user_chose = False  # once the user chooses (or clears) normal images, nothing is preselected
-        self.normals.changed.connect(self._normals_chosen)
+        self.normals.changed.connect(lambda _value: setattr(self, "_user_chose", True))
         self.train_mask = self.layer_picker(napari.layers.Labels, nullable=True,
                                             tooltip="Optional: learn only inside this mask (e.g. the brain).")
         self.seconds = spin(5, 86_400, 120, "Budget of the whole run in seconds (the best weights so far are "
@@ -88,15 +88,14 @@ class VAEWidget(Panel):
         self.percentile.setValue(99.0)
         self.percentile.setToolTip("Initial threshold: this percentile of scores on normal validation slices")
         recon_button, anomaly_button = QPushButton("Reconstruct"), QPushButton("Anomaly")
-        recon_button.clicked.connect(self.reconstruct)
-        anomaly_button.clicked.connect(self.score)
+        recon_button.clicked.connect(self.reconstruct), anomaly_button.clicked.connect(self.score)
         self.slider = QSlider(Qt.Horizontal)
         self.slider.setRange(0, SLIDER_STEPS)
         self.slider.setEnabled(False)
         self.slider.valueChanged.connect(lambda pos: self.set_threshold(pos / SLIDER_STEPS * self._score_top))
         self.threshold_line = Note("threshold: -")
         self.explanation = Note("")
-        self.slices = QListWidget()
+        self.slices, self.slices_label = QListWidget(), QLabel("slices by anomalous area (click to go):")
         self.slices.setMaximumHeight(90)
         self.slices.itemClicked.connect(lambda item: self.go_to_slice(int(item.data(Qt.UserRole))))
 
@@ -142,7 +141,7 @@ class VAEWidget(Panel):
         form.addRow(self.threshold_line)  # its own row: a long label column would widen the panel
         form.addRow(self.slider)
         form.addRow(self.explanation)
-        form.addRow(QLabel("slices by anomalous area (click to go):"))
+        form.addRow(self.slices_label)
         form.addRow(self.slices)
         self.body.addWidget(score_box)
         self.advanced("Advanced scoring options").addRow("percentile", self.percentile)
@@ -157,9 +156,6 @@ class VAEWidget(Panel):
         self.body.addStretch(1)
         self.footer(self.runner)  # progress and Cancel stay visible whatever is scrolled
         self._refresh_normals()
-
-    def _normals_chosen(self, _value) -> None:
-        self._user_chose = True
 
     def _image_choices(self, _widget=None) -> list:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
@@ -236,6 +232,8 @@ class VAEWidget(Panel):
     def _trained(self, result) -> None:
         self.model, history = result
         self._describe(fit_line("Trained", history))
+        for msg in history.get("warnings", []):  # e.g. too few steps for the budget
+            show_warning(msg)
 
     def _describe(self, what: str) -> None:
         p = self.model.params
@@ -329,7 +327,7 @@ class VAEWidget(Panel):
         self.explanation.setText(f"Method: {result.explanation}")
         self._update_threshold_line()
         self._fill_slices()
-        self.scroll.ensureWidgetVisible(self.slices)  # the result, its explanation and the slice list in view
+        self.scroll.ensureWidgetVisible(self.explanation if self.slices.isHidden() else self.slices)  # result in view
 
     def _show_mask(self, result, src) -> None:
         """The anomaly mask as outlines (the heatmap stays visible underneath); a mask the user painted on is
@@ -365,6 +363,8 @@ class VAEWidget(Panel):
     def _fill_slices(self) -> None:
         res = self.result
         self.slices.clear()
+        for w in (self.slices, self.slices_label):  # a 2D image is one slice: nothing to rank
+            w.setVisible(res.mask.ndim == 3)
         order = [int(i) for i in np.argsort(res.slice_scores)[::-1] if res.slice_scores[i] > 0][:50]
         for i in order:
             item = QListWidgetItem(f"slice {i}: {int(res.slice_scores[i])} voxels")

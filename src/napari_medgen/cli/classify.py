@@ -12,6 +12,7 @@ import csv
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from .options import (add_budget, add_common, add_table, add_window, case_error, check_model_output, check_output,
@@ -203,20 +204,27 @@ def _classify_share(mine: list[Path], n_cases: int, kept: dict, model, args, qui
 
 
 def _classify_case(case: Path, model, args, label: str, quiet: bool) -> list[dict]:
-    """One row per image of ``case`` (several for a DICOM folder); writes the heatmaps if asked."""
-    from ..io import read_path, write_image
+    """One row per image of ``case`` (several for a folder of DICOM series), naming the file each came from; writes
+    the heatmaps if asked and prints how an image differs from the classifier's training images."""
+    from ..io import write_image
     from ..tasks.classify import classify
+    from ..tasks.model_fit import ModelMismatchWarning
+    from .case_items import case_items
     from .progress import terminal_job
 
-    rows, images = [], read_path(case)
-    for img in images:
-        with terminal_job(label, quiet=quiet) as job:
+    rows = []
+    for item in case_items(case):
+        img = item.image
+        with terminal_job(label, quiet=quiet) as job, warnings.catch_warnings():
+            warnings.simplefilter("ignore", ModelMismatchWarning)  # said below, with the file it is about
             r = classify(model, img, heatmap=bool(args.heatmaps), device=args.device, progress=job)
-        rows.append({"file": str(case) if case.is_file() else f"{case}/{img.name}", "label": r.label,
+        for msg in r.warnings:
+            print(f"napari-medgen: warning: {item.source}: {msg}", file=sys.stderr)
+        rows.append({"file": item.source, "label": r.label,
                      **{str(k): f"{p:.6f}" for k, p in r.probabilities.items()}, "model": args.model_identity})
         if args.heatmaps:
-            name = args.case_names[case] + (f"_{img.name}" if len(images) > 1 else "")
-            heatmap = Path(args.heatmaps) / f"{name}_heatmap.nii.gz"
+            name = "_".join(filter(None, (args.case_names[case], item.name)))
+            heatmap = Path(args.heatmaps) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_')}_heatmap.nii.gz"
             check_output(heatmap, args.overwrite)
             write_image(heatmap, r.heatmap, img.geometry, overwrite=args.overwrite)
     return rows

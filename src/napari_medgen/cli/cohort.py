@@ -13,7 +13,9 @@ from .options import add_budget, add_common, check_model_output, existing, int_l
 def add_parser(sub) -> None:
     p = sub.add_parser("train-cohort", help="train a 2D/3D U-Net on a Decathlon / nnU-Net dataset folder",
                        description="Train a segmenter on DATASET_DIR (imagesTr/ + labelsTr/ with matching "
-                                   "names, or a dataset.json datalist). Under torchrun it trains with "
+                                   "names, or a dataset.json datalist) of 3D volumes or of 2D images (grey PNG, "
+                                   "2D NIfTI, single DICOM files; masks of 0 and 255 train as class 1). Under "
+                                   "torchrun it trains with "
                                    "DistributedDataParallel; only rank 0 writes the model.",
                        epilog="example:\n  napari-medgen train-cohort Dataset001_Brain/ --out brain.medgen.pt "
                               "--dims 2 --seconds 600\n"
@@ -24,7 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="model file to write (.medgen.pt)")
     add_budget(p, neither="1000 steps when neither --seconds nor --steps is given")
     p.add_argument("--dims", type=int, choices=(2, 3), default=2,
-                   help="2 for a 2D U-Net (slice by slice) or 3 for a 3D U-Net (default 2)")
+                   help="2 for a 2D U-Net (slice by slice; the one choice for 2D images) or 3 for a 3D U-Net "
+                        "(default 2)")
     p.add_argument("--axis", type=int, default=0, help="2D: slice axis in (z, y, x) order (default 0)")
     p.add_argument("--channels", default="16,32,64,128",
                    help="U-Net feature channels per level, comma separated (default 16,32,64,128)")

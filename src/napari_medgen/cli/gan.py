@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_budget, add_common, check_model_output, check_output, existing
+from .options import add_budget, add_common, check_image_output, check_model_output, check_output, existing
 from .progress import terminal_job
 from ..errors import UserError
 
@@ -112,7 +112,7 @@ def run_synthesize(args) -> int:
 
     if not args.labels:
         check_count(args.n, "samples")  # before anything is loaded
-    check_output(args.out, args.overwrite)
+    check_image_output(args.out, args.overwrite)
     model = _load(args.model)
     with terminal_job("gan-synthesize", args.quiet) as job:
         if args.labels:  # cut as training cut its slices, and put back on the label map's own grid

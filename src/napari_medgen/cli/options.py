@@ -108,6 +108,20 @@ def check_output(path: "str | os.PathLike", overwrite: bool) -> None:
     check_writable(p, overwrite=True)
 
 
+def check_image_output(path: "str | os.PathLike", overwrite: bool) -> None:
+    """:func:`check_output` for an image file: a format that cannot be written (``pred.png``) or a folder is
+    refused too, before any computation, so a long run never ends in "Cannot write"."""
+    from ..errors import UserError
+    from ..io.write import WRITE_EXTENSIONS, check_writable
+
+    p = Path(path)
+    if not p.name.lower().endswith(WRITE_EXTENSIONS) or p.is_dir():
+        raise UserError(f"Cannot write {p.name or p}: name a {', '.join(WRITE_EXTENSIONS)} file.")
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; use --overwrite to replace it.")
+    check_writable(p, overwrite=True)
+
+
 def check_model_output(path: "str | os.PathLike", overwrite: bool) -> Path:
     """:func:`check_output` for a model file; ``.medgen.pt`` is appended to a name without it (as the
     panels' Save model does), so every trainer writes a file the loaders recognise."""

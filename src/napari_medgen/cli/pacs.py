@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .options import check_output, existing
+from .options import check_image_output, check_output, existing
 
 PASSWORD_ENV = "MEDGEN_PACS_PASSWORD"
 _DATE = r"\d{8}|\d{4}-\d{2}-\d{2}"  # DICOM YYYYMMDD or ISO YYYY-MM-DD
@@ -150,7 +150,7 @@ def run_pull(args) -> int:
     from ..pacs.client import pull_series
     from .progress import terminal_job
 
-    check_output(args.output, args.overwrite)  # before the transfer, not after it
+    check_image_output(args.output, args.overwrite)  # before the transfer, not after it
     server = server_from(args)
     with terminal_job("pull", quiet=args.quiet) as job:
         item = pull_series(server, args.series, progress=job)

@@ -129,10 +129,11 @@ def _output_path(out: Path, name: str, single: bool) -> Path:
 
 def _segment_case(case: Path, case_name: str, out: Path, model, args, single: bool, label: str,
                   quiet: bool) -> list[dict]:
-    """Segment one input (several series for a DICOM folder) into ``<case_name>_seg.nii.gz``; one summary row
-    per output."""
-    from ..io import read_path, write_image
+    """Segment one input (several images for a folder of DICOM series) into ``<case_name>[_<image>]_seg.nii.gz``;
+    one summary row per output, naming the file each image came from."""
+    from ..io import write_image
     from ..tasks.segment import segment
+    from .case_items import case_items
     from .progress import terminal_job
 
     if not single and case.is_file():
@@ -140,22 +141,22 @@ def _segment_case(case: Path, case_name: str, out: Path, model, args, single: bo
         if target.exists() and not args.overwrite:
             return [{"input": str(case), "output": str(target), "status": "exists"}]
     rows = []
-    images = read_path(case)
-    if single and len(images) > 1 and _output_path(out, "", True) == out:
-        raise UserError(f"{case.name} holds {len(images)} series, which give {len(images)} label files; "
+    items = case_items(case)
+    if single and len(items) > 1 and _output_path(out, "", True) == out:
+        raise UserError(f"{case.name} holds {len(items)} series, which give {len(items)} label files; "
                         "name a folder as OUTPUT.")
-    for img in images:
+    for item in items:
         t0 = time.monotonic()
-        name = case_name + (f"_{img.name}" if len(images) > 1 else "")
-        target = _output_path(out, name, single and len(images) == 1)
+        img = item.image
+        target = _output_path(out, "_".join(filter(None, (case_name, item.name))), single and len(items) == 1)
         if not single and target.exists() and not args.overwrite:
-            rows.append({"input": str(case), "output": str(target), "status": "exists"})
+            rows.append({"input": item.source, "output": str(target), "status": "exists"})
             continue
         check_output(target, args.overwrite)
         with terminal_job(label, quiet=quiet) as job:
             labels = segment(img, model, axis=args.axis, device=args.device, tta=args.tta, progress=job)
         write_image(target, labels, img.geometry, overwrite=args.overwrite)
-        rows.append({"input": str(case), "output": str(target), "status": "written", "model": args.model_identity,
+        rows.append({"input": item.source, "output": str(target), "status": "written", "model": args.model_identity,
                      "seconds": f"{time.monotonic() - t0:.2f}"})
     return rows
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_budget, add_common, check_model_output, check_output, existing, int_list
+from .options import add_budget, add_common, check_image_output, check_model_output, existing, int_list
 from ..errors import UserError
 
 
@@ -56,7 +56,7 @@ def run(args) -> int:
 
     out = check_model_output(args.out, args.overwrite)
     if args.predict:
-        check_output(args.predict, args.overwrite)
+        check_image_output(args.predict, args.overwrite)
     image = read_path(args.image)[0]
     labels = read_path(args.labels)[0]
     if labels.data.shape != image.data.shape or not labels.geometry.same_grid(image.geometry):

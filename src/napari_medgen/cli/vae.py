@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_budget, add_common, add_window, check_model_output, check_output, existing, window_of
+from .options import add_budget, add_common, add_window, check_image_output, check_model_output, existing, window_of
 from .progress import terminal_job
 from ..errors import UserError
 
@@ -12,7 +12,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("vae-train", help="train a VAE on normal scans (2D, slice by slice)",
                        description="Train a VAE on normal scans (2D, slice by slice). --seconds is the whole "
                                    "run's budget: calibrating the anomaly thresholds on the validation slices (timed "
-                                   "on one slice first) comes out of it; training keeps at least half of it.",
+                                   "on one slice first) comes out of it; training keeps at least half of it. "
+                                   "Slices longer than 160 pixels (X-ray exports) are resampled to a working grid "
+                                   "of at most 160 pixels along their longer side; images are scored back on their "
+                                   "own grid.",
                        epilog="examples:\n  napari-medgen vae-train normal1.nii.gz normal2.nii.gz --mask brain1.nii.gz "
                               "brain2.nii.gz --out vae.medgen.pt\n"
                               "  napari-medgen vae-train NormalDataset/ --out vae.medgen.pt --seconds 600")
@@ -40,7 +43,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("vae-anomaly", help="anomaly heatmap, thresholded mask and per-slice scores",
                        description="Score every voxel of IMAGE for how far it departs from the normal anatomy the "
                                    "VAE learned; write the heatmap (and the thresholded mask) on IMAGE's grid and "
-                                   "list the slices with the largest anomalous area.",
+                                   "list the slices with the largest anomalous area (of a volume).",
                        epilog="example:\n  napari-medgen vae-anomaly patient.nii.gz --model vae.medgen.pt --mask "
                               "brain.nii.gz --out heat.nii.gz --mask-out anomalies.nii.gz")
     p.add_argument("image", type=existing, help="image file or DICOM folder to score")
@@ -161,7 +164,10 @@ def run_train(args) -> int:
     model.save(args.out)
     note = " (stopped early; best weights so far)" if hist["stopped"] else ""
     held = f"; validated on held-out {', '.join(hist['val_subjects'])}" if hist["val_subjects"] else ""
-    print(f"saved {args.out}{note}{held}")
+    grid = "x".join(str(n) for n in model.params.size)
+    mm = model.params.spacing and not model.config.training.get("pixel_grid")
+    at = f" of {' x '.join(f'{s:.3g}' for s in model.params.spacing)} mm" if mm else ""
+    print(f"saved {args.out}{note}{held}; working grid {grid} pixels{at}")
     return 0
 
 
@@ -171,7 +177,7 @@ def run_anomaly(args) -> int:
 
     for out in (args.out, args.mask_out):
         if out:
-            check_output(out, args.overwrite)
+            check_image_output(out, args.overwrite)
     img = _read(args.image)
     mask = _read(args.mask) if args.mask else None  # with its geometry: a mask on another grid is refused
     with terminal_job("vae-anomaly", args.quiet) as job:
@@ -182,9 +188,11 @@ def run_anomaly(args) -> int:
         write_image(args.mask_out, res.mask.astype("uint8"), img.geometry, overwrite=args.overwrite)
     order = [i for i in res.slice_scores.argsort()[::-1][: args.top] if res.slice_scores[i] > 0]
     print(f"method: {res.explanation}")
-    print(f"threshold {res.threshold:.4g}; {int(res.mask.sum())} anomalous voxels")
-    print(f"most anomalous slices along axis {res.axis}: "
-          + (", ".join(f"{i} ({res.slice_scores[i]} voxels)" for i in order) or "none"))
+    unit = "voxels" if res.mask.ndim == 3 else "pixels"
+    print(f"threshold {res.threshold:.4g}; {int(res.mask.sum())} anomalous {unit}")
+    if res.mask.ndim == 3:  # a 2D image is one slice: nothing to rank
+        print(f"most anomalous slices along axis {res.axis}: "
+              + (", ".join(f"{i} ({res.slice_scores[i]} voxels)" for i in order) or "none"))
     return 0
 
 
@@ -192,7 +200,7 @@ def run_reconstruct(args) -> int:
     from ..io import write_image
     from ..tasks.vae import reconstruct
 
-    check_output(args.out, args.overwrite)
+    check_image_output(args.out, args.overwrite)
     img = _read(args.image)
     mask = _read(args.mask) if args.mask else None
     with terminal_job("vae-reconstruct", args.quiet) as job:
@@ -208,7 +216,7 @@ def run_sample(args) -> int:
     from ..tasks.volume_input import check_count, stack_geometry
 
     check_count(args.n, "interpolation steps" if args.between else "samples")  # before anything is loaded
-    check_output(args.out, args.overwrite)
+    check_image_output(args.out, args.overwrite)
     model = _load(args.model)
     with terminal_job("vae-sample", args.quiet) as job:
         if args.between:

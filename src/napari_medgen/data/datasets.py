@@ -7,13 +7,15 @@ nnU-Net v2's ``labels`` and ``channel_names``.  :func:`discover` reads only name
 headers; :func:`load_case` reads one case, normalises it like inference does
 (:func:`~napari_medgen.data.normalize.normalize` on the native grid) and resamples it to the
 dataset's target spacing; :class:`CasePatchSampler` draws training patches from loaded cases.
+
+A cohort of 2D images (X-ray or ultrasound pictures, 2D NIfTI, one-slice files) is a cohort of one-slice
+volumes ``(1, H, W)``, cut along axis 0 and trained in 2D as they are stored (no reorientation: inference
+takes a 2D image as it is too).
 """
 from __future__ import annotations
 
 import json
 import re
-import warnings
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,17 +23,27 @@ import numpy as np
 import SimpleITK as sitk
 
 from .annotations import IGNORE
-from .normalize import MRI_DEFAULT, normalize
+from .normalize import normalize
 from .resample import resize, target_shape
 from ..errors import UserError
-from ..io.read import EXTENSIONS, _stem as case_stem, read_image  # case_stem: a name without its (double) extension
+from ..io.geometry import Geometry
+from ..io.read import ImageData, read_image
+from ..io.read import _stem as case_stem  # a name without its (double) extension
+from ..naming import EXTENSIONS, PICTURES
 from .orientation import reorientation, turn, turned
 
 CHANNEL = re.compile(r"_(\d{4})$")  # nnU-Net: case_0000 is channel 0 of "case"
 
 
+NO_SPACING = " gives no pixel spacing, "  # the reader's sentence on a picture or DICOM without a pixel size
+
+
 class DatasetError(UserError):
     """A dataset folder that is not a usable labelled cohort."""
+
+
+class LabelWarning(UserWarning):
+    """Label values that training takes in a way the user should check (stray values, 0/255 masks)."""
 
 
 @dataclass
@@ -52,9 +64,12 @@ class CohortDataset:
     modality: str = ""  # "CT" or "" (MRI and other arbitrary units)
 
 
-def image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path, ending: str = "") -> list[Path]:
+    """The image files (volumes, DICOM, 2D pictures) of ``folder``; only those ending in ``ending`` when given
+    (nnU-Net v2's ``file_ending``)."""
+    endings = (ending.lower(),) if ending else EXTENSIONS + PICTURES
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.name.lower().endswith(EXTENSIONS))
+                  and p.name.lower().endswith(endings))
 
 
 def _classes_from_json(labels) -> list:
@@ -95,7 +110,8 @@ def discover(root: "str | Path") -> CohortDataset:
     if isinstance(meta.get("training"), list) and meta["training"]:
         cases = _from_datalist(root, meta["training"])
     else:
-        cases = _from_folders(root)
+        ending = meta.get("file_ending")
+        cases = _from_folders(root, ending if isinstance(ending, str) else "")
     if not cases:
         raise DatasetError(f"{root} holds no labelled cases.")
     return CohortDataset(root, str(meta.get("name") or root.name), cases,
@@ -116,15 +132,15 @@ def _from_datalist(root: Path, items: list) -> list[Case]:
     return sorted(cases, key=lambda c: c.name)
 
 
-def _from_folders(root: Path) -> list[Case]:
+def _from_folders(root: Path, ending: str = "") -> list[Case]:
     img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
     if not img_dir.is_dir() or not lab_dir.is_dir():
         raise DatasetError(f"{root} is not a dataset folder: it needs imagesTr/ and labelsTr/ "
                            "(or a dataset.json with a 'training' list).")
     images: dict[str, list[Path]] = {}
-    for p in image_files(img_dir):
+    for p in image_files(img_dir, ending):
         images.setdefault(CHANNEL.sub("", case_stem(p)), []).append(p)
-    labels = {case_stem(p): p for p in image_files(lab_dir)}
+    labels = {case_stem(p): p for p in image_files(lab_dir, ending)}
     multi = [n for n, ps in images.items() if len(ps) > 1]
     if multi:
         raise DatasetError(f"Case {multi[0]} has {len(images[multi[0]])} channel files; only one-channel "
@@ -139,7 +155,8 @@ def _from_folders(root: Path) -> list[Case]:
 
 
 def header(path: Path) -> tuple[tuple, tuple, np.ndarray]:
-    """``(shape, spacing, direction)`` in napari order from the file header, without reading the voxels."""
+    """``(shape, spacing, direction)`` in napari order from the file header, without reading the voxels; a 2D
+    image or one-slice volume as the one-slice volume ``(1, H, W)`` that :func:`read_case` gives."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -147,19 +164,66 @@ def header(path: Path) -> tuple[tuple, tuple, np.ndarray]:
     except RuntimeError:
         raise DatasetError(f"Cannot read {path.name}: the file is corrupt or not an image.") from None
     n = reader.GetDimension()
+    if n not in (2, 3):
+        raise DatasetError(f"{path.name} has {n} dimensions (a time series?); cohort training takes one-channel "
+                           "2D images or 3D volumes.")
     direction = np.asarray(reader.GetDirection(), float).reshape(n, n)[::-1, ::-1]
-    return tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing())), direction
+    shape, spacing = tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing()))
+    if n == 2:
+        return (1, *shape), (1.0, *spacing), _with_slice_axis(direction)
+    if 1 not in shape:
+        return shape, spacing, direction
+    order = _slice_first(shape.index(1))  # the reader's one-slice rule: the first axis of one voxel
+    return tuple(shape[a] for a in order), tuple(spacing[a] for a in order), direction[:, order]
+
+
+def _slice_first(axis: int) -> list:
+    return [axis] + [a for a in range(3) if a != axis]
+
+
+def _with_slice_axis(direction: np.ndarray) -> np.ndarray:
+    """The 3D direction of a 2D grid of ``direction`` as a one-slice volume (the slice axis first, along z)."""
+    out = np.eye(3)
+    out[1:, 1:] = direction
+    return out
+
+
+def is_flat(shape) -> bool:
+    """A 2D case (a one-slice volume as :func:`header` gives it)."""
+    return shape[0] == 1
+
+
+def some_names(names: list, most: int = 3) -> str:
+    """The first ``most`` names, and how many more."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def check_dims(cases: list[Case], spatial_dims: int = 2, axis: int = 0) -> bool:
+    """True for a cohort of 2D images, False for one of volumes; one sentence for 2D images mixed with volumes,
+    or trained in 3D or along another axis.  Reads headers only."""
+    flat = [c.name for c in cases if is_flat(header(c.image)[0])]
+    if not flat:
+        return False
+    if len(flat) < len(cases):
+        volumes = [c.name for c in cases if c.name not in set(flat)]
+        raise DatasetError(f"The cohort mixes 2D images ({some_names(flat)}) with 3D volumes ({some_names(volumes)}); "
+                           "train one kind at a time.")
+    if spatial_dims == 3:
+        raise DatasetError("The cases are 2D images, and a 3D U-Net needs volumes: train them in 2D (--dims 2).")
+    if axis != 0:
+        raise DatasetError("The cases are 2D images, trained in their own plane: leave the slice axis at 0 (--axis 0).")
+    return True
 
 
 def fingerprint(cases: list[Case], spatial_dims: int = 2, axis: int = 0) -> dict:
     """The target ``spacing`` (the cases' median, nnU-Net's choice) and the median ``shape`` at it;
     in-plane (two values) for 2D training; and the ``orientation`` every case is stored in for training
-    (the first case's: see :func:`read_case`).  Reads headers only."""
+    (the first case's: see :func:`read_case`; None for 2D images, which are trained as stored).  Reads
+    headers only."""
     heads = [header(c.image) for c in cases]
-    if any(len(shape) != 3 for shape, _, _ in heads):
-        raise DatasetError("Cohort training needs one-channel 3D volumes.")
-    orientation = heads[0][2]
-    perms = [(reorientation(d, orientation) or ((0, 1, 2), None))[0] for _, _, d in heads]
+    flat = all(is_flat(shape) for shape, _, _ in heads)
+    orientation = None if flat else heads[0][2]
+    perms = [(0, 1, 2) if flat else (reorientation(d, orientation) or ((0, 1, 2), None))[0] for _, _, d in heads]
     shapes = np.array([[h[0][p] for p in perm] for h, perm in zip(heads, perms)], float)
     spacings = np.array([[h[1][p] for p in perm] for h, perm in zip(heads, perms)], float)
     if spatial_dims == 2:
@@ -167,7 +231,7 @@ def fingerprint(cases: list[Case], spatial_dims: int = 2, axis: int = 0) -> dict
     spacing = np.median(spacings, axis=0)
     shape = np.median(shapes * spacings / spacing, axis=0)
     return {"spacing": [float(s) for s in spacing], "shape": [int(round(s)) for s in shape],
-            "orientation": orientation.tolist()}
+            "orientation": None if orientation is None else orientation.tolist()}
 
 
 def split(cases: list, val_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:
@@ -183,15 +247,20 @@ def split(cases: list, val_fraction: float = 0.2, seed: int = 0) -> tuple[list, 
 
 def read_case(case: Case, orientation=None) -> tuple:
     """``(image ImageData, labels int array)`` of a case, checked to be on one grid; stored as ``orientation``
-    says (axes permuted and flipped, no resampling: every case of a cohort is cut into slices the same way)."""
-    image, labels = read_image(case.image), read_image(case.label)
-    if image.data.ndim != 3 or image.rgb:
-        raise DatasetError(f"{case.image.name} is not a one-channel 3D volume (shape {image.data.shape}).")
+    says (axes permuted and flipped, no resampling: every case of a cohort is cut into slices the same way).
+    A 2D case comes as the one-slice volume ``(1, H, W)``, its place in 3D kept when its file gave one."""
+    image, labels = _grey(read_image(case.image), case.image), _grey(read_image(case.label), case.label, True)
+    if image.data.ndim not in (2, 3) or image.data.ndim != image.geometry.ndim:
+        raise DatasetError(f"{case.image.name} is not a one-channel 2D image or 3D volume (shape {image.data.shape}).")
     if labels.data.shape != image.data.shape:
         raise DatasetError(f"{case.label.name} {labels.data.shape} does not match its image {image.data.shape}.")
+    if case.label.name.lower().endswith(PICTURES) and labels.geometry.same_grid(Geometry.identity(labels.data.ndim)):
+        labels.geometry = image.geometry  # a mask picture of no pixel size (PNG beside a DICOM X-ray): the image's grid
     if not labels.geometry.same_grid(image.geometry, atol=1e-2):
         raise DatasetError(f"{case.label.name} is not on the voxel grid of {case.image.name} (same shape, but "
                            "another spacing, origin or direction).")
+    if image.data.ndim == 2:
+        image, labels = _one_slice_volume(image), _one_slice_volume(labels)
     lab = labels.data
     if lab.dtype.kind == "f":
         if not np.array_equal(lab, np.round(lab)):
@@ -204,64 +273,32 @@ def read_case(case: Case, orientation=None) -> tuple:
     return image, lab.astype(np.int16)
 
 
-def foreground_sample(image: np.ndarray, labels: np.ndarray, name: str, n: int = 20000) -> np.ndarray:
-    """Up to ``n`` intensities under the labels' foreground, the same draw whichever process reads the case."""
-    values = np.asarray(image)[labels > 0]
-    if values.size > n:
-        rng = np.random.default_rng(zlib.crc32(name.encode()))
-        values = rng.choice(values, n, replace=False)
-    return values.astype(np.float32)
+def _grey(item: ImageData, path: Path, labels: bool = False) -> ImageData:
+    """``item`` with one channel: a colour picture whose red, green and blue agree (a grey X-ray or mask saved as
+    RGB) as that grey; one sentence for real colour (a palette PNG mask reads as colour)."""
+    if not item.rgb:
+        return item
+    rgb = item.data[..., :3]
+    opaque = item.data.shape[-1] == 3 or (item.data[..., 3] == item.data[..., 3].flat[0]).all()
+    if not (opaque and (rgb == rgb[..., :1]).all()):
+        if labels:
+            raise DatasetError(f"{path.name} is a colour image (a palette PNG?); label files hold class numbers in "
+                               "one channel, so save them as a grey image of 0, 1, 2, ...")
+        raise DatasetError(f"{path.name} is a colour image; cohort training takes grey-value images, so save it "
+                           "in grey values (one channel).")
+    return ImageData(np.ascontiguousarray(rgb[..., 0]), item.geometry, item.name, item.kind, item.metadata)
 
 
-def label_values(labels: np.ndarray) -> set:
-    """The label values present (slice by slice: no sorted copy of a large volume)."""
-    return set().union(*(np.unique(part).tolist() for part in np.asarray(labels).reshape(len(labels), -1)))
-
-
-def _names(names: list, most: int = 3) -> str:
-    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
-def check_one_modality(facts: list) -> None:
-    """One sentence when a cohort mixes scans in Hounsfield units with others: one CT window would flatten
-    the others (a cohort's CT window is shared by all its cases)."""
-    ct = [name for name, is_ct, _ in facts if is_ct]
-    other = [name for name, is_ct, _ in facts if not is_ct]
-    if ct and other:
-        raise DatasetError(f"The cohort mixes CT scans in Hounsfield units ({_names(ct)}) with other scans "
-                           f"({_names(other)}); one normalisation cannot serve both, so train one modality at a time.")
-
-
-def warn_unusual_labels(facts: list) -> None:
-    """Warn (without a dataset.json naming the classes) about label values no case holds below the largest, or
-    held by one case only among several: a stray value becomes a class of its own."""
-    present = {}
-    for name, _, values in facts:
-        for v in values:
-            present.setdefault(int(v), []).append(name)
-    top = max(present, default=0)
-    missing = [v for v in range(1, top) if v not in present]
-    lone = {v: names[0] for v, names in present.items() if v > 0 and len(names) == 1} if len(facts) >= 3 else {}
-    parts = []
-    if lone:
-        parts.append("label value" + "s" * (len(lone) > 1) + " " + ", ".join(f"{v} only in {n}" for v, n in lone.items()))
-    if missing:
-        parts.append(f"no case holds label value{'s' * (len(missing) > 1)} {', '.join(map(str, missing))}")
-    if parts:
-        warnings.warn(f"Check the labels: {'; '.join(parts)}; each value up to {top} becomes a class (a dataset.json "
-                      "naming the classes makes a stray value an error).", stacklevel=2)
-
-
-def dataset_normalization(modality: str, samples: list) -> dict:
-    """nnU-Net's scheme: CT gets one window from the cohort's foreground percentiles (0.5, 99.5);
-    other modalities are scaled per image by their own percentiles."""
-    if modality != "CT":
-        return dict(MRI_DEFAULT)
-    values = np.concatenate([s for s in samples if s.size] or [np.zeros(1, np.float32)])
-    lo, hi = np.percentile(values, [0.5, 99.5])
-    if hi <= lo:
-        raise DatasetError("The CT labels' foreground has one intensity only; cannot set a window.")
-    return {"kind": "window", "low": float(lo), "high": float(hi)}
+def _one_slice_volume(item: ImageData) -> ImageData:
+    """A 2D ImageData as the one-slice volume ``(1, H, W)``: in the volume it was read from (its
+    :class:`~napari_medgen.io.geometry.Plane`), with that volume's spacing across the slice, else 1 mm."""
+    geo, plane = item.geometry, item.geometry.plane
+    if plane is None:
+        volume = Geometry((1.0, *geo.spacing), (0.0, *geo.origin), _with_slice_axis(geo.direction))
+    else:
+        order, v = _slice_first(plane.axis), plane.volume
+        volume = Geometry(tuple(v.spacing[a] for a in order), v.origin, v.direction[:, order])
+    return ImageData(item.data[None], volume, item.name, item.kind, item.metadata)
 
 
 def load_case(image, labels: np.ndarray, spec: dict, spacing, spatial_dims: int = 2, axis: int = 0,

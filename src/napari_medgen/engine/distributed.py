@@ -13,12 +13,12 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
+from ..atomic import replacing
 from ..errors import UserError
 
 
@@ -199,14 +199,8 @@ def merge_summary(rows: list[dict], path: "str | os.PathLike", fields: Sequence[
     writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(everyone)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.partial")
-    try:
+    with replacing(path) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
     return everyone
 
 

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .geometry import Geometry
+from .calibration import calibrate
 from ..errors import UserError
 
 NOT_IMAGES = ("RTSTRUCT", "SEG", "RTPLAN", "RTDOSE", "SR", "PR", "KO")
@@ -72,8 +73,10 @@ def read_series(files: "tuple[str, ...]", name: str):
 
 def read_frames(path, name: str):
     """One DICOM file as :func:`read_series` reads a series: the frames of an enhanced multi-frame image are
-    placed by their own positions (GDCM stacks them as stored, and gives up its geometry when they are unsorted)."""
+    placed by their own positions (GDCM stacks them as stored, and gives up its geometry when they are unsorted);
+    an ultrasound image's pixel size comes from its regions when it gives no Pixel Spacing."""
     img = sitk.ReadImage(str(path))
+    calibrate(img, path)
     arr = sitk.GetArrayViewFromImage(img)
     frames = _frame_geometry(path) if img.GetDimension() == 3 and arr.ndim == 3 and arr.shape[0] > 1 else None
     if frames is None or len(frames[0]) != arr.shape[0]:

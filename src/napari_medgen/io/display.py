@@ -2,6 +2,8 @@
 (napari's default, the full value range, shows a head CT's brain as one flat grey between air and bone)."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..data.normalize import apparent_modality
 
 CT_SOFT_TISSUE = (-160.0, 240.0)  # level 40 HU, width 400 HU
@@ -39,3 +41,14 @@ def initial_contrast(item) -> tuple[float, float] | None:
     if apparent_modality(item.data, item.metadata.get("modality")) == "CT":
         return CT_SOFT_TISSUE
     return None
+
+
+def eight_bit_colour(data: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Colour pixels of wider unsigned integers (a 16-bit RGB or palette DICOM) as 8-bit colour, as every other
+    colour image is read (napari shows 8 bits per channel; a 16-bit palette holds 8-bit colours times 257), and
+    whether that kept every value (False: rounded)."""
+    if data.dtype == np.uint8 or data.dtype.kind != "u":
+        return data, True
+    top = float(np.iinfo(data.dtype).max)
+    scaled = np.rint(data.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+    return scaled, bool(np.array_equal(np.rint(scaled * (top / 255.0)), data))

@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .calibration import NO_SPACING, spacing_notes
 from .dicom import NOT_IMAGES, DicomSeriesError, read_frames, read_series
-from .display import dicom_window, initial_contrast
+from .display import dicom_window, eight_bit_colour, initial_contrast
 from .geometry import Geometry
 from .header import nifti_header, voxel_bytes
 from .nifti_shear import is_nifti2, is_shear_error, read_sheared, sform_sheared
 from .nifti_slice import vector_slice_geometry
 from ..errors import UserError
-from ..naming import EXTENSIONS, LABEL_NAME, image_stem
+from ..naming import EXTENSIONS, LABEL_NAME, PICTURES, distinct, image_stem
 
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
 MAX_LABELS = 128  # values of an 8-bit file named as labels (TotalSegmentator: 117 classes); a scan has more levels
@@ -73,8 +74,8 @@ def is_supported(path: "str | os.PathLike") -> bool:
 
 def read_path(path: "str | os.PathLike") -> list[ImageData]:
     """Read a file or a folder; a folder gives one item per time series (cine file, DICOM series whose slice
-    positions repeat over time, two or more 2D frames), other DICOM series and volume file in it, then its DICOM
-    SEG objects as Labels on their source series' grid."""
+    positions repeat over time, two or more 2D pictures of one size), other DICOM series and image file in it,
+    then its DICOM SEG objects as Labels on their source series' grid, each under a name of its own."""
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"{p} does not exist.")
@@ -86,11 +87,22 @@ def read_path(path: "str | os.PathLike") -> list[ImageData]:
     headers = dicom_headers(p)  # each DICOM header read once, for the SEG objects, the time series and the series
     segs = [f for f, info in headers.items() if _is_seg(f, info)]
     if not segs:
-        return _read_folder(p, headers, required=True)
+        return _named_apart(_read_folder(p, headers, required=True))
     with warnings.catch_warnings():  # the SEG series it skips are read below
         warnings.filterwarnings("ignore", "Skipped a DICOM series .*SEG objects", ImageReadWarning)
         images = _read_folder(p, headers, required=False)  # a folder may hold only SEG objects
-    return images + _read_segs(p, segs, images)
+    return _named_apart(images + _read_segs(p, segs, images))
+
+
+def _named_apart(items: list[ImageData]) -> list[ImageData]:
+    """A folder's items under distinct names (layers, and the batch verbs' outputs, are named by them): a name
+    several share gets its series number, else its folder's name, else the end of its series UID."""
+    hints = [[f"series {it.metadata['series_number']}" if it.metadata.get("series_number") else "",
+              Path(str(it.metadata.get("source", ""))).name, str(it.metadata.get("series_uid") or "")[-8:]]
+             for it in items]
+    for item, name in zip(items, distinct([it.name for it in items], hints)):
+        item.name = name
+    return items
 
 
 def _read_folder(p: Path, headers: dict, required: bool) -> list[ImageData]:
@@ -99,11 +111,26 @@ def _read_folder(p: Path, headers: dict, required: bool) -> list[ImageData]:
     from .timeseries import read_time_series, split_image_files
     frames, singles = split_image_files(p)
     series = read_time_series(p, frames, headers) or []
-    volumes = [read_image(f) for f in singles]
+    volumes = _read_files(singles)
     taken = {it.metadata.get("series_uid") for it in series} - {None}
     if not headers and (series or volumes):
         return series + volumes
     return series + _read_dicom_folder(p, headers, skip=taken, required=required and not (series or volumes)) + volumes
+
+
+def _read_files(files: list[Path]) -> list[ImageData]:
+    """Each of a folder's own image files; that its pictures give no pixel spacing is said once for them all."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [read_image(f) for f in files]
+    unscaled = [str(w.message).split(NO_SPACING)[0] for w in caught if NO_SPACING in str(w.message)]  # pictures'
+    for w in caught:
+        if len(unscaled) < 2 or NO_SPACING not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if len(unscaled) > 1:
+        warnings.warn(ImageReadWarning(f"{len(unscaled)} pictures ({unscaled[0]}, ...) give no pixel spacing, so 1 mm "
+                                       "per pixel is assumed; their sizes in mm are not real."), stacklevel=4)
+    return items
 
 
 def _is_seg(f: Path, info=None) -> bool:
@@ -168,9 +195,9 @@ def read_image(path: "str | os.PathLike") -> ImageData:
         raise ImageReadError(f"Cannot read {p.name}: the file is corrupt, truncated or not an image "
                              f"({_first_line(err)}).") from None
     meta = {"source": str(p), "modality": _tag(img, "0008|0060"), "window": _window(img), **extra}
-    if _looks_dicom(p) and geo is None:  # an enhanced multi-frame file gives its spacing per frame
-        notes = notes + _spacing_notes(img, p.name)
-    item = _with_notes(_to_image_data(img, _stem(p), meta), arr, geo, notes)
+    if geo is None and (_looks_dicom(p) or p.name.lower().endswith(PICTURES)):  # enhanced: spacing per frame
+        notes = notes + spacing_notes(img, p.name, _looks_dicom(p))
+    item = _with_notes(_to_image_data(img, _stem(p), meta, _looks_dicom(p)), arr, geo, notes)
     volume = vector_slice_geometry(head) if img.GetDimension() == 2 and img.GetNumberOfComponentsPerPixel() > 1 else None
     if volume is not None:  # a NIfTI colour slice, which ITK reads 2D: the one-slice volume it is, placed below
         item.data, item.geometry = np.expand_dims(item.data, 0 if item.rgb else 1), volume
@@ -198,12 +225,18 @@ def _read_file(p: Path, head: bytes) -> sitk.Image:
     return img
 
 
-def _to_image_data(img, name: str, meta: dict) -> ImageData:
+def _to_image_data(img, name: str, meta: dict, dicom: bool = False) -> ImageData:
+    """``img`` as an ImageData; colour is RGB(A) of 8 bits, as is a ``dicom`` file's colour of 16 or 32 bits."""
     ncomp = img.GetNumberOfComponentsPerPixel()
     data = sitk.GetArrayFromImage(img)
     ndim = img.GetDimension()
     rgb = False
     if ncomp > 1:
+        if ncomp in (3, 4) and dicom and data.dtype.kind == "u" and data.dtype != np.uint8:
+            data, kept = eight_bit_colour(data)
+            if not kept:
+                warnings.warn(ImageReadWarning(f"{name}: its {8 * img.GetSizeOfPixelComponent()}-bit colour is "
+                                               "shown as 8-bit colour (values rounded)."), stacklevel=3)
         if ncomp in (3, 4) and data.dtype == np.uint8:
             rgb = True
         else:  # vector image: channels first, shown as an extra leading axis
@@ -252,8 +285,9 @@ def _read_dicom_folder(folder: Path, files, skip=(), required: bool = True) -> l
     out: list[ImageData] = []
     skipped: list[str] = []
     for d in dirs:
-        for sid in [s for s in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or () if s not in skip]:
-            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid)
+        series = [(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid), sid)
+                  for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or () if sid not in skip]
+        for files, sid in sorted(series, key=lambda fs: min(fs[0])):  # in the order of their files' names
             try:
                 out.append(_read_series(files, sid))
             except (RuntimeError, ImageReadError, DicomSeriesError) as err:
@@ -274,12 +308,13 @@ def _read_series(files: tuple, sid: str) -> ImageData:
     modality = _tag(info, "0008|0060")
     if modality in NOT_IMAGES:
         raise ImageReadError(f"{modality} objects are not images")
-    number = _tag(info, "0020|0011")  # without a description: "CT series 3", which a user finds on the scanner's list
-    desc = _tag(info, "0008|103e") or f"{modality or 'DICOM'} series {number or sid[-12:]}"
-    img, arr, geo, notes, extra = read_series(files, desc)
-    meta = {"source": str(Path(files[0]).parent), "modality": modality, "series_uid": sid,
+    number, given = _tag(info, "0020|0011"), _tag(info, "0008|103e")
+    desc = given or f"{modality or 'DICOM'} series {number or sid[-12:]}"  # "CT series 3", as the scanner lists it
+    name = desc if given or len(files) > 1 else _stem(files[0])  # an X-ray or US file: named as a volume file is
+    img, arr, geo, notes, extra = read_series(files, name)
+    meta = {"source": str(Path(files[0]).parent), "modality": modality, "series_uid": sid, "series_number": number,
             "series_description": desc, "n_files": len(files), "window": _window(info), **extra}
-    item = _one_slice(_with_notes(_to_image_data(img, desc, meta), arr, geo, notes))
+    item = _one_slice(_with_notes(_to_image_data(img, name, meta, dicom=True), arr, geo, notes))
     item.kind = "image"
     return item
 
@@ -344,21 +379,6 @@ def _looks_dicom(f: Path) -> bool:
             return fh.read(4) == b"DICM"
     except OSError:
         return False
-
-
-def _spacing_notes(img, name: str) -> list:
-    """A sentence when a DICOM file gives no pixel spacing (absent, or 0 as some X-rays write), which ITK takes as 1 mm."""
-    given = _tag(img, "0028|0030")
-    if not np.allclose(img.GetSpacing()[:2], 1.0):  # a spacing came from somewhere (e.g. ImagerPixelSpacing)
-        return []
-    try:
-        if given and min(float(v) for v in given.split("\\")) > 0:
-            return []
-    except ValueError:
-        pass
-    shown = given.replace(chr(92), "/") or "absent"
-    return [f"{name} gives no pixel spacing (PixelSpacing {shown}), so 1 mm per pixel is assumed; its sizes in "
-            "mm are not real."]
 
 
 def _tag(obj, key: str) -> str:

@@ -20,8 +20,10 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import replacing
 from ..errors import UserError
 from .geometry import Geometry
+from .calibration import calibrate
 from ..naming import LABEL_NAME, PICTURES
 from .read import (EXTENSIONS, ImageData, ImageReadError, ImageReadWarning, _first_line, _looks_dicom,
                    _stem, _tag, _walk_files, _window)
@@ -32,6 +34,7 @@ VOLUME_EXTENSIONS = tuple(e for e in EXTENSIONS if e != ".dcm")  # frames only w
 MIN_FRAMES = 2
 TEMPORAL_POSITION, TRIGGER_TIME, FRAME_TIME = "0020|0100", "0018|1060", "0018|1063"
 POSITION, ORIENTATION, FRAMES = "0020|0032", "0020|0037", "0028|0008"
+US_VOLUME = "1.2.840.10008.5.1.4.1.1.6.2"  # Enhanced US Volume: its frames are slices
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 weights of R, G, B
 
 
@@ -113,16 +116,19 @@ def _info(path: Path) -> Optional[sitk.ImageFileReader]:
 
 
 def _cine_dicom(path: Path, info) -> Optional[ImageData]:
-    """A multi-frame DICOM whose frames are times (Frame Time or Frame Time Vector present)."""
+    """A multi-frame DICOM whose frames are times: Frame Time or Frame Time Vector present, or an ultrasound
+    multi-frame image (a loop; an enhanced US volume's frames are slices), then a step of one frame."""
     if info is None or (_number(_tag(info, FRAMES)) or 1) < MIN_FRAMES:
         return None
     step = _number(_tag(info, FRAME_TIME))
     vector = _numbers(_tag(info, "0018|1065"))
     if step is None and len(vector) > 1:
         step = float(np.median(vector[1:]))
-    if step is None:
+    loop = _tag(info, "0008|0060") == "US" and _tag(info, "0008|0016") != US_VOLUME
+    if step is None and not loop:
         return None  # frames are slices, not times
     img = sitk.ReadImage(str(path))
+    calibrate(img, path)
     data = sitk.GetArrayFromImage(img)
     if img.GetNumberOfComponentsPerPixel() > 1:
         data = _grey(data, path.name, img.GetNumberOfComponentsPerPixel())
@@ -131,7 +137,8 @@ def _cine_dicom(path: Path, info) -> Optional[ImageData]:
     geo = Geometry(g3.spacing[1:], g3.origin[1:], g3.direction[1:, 1:])
     meta = {"source": str(path), "modality": _tag(info, "0008|0060"), "series_uid": _tag(info, "0020|000e"),
             "window": _window(info)}  # for the values as read (a MONOCHROME1 file's mirrored)
-    return mark_time_series(ImageData(data, geo, _stem(path), "image", meta), step / 1000.0, "s")
+    item = ImageData(data, geo, _stem(path), "image", meta)
+    return mark_time_series(item, *((step / 1000.0, "s") if step is not None else (1.0, "frame")))
 
 
 # --- DICOM series with temporal positions ------------------------------------------------------
@@ -234,12 +241,12 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _frame_files(files: list[Path]) -> list[Path]:
-    """The frames of one time series among a folder's image files: its 2D raster images (two or more), else its
-    volume files when they are two or more images of one size named alike but for numbers (visit_1, visit_2: a
-    4D CT stored one file per time point), none named as labels; [] otherwise (a case with its label map, the
-    contrasts of a case such as t1/t2/flair, a dataset of cases)."""
+    """The frames of one time series among a folder's image files: its 2D raster images (two or more) when they
+    are of one size, else its volume files when they are two or more images of one size named alike but for
+    numbers (visit_1, visit_2: a 4D CT stored one file per time point), none named as labels; [] otherwise (a case
+    with its label map, the contrasts of a case such as t1/t2/flair, a dataset of cases or of X-ray exports)."""
     rasters = [f for f in files if f.name.lower().endswith(RASTER_EXTENSIONS) and not LABEL_NAME.search(f.name)]
-    if len(rasters) >= MIN_FRAMES:
+    if len(rasters) >= MIN_FRAMES and len({_size(f) for f in rasters}) == 1:
         return rasters
     volumes = [f for f in files if f not in rasters]
     if len(volumes) < MIN_FRAMES or not _numbered_alike(volumes) or any(LABEL_NAME.search(f.name) for f in volumes):
@@ -316,15 +323,11 @@ def write_time_series(path: "str | os.PathLike", data: np.ndarray, geometry: Opt
     direction = np.eye(4)
     direction[1:, 1:] = geo.direction
     Geometry((float(step),) + geo.spacing, (0.0,) + geo.origin, direction).apply_to_sitk(img)
-    tmp = p.with_name(f".{p.name[: -len(ext)]}.partial{ext}")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(img, str(tmp), True)
-        os.replace(tmp, p)
+        with replacing(p) as tmp:  # check_writable refused an existing file
+            sitk.WriteImage(img, str(tmp), True)
     except (OSError, RuntimeError) as err:
         raise UserError(f"Cannot write {p}: {_first_line(err)}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return str(p)
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import Geometry
+from ..atomic import replacing
 from ..errors import UserError
 
 WRITE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -43,18 +43,11 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
         raise UserError(f"Cannot write a {arr.ndim - rgb}D {'RGB ' if rgb else ''}array with {geo.ndim}D geometry.")
     img = sitk.GetImageFromArray(arr, isVector=rgb)
     geo.apply_to_sitk(img)
-    tmp = None
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.partial", dir=p.parent))
-        sitk.WriteImage(img, str(tmp / p.name), True)
-        for f in sorted(tmp.iterdir(), key=lambda f: f.name == p.name):  # a detached data file first, the header last
-            os.replace(f, p.parent / f.name)
+        with replacing(p, folder=True) as tmp:  # check_writable refused an existing file
+            sitk.WriteImage(img, str(tmp / p.name), True)
     except (OSError, RuntimeError) as err:
         raise UserError(f"Cannot write {p}: {(str(err).strip().splitlines() or [type(err).__name__])[-1][:200]}") from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return str(p)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from monai.networks import nets
 
+from ..atomic import replacing
 from ..errors import UserError
 from .config import CONFIG_VERSION, ModelConfig, NetSpec, Task
 
@@ -142,12 +143,8 @@ class Model:
                    "saved": dict(self.saved),
                    "networks": {k: {n: t.detach().cpu() for n, t in v.state_dict().items()}
                                 for k, v in self.networks.items()}}
-        tmp = p.with_name(p.name + ".partial")
-        try:
+        with replacing(p) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
         return str(p)
 
     @classmethod

@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
+from ..atomic import replacing
 from ..data.orientation import reorientation, turned
 from ..errors import UserError
 from ..io.dicom import shear_degrees
@@ -150,17 +151,9 @@ def grid_difference(shape_a: tuple, a: Geometry, shape_b: tuple, b: Geometry, at
 
 def write_seg(path: "str | os.PathLike", seg: pydicom.Dataset, overwrite: bool = False) -> str:
     """Write a SEG (or any dataset) atomically; refuses to overwrite unless asked."""
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise FileExistsError(f"{p} already exists; not overwriting it.")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.partial")
-    try:
+    with replacing(path, overwrite) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return str(p)
+    return str(Path(path))
 
 
 def referenced_series(ds: pydicom.Dataset) -> Optional[str]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import platformdirs
 
+from ..atomic import replacing
+
 CONFIG_ENV = "MEDGEN_CONFIG_DIR"  # overrides the config dir (tests, portable installs)
 MAX_SERVERS = 10
 
@@ -29,8 +31,5 @@ def load_servers() -> list[dict]:
 def remember_server(url: str, user: str = "") -> None:
     """Put a server first in the list (the password is never written)."""
     items = [{"url": url, "user": user}] + [i for i in load_servers() if i["url"] != url]
-    path = servers_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(items[:MAX_SERVERS], indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(servers_file()) as tmp:
+        tmp.write_text(json.dumps(items[:MAX_SERVERS], indent=1), encoding="utf-8")

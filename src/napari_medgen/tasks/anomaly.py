@@ -55,8 +55,7 @@ DEFAULTS = {"method": "combined", "sign": "both", "percentile": 99.0, "median": 
             "samples": 8, "restore_steps": 30, "restore_weight": 0.05, "restore_lr": 0.1}
 EXPLAIN = {
     "combined": "combined: brighter than normal from plain intensity (what a threshold sees), darker than normal "
-                "from the VAE restoration residual, centred per tissue and calibrated on normal scans (normal CSF "
-                "is dark too)",
+                "from the VAE restoration residual, centred per tissue and calibrated on normal scans",
     "restoration": "VAE restoration residual: what the VAE removes when asked for the nearest normal image",
     "samples": "mean of VAE posterior samples: reconstruction residual averaged over samples",
     "residual": "plain VAE reconstruction residual (fast, blurrier)",
@@ -259,14 +258,18 @@ def calibrate(model: Model, val_slices: np.ndarray, device: str = "auto", job: J
 
 
 def calibration_seconds(model: Model, val_slices: np.ndarray, unclipped: np.ndarray, device: str = "auto",
-                        job: Job | None = None) -> float:
+                        job: Job | None = None, enough: float = float("inf")) -> float:
     """About how long :func:`calibrate` takes on ``val_slices``: one slice calibrated on a copy of the model,
-    timed after a warm-up run (the first run pays for setting up the network), times the number of slices."""
+    timed after a warm-up run (the first run pays for setting up the network) unless that run already took
+    ``enough`` seconds (a second one would eat into the budget), times the number of slices."""
     probe = model.copy()
     for _ in range(2):
         t0 = time.monotonic()
         calibrate(probe, val_slices[:1], device=device, job=job, unclipped=unclipped[:1])
-    return (time.monotonic() - t0) * len(val_slices)
+        took = time.monotonic() - t0
+        if took >= enough:
+            break
+    return took * len(val_slices)
 
 
 def normal_threshold(model: Model, method: str, sign: str, percentile: float) -> float:
@@ -278,11 +281,19 @@ def normal_threshold(model: Model, method: str, sign: str, percentile: float) ->
     return float(np.interp(percentile, cal["percentiles"], vals))
 
 
-def _explain(method: str, which: np.ndarray | None, binary: np.ndarray) -> str:
-    text = EXPLAIN[method]
+def brain_mri(model: Model, ndim: int) -> bool:
+    """Whether the model's normal scans look like brain MRI: volumes (``ndim`` of the scored image for models
+    that did not record theirs) scaled one by one, named MR or unnamed (as NIfTI brains are), not CT."""
+    done = model.config.training or {}
+    return ((model.config.normalization or {}).get("kind") != "window" and done.get("modality", "") in ("", "MR")
+            and done.get("ndim", ndim) == 3)
+
+
+def _explain(method: str, which: np.ndarray | None, binary: np.ndarray, brain: bool = False) -> str:
+    text = EXPLAIN[method] + (" (normal CSF is dark too)" if brain and method == "combined" else "")
     if which is not None and binary.any():
         shares = np.bincount(which[binary], minlength=len(PARTS)) / binary.sum()
-        text += ". Flagged voxels, by the part that flagged them: " + ", ".join(
+        text += f". Flagged {'voxels' if binary.ndim == 3 else 'pixels'}, by the part that flagged them: " + ", ".join(
             f"{PART_NAMES[p]} {100 * v:.0f}%" for p, v in zip(PARTS, shares)) + "."
     return text
 
@@ -345,4 +356,5 @@ def anomaly_map(model: Model, image, mask=None, *, method: str | None = None, si
     binary = anomaly_mask(score, thr, opts["min_size"])
     job.report(2, 2, "scored")
     return AnomalyResult(score, thr, binary, slice_scores(binary, axis), axis, normal_vol, msgs, opts["method"],
-                         opts["sign"], int(opts["min_size"]), _explain(opts["method"], which, binary))
+                         opts["sign"], int(opts["min_size"]),
+                         _explain(opts["method"], which, binary, brain_mri(model, prep.volume.ndim)))

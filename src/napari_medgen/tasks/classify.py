@@ -30,7 +30,7 @@ from ..models.encoders import (HEATMAP_LAYER, EvidenceClassifier, check_pooling,
                                size_multiple, transfer)
 from .classify_data import DEFAULT_SPEC, as_image, as_images, default_spacing, encode_labels, prepare, to_image_grid
 from .classify_training import ClassifierTask, NotValidatedWarning, classification_metrics, predict
-from .model_fit import ModelMismatchWarning, modality_doubt
+from .model_fit import ModelMismatchWarning, extent_doubt, modality_doubt, spacing_doubt
 
 DEFAULT_SIZE = {2: (128, 128), 3: (64, 64, 64)}
 
@@ -46,6 +46,7 @@ class ClassificationResult:
     target: object = None  # the class the heatmap explains
     slice_scores: Optional[np.ndarray] = None  # volumes: heatmap maximum per slice along axis 0
     top_slices: list = field(default_factory=list)  # slice indices, highest score first
+    warnings: list = field(default_factory=list)  # sentences: how the image differs from the training images
 
 
 def unit_scale(cam: torch.Tensor) -> torch.Tensor:
@@ -166,7 +167,7 @@ def train_classifier(images, labels, *, classes=None, val_images=None, val_label
     model.config.params.metrics = history.get("metrics")
     model.config.training = {k: history[k] for k in ("best_step", "best_metric", "returned", "stopped", "seconds",
                                                      "device", "n_train", "n_val", "frozen_layers")}
-    model.config.training["modality"] = training_modality(imgs)
+    model.config.training.update(modality=training_modality(imgs), field_of_view_mm=field_of_view(imgs))
     return model, history
 
 
@@ -187,9 +188,8 @@ def classify(model, image, *, target=None, heatmap: bool = True, device="auto",
             result.heatmap = turn_back(result.heatmap, how)
             result.slice_scores, result.top_slices = _slices(result.heatmap)
         return result
-    doubt = modality_doubt(img.data, str(m.config.training.get("modality", "")), m.name, modality_of(img),
-                           "its class is likely wrong")
-    if doubt:
+    doubts = classifier_doubts(m, img)
+    for doubt in doubts:
         warnings.warn(ModelMismatchWarning(doubt), stacklevel=2)
     dev = select_device(device)
     net = network(m).to(dev).eval()
@@ -200,7 +200,8 @@ def classify(model, image, *, target=None, heatmap: bool = True, device="auto",
         probs = predict(net, x[None], dev)[0]
     classes = list(p.classes)
     label = classes[int(probs.argmax())]
-    result = ClassificationResult(label, {c: float(q) for c, q in zip(classes, probs)}, geometry=img.geometry)
+    result = ClassificationResult(label, {c: float(q) for c, q in zip(classes, probs)}, geometry=img.geometry,
+                                  warnings=doubts)
     if heatmap:
         job.report(1, 2, "heatmap")
         job.check()
@@ -217,6 +218,25 @@ def classify(model, image, *, target=None, heatmap: bool = True, device="auto",
     net.cpu()
     job.report(2, 2, "done")
     return result
+
+
+def classifier_doubts(model: Model, image) -> list[str]:
+    """How ``image`` differs from the images ``model`` was trained on: modality, voxels coarser than its grid,
+    a field of view far wider or narrower (one sentence each; segmentation's checks, :mod:`.model_fit`)."""
+    p, name, spacing = model.params, model.name, np.asarray(image.geometry.spacing, dtype=float)
+    view = float(max(np.asarray(p.size) * np.asarray(p.spacing)))  # the grid: what it sees of an image, mm
+    fov = model.config.training.get("field_of_view_mm") or [view, view]  # (a model from before it was recorded)
+    doubts = [modality_doubt(image.data, str(model.config.training.get("modality", "")), name, modality_of(image),
+                             "its class is likely wrong"),
+              spacing_doubt(spacing, p.spacing, name, finer=False),  # a finer image is shrunk as the training ones
+              extent_doubt(float(max(np.asarray(image.data.shape) * spacing)), fov, name, view)]
+    return [d for d in doubts if d]
+
+
+def field_of_view(images: list) -> list[float]:
+    """The narrowest and widest of the images' largest extents, mm."""
+    extents = [float(max(np.asarray(im.data.shape) * np.asarray(im.geometry.spacing))) for im in images]
+    return [min(extents), max(extents)]
 
 
 def training_modality(images: list) -> str:

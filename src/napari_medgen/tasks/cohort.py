@@ -11,15 +11,17 @@ writes checkpoints.  The result is an ordinary segmentation model (Segment / Fin
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data.augment import augment_batch
-from ..data.datasets import (CasePatchSampler, DatasetError, check_one_modality, dataset_normalization, discover,
-                             fingerprint, foreground_sample, label_values, load_case, read_case, split,
-                             warn_unusual_labels)
+from ..data.cohort_checks import (binary_value, check_one_modality, dataset_normalization, foreground_sample,
+                                  label_values, spacing_said_once, warn_unusual_labels)
+from ..data.datasets import (CasePatchSampler, DatasetError, LabelWarning, check_dims, discover, fingerprint,
+                             load_case, read_case, split)
 from ..data.normalize import resolve
 from ..data.sampling import patch_size_for
 from ..data.slices import evenly_spread
@@ -153,7 +155,8 @@ def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, se
     steps alone is reproducible.  ``checkpoint`` (a path) is written by rank 0 at validations, at most
     every ``checkpoint_seconds``; ``resume=True`` continues from it, with the steps and seconds it
     already used taken off the budget.  Under torchrun the process group is joined here; each rank
-    reads its share of the cases.
+    reads its share of the cases.  A folder of 2D images (grey PNG, 2D NIfTI, single DICOM files) trains in 2D
+    on them as stored; binary masks saved as 0 and 255 train as classes 0 and 1, with a warning.
     Returns ``(model, history)`` on every rank; the model's ``config.training`` records the
     world size, the samples seen and the cases used.
     """
@@ -165,6 +168,7 @@ def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, se
     if steps is None and seconds is None:
         steps = 1000
     ds = discover(dataset)
+    check_dims(ds.cases, spatial_dims, axis)
     train, val = split(ds.cases, val_fraction, seed)
     fp = fingerprint(train, spatial_dims, axis)
     my_train, my_val = dist.shard(train), dist.shard(val)
@@ -178,14 +182,19 @@ def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, se
         return dataset_normalization("CT", [s for part in dist.gather(samples) for s in part])
 
     facts = []
-    spec, train_data = _load_shard(my_train, spec_of, fp, spatial_dims, axis, ds.modality, job, "training", facts)
-    _, val_data = _load_shard(my_val, lambda _: spec, fp, spatial_dims, axis, ds.modality, job, "validation", facts)
+    with spacing_said_once(my_train + my_val, share=_to_rank0):
+        spec, train_data = _load_shard(my_train, spec_of, fp, spatial_dims, axis, ds.modality, job, "training", facts)
+        _, val_data = _load_shard(my_val, lambda _: spec, fp, spatial_dims, axis, ds.modality, job, "validation",
+                                  facts)
     facts = [f for part in dist.gather(facts) for f in part]
     check_one_modality(facts)
+    mask_value = binary_value(facts, ds.classes)
+    if mask_value is not None:
+        facts = _as_class_one(mask_value, facts, [y for _, y in train_data + val_data])
     top = max(max(values, default=0) for _, _, values in facts)
-    if not ds.classes:
+    if not ds.classes and dist.is_main_process():
         warn_unusual_labels(facts)
-    classes = default_classes(ds.classes or int(top) + 1)
+    classes = default_classes(ds.classes or (["background", "foreground"] if mask_value else int(top) + 1))
     if int(top) >= len(classes):
         raise DatasetError(f"The label files hold value {int(top)} but dataset.json names {len(classes)} classes.")
     if len(classes) < 2:
@@ -223,6 +232,8 @@ def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, se
               "patch_size": patch, "target_spacing": fp["spacing"],
               "cases": {"train": [c.name for c in train], "validation": [c.name for c in val]},
               "resumed_from_step": done.get("steps", 0)}
+    if mask_value is not None:
+        record["label_map"] = {str(mask_value): 1}
 
     last_write = {"t": t0}
 
@@ -252,6 +263,23 @@ def train_cohort(dataset, *, spatial_dims: int = 2, steps: int | None = None, se
     history.update(dataset=ds.name, train_cases=record["cases"]["train"], val_cases=record["cases"]["validation"],
                    samples_seen=model.config.training["samples_seen"], spacing=fp["spacing"], patch_size=patch)
     return model, history
+
+
+def _to_rank0(names: list) -> list:
+    """Every rank's ``names`` on rank 0 (what it alone then says), none on the others."""
+    every = [n for part in dist.gather(names) for n in part]
+    return every if dist.is_main_process() else []
+
+
+def _as_class_one(value: int, facts: list, labels: list) -> list:
+    """Binary masks saved as 0 and ``value`` (255 in most PNG masks) trained as classes 0 and 1, with a warning:
+    the network then has two classes, not ``value`` + 1 of which all but two never occur."""
+    if dist.is_main_process():
+        warnings.warn(LabelWarning(f"The label files hold 0 and {value} only: binary masks, so {value} is trained "
+                                   "as class 1 (the model labels the foreground 1)."), stacklevel=3)
+    for lab in labels:
+        lab[lab == value] = 1
+    return [(name, ct, {1 if v == value else v for v in values}) for name, ct, values in facts]
 
 
 def _resume(model: Model, path) -> dict:

@@ -98,7 +98,8 @@ def _normal_split(model: Model, images, masks, val_images, val_masks, val_fracti
     p, spec = model.params, model.config.normalization
 
     def stacks(items, vols, mask_list):
-        shapes = plane_shapes(items, vols, mask_list, p.axis, p.spacing)
+        shapes = plane_shapes(items, vols, mask_list, p.axis, p.spacing, (model.config.training or {}).get(
+            "pixel_grid", False))
         return slice_stacks(vols, mask_list, spec, tuple(p.size), p.axis, shapes)
 
     items, vols, mask_list = checked_volumes(images, masks, "training")

@@ -204,7 +204,8 @@ def finetune(model, image, labels, *, axis: int | None = None, slices="auto", sp
         **{k: history[k] for k in ("best_step", "best_metric", "returned", "stopped", "stop_reason", "device")},
         "seconds": earlier.get("seconds", 0.0) + history["seconds"], "steps": cfg.finetune["steps"], "rounds": rounds,
         "painted_slices": sum(len(v) for v in planes.values()),
-        "pseudo_slices": 0 if pseudo is None else int(len(pseudo[0])), "modality": apparent_modality(img, modality)}
+        "pseudo_slices": 0 if pseudo is None else int(len(pseudo[0])), "modality": apparent_modality(img, modality),
+        "image_spacing": [float(s) for s in inplane]}  # the painted image's: the grid may be it shrunk to fit
     if interpolate and keep_prior:
         prior.keep_for(net_model)  # complete_labels on this model and painting takes it instead of building it again
     if names is not None:  # background first, then the painted values; a start model's further classes kept

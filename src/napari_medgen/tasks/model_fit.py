@@ -1,10 +1,13 @@
-"""Does an image look like what a segmentation model was trained on? One sentence per doubt.
+"""Does an image look like what a segmentation model (or a classifier) was trained on? One sentence per doubt.
 
 The model's card (:func:`~napari_medgen.models.segmentation.model_card`) names its modality,
 anatomy and field of view; its config names its training spacing.  A CT in Hounsfield units
 into an MRI model, voxels more than twice as large or small, or a field of view far wider
 than the trained anatomy each give a sentence; :func:`~napari_medgen.tasks.segment.segment`
-still returns labels and emits them as :class:`ModelMismatchWarning`.
+still returns labels and emits them as :class:`ModelMismatchWarning`.  A fine-tune records its image's spacing,
+so an image as fine as that one is no doubt when the grid is that image shrunk to fit the network.  A classifier
+(:func:`~napari_medgen.tasks.classify.classify`) gets the same sentences, against the fields of view of its
+training images.
 """
 from __future__ import annotations
 
@@ -40,11 +43,8 @@ def mismatch_warnings(image: np.ndarray, model, *, spacing=None, modality: str =
     inplane = cfg.spatial_dims == 2 and len(spatial) == 3
     have = tuple(s for i, s in enumerate(spacing) if i != axis) if inplane else spacing
     if cfg.spacing is not None and len(cfg.spacing) == len(have):
-        ratio = np.asarray(have) / np.asarray(cfg.spacing, dtype=float)
-        if ratio.max() > SPACING_RATIO or ratio.min() < 1 / SPACING_RATIO:
-            out.append(f"The image's voxels ({_mm(have)} mm) are more than {SPACING_RATIO:g} times "
-                       f"{'larger' if ratio.max() > SPACING_RATIO else 'smaller'} than those '{name}' was trained on "
-                       f"({_mm(cfg.spacing)} mm); structures may be out of scale for it.")
+        doubt = spacing_doubt(have, cfg.spacing, name, model.config.training.get("image_spacing"))
+        out += [doubt] if doubt else []
     fov = card.get("field_of_view_mm")
     if fov:
         extent = np.asarray(spatial, dtype=float) * np.asarray(spacing)
@@ -53,6 +53,42 @@ def mismatch_warnings(image: np.ndarray, model, *, spacing=None, modality: str =
             out.append(f"The image spans {extent.max():.0f} mm, far more than the {anatomy} '{name}' was trained on "
                        f"({max(fov):.0f} mm across); other anatomy in view may get wrong labels.")
     return out
+
+
+def spacing_doubt(have, grid, name: str, trained=None, finer: bool = True) -> str:
+    """One sentence when voxels of ``have`` mm are more than :data:`SPACING_RATIO` times larger than the model's
+    ``grid`` (the image is enlarged: blurrier than anything it learned from) or, with ``finer``, smaller than the
+    voxels of the images it was ``trained`` on (default: its grid); else "".
+
+    A model whose grid is its training image shrunk to fit the network (a fine-tune of a 2000-pixel X-ray on a
+    12 mm grid) records that image's spacing as ``trained``: an image as fine as that one is shrunk the same way,
+    which is no doubt, while comparing it with the grid would be."""
+    have, grid = np.asarray(have, dtype=float), np.asarray(grid, dtype=float)
+    trained = grid if trained is None or len(trained) != len(have) else np.asarray(trained, dtype=float)
+    if (have / grid).max() > SPACING_RATIO:
+        return (f"The image's voxels ({_mm(have)} mm) are more than {SPACING_RATIO:g} times larger than those "
+                f"'{name}' was trained on ({_mm(grid)} mm); structures may be out of scale for it.")
+    if finer and (have / trained).min() < 1 / SPACING_RATIO:
+        return (f"The image's voxels ({_mm(have)} mm) are more than {SPACING_RATIO:g} times smaller than those "
+                f"'{name}' was trained on ({_mm(trained)} mm); structures may be out of scale for it.")
+    return ""
+
+
+def extent_doubt(extent_mm: float, trained_mm, name: str, view_mm: float) -> str:
+    """One sentence when an image ``extent_mm`` across is far wider (:data:`FOV_RATIO`) than the widest or far
+    narrower than the narrowest of the images a classifier was trained on (``trained_mm``: (narrowest, widest));
+    ``view_mm``: how much of an image the classifier sees (its grid), else ""."""
+    low, high = (float(v) for v in trained_mm)
+    if extent_mm > FOV_RATIO * high:
+        return (f"The image spans {extent_mm:.0f} mm, far more than the images '{name}' was trained on (at most "
+                f"{high:.0f} mm across); "
+                + (f"it sees only the middle {view_mm:.0f} mm, so its class may be wrong." if view_mm < extent_mm
+                   else "other anatomy in view may decide its class."))
+    if extent_mm < low / FOV_RATIO:
+        return (f"The image spans {extent_mm:.0f} mm, far less than the images '{name}' was trained on (at least "
+                f"{low:.0f} mm across); it fills a small part of the {view_mm:.0f} mm the classifier sees, so its "
+                "class may be wrong.")
+    return ""
 
 
 def modality_doubt(image: np.ndarray, expected: str, name: str, modality: str = "",

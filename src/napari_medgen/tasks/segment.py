@@ -1,7 +1,7 @@
 """``segment()``: an image and a model in, a label array on the image's grid out.
 
 :func:`segment_result` gives the same labels with the sentences on how the image differs from
-the model's training data (:mod:`napari_medgen.tasks.model_fit`) and the volumes per class.
+the model's training data (:mod:`napari_medgen.tasks.model_fit`) and the volumes (2D: areas) per class.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..engine.jobs import Job
 from ..io.read import ImageData, opened
 from ..models.segmentation import class_names, load_segmentation_model
 from ..errors import UserError
-from .metrics import label_volumes_ml
+from .metrics import label_areas_cm2, label_volumes_ml
 from .model_fit import ModelMismatchWarning, mismatch_warnings
 
 SLAB = 32  # slices a 2D model labels at a time (memory: one slab's class probabilities)
@@ -39,8 +39,16 @@ class SegmentResult:
     probabilities: "np.ndarray | None" = None
 
     def volumes_ml(self) -> dict:
-        """``{class name: mL}`` of each foreground class (needs the image's spacing)."""
+        """``{class name: mL}`` of each foreground class of a 3D image (needs its spacing); 2D: :meth:`areas_cm2`."""
         return label_volumes_ml(self.labels, self.spacing, self.class_names)
+
+    def areas_cm2(self) -> dict:
+        """``{class name: cm²}`` of each foreground class of a 2D image (an X-ray's)."""
+        return label_areas_cm2(self.labels, self.spacing, self.class_names)
+
+    def sizes(self) -> tuple[str, dict]:
+        """``("volume mL", volumes_ml())`` of a 3D image, ``("area cm²", areas_cm2())`` of a 2D one."""
+        return ("area cm²", self.areas_cm2()) if self.labels.ndim == 2 else ("volume mL", self.volumes_ml())
 
 
 def segment(image, model, *, spacing=None, axis: int | None = None, device="auto", tta: bool = False,

@@ -142,8 +142,8 @@ class Prepared:
 
 def prepare(model: Model, image, mask=None) -> Prepared:
     """Normalise, cut to the mask's in-plane bounding box (as training did), resample in-plane to the training
-    pixel spacing (when both are known) and fit to the network's size; slices larger than the network's field of
-    view are refused with one sentence."""
+    pixel spacing (when both are known; one unit per pixel for a model trained on images without one) and fit
+    to the network's size; slices larger than the network's field of view are refused with one sentence."""
     p = model.params
     vol = as_volume(image, model="the VAE")
     m = check_mask(mask, vol.shape, getattr(image, "geometry", None))
@@ -154,8 +154,10 @@ def prepare(model: Model, image, mask=None) -> Prepared:
     plane = slices.shape[1:]
     grid = plane
     geometry = getattr(image, "geometry", None)
-    if geometry is not None and p.spacing and vol.ndim == geometry.ndim:
-        have = inplane_spacing(geometry.spacing, axis) if vol.ndim == 3 else tuple(geometry.spacing)
+    pixels = bool((model.config.training or {}).get("pixel_grid"))  # trained on images without a geometry
+    if p.spacing and (pixels or (geometry is not None and vol.ndim == geometry.ndim)):
+        have = (1.0, 1.0) if pixels else inplane_spacing(geometry.spacing, axis) if vol.ndim == 3 else tuple(
+            geometry.spacing)
         if not np.allclose(have, p.spacing, rtol=0.02):
             grid = target_shape(plane, have, p.spacing)
             slices = resize(np.ascontiguousarray(slices), grid)

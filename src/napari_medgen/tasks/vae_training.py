@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,13 @@ CALIBRATION_SHARE = 0.3  # of a seconds budget: calibration uses as many validat
 MIN_CALIBRATION_SLICES = 2  # ... but at least these (evenly spread), when there are as many
 STEPS_CALIBRATION_SLICES = 32  # a budget in steps alone: at most these (about a minute on a laptop CPU)
 FOV_ROOM = 1.2  # a masked model's field of view: this much wider than the largest training box
+MAX_SIDE = 256  # working grid's longest in-plane side (px; brain MRI at 1 mm keeps its grid): the dense layer to the latent grows with a slice's area
+# (a 2000-px X-ray: 1.4 GB, 1 step in 30 s); the fine-tune panel's CPU grid, above Baur et al.'s 128 x 128 slices
+MIN_STEPS = 50  # a budget that ends before this many training steps leaves a model that learned little: warned
+
+
+class UndertrainedWarning(UserWarning):
+    """The budget ended after so few training steps that the model's scores mean little."""
 
 
 def augmentation(seed: int) -> mt.Compose:
@@ -147,18 +155,34 @@ def _spacing(items, vols, axis) -> list | None:
     return [round(float(s), 6) for s in np.median(sp, axis=0)]
 
 
-def plane_shapes(items, vols, masks, axis, spacing) -> list[tuple]:
-    """Each volume's slice shape (cut to its mask's bounding box) at the training ``spacing``."""
+def plane_shapes(items, vols, masks, axis, spacing, pixels: bool = False) -> list[tuple]:
+    """Each volume's slice shape (cut to its mask's bounding box) at the training ``spacing``; with ``pixels``
+    every image is taken at one unit per pixel (a working grid of images without a geometry)."""
     shapes = []
     for it, v, m in zip(items, vols, masks):
         a = axis if v.ndim == 3 else 0
         plane = take_slices(v[mask_box(m, a)] if m is not None else v, a).shape[1:]
         geo = getattr(it, "geometry", None)
-        if spacing is not None and geo is not None:
-            g = geo.spacing
-            plane = target_shape(plane, inplane_spacing(g, a) if v.ndim == 3 else g, spacing)
+        if spacing is not None and (pixels or geo is not None):
+            g = (1.0, 1.0) if pixels else geo.spacing
+            plane = target_shape(plane, inplane_spacing(g, a) if v.ndim == 3 and not pixels else g, spacing)
         shapes.append(tuple(int(n) for n in plane))
     return shapes
+
+
+def working_grid(items, vols, masks, axis, room: float = 1.0):
+    """(spacing, shapes, pixels): the in-plane spacing training resamples to and each volume's slice shape at it.
+    The median spacing, coarsened where a slice (times ``room``) would be longer than :data:`MAX_SIDE` pixels
+    (the images are scored back on their own grids); images without a geometry, so coarsened, are taken at one
+    unit per pixel (``pixels``)."""
+    spacing = _spacing(items, vols, axis)
+    shapes = plane_shapes(items, vols, masks, axis, spacing)
+    factor = max(max(s) for s in shapes) * room / MAX_SIDE
+    if factor <= 1:
+        return spacing, shapes, False
+    pixels = spacing is None
+    spacing = [round(float(s) * factor, 6) for s in (spacing or (1.0, 1.0))]
+    return spacing, plane_shapes(items, vols, masks, axis, spacing, pixels), pixels
 
 
 def _common_spec(normalization, items, vols) -> dict:
@@ -258,10 +282,9 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     if (spec["kind"] == "window" and any(m is not None and m.any() for m in mask_list)
             and (normalization or {}).get("kind", "auto") == "auto"):
         spec = tissue_window(vols, mask_list)  # CT inside a mask: the tissue's own window, not -1000..1000 HU
-    spacing = _spacing(items, vols, axis)
-    shapes = plane_shapes(items, vols, mask_list, axis, spacing)
-    slice_shape = tuple(int(max(s[i] for s in shapes)) for i in range(2))
     room = FOV_ROOM if mask_list[0] is not None else 1.0  # other subjects' brains and slices may be larger
+    spacing, shapes, pixels = working_grid(items, vols, mask_list, axis, room)
+    slice_shape = tuple(int(max(s[i] for s in shapes)) for i in range(2))
     size = tuple(int(math.ceil(s * room / 2 ** len(channels)) * 2 ** len(channels)) for s in slice_shape)
     stacks = slice_stacks(vols, mask_list, spec, size, axis, shapes)
     raws = slice_stacks(vols, mask_list, spec, size, axis, shapes, clip=False)  # the same slices, for calibration
@@ -274,7 +297,7 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
         v_items, hows = stored_alike(v_items, orientation)
         vv, vm = turn_each(vv, hows), turn_each(vm, hows)
         _common_spec(normalization, [*items, *v_items], [*vols, *vv])  # one modality for both
-        v_shapes = plane_shapes(v_items, vv, vm, axis, spacing)
+        v_shapes = plane_shapes(v_items, vv, vm, axis, spacing, pixels)
         val = np.concatenate(slice_stacks(vv, vm, spec, size, axis, v_shapes))
         val_raw = np.concatenate(slice_stacks(vv, vm, spec, size, axis, v_shapes, clip=False))
         train, split, held = np.concatenate(stacks), "given", []
@@ -299,7 +322,8 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     cal = evenly_spread(len(val), STEPS_CALIBRATION_SLICES)  # the validation slices the thresholds are calibrated on
     if seconds:
         job.report(0, 1, "timing the calibration")
-        per_slice = calibration_seconds(model, val[:1, 0], val_raw[:1, 0], device, Job(None, None, job.cancelled))
+        per_slice = calibration_seconds(model, val[:1, 0], val_raw[:1, 0], device, Job(None, None, job.cancelled),
+                                        enough=0.05 * seconds)  # a cold run that long: no warm one (it errs long)
         fits = int(CALIBRATION_SHARE * seconds / max(per_slice, 1e-6))
         cal = evenly_spread(len(val), max(MIN_CALIBRATION_SLICES, fits))
         seconds = max(seconds - (time.monotonic() - started) - per_slice * len(cal), MIN_TRAIN_SHARE * seconds)
@@ -308,12 +332,25 @@ def train_vae(images, masks=None, *, latent_size: int = 64, channels=(16, 32, 64
     model.config.training = {k: history[k] for k in ("best_step", "best_metric", "returned", "stopped",
                                                      "stop_reason", "seconds", "device", "events")}
     model.config.training.update(n_train=int(len(train)), n_val=int(len(val)), n_calibration=int(len(cal)),
-                                 split=split, subjects=sorted(set(ids)), val_subjects=held)
-    history.update(split=split, val_subjects=held)
+                                 split=split, subjects=sorted(set(ids)), val_subjects=held, pixel_grid=pixels,
+                                 modality=modality_of(items[0]), ndim=int(vols[0].ndim))
+    history.update(split=split, val_subjects=held, warnings=undertrained(history, steps))
     # calibration continues after a stop request (the model is wanted) but honours a cancel
     calib = Job(lambda ev: job.report(ev.step, ev.total, "calibrating thresholds"), None, job.cancelled)
     calibrate(model, val[cal, 0], device=device, job=calib, unclipped=val_raw[cal, 0])
     return model, history
+
+
+def undertrained(history: dict, steps: int | None) -> list[str]:
+    """A sentence (also an :class:`UndertrainedWarning`) when the budget ended after fewer than
+    :data:`MIN_STEPS` training steps the user did not ask for."""
+    done = int(history["step"][-1]) if history["step"] else 0
+    if done >= MIN_STEPS or (steps is not None and done >= steps):
+        return []
+    msg = (f"The VAE was trained for only {done} steps (a first model needs at least {MIN_STEPS}); its "
+           "reconstructions and anomaly scores mean little: give it a longer budget.")
+    warnings.warn(msg, UndertrainedWarning, stacklevel=3)
+    return [msg]
 
 
 def _files(folder: Path) -> list[Path]:
