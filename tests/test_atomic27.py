@@ -146,3 +146,18 @@ def test_the_runner_names_the_users_path_for_an_error_on_a_temporary_file(temp):
 
     user = "/srv/out/" + ("x.zraw" if "/" in temp else "seg.dcm")
     assert user_message(PermissionError(13, "Permission denied", "/srv/out/" + temp)) == f"{user}: Permission denied."
+
+
+def test_a_library_error_names_the_users_file_not_the_temporary_one(tmp_path, monkeypatch):
+    def failing(img, path, *args):
+        raise RuntimeError(f"ITK ERROR: ImageFileWriter: cannot write {path}")
+
+    monkeypatch.setattr(write.sitk, "WriteImage", failing)
+    out = tmp_path / "seg.nii.gz"
+    with pytest.raises(UserError) as err:
+        write.write_image(out, np.zeros((4, 5, 6), np.uint8))
+    assert str(err.value).endswith(f"cannot write {out}") and "partial" not in str(err.value)
+    assert timeseries.sitk is sitk  # the same module: the time-series writer fails alike
+    with pytest.raises(UserError) as err:
+        timeseries.write_time_series(tmp_path / "cine.nii.gz", np.zeros((3, 4, 5), np.float32))
+    assert "partial" not in str(err.value) and str(tmp_path / "cine.nii.gz") in str(err.value)

@@ -39,6 +39,12 @@ def final_path(path: "str | os.PathLike") -> Path:
     return p.with_name(temp["stem"] + temp["ext"]) if temp else p
 
 
+def in_users_names(text: str, path: "str | os.PathLike") -> str:
+    """``text`` (a library's error message) with the temporary names written for ``path`` put back as ``path``."""
+    p, tmp = Path(path), partial_path(path)
+    return text.replace(str(tmp / p.name), str(p)).replace(str(tmp), str(p))
+
+
 @contextmanager
 def replacing(path: "str | os.PathLike", overwrite: bool = True, folder: bool = False) -> Iterator[Path]:
     """Yield the temporary path to write; when the block ends it replaces ``path``, when it raises it is removed.

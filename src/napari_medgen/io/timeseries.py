@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-from ..atomic import replacing
+from ..atomic import in_users_names, replacing
 from ..errors import UserError
 from .geometry import Geometry
 from .calibration import calibrate
@@ -327,7 +327,7 @@ def write_time_series(path: "str | os.PathLike", data: np.ndarray, geometry: Opt
         with replacing(p) as tmp:  # check_writable refused an existing file
             sitk.WriteImage(img, str(tmp), True)
     except (OSError, RuntimeError) as err:
-        raise UserError(f"Cannot write {p}: {_first_line(err)}") from None
+        raise UserError(f"Cannot write {p}: {in_users_names(_first_line(err), p)}") from None
     return str(p)
 
 

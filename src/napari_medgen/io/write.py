@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import Geometry
-from ..atomic import replacing
+from ..atomic import in_users_names, replacing
 from ..errors import UserError
 
 WRITE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -47,7 +47,8 @@ def write_image(path: "str | os.PathLike", data: np.ndarray, geometry: Geometry 
         with replacing(p, folder=True) as tmp:  # check_writable refused an existing file
             sitk.WriteImage(img, str(tmp / p.name), True)
     except (OSError, RuntimeError) as err:
-        raise UserError(f"Cannot write {p}: {(str(err).strip().splitlines() or [type(err).__name__])[-1][:200]}") from None
+        said = (in_users_names(str(err), p).strip().splitlines() or [type(err).__name__])[-1][:200]
+        raise UserError(f"Cannot write {p}: {said}") from None
     return str(p)
 
 
