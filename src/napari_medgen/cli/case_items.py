@@ -12,8 +12,6 @@ from pathlib import Path
 
 from ..naming import image_stem
 
-SERIES_UID = "0020|000e"
-
 
 @dataclass
 class CaseItem:
@@ -32,28 +30,20 @@ def case_items(case: Path) -> list[CaseItem]:
     images = read_path(case)
     if len(images) == 1:
         return [CaseItem(images[0], "", str(case))]
-    files = _files_of(case, images)
-    order = sorted(range(len(images)), key=lambda i: (not files[i], str(files[i][:1]), i))
-    images, files = [images[i] for i in order], [files[i] for i in order]
-    one = [f[0] if len(f) == 1 else None for f in files]  # an image of one file is named by it
+    firsts = [_first_file(im) for im in images]
+    order = sorted(range(len(images)), key=lambda i: (firsts[i] is None, str(firsts[i] or ""), i))
+    images, firsts = [images[i] for i in order], [firsts[i] for i in order]
+    one = [f if f is not None and int(im.metadata.get("n_files", 1)) == 1 else None  # an image of one file: its name
+           for im, f in zip(images, firsts)]
     own = [image_stem(f.name) if f else str(im.name) for im, f in zip(images, one)]
     names = [f"{n} ({own[:i].count(n) + 1})" if own.count(n) > 1 else n for i, n in enumerate(own)]
     return [CaseItem(im, name, str(f) if f else f"{case}/{name}") for im, f, name in zip(images, one, names)]
 
 
-def _files_of(case: Path, images: list) -> list[list[Path]]:
-    """The files each image came from, sorted (empty where unknown: a time series of picture frames)."""
-    from ..io.timeseries import dicom_headers
-
-    uids = {im.metadata.get("series_uid") for im in images} - {None}
-    by_uid: dict = {}
-    if uids and case.is_dir():  # which DICOM files hold which series
-        for f, info in dicom_headers(case).items():
-            uid = info.GetMetaData(SERIES_UID).strip() if info is not None and info.HasMetaDataKey(SERIES_UID) else ""
-            if uid in uids:
-                by_uid.setdefault(uid, []).append(f)
-    out = []
-    for im in images:
-        source = Path(str(im.metadata.get("source", "")))
-        out.append([source] if source.is_file() else sorted(by_uid.get(im.metadata.get("series_uid"), [])))
-    return out
+def _first_file(image) -> "Path | None":
+    """The (first) file an image came from, as the reader recorded it; None where unknown (picture frames)."""
+    source = Path(str(image.metadata.get("source", "")))
+    if source.is_file():
+        return source
+    first = image.metadata.get("first_file")
+    return Path(first) if first else None

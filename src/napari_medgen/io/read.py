@@ -312,8 +312,9 @@ def _read_series(files: tuple, sid: str) -> ImageData:
     desc = given or f"{modality or 'DICOM'} series {number or sid[-12:]}"  # "CT series 3", as the scanner lists it
     name = desc if given or len(files) > 1 else _stem(files[0])  # an X-ray or US file: named as a volume file is
     img, arr, geo, notes, extra = read_series(files, name)
-    meta = {"source": str(Path(files[0]).parent), "modality": modality, "series_uid": sid, "series_number": number,
-            "series_description": desc, "n_files": len(files), "window": _window(info), **extra}
+    meta = {"source": str(Path(files[0]).parent), "first_file": str(min(files)), "modality": modality,
+            "series_uid": sid, "series_number": number, "series_description": desc, "n_files": len(files),
+            "window": _window(info), **extra}
     item = _one_slice(_with_notes(_to_image_data(img, name, meta, dicom=True), arr, geo, notes))
     item.kind = "image"
     return item

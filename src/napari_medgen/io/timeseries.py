@@ -201,7 +201,8 @@ def _stack_times(uid: str, name: str, time_points: list, folder: Path, n_files: 
         geo = geo or Geometry.from_sitk(img)
     diffs = np.diff(np.asarray(triggers, float))
     step, unit = (float(np.nanmedian(diffs)) / 1000.0, "s") if np.isfinite(diffs).any() else (1.0, "frame")
-    meta = {"source": str(folder), "series_uid": uid, "n_files": n_files, "window": window}
+    first = min(e[3] for here in time_points for e in here)
+    meta = {"source": str(folder), "first_file": str(first), "series_uid": uid, "n_files": n_files, "window": window}
     item = ImageData(np.stack(frames), geo, name, "image", meta)
     return mark_time_series(item, step, unit)
 
