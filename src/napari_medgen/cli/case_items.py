@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..naming import image_stem
+from ..naming import distinct, image_stem
 
 
 @dataclass
@@ -36,7 +36,7 @@ def case_items(case: Path) -> list[CaseItem]:
     one = [f if f is not None and int(im.metadata.get("n_files", 1)) == 1 else None  # an image of one file: its name
            for im, f in zip(images, firsts)]
     own = [image_stem(f.name) if f else str(im.name) for im, f in zip(images, one)]
-    names = [f"{n} ({own[:i].count(n) + 1})" if own.count(n) > 1 else n for i, n in enumerate(own)]
+    names = distinct(own, [[]] * len(own))  # a name two images would share gets a count
     return [CaseItem(im, name, str(f) if f else f"{case}/{name}") for im, f, name in zip(images, one, names)]
 
 

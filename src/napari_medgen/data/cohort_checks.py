@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from contextlib import contextmanager
 
 import numpy as np
 
-from .datasets import NO_SPACING, DatasetError, LabelWarning, some_names
+from .datasets import DatasetError, LabelWarning, some_names
 from .normalize import MRI_DEFAULT
-from ..io.read import ImageReadWarning
+from ..io.calibration import unscaled_said_once
 
 
 def foreground_sample(image: np.ndarray, labels: np.ndarray, name: str, n: int = 20000) -> np.ndarray:
@@ -58,23 +57,14 @@ def warn_unusual_labels(facts: list) -> None:
                                    "dataset.json naming the classes makes a stray value an error)."), stacklevel=2)
 
 
-@contextmanager
 def spacing_said_once(cases: list, share=list):
     """Reading ``cases`` inside: the reader's "gives no pixel spacing" of each picture (image and label) said
     once for the cohort's images (``share``: the names of every rank's to rank 0, none to the others); other
     warnings pass."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        if NO_SPACING not in str(w.message):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    said = {str(w.message).split(NO_SPACING)[0] for w in caught if NO_SPACING in str(w.message)}
-    images = sorted(share([c.image.name for c in cases if c.image.name in said]))
-    if images:
-        some = images[0] if len(images) == 1 else f"{len(images)} images ({images[0]}, ...)"
-        warnings.warn(ImageReadWarning(f"{some} give{'s' * (len(images) == 1)} no pixel spacing, so 1 mm per pixel "
-                                       "is assumed; the model's sizes in mm are sizes in pixels."), stacklevel=3)
+    images = {c.image.name for c in cases}
+    then = ("the model's sizes in mm are sizes in pixels.",) * 2
+    return unscaled_said_once("images", then, keep=images.__contains__, share=lambda names: sorted(share(names)),
+                              stacklevel=3)
 
 
 def binary_value(facts: list, classes: list) -> "int | None":

@@ -35,9 +35,6 @@ from .orientation import reorientation, turn, turned
 CHANNEL = re.compile(r"_(\d{4})$")  # nnU-Net: case_0000 is channel 0 of "case"
 
 
-NO_SPACING = " gives no pixel spacing, "  # the reader's sentence on a picture or DICOM without a pixel size
-
-
 class DatasetError(UserError):
     """A dataset folder that is not a usable labelled cohort."""
 

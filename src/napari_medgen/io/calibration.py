@@ -3,6 +3,8 @@ Delta X/Y in the units Physical Units X/Y Direction name), not in Pixel Spacing;
 written with PixelSpacing 0, a PNG export) is read at 1 mm per pixel, with a note saying so."""
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from typing import Optional
 
 import numpy as np
@@ -64,3 +66,25 @@ def spacing_notes(img, name: str, dicom: bool = True) -> list:
         return []
     said = f" (PixelSpacing {given.replace(chr(92), '/') or 'absent'})" if dicom else ""
     return [f"{name} gives no pixel spacing{said}, so 1 mm per pixel is assumed; its sizes in mm are not real."]
+
+
+@contextmanager
+def unscaled_said_once(noun: str, then: tuple, *, keep=None, share=list, stacklevel: int = 3):
+    """Reading files inside: the reader's notes that a picture gives no pixel spacing are collected, other warnings
+    passed on; after, the notes of the files ``keep`` takes (default all; ``share``: every process's names to one)
+    are said once: a file's own sentence, or "N ``noun`` (first, ...) give no pixel spacing, ...", ending in
+    ``then`` (for one file, for several)."""
+    from .read import ImageReadWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if NO_SPACING not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    said = dict.fromkeys(str(w.message).split(NO_SPACING)[0] for w in caught if NO_SPACING in str(w.message))
+    names = share([n for n in said if keep is None or keep(n)])
+    if names:
+        some = names[0] if len(names) == 1 else f"{len(names)} {noun} ({names[0]}, ...)"
+        warnings.warn(ImageReadWarning(f"{some} give{'s' * (len(names) == 1)} no pixel spacing, so 1 mm per pixel is "
+                                       f"assumed; {then[len(names) > 1]}"), stacklevel=stacklevel)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .calibration import NO_SPACING, spacing_notes
+from .calibration import spacing_notes, unscaled_said_once
 from .dicom import NOT_IMAGES, DicomSeriesError, read_frames, read_series
 from .display import dicom_window, eight_bit_colour, initial_contrast
 from .geometry import Geometry
@@ -120,17 +120,9 @@ def _read_folder(p: Path, headers: dict, required: bool) -> list[ImageData]:
 
 def _read_files(files: list[Path]) -> list[ImageData]:
     """Each of a folder's own image files; that its pictures give no pixel spacing is said once for them all."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        items = [read_image(f) for f in files]
-    unscaled = [str(w.message).split(NO_SPACING)[0] for w in caught if NO_SPACING in str(w.message)]  # pictures'
-    for w in caught:
-        if len(unscaled) < 2 or NO_SPACING not in str(w.message):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if len(unscaled) > 1:
-        warnings.warn(ImageReadWarning(f"{len(unscaled)} pictures ({unscaled[0]}, ...) give no pixel spacing, so 1 mm "
-                                       "per pixel is assumed; their sizes in mm are not real."), stacklevel=4)
-    return items
+    with unscaled_said_once("pictures", ("its sizes in mm are not real.", "their sizes in mm are not real."),
+                            stacklevel=6):
+        return [read_image(f) for f in files]
 
 
 def _is_seg(f: Path, info=None) -> bool:

@@ -41,7 +41,7 @@ MIN_CALIBRATION_SLICES = 2  # ... but at least these (evenly spread), when there
 STEPS_CALIBRATION_SLICES = 32  # a budget in steps alone: at most these (about a minute on a laptop CPU)
 FOV_ROOM = 1.2  # a masked model's field of view: this much wider than the largest training box
 MAX_SIDE = 256  # working grid's longest in-plane side (px; brain MRI at 1 mm keeps its grid): the dense layer to the latent grows with a slice's area
-# (a 2000-px X-ray: 1.4 GB, 1 step in 30 s); the fine-tune panel's CPU grid, above Baur et al.'s 128 x 128 slices
+# (a 2000-px X-ray: 1.4 GB, 1 step in 30 s); above Baur et al.'s 128 x 128 slices
 MIN_STEPS = 50  # a budget that ends before this many training steps leaves a model that learned little: warned
 
 
