@@ -66,7 +66,7 @@ def _forward(net, x: torch.Tensor, tta: bool, device: torch.device) -> torch.Ten
     return out.div_(len(flips))
 
 
-def _pad_to(x: torch.Tensor, divisor: int) -> tuple:
+def pad_to(x: torch.Tensor, divisor: int) -> tuple:
     """Zero-pad the last two axes up to a multiple of ``divisor``, at least twice it (instance norm
     needs more than one pixel at the bottleneck)."""
     h, w = x.shape[-2:]
@@ -111,7 +111,7 @@ def _predict_2d(net, image, axis, device, tta, batch_size, divisor, job, context
             b = min(batch, n - i)
             x = torch.from_numpy(_with_context(vol, i, i + b, context)).to(device)
             try:
-                xp, (t, l) = _pad_to(x, divisor)
+                xp, (t, l) = pad_to(x, divisor)
                 p = _forward(net, xp, tta, device)[..., t:t + h, l:l + w].cpu().numpy()
             except (torch.OutOfMemoryError, RuntimeError) as err:
                 if not is_out_of_memory(err):

@@ -24,7 +24,7 @@ from ..data.augment import augment_batch
 from ..data.sampling import PaintedPatchSampler, context_stack, patch_size_for
 from ..data.slices import evenly_spread
 from .fit import Budget, TrainTask, fit
-from .inference import _pad_to
+from .inference import pad_to
 from .jobs import Job
 
 _DICE = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=IGNORE, batch=True)
@@ -55,7 +55,7 @@ def predict_logits(net: torch.nn.Module, volume: np.ndarray, indices, device: to
     with torch.inference_mode():
         for i in range(0, len(indices), batch_size):
             x = np.stack([context_stack(volume, k, context)[:, y0:y1, x0:x1] for k in indices[i:i + batch_size]])
-            x, (top, left) = _pad_to(torch.as_tensor(x, dtype=torch.float32).to(device), padding_multiple(net))
+            x, (top, left) = pad_to(torch.as_tensor(x, dtype=torch.float32).to(device), padding_multiple(net))
             out.append(net(x)[..., top:top + h, left:left + w].float().cpu())
     return torch.cat(out)
 
